@@ -1,0 +1,70 @@
+//! The linter's entry point: text in, diagnostics (and the decoded model) out.
+
+use crate::check::{LintOptions, check};
+use crate::decode::{Decoded, decode};
+use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::plan::{Plan, PlanInputs, plan};
+use crate::yaml::{LoadError, load};
+
+/// What the linter found.
+#[derive(Debug)]
+pub struct Linted {
+    /// All problems, in file order.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The decoded model, when the YAML could be loaded at all.
+    pub decoded: Option<Decoded>,
+    /// Job ids in dependency order (empty when the graph is broken).
+    pub order: Vec<String>,
+}
+
+impl Linted {
+    /// True when at least one diagnostic is an error.
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Lints pipeline text; `file` names it in diagnostics.
+pub fn lint(src: &str, file: &str, opts: &LintOptions) -> Linted {
+    let mut diags = Diagnostics::new(file);
+    let start = crate::diag::Pos { line: 1, column: 1 };
+    if src.len() > opts.max_bytes {
+        diags
+            .error("file-too-large", start, "", format!("the pipeline file is {} bytes, more than the limit of {} bytes", src.len(), opts.max_bytes))
+            .help("split the pipeline or remove generated content");
+        return Linted { diagnostics: diags.into_sorted(), decoded: None, order: Vec::new() };
+    }
+    let root = match load(src) {
+        Ok(root) => root,
+        Err(e) => {
+            let code = match e {
+                LoadError::Syntax { .. } | LoadError::BadAlias { .. } => "yaml-syntax",
+                LoadError::TooLarge { .. } | LoadError::TooDeep { .. } => "yaml-too-complex",
+                LoadError::MultipleDocuments { .. } => "multiple-documents",
+                LoadError::Empty => "empty-file",
+            };
+            let d = diags.error(code, e.pos(), "", e.to_string());
+            if matches!(e, LoadError::Empty) {
+                d.help("a pipeline needs at least `jobs:` with one job and its `steps:`");
+            }
+            return Linted { diagnostics: diags.into_sorted(), decoded: None, order: Vec::new() };
+        }
+    };
+    let decoded = decode(&root, &mut diags);
+    let order = check(&decoded, src, opts, &mut diags);
+    Linted { diagnostics: diags.into_sorted(), decoded: Some(decoded), order }
+}
+
+/// Lints and plans in one go: the plan and the warnings, or every diagnostic when there is
+/// an error.
+pub fn lint_and_plan(src: &str, file: &str, opts: &LintOptions, inputs: &PlanInputs<'_>) -> Result<(Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let linted = lint(src, file, opts);
+    if linted.has_errors() {
+        return Err(linted.diagnostics);
+    }
+    let Some(decoded) = &linted.decoded else {
+        return Err(linted.diagnostics);
+    };
+    let plan = plan(decoded, src, file, &linted.order, inputs)?;
+    Ok((plan, linted.diagnostics))
+}

@@ -1,0 +1,58 @@
+//! `chengis lint`: every problem of one or more pipeline files, as text or JSON.
+
+use super::Format;
+use crate::pipeline::{self as files, render_json, render_text};
+use chengis_pipeline::{LintOptions, lint as lint_source};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Arguments of `chengis lint`.
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// Pipeline files; without one, the pipeline of the current directory.
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Most combinations a matrix may expand to.
+    #[arg(long, default_value_t = chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS)]
+    pub max_matrix: usize,
+}
+
+/// Runs `chengis lint`; exit code 1 when any file has an error, 2 when a file cannot be read.
+pub fn lint(args: LintArgs) -> anyhow::Result<i32> {
+    let files = if args.files.is_empty() { vec![files::find(&std::env::current_dir()?)?] } else { args.files };
+    let opts = LintOptions { max_matrix: args.max_matrix, ..LintOptions::default() };
+    let color = std::io::stdout().is_terminal();
+    let mut code = 0;
+    let mut json = Vec::new();
+    for path in files {
+        let name = path.display().to_string();
+        let src = match files::read(&path, opts.max_bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = 2;
+                continue;
+            }
+        };
+        let linted = lint_source(&src, &name, &opts);
+        if linted.has_errors() && code == 0 {
+            code = 1;
+        }
+        match args.format {
+            Format::Text => print!("{}", render_text(&linted.diagnostics, &src, color)),
+            Format::Json => {
+                let mut v = render_json(&linted.diagnostics);
+                v["file"] = name.into();
+                json.push(v);
+            }
+        }
+    }
+    if args.format == Format::Json {
+        let out = if json.len() == 1 { json.remove(0) } else { serde_json::Value::Array(json) };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(code)
+}

@@ -1,0 +1,69 @@
+//! The `chengis` command line: argument parsing and one function per subcommand.
+
+mod lint;
+mod render;
+mod run;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Chengis: a self-hosted CI/CD server with WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "chengis", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Readable text (colours only on a terminal).
+    Text,
+    /// JSON for tools.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check pipeline files and report every problem with its file:line:column.
+    Lint(lint::LintArgs),
+    /// Run a pipeline on this machine with the local process executor.
+    Run(run::RunArgs),
+    /// Print the JSON Schema of the pipeline format.
+    Schema {
+        /// Write it to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Make sure the `wasm32-wasip2` target that plugins build for is installed.
+    EnsureWasmTarget,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> anyhow::Result<i32> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHENGIS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Lint(args) => lint::lint(args),
+        Command::Run(args) => run::run(args),
+        Command::Schema { output } => {
+            let schema = chengis_pipeline::schema::pipeline_schema_json();
+            match output {
+                Some(path) => std::fs::write(&path, schema).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+                None => print!("{schema}"),
+            }
+            Ok(0)
+        }
+        Command::EnsureWasmTarget => {
+            let how = crate::toolchain::ensure_wasm_target()?;
+            eprintln!("{how}");
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The values `${{ }}` expressions see during a run, and evaluation of texts and conditions.
+
+use chengis_pipeline::expr::{self, EvalContext, Status as ExprStatus};
+use chengis_pipeline::plan::{Piece, Text};
+use serde_json::{Map, Value};
+use std::path::PathBuf;
+
+/// The contexts of one evaluation: `env params secrets matrix git build needs steps`.
+#[derive(Debug, Clone, Default)]
+pub struct Contexts {
+    /// `env`.
+    pub env: Value,
+    /// `params`.
+    pub params: Value,
+    /// `secrets`.
+    pub secrets: Value,
+    /// `matrix`.
+    pub matrix: Value,
+    /// `git`.
+    pub git: Value,
+    /// `build`.
+    pub build: Value,
+    /// `needs`.
+    pub needs: Value,
+    /// `steps`.
+    pub steps: Value,
+    /// What `success()`/`failure()`/`cancelled()` answer.
+    pub status: Option<ExprStatus>,
+    /// Root for `hashFiles`.
+    pub workspace: PathBuf,
+}
+
+impl EvalContext for Contexts {
+    fn context(&self, name: &str) -> Option<&Value> {
+        match name {
+            "env" => Some(&self.env),
+            "params" => Some(&self.params),
+            "secrets" => Some(&self.secrets),
+            "matrix" => Some(&self.matrix),
+            "git" => Some(&self.git),
+            "build" => Some(&self.build),
+            "needs" => Some(&self.needs),
+            "steps" => Some(&self.steps),
+            _ => None,
+        }
+    }
+
+    fn status(&self) -> ExprStatus {
+        self.status.unwrap_or(ExprStatus::Success)
+    }
+
+    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+        super::hashfiles::hash_files(&self.workspace, patterns)
+    }
+}
+
+/// An object of string values.
+pub fn object<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>())
+}
+
+/// Renders a text of the plan: literal pieces as they are, expressions evaluated.
+pub fn render(text: &Text, ctx: &Contexts) -> Result<String, String> {
+    let mut out = String::new();
+    for piece in &text.0 {
+        match piece {
+            Piece::Lit(s) => out.push_str(s),
+            Piece::Expr(src) => out.push_str(&expr::to_display_string(&eval(src, ctx)?)),
+        }
+    }
+    Ok(out)
+}
+
+/// Evaluates one expression source.
+pub fn eval(src: &str, ctx: &Contexts) -> Result<Value, String> {
+    let e = expr::parse(src).map_err(|e| format!("in `${{{{ {src} }}}}`: {}", e.message))?;
+    e.eval(ctx).map_err(|e| format!("in `${{{{ {src} }}}}`: {e}"))
+}
+
+/// Decides an `if:`. Without a status function the condition is `success() && (cond)`, as
+/// authors expect from GitHub Actions; no condition means `success()`.
+pub fn condition(cond: Option<&str>, ctx: &Contexts) -> Result<bool, String> {
+    let ok = ctx.status() == ExprStatus::Success;
+    let Some(cond) = cond else { return Ok(ok) };
+    let trimmed = cond.trim();
+    let src = match trimmed.strip_prefix("${{").and_then(|s| s.strip_suffix("}}")) {
+        Some(inner) if !inner.contains("${{") => inner,
+        _ => trimmed,
+    };
+    let e = expr::parse(src).map_err(|e| format!("in `if: {cond}`: {}", e.message))?;
+    if !e.uses_status_function() && !ok {
+        return Ok(false);
+    }
+    let v = e.eval(ctx).map_err(|e| format!("in `if: {cond}`: {e}"))?;
+    Ok(expr::truthy(&v))
+}

@@ -1,0 +1,12 @@
+//! The engine: runs a plan's jobs and steps, propagates env and outputs, decides conditions,
+//! and reports what happens as [`events::RunEvent`]s.
+
+pub mod context;
+pub mod envfile;
+pub mod events;
+pub mod hashfiles;
+pub mod job;
+pub mod run;
+pub mod shell;
+
+pub use run::{RunOptions, RunSummary, run_plan};

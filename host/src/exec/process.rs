@@ -1,0 +1,357 @@
+//! One step as a child process group: spawn, read both pipes through the masker and the line
+//! splitter, and stop it on timeout or cancellation with SIGTERM to the whole group, then
+//! SIGKILL after the grace period.
+//!
+//! When the step's main process exits, the pipes get 100 ms to drain; a background process that
+//! still holds them open is then killed with the rest of the group, so a forgotten `sleep &`
+//! never hangs a build. Every step ends with SIGKILL to its group, so nothing it started
+//! outlives it.
+
+use super::lines::{LineSplitter, LogLine, Stream};
+use super::mask::SecretMasker;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+/// How long the pipes may stay open after the main process exited.
+const DRAIN: Duration = Duration::from_millis(100);
+
+/// Cancels a run, a job or a step: cheap to clone, `cancel()` once, observed everywhere.
+#[derive(Debug, Clone, Default)]
+pub struct CancelSignal(CancellationToken);
+
+impl CancelSignal {
+    /// A new, not yet cancelled signal.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels everything that watches this signal (and its children).
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Completes when cancelled.
+    pub async fn cancelled(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// A signal cancelled with this one, that can also be cancelled on its own.
+    pub fn child(&self) -> CancelSignal {
+        CancelSignal(self.0.child_token())
+    }
+}
+
+/// A command to run as a step.
+#[derive(Debug, Clone)]
+pub struct StepCommand {
+    /// The program, such as `sh`.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// The whole environment of the process (nothing else is inherited).
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Time limit.
+    pub timeout: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Most output bytes kept.
+    pub output_cap: u64,
+}
+
+/// How a step ended. Timeouts and cancellations are decided by us and recorded as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepEnd {
+    /// The process exited with this code.
+    Exited(i32),
+    /// The process was killed by this signal (not by us).
+    Signalled(i32),
+    /// We stopped it because its time ran out.
+    TimedOut,
+    /// We stopped it because it was cancelled.
+    Cancelled,
+}
+
+/// What happened to a step.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// How it ended.
+    pub end: StepEnd,
+    /// Wall time.
+    pub duration: Duration,
+    /// Output bytes dropped by the cap.
+    pub dropped_bytes: u64,
+    /// The number the next log line gets.
+    pub next_line: u64,
+}
+
+/// A step that could not be run at all.
+#[derive(Debug, Error)]
+pub enum ExecError {
+    /// The program could not be started.
+    #[error("cannot start `{program}` in {cwd}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The working directory.
+        cwd: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Waiting for the process failed.
+    #[error("lost track of `{program}`: {source}")]
+    Wait {
+        /// The program.
+        program: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn signal_group(pgid: i32, signal: Signal) {
+    // ESRCH (the group is gone) is the expected outcome once everything exited.
+    let _ = killpg(Pid::from_raw(pgid), signal);
+}
+
+/// Runs `cmd`; lines (masked, numbered from `first_line`) are sent through `out` wrapped by
+/// `wrap`, waiting when the receiver is slow.
+pub async fn run_step<E>(
+    cmd: StepCommand,
+    masker: &SecretMasker,
+    cancel: &CancelSignal,
+    first_line: u64,
+    out: &mpsc::Sender<E>,
+    wrap: impl Fn(LogLine) -> E,
+) -> Result<StepReport, ExecError> {
+    let started = Instant::now();
+    let mut command = tokio::process::Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .env_clear()
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cmd.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|source| ExecError::Spawn {
+        program: cmd.program.clone(),
+        cwd: cmd.cwd.display().to_string(),
+        source,
+    })?;
+    let pgid = child.id().map_or(0, |id| id as i32);
+    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        signal_group(pgid, Signal::SIGKILL);
+        return Err(ExecError::Spawn {
+            program: cmd.program,
+            cwd: cmd.cwd.display().to_string(),
+            source: std::io::Error::other("no pipes"),
+        });
+    };
+    let mut lines = LineSplitter::new(first_line, cmd.output_cap);
+    let mut mask_out = masker.stream();
+    let mut mask_err = masker.stream();
+    let (mut buf_out, mut buf_err) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut out_open, mut err_open) = (true, true);
+    let mut masked = Vec::with_capacity(16 * 1024);
+    let mut exit: Option<ExitStatus> = None;
+    let mut stopped: Option<StepEnd> = None;
+    let deadline = cmd.timeout.map(|t| started + t);
+    let mut kill_at: Option<Instant> = None;
+    let mut drain_until: Option<Instant> = None;
+    let far = started + Duration::from_secs(365 * 86_400);
+
+    while out_open || err_open || exit.is_none() {
+        tokio::select! {
+            r = stdout.read(&mut buf_out), if out_open => match r {
+                Ok(n) if n > 0 => {
+                    masked.clear();
+                    mask_out.feed(&buf_out[..n], &mut masked);
+                    send(out, &wrap, lines.push(Stream::Stdout, &masked)).await;
+                }
+                _ => out_open = false,
+            },
+            r = stderr.read(&mut buf_err), if err_open => match r {
+                Ok(n) if n > 0 => {
+                    masked.clear();
+                    mask_err.feed(&buf_err[..n], &mut masked);
+                    send(out, &wrap, lines.push(Stream::Stderr, &masked)).await;
+                }
+                _ => err_open = false,
+            },
+            status = child.wait(), if exit.is_none() => {
+                let status = status.map_err(|source| ExecError::Wait { program: cmd.program.clone(), source })?;
+                exit = Some(status);
+                drain_until = Some(Instant::now() + DRAIN);
+            }
+            _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && stopped.is_none() && exit.is_none() => {
+                tracing::info!(program = %cmd.program, "step timed out: SIGTERM to its process group");
+                stopped = Some(StepEnd::TimedOut);
+                signal_group(pgid, Signal::SIGTERM);
+                kill_at = Some(Instant::now() + cmd.kill_grace);
+            }
+            _ = cancel.cancelled(), if stopped.is_none() && exit.is_none() => {
+                tracing::info!(program = %cmd.program, "step cancelled: SIGTERM to its process group");
+                stopped = Some(StepEnd::Cancelled);
+                signal_group(pgid, Signal::SIGTERM);
+                kill_at = Some(Instant::now() + cmd.kill_grace);
+            }
+            _ = sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
+                tracing::info!(program = %cmd.program, "grace period over: SIGKILL to its process group");
+                signal_group(pgid, Signal::SIGKILL);
+                kill_at = None;
+            }
+            _ = sleep_until(drain_until.unwrap_or(far)), if drain_until.is_some() && (out_open || err_open) => {
+                // Something the step started in the background still holds the pipes.
+                signal_group(pgid, Signal::SIGKILL);
+                out_open = false;
+                err_open = false;
+            }
+        }
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    for (stream, mask) in [(Stream::Stdout, &mut mask_out), (Stream::Stderr, &mut mask_err)] {
+        masked.clear();
+        mask.finish(&mut masked);
+        send(out, &wrap, lines.push(stream, &masked)).await;
+    }
+    send(out, &wrap, lines.finish()).await;
+    let end = match (stopped, exit) {
+        (Some(reason), _) => reason,
+        (None, Some(status)) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+            (Some(code), _) => StepEnd::Exited(code),
+            (None, Some(sig)) => StepEnd::Signalled(sig),
+            (None, None) => StepEnd::Exited(-1),
+        },
+        (None, None) => StepEnd::Exited(-1),
+    };
+    Ok(StepReport { end, duration: started.elapsed(), dropped_bytes: lines.dropped(), next_line: lines.next_number() })
+}
+
+async fn send<E>(out: &mpsc::Sender<E>, wrap: &impl Fn(LogLine) -> E, lines: Vec<LogLine>) {
+    for line in lines {
+        // A closed receiver means nobody is listening any more; the step still runs to its end.
+        let _ = out.send(wrap(line)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> StepCommand {
+        StepCommand {
+            program: "sh".into(),
+            args: vec!["-e".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+            cwd: std::env::temp_dir(),
+            timeout: None,
+            kill_grace: Duration::from_millis(300),
+            output_cap: 1 << 20,
+        }
+    }
+
+    async fn run(cmd: StepCommand, masker: &SecretMasker, cancel: &CancelSignal) -> (StepReport, Vec<LogLine>) {
+        let (tx, mut rx) = mpsc::channel(16);
+        let collector = tokio::spawn(async move {
+            let mut v = Vec::new();
+            while let Some(l) = rx.recv().await {
+                v.push(l);
+            }
+            v
+        });
+        let report = run_step(cmd, masker, cancel, 1, &tx, |l| l).await.unwrap();
+        drop(tx);
+        (report, collector.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_lines() {
+        let (r, lines) = run(sh("echo out; echo err >&2; exit 3"), &SecretMasker::none(), &CancelSignal::new()).await;
+        assert_eq!(r.end, StepEnd::Exited(3));
+        let mut texts: Vec<(&str, Stream)> = lines.iter().map(|l| (l.text.as_str(), l.stream)).collect();
+        texts.sort_by_key(|t| t.0);
+        assert_eq!(texts, [("err", Stream::Stderr), ("out", Stream::Stdout)]);
+        assert_eq!(r.next_line, 3);
+    }
+
+    #[tokio::test]
+    async fn masks_output() {
+        let m = SecretMasker::new(["topsecret".to_string()]).unwrap();
+        let (_, lines) = run(sh("printf 'a tops'; sleep 0.1; printf 'ecret b\\n'"), &m, &CancelSignal::new()).await;
+        assert_eq!(lines[0].text, "a *** b");
+    }
+
+    #[tokio::test]
+    async fn sigterm_ignoring_step_is_killed_after_grace() {
+        let mut cmd = sh("trap '' TERM; echo ready; sleep 30");
+        cmd.timeout = Some(Duration::from_millis(300));
+        let start = std::time::Instant::now();
+        let (r, _) = run(cmd, &SecretMasker::none(), &CancelSignal::new()).await;
+        assert_eq!(r.end, StepEnd::TimedOut);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        assert!(start.elapsed() >= Duration::from_millis(600), "SIGKILL came before the grace period");
+    }
+
+    #[tokio::test]
+    async fn cancel_stops_the_step() {
+        let cancel = CancelSignal::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.cancel();
+        });
+        let (r, _) = run(sh("sleep 30"), &SecretMasker::none(), &cancel).await;
+        assert_eq!(r.end, StepEnd::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn background_processes_do_not_outlive_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > {}", pidfile.display());
+        let (r, _) = run(sh(&script), &SecretMasker::none(), &CancelSignal::new()).await;
+        assert_eq!(r.end, StepEnd::Exited(0));
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let alive = nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z");
+        assert!(!alive, "background sleep {pid} survived the step");
+    }
+
+    #[tokio::test]
+    async fn output_cap_reports_dropped_bytes() {
+        let mut cmd = sh("head -c 5000 /dev/zero | tr '\\0' 'x' | fold -w 99");
+        cmd.output_cap = 1000;
+        let (r, lines) = run(cmd, &SecretMasker::none(), &CancelSignal::new()).await;
+        assert_eq!(r.end, StepEnd::Exited(0));
+        assert_eq!(r.dropped_bytes, 5000 + 50 - 1000);
+        let warnings: Vec<&LogLine> = lines.iter().filter(|l| l.stream == Stream::System).collect();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].text.contains("dropped 4050 bytes"), "{}", warnings[0].text);
+    }
+
+    #[tokio::test]
+    async fn spawn_failure_names_the_program() {
+        let mut cmd = sh("true");
+        cmd.program = "/nonexistent/chengis-test".into();
+        let (tx, _rx) = mpsc::channel::<LogLine>(1);
+        let err = run_step(cmd, &SecretMasker::none(), &CancelSignal::new(), 1, &tx, |l| l).await.unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/chengis-test"));
+    }
+}

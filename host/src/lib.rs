@@ -1,0 +1,17 @@
+//! Chengis: a self-hosted CI/CD server whose extensions are WebAssembly components.
+//!
+//! # Layout
+//! - [`pipeline`]: finding and reading pipeline files, printing diagnostics (the language
+//!   itself is the `chengis-pipeline` crate).
+//! - [`exec`]: running a step as a local process group: output capture, masking, timeouts.
+//! - [`engine`]: running a plan's jobs and steps, env/output propagation, events.
+//! - [`status`]: the status enum shared by builds, jobs and steps.
+//! - [`toolchain`]: making sure plugins can be built (`wasm32-wasip2`).
+//! - [`cli`]: the `chengis` command line.
+
+pub mod cli;
+pub mod engine;
+pub mod exec;
+pub mod pipeline;
+pub mod status;
+pub mod toolchain;

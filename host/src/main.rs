@@ -1,0 +1,11 @@
+//! The `chengis` binary: a thin wrapper around [`chengis::cli`].
+
+fn main() {
+    match chengis::cli::main() {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
