@@ -12,7 +12,7 @@ fn main() {
     while text.len() < 64 << 20 {
         text.push_str("2026-11-24T10:00:00Z compiling crate number ");
         text.push_str(&i.to_string());
-        if i % 97 == 0 {
+        if i.is_multiple_of(97) {
             text.push_str(" token=");
             text.push_str(&secrets[i % 50]);
         }
@@ -34,5 +34,8 @@ fn main() {
         masked = out.windows(3).filter(|w| w == b"***").count();
     }
     let mb = bytes.len() as f64 / (1 << 20) as f64;
-    println!("masking: {mb:.0} MiB with 50 secrets in 64 KiB chunks: {:.0} MiB/s (best of 5), {masked} values masked", mb / best);
+    println!(
+        "masking: {mb:.0} MiB with 50 secrets in 64 KiB chunks: {:.0} MiB/s (best of 5), {masked} values masked",
+        mb / best
+    );
 }

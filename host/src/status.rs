@@ -47,7 +47,12 @@ impl Status {
     pub fn is_finished(self) -> bool {
         match self {
             Status::Queued | Status::Running => false,
-            Status::Success | Status::Failure | Status::Cancelled | Status::TimedOut | Status::Skipped | Status::Error => true,
+            Status::Success
+            | Status::Failure
+            | Status::Cancelled
+            | Status::TimedOut
+            | Status::Skipped
+            | Status::Error => true,
         }
     }
 
@@ -64,7 +69,12 @@ impl Status {
         match self {
             Status::Queued => next != Status::Queued,
             Status::Running => next.is_finished() && next != Status::Skipped,
-            Status::Success | Status::Failure | Status::Cancelled | Status::TimedOut | Status::Skipped | Status::Error => false,
+            Status::Success
+            | Status::Failure
+            | Status::Cancelled
+            | Status::TimedOut
+            | Status::Skipped
+            | Status::Error => false,
         }
     }
 }
@@ -91,7 +101,16 @@ mod tests {
 
     #[test]
     fn text_round_trip() {
-        for s in [Status::Queued, Status::Running, Status::Success, Status::Failure, Status::Cancelled, Status::TimedOut, Status::Skipped, Status::Error] {
+        for s in [
+            Status::Queued,
+            Status::Running,
+            Status::Success,
+            Status::Failure,
+            Status::Cancelled,
+            Status::TimedOut,
+            Status::Skipped,
+            Status::Error,
+        ] {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.as_str()));
         }

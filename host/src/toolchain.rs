@@ -16,12 +16,17 @@ pub enum ToolchainError {
     #[error("cannot run `rustc --print sysroot`: {0}; install Rust with rustup (https://rustup.rs)")]
     NoRustc(String),
     /// rustup failed or is missing.
-    #[error("the {WASM_TARGET} target is not installed and `rustup target add {WASM_TARGET}` failed: {0}\n  fix: run `rustup target add {WASM_TARGET}` on a machine with network access, or install the target's standard library into {1}")]
+    #[error(
+        "the {WASM_TARGET} target is not installed and `rustup target add {WASM_TARGET}` failed: {0}\n  fix: run `rustup target add {WASM_TARGET}` on a machine with network access, or install the target's standard library into {1}"
+    )]
     InstallFailed(String, String),
 }
 
 fn sysroot() -> Result<PathBuf, ToolchainError> {
-    let out = Command::new("rustc").args(["--print", "sysroot"]).output().map_err(|e| ToolchainError::NoRustc(e.to_string()))?;
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map_err(|e| ToolchainError::NoRustc(e.to_string()))?;
     if !out.status.success() {
         return Err(ToolchainError::NoRustc(String::from_utf8_lossy(&out.stderr).trim().to_string()));
     }

@@ -355,7 +355,11 @@ fn expression_values_are_never_spliced_into_the_script() {
 fn required_substitution_fails_the_plan_with_its_message() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("chengis.yml");
-    std::fs::write(&file, "jobs:\n  j:\n    image: ${REGISTRY:?set REGISTRY to your registry}/app\n    steps:\n      - run: 'true'\n").unwrap();
+    std::fs::write(
+        &file,
+        "jobs:\n  j:\n    image: ${REGISTRY:?set REGISTRY to your registry}/app\n    steps:\n      - run: 'true'\n",
+    )
+    .unwrap();
     let out = chengis().arg("run").arg(&file).env_remove("REGISTRY").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -6,7 +6,8 @@ use indexmap::IndexMap;
 use std::time::{Duration, Instant};
 
 fn pipeline(jobs: usize) -> String {
-    let mut s = String::from("name: big\non:\n  push:\n    branches: [main, \"release/*\"]\nenv:\n  A: one\n  B: two\njobs:\n");
+    let mut s =
+        String::from("name: big\non:\n  push:\n    branches: [main, \"release/*\"]\nenv:\n  A: one\n  B: two\njobs:\n");
     for i in 0..jobs {
         s.push_str(&format!("  job{i}:\n    name: Job number {i}\n"));
         if i > 0 {

@@ -20,10 +20,7 @@ pub struct LintOptions {
 
 impl Default for LintOptions {
     fn default() -> Self {
-        LintOptions {
-            max_matrix: matrix::DEFAULT_MAX_COMBINATIONS,
-            max_bytes: crate::DEFAULT_MAX_BYTES,
-        }
+        LintOptions { max_matrix: matrix::DEFAULT_MAX_COMBINATIONS, max_bytes: crate::DEFAULT_MAX_BYTES }
     }
 }
 
@@ -36,12 +33,7 @@ struct Checker<'a> {
 
 /// Runs every semantic check; returns the job ids in dependency order when the graph is sound.
 pub fn check(decoded: &Decoded, src: &str, opts: &LintOptions, diags: &mut Diagnostics) -> Vec<String> {
-    let mut c = Checker {
-        decoded,
-        src,
-        diags,
-        max_matrix: opts.max_matrix,
-    };
+    let mut c = Checker { decoded, src, diags, max_matrix: opts.max_matrix };
     let p: &Pipeline = &decoded.pipeline;
     if let Some(on) = &p.on {
         for (name, f) in [("push", &on.push), ("pull_request", &on.pull_request), ("tag", &on.tag)] {
@@ -56,12 +48,15 @@ pub fn check(decoded: &Decoded, src: &str, opts: &LintOptions, diags: &mut Diagn
     for (k, v) in &p.env {
         c.value(v, &child("env", k), &[]);
     }
+    let params: Vec<String> = p.params.keys().cloned().collect();
     for (id, job) in &p.jobs {
-        c.job(id, job, p);
+        c.job(id, job, &params);
     }
     if let Some(post) = &p.post {
-        for (name, steps) in [("always", &post.always), ("on-success", &post.on_success), ("on-failure", &post.on_failure)] {
-            c.steps(steps, &child("post", name), &[], &[]);
+        for (name, steps) in
+            [("always", &post.always), ("on-success", &post.on_success), ("on-failure", &post.on_failure)]
+        {
+            c.steps(steps, &child("post", name), &[], &[], &params);
         }
     }
     for (i, n) in p.notify.iter().enumerate() {
@@ -75,9 +70,15 @@ pub fn check(decoded: &Decoded, src: &str, opts: &LintOptions, diags: &mut Diagn
         match e {
             DagError::UnknownNeed { job, index: i, need, suggestion } => {
                 let path = index(&child(&child("jobs", job), "needs"), *i);
-                let path = if c.decoded.spans.node(&path).is_some() { path } else { child(&child("jobs", job), "needs") };
+                let path =
+                    if c.decoded.spans.node(&path).is_some() { path } else { child(&child("jobs", job), "needs") };
                 let pos = c.decoded.spans.pos(&path);
-                let d = c.diags.error("unknown-need", pos, &path, format!("job `{job}` needs `{need}`, which is not a job of this pipeline"));
+                let d = c.diags.error(
+                    "unknown-need",
+                    pos,
+                    &path,
+                    format!("job `{job}` needs `{need}`, which is not a job of this pipeline"),
+                );
                 match suggestion {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help(format!("jobs: {}", p.jobs.keys().cloned().collect::<Vec<_>>().join(", "))),
@@ -88,7 +89,12 @@ pub fn check(decoded: &Decoded, src: &str, opts: &LintOptions, diags: &mut Diagn
                 let path = child(&child("jobs", &first), "needs");
                 let pos = c.decoded.spans.pos(&path);
                 c.diags
-                    .error("needs-cycle", pos, &path, format!("the jobs depend on each other in a cycle: {}", cycle.join(" -> ")))
+                    .error(
+                        "needs-cycle",
+                        pos,
+                        &path,
+                        format!("the jobs depend on each other in a cycle: {}", cycle.join(" -> ")),
+                    )
                     .help("remove one of these `needs` so that the jobs can run in some order");
             }
         }
@@ -120,14 +126,19 @@ impl Checker<'_> {
                     if let Err(e) = regex::Regex::new(re) {
                         let pos = self.pos(&p, None);
                         self.diags
-                            .error("invalid-regex", pos, &p, format!("invalid regular expression `{re}`: {}", first_line(&e.to_string())))
+                            .error(
+                                "invalid-regex",
+                                pos,
+                                &p,
+                                format!("invalid regular expression `{re}`: {}", first_line(&e.to_string())),
+                            )
                             .help("patterns starting with `re:` are regular expressions; without it they are globs");
                     }
                 } else if let Err(e) = globset::GlobBuilder::new(pattern).literal_separator(true).build() {
                     let pos = self.pos(&p, None);
-                    self.diags
-                        .error("invalid-glob", pos, &p, format!("invalid glob `{pattern}`: {}", e.kind()))
-                        .help("globs use `*`, `**`, `?`, `[abc]` and `{a,b}`; start with `re:` for a regular expression");
+                    self.diags.error("invalid-glob", pos, &p, format!("invalid glob `{pattern}`: {}", e.kind())).help(
+                        "globs use `*`, `**`, `?`, `[abc]` and `{a,b}`; start with `re:` for a regular expression",
+                    );
                 }
             }
         }
@@ -135,11 +146,18 @@ impl Checker<'_> {
 
     fn cron(&mut self, cron: &str, path: &str) {
         let fields: Vec<&str> = cron.split_whitespace().collect();
-        let ranges = [(0, 59, "minute"), (0, 23, "hour"), (1, 31, "day of month"), (1, 12, "month"), (0, 7, "day of week")];
+        let ranges =
+            [(0, 59, "minute"), (0, 23, "hour"), (1, 31, "day of month"), (1, 12, "month"), (0, 7, "day of week")];
         let problem = if fields.len() != 5 {
-            Some(format!("a cron expression has 5 fields (minute hour day-of-month month day-of-week), found {}", fields.len()))
+            Some(format!(
+                "a cron expression has 5 fields (minute hour day-of-month month day-of-week), found {}",
+                fields.len()
+            ))
         } else {
-            fields.iter().zip(ranges).find_map(|(f, (lo, hi, name))| cron_field(f, lo, hi).err().map(|e| format!("{name} field `{f}`: {e}")))
+            fields
+                .iter()
+                .zip(ranges)
+                .find_map(|(f, (lo, hi, name))| cron_field(f, lo, hi).err().map(|e| format!("{name} field `{f}`: {e}")))
         };
         if let Some(msg) = problem {
             let pos = self.pos(path, None);
@@ -219,12 +237,8 @@ impl Checker<'_> {
                 }
                 let at = value[offset..].find(first.as_str()).map_or(offset, |i| offset + i);
                 let pos = self.pos(path, Some((value, at)));
-                let d = self.diags.error(
-                    "unknown-reference",
-                    pos,
-                    path,
-                    format!("`{ctx}.{first}` does not name a {what}"),
-                );
+                let d =
+                    self.diags.error("unknown-reference", pos, path, format!("`{ctx}.{first}` does not name a {what}"));
                 match did_you_mean(first, known.iter().map(String::as_str)) {
                     Some(sug) => d.help(format!("did you mean `{ctx}.{sug}`?")),
                     None if known.is_empty() => d.help(format!("there is no {what}")),
@@ -234,7 +248,7 @@ impl Checker<'_> {
         }
     }
 
-    fn job(&mut self, id: &str, job: &Job, p: &Pipeline) {
+    fn job(&mut self, id: &str, job: &Job, params: &[String]) {
         let path = child("jobs", id);
         let mut matrix_keys: Vec<String> = Vec::new();
         if let Some(strategy) = &job.strategy {
@@ -248,19 +262,28 @@ impl Checker<'_> {
                     for i in exp.unused_excludes {
                         let ep = index(&child(&mpath, "exclude"), i);
                         let pos = self.pos(&ep, None);
-                        self.diags.warning("unused-exclude", pos, &ep, "this `exclude` entry matches no combination of the matrix");
+                        self.diags.warning(
+                            "unused-exclude",
+                            pos,
+                            &ep,
+                            "this `exclude` entry matches no combination of the matrix",
+                        );
                     }
                 }
                 Err(MatrixError::TooMany { count, max }) => {
                     let pos = self.pos(&mpath, None);
                     self.diags
-                        .error("matrix-too-large", pos, &mpath, format!("the matrix expands to {count} combinations, more than the limit of {max}"))
+                        .error(
+                            "matrix-too-large",
+                            pos,
+                            &mpath,
+                            format!("the matrix expands to {count} combinations, more than the limit of {max}"),
+                        )
                         .help("remove values or add `exclude` entries, or raise the limit with `--max-matrix`");
                 }
             }
         }
-        let params: Vec<String> = p.params.keys().cloned().collect();
-        let scope = [Scope::Needs(&job.needs), Scope::Matrix(&matrix_keys), Scope::Params(&params)];
+        let scope = [Scope::Needs(&job.needs), Scope::Matrix(&matrix_keys), Scope::Params(params)];
         if let Some(cond) = &job.condition {
             self.condition(cond, &child(&path, "if"), &scope);
         }
@@ -300,14 +323,14 @@ impl Checker<'_> {
                 self.diags.warning("duplicate-need", pos, &np, format!("`{n}` is listed twice in `needs`"));
             }
         }
-        self.steps(&job.steps, &child(&path, "steps"), &job.needs, &matrix_keys);
+        self.steps(&job.steps, &child(&path, "steps"), &job.needs, &matrix_keys, params);
     }
 
-    fn steps(&mut self, steps: &[Step], path: &str, needs: &[String], matrix_keys: &[String]) {
+    fn steps(&mut self, steps: &[Step], path: &str, needs: &[String], matrix_keys: &[String], params: &[String]) {
         let mut ids: Vec<String> = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             let sp = index(path, i);
-            let scope = [Scope::Needs(needs), Scope::Matrix(matrix_keys), Scope::Steps(&ids)];
+            let scope = [Scope::Needs(needs), Scope::Matrix(matrix_keys), Scope::Steps(&ids), Scope::Params(params)];
             if let Some(cond) = &step.condition {
                 self.condition(cond, &child(&sp, "if"), &scope);
             }
@@ -340,7 +363,12 @@ impl Checker<'_> {
                 if ids.contains(id) {
                     let ip = child(&sp, "id");
                     let pos = self.pos(&ip, None);
-                    self.diags.error("duplicate-step-id", pos, &ip, format!("step id `{id}` is used twice in this job"));
+                    self.diags.error(
+                        "duplicate-step-id",
+                        pos,
+                        &ip,
+                        format!("step id `{id}` is used twice in this job"),
+                    );
                 }
                 ids.push(id.clone());
             }

@@ -74,9 +74,7 @@ fn find_cycle(needs: &IndexMap<String, Vec<String>>, remaining: &[&str]) -> Vec<
     let mut path: Vec<&str> = vec![start];
     let mut current = *start;
     loop {
-        let next = needs
-            .get(current)
-            .and_then(|list| list.iter().find(|n| remaining.contains(&n.as_str())));
+        let next = needs.get(current).and_then(|list| list.iter().find(|n| remaining.contains(&n.as_str())));
         let Some(next) = next else { return Vec::new() };
         if let Some(at) = path.iter().position(|p| *p == next) {
             let mut cycle: Vec<String> = path[at..].iter().rev().map(|s| s.to_string()).collect();
@@ -101,10 +99,7 @@ mod tests {
     use super::*;
 
     fn graph(edges: &[(&str, &[&str])]) -> IndexMap<String, Vec<String>> {
-        edges
-            .iter()
-            .map(|(j, n)| (j.to_string(), n.iter().map(|s| s.to_string()).collect()))
-            .collect()
+        edges.iter().map(|(j, n)| (j.to_string(), n.iter().map(|s| s.to_string()).collect())).collect()
     }
 
     #[test]
@@ -134,7 +129,12 @@ mod tests {
         let (_, errors) = order(&graph(&[("build", &[]), ("test", &["biuld"])]));
         assert_eq!(
             errors,
-            [DagError::UnknownNeed { job: "test".into(), index: 0, need: "biuld".into(), suggestion: Some("build".into()) }]
+            [DagError::UnknownNeed {
+                job: "test".into(),
+                index: 0,
+                need: "biuld".into(),
+                suggestion: Some("build".into())
+            }]
         );
     }
 }

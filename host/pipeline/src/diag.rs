@@ -50,11 +50,7 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(
-            f,
-            "{}:{}:{}: {sev}[{}]: {}",
-            self.file, self.line, self.column, self.code, self.message
-        )?;
+        write!(f, "{}:{}:{}: {sev}[{}]: {}", self.file, self.line, self.column, self.code, self.message)?;
         if !self.field.is_empty() {
             write!(f, " (at `{}`)", self.field)?;
         }
@@ -75,10 +71,7 @@ pub struct Diagnostics {
 impl Diagnostics {
     /// A new, empty collector for `file`.
     pub fn new(file: impl Into<String>) -> Self {
-        Diagnostics {
-            file: file.into(),
-            items: Vec::new(),
-        }
+        Diagnostics { file: file.into(), items: Vec::new() }
     }
 
     /// Records an error.
@@ -113,7 +106,7 @@ impl Diagnostics {
 
     /// The diagnostics sorted by position, errors and warnings interleaved in file order.
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.items.sort_by(|a, b| (a.line, a.column, a.severity).cmp(&(b.line, b.column, b.severity)));
+        self.items.sort_by_key(|d| (d.line, d.column, d.severity));
         self.items.dedup();
         self.items
     }

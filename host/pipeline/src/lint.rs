@@ -30,7 +30,12 @@ pub fn lint(src: &str, file: &str, opts: &LintOptions) -> Linted {
     let start = crate::diag::Pos { line: 1, column: 1 };
     if src.len() > opts.max_bytes {
         diags
-            .error("file-too-large", start, "", format!("the pipeline file is {} bytes, more than the limit of {} bytes", src.len(), opts.max_bytes))
+            .error(
+                "file-too-large",
+                start,
+                "",
+                format!("the pipeline file is {} bytes, more than the limit of {} bytes", src.len(), opts.max_bytes),
+            )
             .help("split the pipeline or remove generated content");
         return Linted { diagnostics: diags.into_sorted(), decoded: None, order: Vec::new() };
     }
@@ -57,7 +62,12 @@ pub fn lint(src: &str, file: &str, opts: &LintOptions) -> Linted {
 
 /// Lints and plans in one go: the plan and the warnings, or every diagnostic when there is
 /// an error.
-pub fn lint_and_plan(src: &str, file: &str, opts: &LintOptions, inputs: &PlanInputs<'_>) -> Result<(Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub fn lint_and_plan(
+    src: &str,
+    file: &str,
+    opts: &LintOptions,
+    inputs: &PlanInputs<'_>,
+) -> Result<(Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
     let linted = lint(src, file, opts);
     if linted.has_errors() {
         return Err(linted.diagnostics);

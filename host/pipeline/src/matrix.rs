@@ -38,22 +38,11 @@ fn matches(combo: &Combination, entry: &IndexMap<String, String>) -> bool {
 /// names extends that combination with its other keys; an entry that extends none is added as
 /// a combination of its own. The count is checked before anything large is built.
 pub fn expand(m: &Matrix, max: usize) -> Result<Expansion, MatrixError> {
-    let product = m
-        .axes
-        .values()
-        .try_fold(1usize, |acc, v| acc.checked_mul(v.len()))
-        .unwrap_or(usize::MAX);
+    let product = m.axes.values().try_fold(1usize, |acc, v| acc.checked_mul(v.len())).unwrap_or(usize::MAX);
     if product > max.saturating_mul(4).max(max + m.exclude.len() * 64) {
-        return Err(MatrixError::TooMany {
-            count: product.saturating_add(m.include.len()),
-            max,
-        });
+        return Err(MatrixError::TooMany { count: product.saturating_add(m.include.len()), max });
     }
-    let mut combos: Vec<Combination> = if m.axes.is_empty() {
-        Vec::new()
-    } else {
-        vec![Combination::new()]
-    };
+    let mut combos: Vec<Combination> = if m.axes.is_empty() { Vec::new() } else { vec![Combination::new()] };
     for (axis, values) in &m.axes {
         let mut next = Vec::with_capacity(combos.len() * values.len());
         for c in &combos {
@@ -75,14 +64,13 @@ pub fn expand(m: &Matrix, max: usize) -> Result<Expansion, MatrixError> {
     }
     let originals = combos.len();
     for inc in &m.include {
-        let on_axes: IndexMap<String, String> = inc
-            .iter()
-            .filter(|(k, _)| m.axes.contains_key(*k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let on_axes: IndexMap<String, String> =
+            inc.iter().filter(|(k, _)| m.axes.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut extended = false;
         for c in combos.iter_mut().take(originals) {
-            if matches(c, &on_axes) && inc.iter().all(|(k, v)| m.axes.contains_key(k) || c.get(k).is_none_or(|x| x == v)) {
+            if matches(c, &on_axes)
+                && inc.iter().all(|(k, v)| m.axes.contains_key(k) || c.get(k).is_none_or(|x| x == v))
+            {
                 for (k, v) in inc {
                     c.insert(k.clone(), v.clone());
                 }
@@ -96,10 +84,7 @@ pub fn expand(m: &Matrix, max: usize) -> Result<Expansion, MatrixError> {
     if combos.len() > max {
         return Err(MatrixError::TooMany { count: combos.len(), max });
     }
-    Ok(Expansion {
-        combinations: combos,
-        unused_excludes,
-    })
+    Ok(Expansion { combinations: combos, unused_excludes })
 }
 
 /// The display suffix of a combination: `os=linux, rust=1.80`.
@@ -119,10 +104,7 @@ mod tests {
     fn matrix(axes: &[(&str, &[&str])], exclude: &[&[(&str, &str)]], include: &[&[(&str, &str)]]) -> Matrix {
         let map = |e: &&[(&str, &str)]| e.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Matrix {
-            axes: axes
-                .iter()
-                .map(|(a, v)| (a.to_string(), v.iter().map(|s| s.to_string()).collect()))
-                .collect(),
+            axes: axes.iter().map(|(a, v)| (a.to_string(), v.iter().map(|s| s.to_string()).collect())).collect(),
             exclude: exclude.iter().map(map).collect(),
             include: include.iter().map(map).collect(),
         }
@@ -139,12 +121,7 @@ mod tests {
         let labels: Vec<String> = e.combinations.iter().map(label).collect();
         assert_eq!(
             labels,
-            [
-                "os=linux, rust=1.80",
-                "os=linux, rust=1.95, extra=yes",
-                "os=mac, rust=1.95",
-                "os=windows, rust=1.95"
-            ]
+            ["os=linux, rust=1.80", "os=linux, rust=1.95, extra=yes", "os=mac, rust=1.95", "os=windows, rust=1.95"]
         );
         assert!(e.unused_excludes.is_empty());
     }

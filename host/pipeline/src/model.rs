@@ -66,21 +66,27 @@ pub struct Triggers {
 pub struct Filters {
     /// Branches that trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub branches: Vec<String>,
     /// Branches that never trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub branches_ignore: Vec<String>,
     /// Tags that trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub tags: Vec<String>,
     /// Tags that never trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub tags_ignore: Vec<String>,
     /// Only when a changed file matches one of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub paths: Vec<String>,
     /// Not when every changed file matches one of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub paths_ignore: Vec<String>,
 }
 
@@ -271,8 +277,10 @@ pub struct Cache {
     pub key: String,
     /// Key prefixes tried in order when the key misses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub restore_keys: Vec<String>,
     /// Files and directories (globs allowed) to cache.
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub paths: Vec<String>,
 }
 
@@ -284,6 +292,7 @@ pub struct Artifact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Files and directories (globs allowed).
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub paths: Vec<String>,
     /// How long to keep it, such as `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,6 +321,7 @@ pub enum When {
 pub struct Approval {
     /// Users or groups allowed to approve; empty means any developer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
     pub approvers: Vec<String>,
     /// How long the job waits for approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -153,13 +153,14 @@ struct Planner<'a> {
 
 /// Builds the plan of a linted pipeline (`order` from the linter); on failure returns the
 /// diagnostics (unset `${VAR:?}`, bad parameters), each with its position.
-pub fn plan(decoded: &Decoded, src: &str, file: &str, order: &[String], inputs: &PlanInputs<'_>) -> Result<Plan, Vec<Diagnostic>> {
-    let mut p = Planner {
-        decoded,
-        src,
-        diags: Diagnostics::new(file),
-        inputs,
-    };
+pub fn plan(
+    decoded: &Decoded,
+    src: &str,
+    file: &str,
+    order: &[String],
+    inputs: &PlanInputs<'_>,
+) -> Result<Plan, Vec<Diagnostic>> {
+    let mut p = Planner { decoded, src, diags: Diagnostics::new(file), inputs };
     let pipeline: &Pipeline = &decoded.pipeline;
     let params = p.params(pipeline);
     let no_matrix = Combination::new();
@@ -210,11 +211,7 @@ pub fn plan(decoded: &Decoded, src: &str, file: &str, order: &[String], inputs: 
 
 /// The planned id of one combination of a matrix job.
 pub fn expanded_id(key: &str, combo: &Combination) -> String {
-    if combo.is_empty() {
-        key.to_string()
-    } else {
-        format!("{key} ({})", matrix::label(combo))
-    }
+    if combo.is_empty() { key.to_string() } else { format!("{key} ({})", matrix::label(combo)) }
 }
 
 impl Planner<'_> {
@@ -223,7 +220,12 @@ impl Planner<'_> {
         for (name, given) in self.inputs.params {
             if !pipeline.params.contains_key(name) {
                 let declared: Vec<&str> = pipeline.params.keys().map(String::as_str).collect();
-                let d = self.diags.error("unknown-param", self.decoded.spans.pos("params"), "params", format!("parameter `{name}` is not declared by this pipeline"));
+                let d = self.diags.error(
+                    "unknown-param",
+                    self.decoded.spans.pos("params"),
+                    "params",
+                    format!("parameter `{name}` is not declared by this pipeline"),
+                );
                 match crate::diag::did_you_mean(name, declared.iter().copied()) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None if declared.is_empty() => d.help("declare it under the top-level `params:`"),
@@ -249,7 +251,12 @@ impl Planner<'_> {
             };
             if !decl.choices.is_empty() && !decl.choices.contains(&value) {
                 let pos = self.decoded.spans.pos(&path);
-                self.diags.error("invalid-param", pos, &path, format!("parameter `{name}` is `{value}`, not one of: {}", decl.choices.join(", ")));
+                self.diags.error(
+                    "invalid-param",
+                    pos,
+                    &path,
+                    format!("parameter `{name}` is `{value}`, not one of: {}", decl.choices.join(", ")),
+                );
             }
             out.insert(name.clone(), value);
         }
@@ -298,13 +305,24 @@ impl Planner<'_> {
         Text(pieces)
     }
 
-    fn map(&mut self, m: &IndexMap<String, String>, path: &str, params: &IndexMap<String, String>, combo: &Combination) -> IndexMap<String, Text> {
-        m.iter()
-            .map(|(k, v)| (k.clone(), self.text(v, &child(path, k), params, combo)))
-            .collect()
+    fn map(
+        &mut self,
+        m: &IndexMap<String, String>,
+        path: &str,
+        params: &IndexMap<String, String>,
+        combo: &Combination,
+    ) -> IndexMap<String, Text> {
+        m.iter().map(|(k, v)| (k.clone(), self.text(v, &child(path, k), params, combo))).collect()
     }
 
-    fn job(&mut self, key: &str, job: &model::Job, combo: Combination, needs: &[String], params: &IndexMap<String, String>) -> PlannedJob {
+    fn job(
+        &mut self,
+        key: &str,
+        job: &model::Job,
+        combo: Combination,
+        needs: &[String],
+        params: &IndexMap<String, String>,
+    ) -> PlannedJob {
         let path = child("jobs", key);
         let id = expanded_id(key, &combo);
         let base_name = job.name.clone().unwrap_or_else(|| key.to_string());
@@ -333,7 +351,13 @@ impl Planner<'_> {
         }
     }
 
-    fn steps(&mut self, steps: &[model::Step], path: &str, params: &IndexMap<String, String>, combo: &Combination) -> Vec<PlannedStep> {
+    fn steps(
+        &mut self,
+        steps: &[model::Step],
+        path: &str,
+        params: &IndexMap<String, String>,
+        combo: &Combination,
+    ) -> Vec<PlannedStep> {
         steps
             .iter()
             .enumerate()
@@ -342,7 +366,11 @@ impl Planner<'_> {
                 let name = s
                     .name
                     .clone()
-                    .or_else(|| s.run.as_ref().map(|r| r.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()))
+                    .or_else(|| {
+                        s.run
+                            .as_ref()
+                            .map(|r| r.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string())
+                    })
                     .or_else(|| s.uses.clone())
                     .unwrap_or_else(|| format!("step {}", i + 1));
                 PlannedStep {
@@ -357,7 +385,10 @@ impl Planner<'_> {
                     continue_on_error: s.continue_on_error,
                     timeout: s.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
                     shell: s.shell.clone(),
-                    working_directory: s.working_directory.as_ref().map(|w| self.text(w, &child(&sp, "working-directory"), params, combo)),
+                    working_directory: s
+                        .working_directory
+                        .as_ref()
+                        .map(|w| self.text(w, &child(&sp, "working-directory"), params, combo)),
                 }
             })
             .collect()

@@ -17,7 +17,7 @@ pub enum SubstError {
         offset: usize,
     },
     /// `${` without its `}`.
-    #[error("`${{` at byte {offset} is not closed by `}}`")]
+    #[error("`${{` is not closed by `}}`")]
     Unterminated {
         /// Byte offset of the `$`.
         offset: usize,
@@ -36,9 +36,9 @@ impl SubstError {
     /// Byte offset of the offending `$` in the input.
     pub fn offset(&self) -> usize {
         match self {
-            SubstError::Unset { offset, .. } | SubstError::Unterminated { offset } | SubstError::BadName { offset, .. } => {
-                *offset
-            }
+            SubstError::Unset { offset, .. }
+            | SubstError::Unterminated { offset }
+            | SubstError::BadName { offset, .. } => *offset,
         }
     }
 }
@@ -85,7 +85,10 @@ pub fn check_syntax(s: &str) -> Vec<SubstError> {
     }
 }
 
-fn walk(s: &str, base: usize, lookup: Option<&dyn Fn(&str) -> Option<String>>) -> Result<Option<String>, SubstError> {
+/// Looks a variable up by name.
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn walk(s: &str, base: usize, lookup: Option<Lookup<'_>>) -> Result<Option<String>, SubstError> {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;

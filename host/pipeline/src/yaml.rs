@@ -86,7 +86,9 @@ pub enum LoadError {
         message: String,
     },
     /// Aliases expand to too many nodes.
-    #[error("YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes; refusing to load (is this a \"billion laughs\" document?)")]
+    #[error(
+        "YAML aliases expand to more than {MAX_EXPANDED_NODES} nodes; refusing to load (is this a \"billion laughs\" document?)"
+    )]
     TooLarge {
         /// The alias that crossed the limit.
         pos: Pos,
@@ -129,10 +131,7 @@ impl LoadError {
 }
 
 fn pos_of(span: &Span) -> Pos {
-    Pos {
-        line: span.start.line() as u32,
-        column: span.start.col() as u32 + 1,
-    }
+    Pos { line: span.start.line() as u32, column: span.start.col() as u32 + 1 }
 }
 
 enum Open {
@@ -157,10 +156,7 @@ pub fn load(src: &str) -> Result<Rc<Node>, LoadError> {
     let mut total: u64 = 0;
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| LoadError::Syntax {
-            pos: Pos {
-                line: e.marker().line() as u32,
-                column: e.marker().col() as u32 + 1,
-            },
+            pos: Pos { line: e.marker().line() as u32, column: e.marker().col() as u32 + 1 },
             message: e.info().to_string(),
         })?;
         let pos = pos_of(&span);
@@ -174,10 +170,7 @@ pub fn load(src: &str) -> Result<Rc<Node>, LoadError> {
             }
             Event::Scalar(value, style, anchor, _tag) => {
                 let node = Node {
-                    kind: NodeKind::Scalar {
-                        value: value.into_owned(),
-                        plain: style == ScalarStyle::Plain,
-                    },
+                    kind: NodeKind::Scalar { value: value.into_owned(), plain: style == ScalarStyle::Plain },
                     pos,
                     start: span.start.index(),
                     end: span.end.index(),
@@ -198,31 +191,18 @@ pub fn load(src: &str) -> Result<Rc<Node>, LoadError> {
                 } else {
                     Open::Map(Vec::new(), None)
                 };
-                stack.push(Frame {
-                    open,
-                    anchor,
-                    pos,
-                    start: span.start.index(),
-                    weight: 1,
-                });
+                stack.push(Frame { open, anchor, pos, start: span.start.index(), weight: 1 });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let frame = stack.pop().ok_or(LoadError::Syntax {
-                    pos,
-                    message: "unbalanced collection end".into(),
-                })?;
+                let frame =
+                    stack.pop().ok_or(LoadError::Syntax { pos, message: "unbalanced collection end".into() })?;
                 let kind = match frame.open {
                     Open::Seq(items) => NodeKind::Seq(items),
                     Open::Map(entries, _) => NodeKind::Map(entries),
                 };
-                let node = Node {
-                    kind,
-                    pos: frame.pos,
-                    start: frame.start,
-                    end: span.end.index(),
-                    weight: frame.weight,
-                };
+                let node =
+                    Node { kind, pos: frame.pos, start: frame.start, end: span.end.index(), weight: frame.weight };
                 Some((Rc::new(node), frame.anchor))
             }
         };
@@ -281,7 +261,8 @@ mod tests {
 
     #[test]
     fn billion_laughs_is_refused_quickly() {
-        let mut doc = String::from("a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut doc =
+            String::from("a0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
         for i in 1..10 {
             let p = i - 1;
             doc.push_str(&format!("a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"));

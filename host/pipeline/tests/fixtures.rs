@@ -5,7 +5,7 @@
 //! the `.expected` files and the schema; review the diff before committing.
 
 use chengis_pipeline::yaml::{Node, NodeKind, load};
-use chengis_pipeline::{LintOptions, lint};
+use chengis_pipeline::{LintOptions, Severity, lint};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -43,9 +43,29 @@ fn to_json(node: &Node) -> Value {
                 .unwrap_or_else(|_| Value::String(v.to_string())),
         },
         NodeKind::Seq(items) => Value::Array(items.iter().map(|n| to_json(n)).collect()),
-        NodeKind::Map(entries) => Value::Object(
-            entries.iter().map(|(k, v)| (k.as_scalar().unwrap_or_default().to_string(), to_json(v))).collect(),
-        ),
+        NodeKind::Map(entries) => {
+            // `<<` merge keys are resolved as YAML tools (and editors) do before checking.
+            let mut obj = serde_json::Map::new();
+            for (k, v) in entries {
+                match k.as_scalar() {
+                    Some("<<") => {
+                        let merged = match to_json(v) {
+                            Value::Array(items) => items,
+                            other => vec![other],
+                        };
+                        for m in merged {
+                            for (mk, mv) in m.as_object().cloned().unwrap_or_default() {
+                                obj.entry(mk).or_insert(mv);
+                            }
+                        }
+                    }
+                    key => {
+                        obj.insert(key.unwrap_or_default().to_string(), to_json(v));
+                    }
+                }
+            }
+            Value::Object(obj)
+        }
     }
 }
 
@@ -62,7 +82,13 @@ fn render(path: &Path) -> String {
     linted
         .diagnostics
         .iter()
-        .map(|d| format!("{}:{} {:?} {} `{}` {}\n", d.line, d.column, d.severity, d.code, d.field, d.message).to_lowercase())
+        .map(|d| {
+            let severity = match d.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            format!("{}:{} {severity} {} `{}` {}\n", d.line, d.column, d.code, d.field, d.message)
+        })
         .collect()
 }
 
@@ -74,7 +100,8 @@ fn good_pipelines_lint_clean_and_match_the_schema() {
         assert!(diags.is_empty(), "{}:\n{diags}", path.display());
         let src = std::fs::read_to_string(&path).unwrap();
         let json = to_json(&load(&src).unwrap());
-        let errors: Vec<String> = validator.iter_errors(&json).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+        let errors: Vec<String> =
+            validator.iter_errors(&json).map(|e| format!("{} at {}", e, e.instance_path())).collect();
         assert!(errors.is_empty(), "{} does not match the schema: {errors:?}", path.display());
     }
 }
@@ -89,8 +116,8 @@ fn broken_pipelines_give_the_expected_diagnostics() {
         if bless() {
             std::fs::write(&expected_path, &got).unwrap();
         }
-        let expected = std::fs::read_to_string(&expected_path)
-            .unwrap_or_else(|_| panic!("missing {}", expected_path.display()));
+        let expected =
+            std::fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("missing {}", expected_path.display()));
         assert_eq!(got, expected, "diagnostics of {} changed", path.display());
         assert!(got.contains(" error "), "{} has no error", path.display());
         let src = std::fs::read_to_string(&path).unwrap();
@@ -110,5 +137,10 @@ fn checked_in_schema_is_up_to_date() {
         std::fs::write(&path, &generated).unwrap();
     }
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(checked_in == generated, "{} is out of date: run `cargo run -- schema -o {}`", path.display(), path.display());
+    assert!(
+        checked_in == generated,
+        "{} is out of date: run `cargo run -- schema -o {}`",
+        path.display(),
+        path.display()
+    );
 }

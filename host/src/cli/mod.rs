@@ -55,7 +55,8 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Schema { output } => {
             let schema = chengis_pipeline::schema::pipeline_schema_json();
             match output {
-                Some(path) => std::fs::write(&path, schema).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+                Some(path) => std::fs::write(&path, schema)
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
                 None => print!("{schema}"),
             }
             Ok(0)

@@ -60,10 +60,20 @@ impl Renderer {
     fn text(&mut self, event: &RunEvent) -> String {
         match event {
             RunEvent::RunStarted { pipeline, jobs, workspace } => {
-                format!("{} {} ({} job{}) in {workspace}\n", self.paint("1", "▶"), self.paint("1", pipeline), jobs.len(), if jobs.len() == 1 { "" } else { "s" })
+                format!(
+                    "{} {} ({} job{}) in {workspace}\n",
+                    self.paint("1", "▶"),
+                    self.paint("1", pipeline),
+                    jobs.len(),
+                    if jobs.len() == 1 { "" } else { "s" }
+                )
             }
-            RunEvent::JobStarted { job, name } => format!("{}{} {}\n", self.tag(job), self.paint("1;34", "┌"), self.paint("1", &format!("job {name}"))),
-            RunEvent::StepStarted { job, name, .. } => format!("{}{} {}\n", self.tag(job), self.paint("34", "│ ▸"), self.paint("1", name)),
+            RunEvent::JobStarted { job, name } => {
+                format!("{}{} {}\n", self.tag(job), self.paint("1;34", "┌"), self.paint("1", &format!("job {name}")))
+            }
+            RunEvent::StepStarted { job, name, .. } => {
+                format!("{}{} {}\n", self.tag(job), self.paint("34", "│ ▸"), self.paint("1", name))
+            }
             RunEvent::Log { job, line, .. } => {
                 let text = if matches!(line.stream, crate::exec::Stream::Stderr) && self.color {
                     self.paint("33", &line.text)
@@ -79,12 +89,25 @@ impl Renderer {
                     (Status::Success, _) | (_, None) => String::new(),
                     (_, Some(r)) => format!(": {r}"),
                 };
-                format!("{}{} {} {} {}{why}\n", self.tag(job), self.paint("34", "│"), self.symbol(*status), name, self.paint("2", &format!("({})", fmt_duration(*duration))))
+                format!(
+                    "{}{} {} {} {}{why}\n",
+                    self.tag(job),
+                    self.paint("34", "│"),
+                    self.symbol(*status),
+                    name,
+                    self.paint("2", &format!("({})", fmt_duration(*duration)))
+                )
             }
             RunEvent::JobFinished { job, name, status, reason, duration } => {
                 self.finished.push((name.clone(), *status, reason.clone(), *duration));
                 let why = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
-                format!("{}{} {} job {name} {status} {}{why}\n", self.tag(job), self.paint("1;34", "└"), self.symbol(*status), self.paint("2", &format!("in {}", fmt_duration(*duration))))
+                format!(
+                    "{}{} {} job {name} {status} {}{why}\n",
+                    self.tag(job),
+                    self.paint("1;34", "└"),
+                    self.symbol(*status),
+                    self.paint("2", &format!("in {}", fmt_duration(*duration)))
+                )
             }
             RunEvent::RunFinished { status, duration } => self.summary(*status, *duration),
         }
@@ -130,7 +153,13 @@ mod tests {
     #[test]
     fn plain_text_has_no_escape_codes() {
         let mut r = Renderer::new(Format::Text, false, true);
-        let s = r.text(&RunEvent::JobFinished { job: "b".into(), name: "b".into(), status: Status::Failure, reason: Some("step `x` exited with code 1".into()), duration: Duration::from_millis(5) });
+        let s = r.text(&RunEvent::JobFinished {
+            job: "b".into(),
+            name: "b".into(),
+            status: Status::Failure,
+            reason: Some("step `x` exited with code 1".into()),
+            duration: Duration::from_millis(5),
+        });
         assert_eq!(s, "[b] └ ✗ job b failure in 5ms: step `x` exited with code 1\n");
         assert!(!r.summary(Status::Failure, Duration::ZERO).contains('\x1b'));
     }

@@ -102,7 +102,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         Err(diags) => {
             match args.format {
                 Format::Text => eprint!("{}", render_text(&diags, &src, color_err)),
-                Format::Json => println!("{}", serde_json::json!({"event": "lint_failed", "diagnostics": render_json(&diags)})),
+                Format::Json => {
+                    println!("{}", serde_json::json!({"event": "lint_failed", "diagnostics": render_json(&diags)}))
+                }
             }
             return Ok(1);
         }
@@ -110,7 +112,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let plan = select_jobs(plan, &args.jobs)?;
     let mut secrets: IndexMap<String, String> = IndexMap::new();
     if let Some(path) = &args.secrets_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read secrets file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read secrets file {}", path.display()))?;
         for (k, v) in envfile::parse(&text).with_context(|| format!("secrets file {}", path.display()))? {
             secrets.insert(k, v);
         }
@@ -173,7 +176,8 @@ fn select_jobs(mut plan: Plan, wanted: &[String]) -> anyhow::Result<Plan> {
     }
     let mut keep: Vec<String> = Vec::new();
     for w in wanted {
-        let matched: Vec<String> = plan.jobs.iter().filter(|j| &j.id == w || &j.key == w).map(|j| j.id.clone()).collect();
+        let matched: Vec<String> =
+            plan.jobs.iter().filter(|j| &j.id == w || &j.key == w).map(|j| j.id.clone()).collect();
         if matched.is_empty() {
             let ids: Vec<&str> = plan.jobs.iter().map(|j| j.id.as_str()).collect();
             bail!("no job `{w}` in this pipeline; jobs: {}", ids.join(", "));

@@ -80,10 +80,7 @@ fn check_name(name: &str, line: usize) -> Result<(), EnvFileError> {
     if chengis_pipeline::decode::is_env_name(name) {
         Ok(())
     } else {
-        Err(EnvFileError::BadName {
-            line,
-            name: name.to_string(),
-        })
+        Err(EnvFileError::BadName { line, name: name.to_string() })
     }
 }
 

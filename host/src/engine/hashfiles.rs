@@ -41,7 +41,8 @@ pub fn hash_files(root: &Path, patterns: &[String]) -> Result<String, String> {
     let mut total = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     for rel in files {
-        let mut file = File::open(root.join(&rel)).map_err(|e| format!("hashFiles: cannot open {}: {e}", rel.display()))?;
+        let mut file =
+            File::open(root.join(&rel)).map_err(|e| format!("hashFiles: cannot open {}: {e}", rel.display()))?;
         let mut one = Sha256::new();
         loop {
             let n = file.read(&mut buf).map_err(|e| format!("hashFiles: cannot read {}: {e}", rel.display()))?;

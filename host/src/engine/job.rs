@@ -127,8 +127,12 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
             .events
             .send(RunEvent::StepStarted { job: spec.id.to_string(), step: index, name: step.name.clone() })
             .await;
-        let (status, exit_code, reason, written) = run_one(step, index, env, ctx, &job_env, limit, spec.id, &mut next_line).await;
-        let status = if status == Status::TimedOut && step.timeout.is_none_or(|t| limit.is_some_and(|l| l < t)) && deadline.is_some() {
+        let (status, exit_code, reason, written) =
+            run_one(step, index, env, ctx, &job_env, limit, spec.id, &mut next_line).await;
+        let status = if status == Status::TimedOut
+            && step.timeout.is_none_or(|t| limit.is_some_and(|l| l < t))
+            && deadline.is_some()
+        {
             // The job's deadline, not the step's own limit, stopped it.
             failure.get_or_insert((Status::TimedOut, "the job ran out of time".into()));
             Status::TimedOut
@@ -146,11 +150,15 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
         let outcome = status.as_str();
         let conclusion = if status.is_failure() && step.continue_on_error { "success" } else { outcome };
         if let Some(id) = &step.id {
-            steps_ctx.insert(id.clone(), json!({"outputs": step_outputs, "outcome": outcome, "conclusion": conclusion}));
+            steps_ctx
+                .insert(id.clone(), json!({"outputs": step_outputs, "outcome": outcome, "conclusion": conclusion}));
         }
         finish(env, spec.id, index, &step.name, status, exit_code, reason.clone(), started).await;
         if status.is_failure() && !step.continue_on_error {
-            failure.get_or_insert((status, format!("step `{}` {}", step.name, reason.unwrap_or_else(|| status.to_string()))));
+            failure.get_or_insert((
+                status,
+                format!("step `{}` {}", step.name, reason.unwrap_or_else(|| status.to_string())),
+            ));
         }
     }
     match failure {
@@ -167,7 +175,16 @@ struct Written {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn finish(env: &JobEnv, job: &str, step: usize, name: &str, status: Status, exit_code: Option<i32>, reason: Option<String>, started: Instant) {
+async fn finish(
+    env: &JobEnv,
+    job: &str,
+    step: usize,
+    name: &str,
+    status: Status,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    started: Instant,
+) {
     let _ = env
         .events
         .send(RunEvent::StepFinished {
@@ -198,7 +215,9 @@ async fn run_one(
         return (
             Status::Error,
             None,
-            Some(format!("`uses: {uses}` needs a step-executor plugin; `chengis run` runs `run:` steps only (plugins run on the server)")),
+            Some(format!(
+                "`uses: {uses}` needs a step-executor plugin; `chengis run` runs `run:` steps only (plugins run on the server)"
+            )),
             Written::default(),
         );
     };
@@ -288,7 +307,10 @@ async fn run_one(
     let mut written = Written::default();
     let mut reason = reason;
     for (file, target) in [(&env_file, &mut written.env), (&out_file, &mut written.outputs)] {
-        match std::fs::read_to_string(file).map_err(|e| e.to_string()).and_then(|t| envfile::parse(&t).map_err(|e| e.to_string())) {
+        match std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|t| envfile::parse(&t).map_err(|e| e.to_string()))
+        {
             Ok(pairs) => *target = pairs,
             Err(e) => {
                 let which = if file == &env_file { "$CHENGIS_ENV" } else { "$CHENGIS_OUTPUT" };

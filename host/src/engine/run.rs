@@ -49,7 +49,13 @@ pub struct RunSummary {
 }
 
 /// Runs `plan`; events go to `events`; `cancel` stops it (Ctrl-C).
-pub async fn run_plan(plan: Plan, opts: RunOptions, masker: Arc<SecretMasker>, cancel: CancelSignal, events: mpsc::Sender<RunEvent>) -> RunSummary {
+pub async fn run_plan(
+    plan: Plan,
+    opts: RunOptions,
+    masker: Arc<SecretMasker>,
+    cancel: CancelSignal,
+    events: mpsc::Sender<RunEvent>,
+) -> RunSummary {
     let started = Instant::now();
     let state = tempfile::Builder::new().prefix("chengis-run-").tempdir();
     let state_root = match &state {
@@ -121,7 +127,8 @@ pub async fn run_plan(plan: Plan, opts: RunOptions, masker: Arc<SecretMasker>, c
             let mut ctx = root_ctx.clone();
             ctx.matrix = context::object(job.matrix.iter());
             ctx.needs = needs_context(job, &plan, &results);
-            let failed_need = job.needs.iter().find(|n| results.get(*n).is_some_and(|(r, _)| r.status != Status::Success));
+            let failed_need =
+                job.needs.iter().find(|n| results.get(*n).is_some_and(|(r, _)| r.status != Status::Success));
             ctx.status = Some(if cancel.is_cancelled() {
                 ExprStatus::Cancelled
             } else if failed_need.is_some() {
@@ -138,7 +145,9 @@ pub async fn run_plan(plan: Plan, opts: RunOptions, masker: Arc<SecretMasker>, c
                     Ok(false) => Err((
                         Status::Skipped,
                         match (failed_need, &job.condition) {
-                            (Some(n), None) => format!("needs `{n}`, which {}", describe(results.get(n).map(|(r, _)| r.status))),
+                            (Some(n), None) => {
+                                format!("needs `{n}`, which {}", describe(results.get(n).map(|(r, _)| r.status)))
+                            }
                             _ => "its `if` condition is false".to_string(),
                         },
                     )),
@@ -155,7 +164,10 @@ pub async fn run_plan(plan: Plan, opts: RunOptions, masker: Arc<SecretMasker>, c
                         duration: Duration::ZERO,
                     })
                     .await;
-                results.insert(job.id.clone(), (JobResult { status, reason: Some(reason), outputs: IndexMap::new() }, Duration::ZERO));
+                results.insert(
+                    job.id.clone(),
+                    (JobResult { status, reason: Some(reason), outputs: IndexMap::new() }, Duration::ZERO),
+                );
                 i = 0;
                 continue;
             }
@@ -195,7 +207,8 @@ pub async fn run_plan(plan: Plan, opts: RunOptions, masker: Arc<SecretMasker>, c
             None => break,
         }
     }
-    let status = overall(plan.jobs.iter().filter_map(|j| results.get(&j.id).map(|(r, _)| r.status)), cancel.is_cancelled());
+    let status =
+        overall(plan.jobs.iter().filter_map(|j| results.get(&j.id).map(|(r, _)| r.status)), cancel.is_cancelled());
     run_post(&plan, status, &root_ctx, job_env("post", plan.jobs.len())).await;
     let duration = started.elapsed();
     let _ = events.send(RunEvent::RunFinished { status, duration }).await;

@@ -96,11 +96,8 @@ impl LineSplitter {
             }
         }
         if self.dropped > 0 {
-            let text = format!(
-                "[chengis] output cap of {} reached: dropped {} bytes",
-                human_size(self.cap),
-                self.dropped
-            );
+            let text =
+                format!("[chengis] output cap of {} reached: dropped {} bytes", human_size(self.cap), self.dropped);
             lines.push(self.line(Stream::System, text));
         }
         lines
@@ -174,7 +171,12 @@ mod tests {
         all.extend(s.finish());
         assert_eq!(
             texts(&all),
-            [(1, Stream::Stdout, "one"), (2, Stream::Stderr, "err"), (3, Stream::Stdout, "two"), (4, Stream::Stdout, "three")]
+            [
+                (1, Stream::Stdout, "one"),
+                (2, Stream::Stderr, "err"),
+                (3, Stream::Stdout, "two"),
+                (4, Stream::Stdout, "three")
+            ]
         );
     }
 

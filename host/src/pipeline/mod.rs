@@ -59,7 +59,8 @@ pub fn read(path: &Path, max: usize) -> Result<String, PipelineFileError> {
     if bytes.len() > max {
         return Err(PipelineFileError::TooLarge { path: path.to_path_buf(), max });
     }
-    String::from_utf8(bytes).map_err(|e| PipelineFileError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })
+    String::from_utf8(bytes)
+        .map_err(|e| PipelineFileError::NotUtf8 { path: path.to_path_buf(), offset: e.utf8_error().valid_up_to() })
 }
 
 /// Diagnostics for people: `file:line:col: error[code]: message`, the source line with a
@@ -113,7 +114,8 @@ pub fn summary(diags: &[Diagnostic]) -> String {
 
 /// Diagnostics for tools: `{"errors": [...], "warnings": [...]}`.
 pub fn render_json(diags: &[Diagnostic]) -> serde_json::Value {
-    let (errors, warnings): (Vec<&Diagnostic>, Vec<&Diagnostic>) = diags.iter().partition(|d| d.severity == Severity::Error);
+    let (errors, warnings): (Vec<&Diagnostic>, Vec<&Diagnostic>) =
+        diags.iter().partition(|d| d.severity == Severity::Error);
     serde_json::json!({"errors": errors, "warnings": warnings})
 }
 

@@ -52,24 +52,14 @@ pub struct Decoded {
 
 /// Decodes `root` into a [`Pipeline`], recording problems in `diags`.
 pub fn decode(root: &Rc<Node>, diags: &mut Diagnostics) -> Decoded {
-    let mut d = Decoder {
-        diags,
-        spans: SpanIndex::default(),
-    };
+    let mut d = Decoder { diags, spans: SpanIndex::default() };
     let pipeline = d.pipeline(root);
-    Decoded {
-        pipeline,
-        spans: d.spans,
-    }
+    Decoded { pipeline, spans: d.spans }
 }
 
 /// Joins a field path and a key.
 pub fn child(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 /// Joins a field path and a list index.
@@ -95,12 +85,7 @@ impl Decoder<'_> {
     }
 
     pub fn wrong_type(&mut self, node: &Node, path: &str, expected: &str) {
-        self.diags.error(
-            "wrong-type",
-            node.pos,
-            path,
-            format!("expected {expected}, found {}", node.type_name()),
-        );
+        self.diags.error("wrong-type", node.pos, path, format!("expected {expected}, found {}", node.type_name()));
     }
 
     /// Reads a mapping. With a non-empty `known`, unknown keys are reported (with a
@@ -115,8 +100,7 @@ impl Decoder<'_> {
         let mut seen: HashMap<String, Pos> = HashMap::new();
         for (k, v) in raw {
             let Some(key) = k.as_scalar().filter(|_| !k.is_null()) else {
-                self.diags
-                    .error("wrong-type", k.pos, path, format!("a key must be a string, found {}", k.type_name()));
+                self.diags.error("wrong-type", k.pos, path, format!("a key must be a string, found {}", k.type_name()));
                 continue;
             };
             if key == "<<" {
@@ -133,9 +117,7 @@ impl Decoder<'_> {
             }
             seen.insert(key.to_string(), k.pos);
             if !known.is_empty() && !known.contains(&key) {
-                let d = self
-                    .diags
-                    .error("unknown-key", k.pos, &child(path, key), format!("unknown key `{key}`"));
+                let d = self.diags.error("unknown-key", k.pos, &child(path, key), format!("unknown key `{key}`"));
                 match did_you_mean(key, known.iter().copied()) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
                     None => d.help(format!("valid keys here: {}", known.join(", "))),
@@ -143,11 +125,7 @@ impl Decoder<'_> {
                 continue;
             }
             entries.retain(|e| e.key != key);
-            entries.push(Entry {
-                key: key.to_string(),
-                key_node: k.clone(),
-                value: v.clone(),
-            });
+            entries.push(Entry { key: key.to_string(), key_node: k.clone(), value: v.clone() });
         }
         Some(entries)
     }
@@ -159,19 +137,14 @@ impl Decoder<'_> {
         };
         for s in sources {
             let NodeKind::Map(raw) = &s.kind else {
-                self.diags
-                    .error("wrong-type", s.pos, path, "a `<<` merge key takes a mapping or a list of mappings");
+                self.diags.error("wrong-type", s.pos, path, "a `<<` merge key takes a mapping or a list of mappings");
                 continue;
             };
             for (k, val) in raw {
                 if let Some(key) = k.as_scalar()
                     && !entries.iter().any(|e| e.key == key)
                 {
-                    entries.push(Entry {
-                        key: key.to_string(),
-                        key_node: k.clone(),
-                        value: val.clone(),
-                    });
+                    entries.push(Entry { key: key.to_string(), key_node: k.clone(), value: val.clone() });
                 }
             }
         }
@@ -181,8 +154,7 @@ impl Decoder<'_> {
     pub fn require(&mut self, node: &Node, path: &str, entries: &[Entry], keys: &[&str]) {
         for key in keys {
             if !entries.iter().any(|e| e.key == *key) {
-                self.diags
-                    .error("missing-key", node.pos, path, format!("missing required key `{key}`"));
+                self.diags.error("missing-key", node.pos, path, format!("missing required key `{key}`"));
             }
         }
     }
@@ -207,14 +179,10 @@ impl Decoder<'_> {
     pub fn strings(&mut self, node: &Rc<Node>, path: &str, single: bool) -> Vec<String> {
         self.record(path, node);
         match &node.kind {
-            NodeKind::Seq(items) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, item)| self.string(item, &index(path, i)))
-                .collect(),
-            NodeKind::Scalar { .. } if single && !node.is_null() => {
-                self.string(node, path).into_iter().collect()
+            NodeKind::Seq(items) => {
+                items.iter().enumerate().filter_map(|(i, item)| self.string(item, &index(path, i))).collect()
             }
+            NodeKind::Scalar { .. } if single && !node.is_null() => self.string(node, path).into_iter().collect(),
             _ => {
                 self.wrong_type(node, path, if single { "a string or a list of strings" } else { "a list of strings" });
                 Vec::new()
@@ -223,17 +191,18 @@ impl Decoder<'_> {
     }
 
     /// Reads a list, calling `item` for each element.
-    pub fn list<T>(&mut self, node: &Rc<Node>, path: &str, mut item: impl FnMut(&mut Self, &Rc<Node>, &str) -> Option<T>) -> Vec<T> {
+    pub fn list<T>(
+        &mut self,
+        node: &Rc<Node>,
+        path: &str,
+        mut item: impl FnMut(&mut Self, &Rc<Node>, &str) -> Option<T>,
+    ) -> Vec<T> {
         self.record(path, node);
         let NodeKind::Seq(items) = &node.kind else {
             self.wrong_type(node, path, "a list");
             return Vec::new();
         };
-        items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| item(self, n, &index(path, i)))
-            .collect()
+        items.iter().enumerate().filter_map(|(i, n)| item(self, n, &index(path, i))).collect()
     }
 
     /// Reads a YAML boolean (`true`/`false`, any case); quoted strings are not booleans.
@@ -244,8 +213,12 @@ impl Decoder<'_> {
                 "true" => Some(true),
                 "false" => Some(false),
                 _ => {
-                    self.diags
-                        .error("wrong-type", node.pos, path, format!("expected `true` or `false`, found `{value}`"));
+                    self.diags.error(
+                        "wrong-type",
+                        node.pos,
+                        path,
+                        format!("expected `true` or `false`, found `{value}`"),
+                    );
                     None
                 }
             },
@@ -262,8 +235,7 @@ impl Decoder<'_> {
         match s.parse::<T>() {
             Ok(v) => Some(v),
             Err(_) => {
-                self.diags
-                    .error("wrong-type", node.pos, path, format!("expected {what}, found `{s}`"));
+                self.diags.error("wrong-type", node.pos, path, format!("expected {what}, found `{s}`"));
                 None
             }
         }
@@ -297,7 +269,12 @@ impl Decoder<'_> {
             let p = child(path, &e.key);
             if env_names && !is_env_name(&e.key) {
                 self.diags
-                    .error("invalid-name", e.key_node.pos, &p, format!("`{}` is not a valid environment variable name", e.key))
+                    .error(
+                        "invalid-name",
+                        e.key_node.pos,
+                        &p,
+                        format!("`{}` is not a valid environment variable name", e.key),
+                    )
                     .help("use letters, digits and `_`, not starting with a digit");
                 continue;
             }
@@ -321,15 +298,14 @@ impl Decoder<'_> {
 /// The position of the character at byte `offset` of a scalar's value, found by locating the
 /// value's text in the source; falls back to the node's start.
 pub fn pos_in(src: &str, node: &Node, value: &str, offset: usize) -> Pos {
-    let needle: String = value
-        .get(offset..)
-        .unwrap_or("")
-        .lines()
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take(24)
-        .collect();
+    if offset > 0 && offset >= value.trim_end().len() {
+        // The end of the value (an expression that stops too early): just after its last character.
+        let last = value.trim_end().len().saturating_sub(1);
+        let at = (0..=last).rev().find(|i| value.is_char_boundary(*i)).unwrap_or(0);
+        let p = pos_in(src, node, value, at);
+        return Pos { line: p.line, column: p.column + 1 };
+    }
+    let needle: String = value.get(offset..).unwrap_or("").lines().next().unwrap_or("").chars().take(24).collect();
     let start = src.char_indices().nth(node.start).map_or(src.len(), |(b, _)| b);
     let end = src.char_indices().nth(node.end).map_or(src.len(), |(b, _)| b);
     let raw = src.get(start..end).unwrap_or("");
@@ -343,10 +319,7 @@ pub fn pos_in(src: &str, node: &Node, value: &str, offset: usize) -> Pos {
     };
     let before = &raw[..at];
     match before.rfind('\n') {
-        None => Pos {
-            line: node.pos.line,
-            column: node.pos.column + before.chars().count() as u32,
-        },
+        None => Pos { line: node.pos.line, column: node.pos.column + before.chars().count() as u32 },
         Some(nl) => Pos {
             line: node.pos.line + before.matches('\n').count() as u32,
             column: before[nl + 1..].chars().count() as u32 + 1,

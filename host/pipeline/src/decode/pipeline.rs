@@ -10,12 +10,22 @@ const PIPELINE_KEYS: &[&str] = &["name", "on", "params", "env", "jobs", "post", 
 const EVENTS: &[&str] = &["push", "pull_request", "tag", "schedule", "manual"];
 const FILTER_KEYS: &[&str] = &["branches", "branches-ignore", "tags", "tags-ignore", "paths", "paths-ignore"];
 const JOB_KEYS: &[&str] = &[
-    "name", "image", "runs-on", "services", "needs", "if", "strategy", "timeout", "env", "steps", "cache", "artifacts",
+    "name",
+    "image",
+    "runs-on",
+    "services",
+    "needs",
+    "if",
+    "strategy",
+    "timeout",
+    "env",
+    "steps",
+    "cache",
+    "artifacts",
     "approval",
 ];
-const STEP_KEYS: &[&str] = &[
-    "id", "name", "run", "uses", "with", "if", "env", "continue-on-error", "timeout", "shell", "working-directory",
-];
+const STEP_KEYS: &[&str] =
+    &["id", "name", "run", "uses", "with", "if", "env", "continue-on-error", "timeout", "shell", "working-directory"];
 
 impl Decoder<'_> {
     pub(super) fn pipeline(&mut self, root: &Rc<Node>) -> Pipeline {
@@ -68,7 +78,12 @@ impl Decoder<'_> {
                             if !v.is_null() {
                                 for extra in self.map(v, &path, &[]).unwrap_or_default() {
                                     self.diags
-                                        .error("unknown-key", extra.key_node.pos, &child(&path, &extra.key), "`manual` takes no settings")
+                                        .error(
+                                            "unknown-key",
+                                            extra.key_node.pos,
+                                            &child(&path, &extra.key),
+                                            "`manual` takes no settings",
+                                        )
                                         .help("parameters are declared under the top-level `params`");
                                 }
                             }
@@ -93,9 +108,7 @@ impl Decoder<'_> {
                         .help("write `on: {schedule: [{cron: \"0 3 * * *\"}]}`");
                 }
                 other => {
-                    let d = self
-                        .diags
-                        .error("unknown-key", n.pos, "on", format!("unknown event `{other}`"));
+                    let d = self.diags.error("unknown-key", n.pos, "on", format!("unknown event `{other}`"));
                     match crate::diag::did_you_mean(other, EVENTS.iter().copied()) {
                         Some(s) => d.help(format!("did you mean `{s}`?")),
                         None => d.help(format!("events: {}", EVENTS.join(", "))),
@@ -135,9 +148,7 @@ impl Decoder<'_> {
         let entries = self.map(node, path, &["cron"])?;
         self.require(node, path, &entries, &["cron"]);
         let e = entries.into_iter().next()?;
-        Some(Schedule {
-            cron: self.string(&e.value, &child(path, "cron"))?,
-        })
+        Some(Schedule { cron: self.string(&e.value, &child(path, "cron"))? })
     }
 
     fn params(&mut self, node: &Rc<Node>) -> IndexMap<String, Param> {
@@ -283,13 +294,23 @@ impl Decoder<'_> {
                 axis => {
                     if !super::is_env_name(axis) {
                         self.diags
-                            .error("invalid-name", e.key_node.pos, &p, format!("`{axis}` is not a valid matrix axis name"))
+                            .error(
+                                "invalid-name",
+                                e.key_node.pos,
+                                &p,
+                                format!("`{axis}` is not a valid matrix axis name"),
+                            )
                             .help("use letters, digits and `_`, not starting with a digit");
                         continue;
                     }
                     let values = self.strings(&e.value, &p, false);
                     if values.is_empty() && matches!(&e.value.kind, NodeKind::Seq(_)) {
-                        self.diags.error("empty-matrix-axis", e.value.pos, &p, format!("matrix axis `{axis}` has no values"));
+                        self.diags.error(
+                            "empty-matrix-axis",
+                            e.value.pos,
+                            &p,
+                            format!("matrix axis `{axis}` has no values"),
+                        );
                     }
                     m.axes.insert(axis.to_string(), values);
                 }
@@ -325,12 +346,10 @@ impl Decoder<'_> {
                 .error("run-and-uses", node.pos, path, "a step has either `run` or `uses`, not both")
                 .help("split it into two steps");
         } else if !has("run") && !has("uses") {
-            self.diags
-                .error("missing-key", node.pos, path, "a step needs `run` (a command) or `uses` (a plugin)");
+            self.diags.error("missing-key", node.pos, path, "a step needs `run` (a command) or `uses` (a plugin)");
         }
         if has("shell") && has("uses") {
-            self.diags
-                .warning("unused-key", node.pos, &child(path, "shell"), "`shell` only applies to `run` steps");
+            self.diags.warning("unused-key", node.pos, &child(path, "shell"), "`shell` only applies to `run` steps");
         }
         if let Some(id) = &s.id
             && !is_job_id(id)
@@ -350,7 +369,8 @@ impl Decoder<'_> {
         };
         for e in entries {
             let p = child(path, &e.key);
-            let Some(fields) = self.map(&e.value, &p, &["image", "env", "command", "ports", "health-cmd", "wait-timeout"])
+            let Some(fields) =
+                self.map(&e.value, &p, &["image", "env", "command", "ports", "health-cmd", "wait-timeout"])
             else {
                 continue;
             };
@@ -362,7 +382,9 @@ impl Decoder<'_> {
                     "image" => s.image = self.string(&f.value, &fp).unwrap_or_default(),
                     "env" => s.env = self.scalar_map(&f.value, &fp, true),
                     "command" => s.command = self.strings(&f.value, &fp, true),
-                    "ports" => s.ports = self.list(&f.value, &fp, |d, n, pp| d.number(n, pp, "a port number (1-65535)")),
+                    "ports" => {
+                        s.ports = self.list(&f.value, &fp, |d, n, pp| d.number(n, pp, "a port number (1-65535)"))
+                    }
                     "health-cmd" => s.health_cmd = self.string(&f.value, &fp),
                     "wait-timeout" => s.wait_timeout = self.duration(&f.value, &fp),
                     _ => {}

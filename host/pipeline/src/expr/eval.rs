@@ -134,7 +134,11 @@ pub(crate) fn eval(node: &Node, ctx: &dyn EvalContext) -> Result<Value, EvalErro
             match (&base, &idx) {
                 (Value::Array(items), _) => {
                     let n = to_number(&idx);
-                    if n >= 0.0 && n.fract() == 0.0 { items.get(n as usize).cloned().unwrap_or(Value::Null) } else { Value::Null }
+                    if n >= 0.0 && n.fract() == 0.0 {
+                        items.get(n as usize).cloned().unwrap_or(Value::Null)
+                    } else {
+                        Value::Null
+                    }
                 }
                 (Value::Object(_), Value::String(k)) => property(&base, k).cloned().unwrap_or(Value::Null),
                 (Value::Object(_), other) => property(&base, &to_display_string(other)).cloned().unwrap_or(Value::Null),

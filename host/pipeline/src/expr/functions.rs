@@ -73,10 +73,14 @@ fn format(a: &[Value], _: &dyn EvalContext) -> Result<Value, EvalError> {
                 out.push('}');
             }
             '{' => {
-                let close = fmt[i..].find('}').ok_or_else(|| EvalError::Format(format!("`{{` at {i} is not closed")))?;
+                let close =
+                    fmt[i..].find('}').ok_or_else(|| EvalError::Format(format!("`{{` at {i} is not closed")))?;
                 let inner = &fmt[i + 1..i + close];
-                let n: usize = inner.parse().map_err(|_| EvalError::Format(format!("`{{{inner}}}` is not an argument index")))?;
-                let v = args.get(n).ok_or_else(|| EvalError::Format(format!("`{{{n}}}` but only {} arguments", args.len())))?;
+                let n: usize =
+                    inner.parse().map_err(|_| EvalError::Format(format!("`{{{inner}}}` is not an argument index")))?;
+                let v = args
+                    .get(n)
+                    .ok_or_else(|| EvalError::Format(format!("`{{{n}}}` but only {} arguments", args.len())))?;
                 out.push_str(&to_display_string(v));
                 while chars.peek().is_some_and(|(j, _)| *j <= i + close) {
                     chars.next();

@@ -106,7 +106,10 @@ pub(crate) fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 i += 1;
                 loop {
                     match src[i..].find('\'') {
-                        None => return Err(ExprError::new(start, "unterminated string").with_help("close it with `'`; write `''` for a quote inside it")),
+                        None => {
+                            return Err(ExprError::new(start, "unterminated string")
+                                .with_help("close it with `'`; write `''` for a quote inside it"));
+                        }
                         Some(q) => {
                             s.push_str(&src[i..i + q]);
                             i += q + 1;
@@ -124,7 +127,7 @@ pub(crate) fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             b'0'..=b'9' | b'-' | b'.' => {
                 let end = b[i + 1..]
                     .iter()
-                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'.' || *c == b'+' || *c == b'-') )
+                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'.' || *c == b'+' || *c == b'-'))
                     .map_or(b.len(), |p| i + 1 + p);
                 let text = &src[i..end];
                 let value = number(text).ok_or_else(|| ExprError::new(start, format!("invalid number `{text}`")))?;
@@ -152,7 +155,9 @@ pub(crate) fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                     '=' => "compare with `==`",
                     '&' => "write `&&`",
                     '|' => "write `||`",
-                    _ => "expressions use literals, contexts, `== != < <= > >= && || !`, parentheses and function calls",
+                    _ => {
+                        "expressions use literals, contexts, `== != < <= > >= && || !`, parentheses and function calls"
+                    }
                 };
                 return Err(ExprError::new(start, format!("unexpected character `{ch}`")).with_help(help));
             }

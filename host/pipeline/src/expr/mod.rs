@@ -84,7 +84,10 @@ pub struct Expr {
 /// Parses the text between `${{` and `}}`; stops at the first syntax error.
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
     if src.len() > MAX_SOURCE {
-        return Err(ExprError::new(0, format!("the expression is {} bytes, more than the limit of {MAX_SOURCE}", src.len())));
+        return Err(ExprError::new(
+            0,
+            format!("the expression is {} bytes, more than the limit of {MAX_SOURCE}", src.len()),
+        ));
     }
     let tokens = lexer::lex(src)?;
     Ok(Expr { root: parser::parse(&tokens, src.len())? })
@@ -119,7 +122,12 @@ impl Expr {
                     };
                     errors.push(ExprError::new(
                         *offset,
-                        format!("`{}` takes {takes} argument{}, found {}", f.name, if takes == "1" { "" } else { "s" }, args.len()),
+                        format!(
+                            "`{}` takes {takes} argument{}, found {}",
+                            f.name,
+                            if f.max == 1 || (f.min == 1 && f.max == usize::MAX) { "" } else { "s" },
+                            args.len()
+                        ),
                     ));
                 }
                 Some(_) => {}

@@ -71,7 +71,11 @@ impl Parser<'_> {
         }
     }
 
-    fn binary(&mut self, next: fn(&mut Self) -> Result<Node, ExprError>, ops: &[(Tok, BinOp)]) -> Result<Node, ExprError> {
+    fn binary(
+        &mut self,
+        next: fn(&mut Self) -> Result<Node, ExprError>,
+        ops: &[(Tok, BinOp)],
+    ) -> Result<Node, ExprError> {
         let mut left = next(self)?;
         while let Some(op) = self.peek().and_then(|t| ops.iter().find(|(tok, _)| tok == t).map(|(_, op)| *op)) {
             self.pos += 1;

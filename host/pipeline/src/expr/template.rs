@@ -53,8 +53,9 @@ pub fn parse_template(s: &str) -> Result<Template, ExprError> {
             parts.push(TemplatePart::Literal(s[rest_start..open].to_string()));
         }
         let start = open + 3;
-        let end = end_of_expression(s, start)
-            .ok_or_else(|| ExprError::new(open, "`${{` is not closed by `}}`").with_help("end the expression with `}}`"))?;
+        let end = end_of_expression(s, start).ok_or_else(|| {
+            ExprError::new(open, "`${{` is not closed by `}}`").with_help("end the expression with `}}`")
+        })?;
         let source = &s[start..end];
         let expr = parse(source).map_err(|e| ExprError { offset: e.offset + start, ..e })?;
         parts.push(TemplatePart::Expr { expr, source: source.to_string(), offset: start });

@@ -16,7 +16,11 @@ impl EvalContext for Ctx {
         self.status
     }
     fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
-        if patterns.iter().any(|p| p == "bad") { Err("no such file".into()) } else { Ok(format!("hash:{}", patterns.join("+"))) }
+        if patterns.iter().any(|p| p == "bad") {
+            Err("no such file".into())
+        } else {
+            Ok(format!("hash:{}", patterns.join("+")))
+        }
     }
 }
 
