@@ -243,10 +243,7 @@ fn output_cap_drops_the_rest_with_one_warning() {
     assert!(kept > (1 << 20) - 2000, "kept {kept} bytes");
 }
 
-#[test]
-fn secrets_are_masked_even_when_split_across_writes() {
-    let (out, events, dir) = run(
-        r#"
+const SECRET_PIPELINE: &str = r#"
 jobs:
   j:
     steps:
@@ -256,9 +253,11 @@ jobs:
           echo "token is $TOKEN"
           printf 'split: s3cr'; sleep 0.2; printf 'et-value\n'
           echo "multi: first-line and second-line" >&2
-"#,
-        &["--secret", "TOKEN=s3cret-value", "--secrets-file", "secrets.env"],
-    );
+"#;
+
+#[test]
+fn secrets_are_masked_even_when_split_across_writes() {
+    let (out, events, dir) = run(SECRET_PIPELINE, &["--secret", "TOKEN=s3cret-value", "--secrets-file", "secrets.env"]);
     let _ = dir;
     // The secrets file is read relative to the working directory: it does not exist here.
     assert_eq!(out.status.code(), Some(2));
@@ -268,20 +267,8 @@ jobs:
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("s.env"), "MULTI<<EOF\nfirst-line\nsecond-line\nEOF\n").unwrap();
     let secrets = dir.path().join("s.env");
-    let (out, events, _d) = run(
-        r#"
-jobs:
-  j:
-    steps:
-      - env:
-          TOKEN: ${{ secrets.TOKEN }}
-        run: |
-          echo "token is $TOKEN"
-          printf 'split: s3cr'; sleep 0.2; printf 'et-value\n'
-          echo "multi: first-line and second-line" >&2
-"#,
-        &["--secret", "TOKEN=s3cret-value", "--secrets-file", secrets.to_str().unwrap()],
-    );
+    let (out, events, _d) =
+        run(SECRET_PIPELINE, &["--secret", "TOKEN=s3cret-value", "--secrets-file", secrets.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let all = String::from_utf8_lossy(&out.stdout);
     assert!(!all.contains("s3cret-value") && !all.contains("first-line"), "{all}");
@@ -398,4 +385,83 @@ fn lint_reports_all_problems_as_text_and_json() {
     let good = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/dag.yml");
     let out = chengis().args(["lint", good]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn fail_fast_cancels_sibling_combinations_and_max_parallel_limits_them() {
+    let (out, events, _dir) = run(
+        r#"
+jobs:
+  t:
+    strategy:
+      matrix:
+        n: ["1", "2"]
+    steps:
+      - run: if [ "$MATRIX_N" = 1 ]; then sleep 0.3; exit 1; fi; sleep 30
+"#,
+        &["--parallel", "2", "--kill-grace", "200ms"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(job_event(&events, "t (n=1)")["status"], "failure");
+    assert_eq!(job_event(&events, "t (n=2)")["status"], "cancelled");
+
+    let (out, events, _dir) = run(
+        r#"
+jobs:
+  t:
+    strategy:
+      max-parallel: 1
+      matrix:
+        n: ["1", "2", "3"]
+    steps:
+      - run: mkdir lock && sleep 0.2 && rmdir lock
+"#,
+        &["--parallel", "3"],
+    );
+    assert!(out.status.success(), "combinations overlapped: {events:?}");
+}
+
+#[test]
+fn server_only_keys_are_reported_as_warnings() {
+    let (out, events, _dir) = run("jobs:\n  j:\n    image: alpine:3\n    steps:\n      - run: 'true'\n", &[]);
+    assert!(out.status.success());
+    let w: Vec<&Value> = events.iter().filter(|e| e["event"] == "warning").collect();
+    assert_eq!(w.len(), 1);
+    assert!(w[0]["message"].as_str().unwrap().contains("alpine:3"));
+}
+
+#[test]
+fn job_selection_runs_the_job_and_what_it_needs() {
+    let yaml = "jobs:\n  build:\n    steps:\n      - run: echo build\n  test:\n    needs: build\n    steps:\n      - run: echo test\n  other:\n    steps:\n      - run: echo other\n";
+    let (out, events, _dir) = run(yaml, &["--job", "test"]);
+    assert!(out.status.success());
+    let ran: Vec<&str> =
+        events.iter().filter(|e| e["event"] == "job_started").map(|e| e["job"].as_str().unwrap()).collect();
+    assert_eq!(ran, ["build", "test"]);
+    let (out, _events, _dir) = run(yaml, &["--job", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no job `nope`"));
+}
+
+#[test]
+fn shell_override_runs_other_interpreters() {
+    let (out, events, _dir) = run(
+        r#"
+jobs:
+  j:
+    steps:
+      - shell: bash
+        run: arr=(a b c); echo "${#arr[@]} items"
+      - shell: python
+        run: |
+          import os
+          print("python sees", os.environ["CHENGIS_JOB"])
+      - run: false | true
+"#,
+        &[],
+    );
+    assert!(out.status.success(), "{events:?}");
+    assert_eq!(logs(&events, "j"), ["3 items", "python sees j"]);
+    let (out, _events, _dir) = run("jobs:\n  j:\n    steps:\n      - shell: bash\n        run: false | true\n", &[]);
+    assert_eq!(out.status.code(), Some(1), "bash runs with pipefail");
 }

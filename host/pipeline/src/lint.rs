@@ -78,3 +78,43 @@ pub fn lint_and_plan(
     let plan = plan(decoded, src, file, &linted.order, inputs)?;
     Ok((plan, linted.diagnostics))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_files_are_refused_before_parsing() {
+        let big = format!("jobs:\n  a:\n    steps:\n      - run: '{}'\n", "x".repeat(crate::DEFAULT_MAX_BYTES));
+        let linted = lint(&big, "big.yml", &LintOptions::default());
+        assert_eq!(linted.diagnostics.len(), 1);
+        assert_eq!(linted.diagnostics[0].code, "file-too-large");
+        assert!(linted.decoded.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let src = "jobs:\n  a:\n    imgae: x\n    needs: [zz]\n    steps: []\n";
+        let codes: Vec<String> =
+            lint(src, "f.yml", &LintOptions::default()).diagnostics.into_iter().map(|d| d.code).collect();
+        assert_eq!(codes, ["unknown-key", "unknown-need", "empty-steps"]);
+    }
+
+    #[test]
+    fn plan_substitutes_and_keeps_expressions() {
+        let src = "jobs:\n  a:\n    image: ${REG:-docker.io}/app:${{ matrix.v }}\n    strategy:\n      matrix:\n        v: ['1', '2']\n    steps:\n      - run: echo ${{ matrix.v }}\n";
+        let params = indexmap::IndexMap::new();
+        let vars = |k: &str| (k == "REG").then(|| "registry.local".to_string());
+        let inputs = PlanInputs { params: &params, vars: &vars, max_matrix: 25 };
+        let (plan, warnings) = lint_and_plan(src, "f.yml", &LintOptions::default(), &inputs).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(plan.jobs.len(), 2);
+        assert_eq!(plan.jobs[1].id, "a (v=2)");
+        let image = plan.jobs[0].image.as_ref().unwrap();
+        assert_eq!(
+            image.0,
+            [crate::plan::Piece::Lit("registry.local/app:".into()), crate::plan::Piece::Expr(" matrix.v ".into())]
+        );
+        assert_eq!(plan.jobs[0].env.get("MATRIX_V").and_then(|t| t.as_literal()), Some("1".to_string()));
+    }
+}

@@ -103,6 +103,10 @@ pub struct PlannedJob {
     pub artifacts: Vec<model::Artifact>,
     /// Approval gate.
     pub approval: Option<model::Approval>,
+    /// For matrix jobs: a failed combination cancels its siblings (default true).
+    pub fail_fast: bool,
+    /// For matrix jobs: most combinations running at once.
+    pub max_parallel: Option<u32>,
 }
 
 /// One step of a planned job.
@@ -347,6 +351,8 @@ impl Planner<'_> {
             cache: job.cache.clone(),
             artifacts: job.artifacts.clone(),
             approval: job.approval.clone(),
+            fail_fast: job.strategy.as_ref().and_then(|s| s.fail_fast).unwrap_or(true),
+            max_parallel: job.strategy.as_ref().and_then(|s| s.max_parallel),
             matrix: combo,
         }
     }

@@ -71,6 +71,9 @@ impl Renderer {
             RunEvent::JobStarted { job, name } => {
                 format!("{}{} {}\n", self.tag(job), self.paint("1;34", "┌"), self.paint("1", &format!("job {name}")))
             }
+            RunEvent::Warning { job, message } => {
+                format!("{}{} {}\n", self.tag(job), self.paint("1;33", "⚠"), self.paint("33", message))
+            }
             RunEvent::StepStarted { job, name, .. } => {
                 format!("{}{} {}\n", self.tag(job), self.paint("34", "│ ▸"), self.paint("1", name))
             }

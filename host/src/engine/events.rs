@@ -26,6 +26,13 @@ pub enum RunEvent {
         /// Display name.
         name: String,
     },
+    /// Something the author should know that does not stop the run.
+    Warning {
+        /// Planned job id.
+        job: String,
+        /// What.
+        message: String,
+    },
     /// A step started.
     StepStarted {
         /// Planned job id.

@@ -10,6 +10,7 @@ use chengis_pipeline::expr::Status as ExprStatus;
 use chengis_pipeline::plan::{Plan, PlannedJob};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,7 +97,7 @@ pub async fn run_plan(
             Err(e) => tracing::warn!(variable = %k, "pipeline env: {e}"),
         }
     }
-    let job_env = |id: &str, n: usize| JobEnv {
+    let job_env = |id: &str, n: usize, cancel: CancelSignal| JobEnv {
         workspace: opts.workspace.clone(),
         state_dir: state_root.join(format!("job-{n}")),
         base_env: {
@@ -105,7 +106,7 @@ pub async fn run_plan(
             e
         },
         masker: masker.clone(),
-        cancel: cancel.clone(),
+        cancel,
         events: events.clone(),
         kill_grace: opts.kill_grace,
         output_cap: opts.output_cap,
@@ -115,11 +116,17 @@ pub async fn run_plan(
     let mut results: IndexMap<String, (JobResult, Duration)> = IndexMap::new();
     let mut pending: Vec<&PlannedJob> = plan.jobs.iter().collect();
     let mut running: JoinSet<(String, JobResult, Duration)> = JoinSet::new();
+    // Matrix bookkeeping: running combinations per job key (for `max-parallel`), their cancel
+    // signals, and the keys where a combination failed with `fail-fast`.
+    let mut running_per_key: HashMap<String, (u32, Vec<CancelSignal>)> = HashMap::new();
+    let mut failed_fast: HashSet<String> = HashSet::new();
     loop {
         let mut i = 0;
         while i < pending.len() {
             let job = pending[i];
-            if !job.needs.iter().all(|n| results.contains_key(n)) {
+            let busy = running_per_key.get(&job.key).map_or(0, |(n, _)| *n);
+            let at_limit = job.max_parallel.is_some_and(|max| busy >= max.max(1));
+            if at_limit || !job.needs.iter().all(|n| results.contains_key(n)) {
                 i += 1;
                 continue;
             }
@@ -139,6 +146,8 @@ pub async fn run_plan(
             ctx.env = Value::Object(pipeline_env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
             let decision = if cancel.is_cancelled() {
                 Err((Status::Cancelled, "the run was cancelled".to_string()))
+            } else if failed_fast.contains(&job.key) {
+                Err((Status::Cancelled, format!("another combination of `{}` failed (fail-fast)", job.key)))
             } else {
                 match context::condition(job.condition.as_deref(), &ctx) {
                     Ok(true) => Ok(()),
@@ -171,8 +180,15 @@ pub async fn run_plan(
                 i = 0;
                 continue;
             }
+            for message in local_limits(job) {
+                let _ = events.send(RunEvent::Warning { job: job.id.clone(), message }).await;
+            }
             let n = plan.jobs.iter().position(|j| j.id == job.id).unwrap_or(0);
-            let env = job_env(&job.id, n);
+            let job_cancel = cancel.child();
+            let slot = running_per_key.entry(job.key.clone()).or_default();
+            slot.0 += 1;
+            slot.1.push(job_cancel.clone());
+            let env = job_env(&job.id, n, job_cancel);
             let job = job.clone();
             let sem = semaphore.clone();
             let events = events.clone();
@@ -201,6 +217,17 @@ pub async fn run_plan(
         }
         match running.join_next().await {
             Some(Ok((id, result, duration))) => {
+                if let Some(job) = plan.jobs.iter().find(|j| j.id == id) {
+                    if let Some(slot) = running_per_key.get_mut(&job.key) {
+                        slot.0 = slot.0.saturating_sub(1);
+                    }
+                    if !job.matrix.is_empty() && job.fail_fast && result.status.is_failure() && !cancel.is_cancelled() {
+                        failed_fast.insert(job.key.clone());
+                        for sibling in running_per_key.get(&job.key).map(|s| s.1.as_slice()).unwrap_or_default() {
+                            sibling.cancel();
+                        }
+                    }
+                }
                 results.insert(id, (result, duration));
             }
             Some(Err(e)) => tracing::error!("a job task failed: {e}"),
@@ -209,7 +236,7 @@ pub async fn run_plan(
     }
     let status =
         overall(plan.jobs.iter().filter_map(|j| results.get(&j.id).map(|(r, _)| r.status)), cancel.is_cancelled());
-    run_post(&plan, status, &root_ctx, job_env("post", plan.jobs.len())).await;
+    run_post(&plan, status, &root_ctx, job_env("post", plan.jobs.len(), cancel.clone())).await;
     let duration = started.elapsed();
     let _ = events.send(RunEvent::RunFinished { status, duration }).await;
     RunSummary {
@@ -302,6 +329,28 @@ fn needs_context(job: &PlannedJob, plan: &Plan, results: &IndexMap<String, (JobR
         out.insert(key.clone(), json!({"result": result.as_str(), "outputs": outputs}));
     }
     Value::Object(out)
+}
+
+/// What a job asks for that the local process executor does not do, as warnings.
+fn local_limits(job: &PlannedJob) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(image) = &job.image {
+        let image = image.as_literal().unwrap_or_else(|| "(an expression)".into());
+        out.push(format!("`image: {image}` is not used: `chengis run` runs steps as local processes"));
+    }
+    let unused = [
+        ("services", !job.services.is_empty()),
+        ("cache", !job.cache.is_empty()),
+        ("artifacts", !job.artifacts.is_empty()),
+        ("approval", job.approval.is_some()),
+        ("runs-on", !job.runs_on.is_empty()),
+    ];
+    for (key, present) in unused {
+        if present {
+            out.push(format!("`{key}` is handled by the server and ignored by `chengis run`"));
+        }
+    }
+    out
 }
 
 fn describe(status: Option<Status>) -> String {

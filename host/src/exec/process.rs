@@ -127,6 +127,15 @@ fn signal_group(pgid: i32, signal: Signal) {
     let _ = killpg(Pid::from_raw(pgid), signal);
 }
 
+/// Records why the step is being stopped, sends SIGTERM to its group, and returns when the
+/// SIGKILL is due.
+fn begin_stop(reason: StepEnd, stopped: &mut Option<StepEnd>, pgid: i32, grace: Duration) -> Instant {
+    tracing::info!(?reason, "stopping the step: SIGTERM to its process group");
+    *stopped = Some(reason);
+    signal_group(pgid, Signal::SIGTERM);
+    Instant::now() + grace
+}
+
 /// Runs `cmd`; lines (masked, numbered from `first_line`) are sent through `out` wrapped by
 /// `wrap`, waiting when the receiver is slow.
 pub async fn run_step<E>(
@@ -200,16 +209,10 @@ pub async fn run_step<E>(
                 drain_until = Some(Instant::now() + DRAIN);
             }
             _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && stopped.is_none() && exit.is_none() => {
-                tracing::info!(program = %cmd.program, "step timed out: SIGTERM to its process group");
-                stopped = Some(StepEnd::TimedOut);
-                signal_group(pgid, Signal::SIGTERM);
-                kill_at = Some(Instant::now() + cmd.kill_grace);
+                kill_at = Some(begin_stop(StepEnd::TimedOut, &mut stopped, pgid, cmd.kill_grace));
             }
             _ = cancel.cancelled(), if stopped.is_none() && exit.is_none() => {
-                tracing::info!(program = %cmd.program, "step cancelled: SIGTERM to its process group");
-                stopped = Some(StepEnd::Cancelled);
-                signal_group(pgid, Signal::SIGTERM);
-                kill_at = Some(Instant::now() + cmd.kill_grace);
+                kill_at = Some(begin_stop(StepEnd::Cancelled, &mut stopped, pgid, cmd.kill_grace));
             }
             _ = sleep_until(kill_at.unwrap_or(far)), if kill_at.is_some() => {
                 tracing::info!(program = %cmd.program, "grace period over: SIGKILL to its process group");

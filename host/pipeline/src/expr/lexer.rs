@@ -27,6 +27,24 @@ pub(crate) enum Tok {
     Or,
 }
 
+/// Operators and punctuation, longest first.
+pub(crate) const SYMBOLS: &[(&str, Tok)] = &[
+    ("==", Tok::Eq),
+    ("!=", Tok::Ne),
+    ("<=", Tok::Le),
+    (">=", Tok::Ge),
+    ("&&", Tok::And),
+    ("||", Tok::Or),
+    ("!", Tok::Not),
+    ("<", Tok::Lt),
+    (">", Tok::Gt),
+    ("[", Tok::LBracket),
+    ("]", Tok::RBracket),
+    ("(", Tok::LParen),
+    (")", Tok::RParen),
+    (",", Tok::Comma),
+];
+
 /// Splits `src` into tokens.
 pub(crate) fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
     let b = src.as_bytes();
@@ -35,7 +53,6 @@ pub(crate) fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
     while i < b.len() {
         let c = b[i];
         let start = i;
-        let two = |s: &str| src[i..].starts_with(s);
         let tok = match c {
             b' ' | b'\t' | b'\n' | b'\r' => {
                 i += 1;
@@ -45,61 +62,9 @@ pub(crate) fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 i += 1;
                 Tok::Dot
             }
-            b'[' => {
-                i += 1;
-                Tok::LBracket
-            }
-            b']' => {
-                i += 1;
-                Tok::RBracket
-            }
-            b'(' => {
-                i += 1;
-                Tok::LParen
-            }
-            b')' => {
-                i += 1;
-                Tok::RParen
-            }
-            b',' => {
-                i += 1;
-                Tok::Comma
-            }
-            _ if two("==") => {
-                i += 2;
-                Tok::Eq
-            }
-            _ if two("!=") => {
-                i += 2;
-                Tok::Ne
-            }
-            _ if two("<=") => {
-                i += 2;
-                Tok::Le
-            }
-            _ if two(">=") => {
-                i += 2;
-                Tok::Ge
-            }
-            _ if two("&&") => {
-                i += 2;
-                Tok::And
-            }
-            _ if two("||") => {
-                i += 2;
-                Tok::Or
-            }
-            b'!' => {
-                i += 1;
-                Tok::Not
-            }
-            b'<' => {
-                i += 1;
-                Tok::Lt
-            }
-            b'>' => {
-                i += 1;
-                Tok::Gt
+            _ if let Some((sym, tok)) = SYMBOLS.iter().find(|(sym, _)| src[i..].starts_with(sym)) => {
+                i += sym.len();
+                tok.clone()
             }
             b'\'' => {
                 let mut s = String::new();

@@ -34,20 +34,10 @@ fn describe(t: &Tok) -> String {
         Tok::Str(s) => format!("string '{s}'"),
         Tok::Ident(s) => format!("`{s}`"),
         Tok::Dot => "`.`".into(),
-        Tok::LBracket => "`[`".into(),
-        Tok::RBracket => "`]`".into(),
-        Tok::LParen => "`(`".into(),
-        Tok::RParen => "`)`".into(),
-        Tok::Comma => "`,`".into(),
-        Tok::Not => "`!`".into(),
-        Tok::Eq => "`==`".into(),
-        Tok::Ne => "`!=`".into(),
-        Tok::Lt => "`<`".into(),
-        Tok::Le => "`<=`".into(),
-        Tok::Gt => "`>`".into(),
-        Tok::Ge => "`>=`".into(),
-        Tok::And => "`&&`".into(),
-        Tok::Or => "`||`".into(),
+        symbol => super::lexer::SYMBOLS
+            .iter()
+            .find(|(_, tok)| tok == symbol)
+            .map_or_else(|| "a symbol".into(), |(text, _)| format!("`{text}`")),
     }
 }
 
