@@ -59,6 +59,19 @@ pub fn object<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> 
     Value::Object(pairs.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>())
 }
 
+/// Sets `key` in an ordered environment, replacing an earlier value.
+pub fn set_var(env: &mut Vec<(String, String)>, key: &str, value: String) {
+    match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value,
+        None => env.push((key.to_string(), value)),
+    }
+}
+
+/// An environment as the `env` context.
+pub fn env_object(env: &[(String, String)]) -> Value {
+    Value::Object(env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+}
+
 /// Renders a text of the plan: literal pieces as they are, expressions evaluated.
 pub fn render(text: &Text, ctx: &Contexts) -> Result<String, String> {
     let mut out = String::new();

@@ -1,7 +1,7 @@
 //! Running one job: its steps in order in the workspace, env and output propagation,
 //! conditions, `continue-on-error`, step and job timeouts.
 
-use super::context::{self, Contexts};
+use super::context::{self, Contexts, env_object, set_var};
 use super::envfile;
 use super::events::RunEvent;
 use super::shell::{self, ScriptCommand};
@@ -82,7 +82,7 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
     ctx.env = env_object(&job_env);
     for (k, text) in spec.env {
         match context::render(text, ctx) {
-            Ok(v) => set(&mut job_env, k, v),
+            Ok(v) => set_var(&mut job_env, k, v),
             Err(e) => failure = Some((Status::Error, format!("env `{k}`: {e}"))),
         }
         ctx.env = env_object(&job_env);
@@ -128,7 +128,9 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
             .send(RunEvent::StepStarted { job: spec.id.to_string(), step: index, name: step.name.clone() })
             .await;
         let (status, exit_code, reason, written) =
-            run_one(step, index, env, ctx, &job_env, limit, spec.id, &mut next_line).await;
+            run_one(step, index, env, ctx, &job_env, limit, spec.id, &mut next_line)
+                .instrument(info_span!("step", step = index, name = %step.name))
+                .await;
         let status = if status == Status::TimedOut
             && step.timeout.is_none_or(|t| limit.is_some_and(|l| l < t))
             && deadline.is_some()
@@ -140,7 +142,7 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
             status
         };
         for (k, v) in &written.env {
-            set(&mut job_env, k, v.clone());
+            set_var(&mut job_env, k, v.clone());
         }
         let mut step_outputs = serde_json::Map::new();
         for (k, v) in &written.outputs {
@@ -224,7 +226,7 @@ async fn run_one(
     let mut step_env: Vec<(String, String)> = job_env.to_vec();
     for (k, text) in &step.env {
         match context::render(text, ctx) {
-            Ok(v) => set(&mut step_env, k, v),
+            Ok(v) => set_var(&mut step_env, k, v),
             Err(e) => return (Status::Error, None, Some(format!("env `{k}`: {e}")), Written::default()),
         }
     }
@@ -239,7 +241,7 @@ async fn run_one(
                     n += 1;
                     let name = format!("CHENGIS_EXPR_{n}");
                     script.push_str(&format!("${{{name}}}"));
-                    set(&mut step_env, &name, chengis_pipeline::expr::to_display_string(&v));
+                    set_var(&mut step_env, &name, chengis_pipeline::expr::to_display_string(&v));
                 }
                 Err(e) => return (Status::Error, None, Some(e), Written::default()),
             },
@@ -252,9 +254,9 @@ async fn run_one(
             return (Status::Error, None, Some(format!("cannot create {}: {e}", f.display())), Written::default());
         }
     }
-    set(&mut step_env, "CHENGIS_ENV", env_file.display().to_string());
-    set(&mut step_env, "CHENGIS_OUTPUT", out_file.display().to_string());
-    set(&mut step_env, "CHENGIS_STEP", step.name.clone());
+    set_var(&mut step_env, "CHENGIS_ENV", env_file.display().to_string());
+    set_var(&mut step_env, "CHENGIS_OUTPUT", out_file.display().to_string());
+    set_var(&mut step_env, "CHENGIS_STEP", step.name.clone());
     let cwd = match &step.working_directory {
         None => env.workspace.clone(),
         Some(dir) => match context::render(dir, ctx) {
@@ -341,17 +343,6 @@ fn inside(root: &Path, rel: &str) -> Option<PathBuf> {
         }
     }
     Some(out)
-}
-
-fn set(env: &mut Vec<(String, String)>, key: &str, value: String) {
-    match env.iter_mut().find(|(k, _)| k == key) {
-        Some(slot) => slot.1 = value,
-        None => env.push((key.to_string(), value)),
-    }
-}
-
-fn env_object(env: &[(String, String)]) -> Value {
-    Value::Object(env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
 }
 
 #[cfg(test)]

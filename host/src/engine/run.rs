@@ -1,7 +1,7 @@
 //! A whole local run: jobs scheduled by their `needs` with bounded parallelism, dependents of
 //! failed jobs skipped with the reason, `post` steps after everything, one final status.
 
-use super::context::{self, Contexts};
+use super::context::{self, Contexts, env_object, set_var};
 use super::events::RunEvent;
 use super::job::{JobEnv, JobResult, JobSpec, run_job};
 use crate::exec::{CancelSignal, SecretMasker};
@@ -78,7 +78,7 @@ pub async fn run_plan(
         ("CHENGIS_BUILD_NUMBER", opts.build_number.to_string()),
         ("CHENGIS_PIPELINE", plan.name.clone()),
     ] {
-        upsert(&mut base, k, v);
+        set_var(&mut base, k, v);
     }
     let root_ctx = Contexts {
         params: context::object(plan.params.iter()),
@@ -91,9 +91,9 @@ pub async fn run_plan(
     let mut pipeline_env = base.clone();
     let mut env_ctx = root_ctx.clone();
     for (k, text) in &plan.env {
-        env_ctx.env = Value::Object(pipeline_env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
+        env_ctx.env = env_object(&pipeline_env);
         match context::render(text, &env_ctx) {
-            Ok(v) => upsert(&mut pipeline_env, k, v),
+            Ok(v) => set_var(&mut pipeline_env, k, v),
             Err(e) => tracing::warn!(variable = %k, "pipeline env: {e}"),
         }
     }
@@ -102,7 +102,7 @@ pub async fn run_plan(
         state_dir: state_root.join(format!("job-{n}")),
         base_env: {
             let mut e = pipeline_env.clone();
-            upsert(&mut e, "CHENGIS_JOB", id.to_string());
+            set_var(&mut e, "CHENGIS_JOB", id.to_string());
             e
         },
         masker: masker.clone(),
@@ -143,7 +143,7 @@ pub async fn run_plan(
             } else {
                 ExprStatus::Success
             });
-            ctx.env = Value::Object(pipeline_env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
+            ctx.env = env_object(&pipeline_env);
             let decision = if cancel.is_cancelled() {
                 Err((Status::Cancelled, "the run was cancelled".to_string()))
             } else if failed_fast.contains(&job.key) {
@@ -358,13 +358,6 @@ fn describe(status: Option<Status>) -> String {
         Some(Status::Skipped) => "was skipped".into(),
         Some(s) => format!("ended `{s}`"),
         None => "did not run".into(),
-    }
-}
-
-fn upsert(env: &mut Vec<(String, String)>, key: &str, value: String) {
-    match env.iter_mut().find(|(k, _)| k == key) {
-        Some(slot) => slot.1 = value,
-        None => env.push((key.to_string(), value)),
     }
 }
 
