@@ -117,4 +117,34 @@ mod tests {
         );
         assert_eq!(plan.jobs[0].env.get("MATRIX_V").and_then(|t| t.as_literal()), Some("1".to_string()));
     }
+
+    #[test]
+    fn yaml_pitfalls_keep_strings_and_anchors_work() {
+        let src = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/pipelines/good/yaml-pitfalls.yml"
+        ))
+        .unwrap();
+        let linted = lint(&src, "p.yml", &LintOptions::default());
+        let p = &linted.decoded.unwrap().pipeline;
+        assert!(p.on.as_ref().unwrap().push.is_some(), "`on: push` is the push trigger, not a boolean");
+        assert_eq!(p.env["PYTHON"], "3.10");
+        assert_eq!(p.env["FLAG"], "yes");
+        assert_eq!(p.env["OCTAL"], "010");
+        assert_eq!(p.env["EMPTY"], "");
+        let axes = &p.jobs["test"].strategy.as_ref().unwrap().matrix.axes;
+        assert_eq!(axes["python"], ["3.8", "3.10", "3.12"]);
+        assert_eq!(axes["branch"], ["1.0", "on", "off"]);
+
+        let src =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/pipelines/good/anchors.yml"))
+                .unwrap();
+        let linted = lint(&src, "a.yml", &LintOptions::default());
+        let p = &linted.decoded.unwrap().pipeline;
+        assert_eq!(p.env["COPY"], "value");
+        assert_eq!(p.jobs["two"].steps, p.jobs["one"].steps, "`<<: *job` brings the steps");
+        assert_eq!(p.jobs["two"].timeout.as_deref(), Some("5m"), "keys after the merge win");
+        assert_eq!(p.jobs["three"].steps[1].name.as_deref(), Some("renamed"));
+        assert_eq!(p.jobs["three"].steps[1].run, p.jobs["one"].steps[0].run);
+    }
 }
