@@ -6,6 +6,7 @@
 //! - [`exec`]: running a step as a local process group: output capture, masking, timeouts.
 //! - [`engine`]: running a plan's jobs and steps, env/output propagation, events.
 //! - [`status`]: the status enum shared by builds, jobs and steps.
+//! - [`store`]: the database (SQLite or PostgreSQL): jobs, builds, the queue with leases, secrets.
 //! - [`toolchain`]: making sure plugins can be built (`wasm32-wasip2`).
 //! - [`cli`]: the `chengis` command line.
 
@@ -14,4 +15,5 @@ pub mod engine;
 pub mod exec;
 pub mod pipeline;
 pub mod status;
+pub mod store;
 pub mod toolchain;

@@ -1,0 +1,99 @@
+//! The `jobs` table: what to build (name, repository, default branch, pipeline path, parameters).
+
+use super::{Store, StoreError, now_ms};
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRecord {
+    /// Database id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Repository URL.
+    pub repo_url: String,
+    /// Branch built when a trigger names none.
+    pub default_branch: String,
+    /// Pipeline file inside the repository; `None` means the documented lookup order.
+    pub pipeline_path: Option<String>,
+    /// Creation time (ms since the epoch).
+    pub created_ms: i64,
+}
+
+/// What creating a job takes.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Unique name.
+    pub name: String,
+    /// Repository URL.
+    pub repo_url: String,
+    /// Default branch.
+    pub default_branch: String,
+    /// Pipeline file path.
+    pub pipeline_path: Option<String>,
+}
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord, sqlx::Error> {
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        repo_url: row.try_get("repo_url")?,
+        default_branch: row.try_get("default_branch")?,
+        pipeline_path: row.try_get("pipeline_path")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+const COLUMNS: &str = "id, name, repo_url, default_branch, pipeline_path, created_ms";
+
+/// True for a unique-constraint violation.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    /// Creates a job; a taken name is [`StoreError::Conflict`].
+    pub async fn create_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
+        let sql = format!(
+            "INSERT INTO jobs (name, repo_url, default_branch, pipeline_path, created_ms) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&job.name)
+            .bind(&job.repo_url)
+            .bind(&job.default_branch)
+            .bind(&job.pipeline_path)
+            .bind(now_ms())
+            .fetch_one(self.pool())
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) { StoreError::Conflict(format!("job `{}`", job.name)) } else { e.into() }
+            })?;
+        Ok(job_from_row(&row)?)
+    }
+
+    /// The job called `name`.
+    pub async fn job(&self, name: &str) -> Result<JobRecord, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs WHERE name = $1");
+        let row = sqlx::query(&sql).bind(name).fetch_optional(self.pool()).await?;
+        let row = row.ok_or_else(|| StoreError::NotFound(format!("job `{name}`")))?;
+        Ok(job_from_row(&row)?)
+    }
+
+    /// All jobs by name.
+    pub async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM jobs ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(self.pool()).await?;
+        Ok(rows.iter().map(job_from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes a job and everything built for it.
+    pub async fn delete_job(&self, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM jobs WHERE name = $1").bind(name).execute(self.pool()).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("job `{name}`")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! The durable queue: one row per runnable build job, leased by agents with an expiry and a
+//! fencing token.
+//!
+//! Order: each row gets `rank_ms = enqueued_ms + delay(priority)` with delays high 0,
+//! normal 60 s, low 300 s, and the lowest rank leases first. A low-priority job enqueued at `t`
+//! therefore outranks every job enqueued after `t + 300 s`, whatever its priority: aging without
+//! a background task, and an index (`rank_ms, id`) serves the order.
+//!
+//! Leasing claims a row with one conditional `UPDATE ... RETURNING` (the row must be free or its
+//! lease expired), which is atomic on both backends; on PostgreSQL the candidates are read with
+//! `FOR UPDATE SKIP LOCKED` inside the same transaction so concurrent leasers never wait on each
+//! other. Every claim increments the row's fencing token; renewals, completions and any other
+//! write carry the token and are refused once it is stale. An expired lease makes the row
+//! leasable again (at-least-once); after `max_attempts` claims the job is marked `error`.
+
+use super::{Backend, Store, StoreError, now_ms};
+use crate::status::Status;
+use sqlx::Row;
+use std::time::Duration;
+
+/// Queue priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Ahead of everything enqueued in the same 60 s.
+    High,
+    /// The default.
+    Normal,
+    /// Behind everything enqueued in the next 300 s.
+    Low,
+}
+
+impl Priority {
+    fn delay_ms(self) -> i64 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 60_000,
+            Priority::Low => 300_000,
+        }
+    }
+
+    fn code(self) -> i64 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+/// A claim on a queue row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The queue row.
+    pub entry: i64,
+    /// The build job to run.
+    pub build_job_id: i64,
+    /// The fencing token: writes with an older one are refused.
+    pub token: i64,
+    /// When the lease runs out unless renewed (ms since the epoch).
+    pub expires_ms: i64,
+    /// How many times the row has been leased, this one included.
+    pub attempt: i64,
+}
+
+/// What an agent asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest<'a> {
+    /// The agent's name.
+    pub agent: &'a str,
+    /// The agent's labels; a job is eligible when its labels are a subset.
+    pub labels: &'a [String],
+    /// Most jobs to lease now.
+    pub capacity: usize,
+    /// Lease duration.
+    pub ttl: Duration,
+    /// Claims after which an expired job is marked `error` instead of run again.
+    pub max_attempts: i64,
+}
+
+/// The answer to a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Keep going; the lease now runs until this time.
+    Continue(i64),
+    /// Cancellation was requested: stop the job (the lease is still valid until it finishes).
+    Cancel(i64),
+}
+
+struct Candidate {
+    id: i64,
+    build_job_id: i64,
+    labels: Vec<String>,
+    attempts: i64,
+    leased: bool,
+}
+
+impl Store {
+    /// Puts a build job in the queue.
+    pub async fn enqueue(&self, build_job_id: i64, priority: Priority, labels: &[String]) -> Result<i64, StoreError> {
+        let now = now_ms();
+        let labels = serde_json::to_string(labels).unwrap_or_else(|_| "[]".into());
+        Ok(sqlx::query_scalar(
+            "INSERT INTO queue (build_job_id, priority, rank_ms, labels, enqueued_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(build_job_id)
+        .bind(priority.code())
+        .bind(now + priority.delay_ms())
+        .bind(labels)
+        .bind(now)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Leases up to `capacity` eligible jobs, best rank first.
+    pub async fn lease(&self, req: &LeaseRequest<'_>) -> Result<Vec<Lease>, StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        // SQLite: take the write lock up front (a deferred transaction that reads first could not
+        // upgrade under contention); PostgreSQL: a plain transaction with SKIP LOCKED reads.
+        let begin = match self.backend() {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        };
+        sqlx::query(begin).execute(&mut *conn).await?;
+        match self.lease_in(&mut conn, req).await {
+            Ok((leases, exhausted)) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                drop(conn);
+                for c in exhausted {
+                    let reason = format!("the agent running it was lost {} times (max_attempts)", c.attempts);
+                    tracing::warn!(build_job = c.build_job_id, "{reason}");
+                    match self.transition_build_job(c.build_job_id, Status::Error, Some(&reason)).await {
+                        Ok(()) | Err(StoreError::IllegalTransition { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(leases)
+            }
+            Err(e) => {
+                // Never hand a connection back to the pool inside a transaction.
+                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                    conn.detach();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn lease_in(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        req: &LeaseRequest<'_>,
+    ) -> Result<(Vec<Lease>, Vec<Candidate>), StoreError> {
+        let now = now_ms();
+        let expires = now + req.ttl.as_millis() as i64;
+        let lock = match self.backend() {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT id, build_job_id, labels, attempts, lease_owner FROM queue \
+             WHERE lease_owner IS NULL OR lease_expires_ms < $1 ORDER BY rank_ms, id LIMIT 64{lock}"
+        );
+        let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *conn).await?;
+        let mut candidates = Vec::with_capacity(rows.len());
+        for row in rows {
+            let labels: String = row.try_get("labels")?;
+            let owner: Option<String> = row.try_get("lease_owner")?;
+            candidates.push(Candidate {
+                id: row.try_get("id")?,
+                build_job_id: row.try_get("build_job_id")?,
+                labels: serde_json::from_str(&labels).unwrap_or_default(),
+                attempts: row.try_get("attempts")?,
+                leased: owner.is_some(),
+            });
+        }
+        let mut leases = Vec::new();
+        let mut exhausted = Vec::new();
+        for c in candidates {
+            if leases.len() >= req.capacity {
+                break;
+            }
+            if !c.labels.iter().all(|l| req.labels.contains(l)) {
+                continue;
+            }
+            if c.leased && c.attempts >= req.max_attempts {
+                sqlx::query("DELETE FROM queue WHERE id = $1").bind(c.id).execute(&mut *conn).await?;
+                exhausted.push(c);
+                continue;
+            }
+            let claimed = sqlx::query(
+                "UPDATE queue SET lease_owner = $1, lease_expires_ms = $2, fencing_token = fencing_token + 1, attempts = attempts + 1 \
+                 WHERE id = $3 AND (lease_owner IS NULL OR lease_expires_ms < $4) RETURNING fencing_token, attempts",
+            )
+            .bind(req.agent)
+            .bind(expires)
+            .bind(c.id)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(row) = claimed {
+                leases.push(Lease {
+                    entry: c.id,
+                    build_job_id: c.build_job_id,
+                    token: row.try_get("fencing_token")?,
+                    expires_ms: expires,
+                    attempt: row.try_get("attempts")?,
+                });
+            }
+        }
+        Ok((leases, exhausted))
+    }
+
+    /// Extends a lease; refused when the token is stale. Carries cancellation requests.
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Renewal, StoreError> {
+        let expires = now_ms() + ttl.as_millis() as i64;
+        let row = sqlx::query(
+            "UPDATE queue SET lease_expires_ms = $1 WHERE id = $2 AND fencing_token = $3 RETURNING cancel_requested",
+        )
+        .bind(expires)
+        .bind(lease.entry)
+        .bind(lease.token)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::StaleLease { entry: lease.entry, token: lease.token })?;
+        let cancel: i64 = row.try_get("cancel_requested")?;
+        Ok(if cancel != 0 { Renewal::Cancel(expires) } else { Renewal::Continue(expires) })
+    }
+
+    /// Fails unless `lease` still holds its row: the check every write by a lease holder makes.
+    pub async fn check_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let held: Option<i64> = sqlx::query_scalar("SELECT id FROM queue WHERE id = $1 AND fencing_token = $2")
+            .bind(lease.entry)
+            .bind(lease.token)
+            .fetch_optional(self.pool())
+            .await?;
+        held.map(|_| ()).ok_or(StoreError::StaleLease { entry: lease.entry, token: lease.token })
+    }
+
+    /// Finishes a leased job: removes its queue row and records the result, refused when the
+    /// token is stale, in one transaction.
+    pub async fn complete(&self, lease: &Lease, status: Status, reason: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query("DELETE FROM queue WHERE id = $1 AND fencing_token = $2")
+            .bind(lease.entry)
+            .bind(lease.token)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::StaleLease { entry: lease.entry, token: lease.token });
+        }
+        tx.commit().await?;
+        match self.transition_build_job(lease.build_job_id, status, reason).await {
+            Err(StoreError::IllegalTransition { from: Status::Queued, .. }) => {
+                self.transition_build_job(lease.build_job_id, Status::Running, None).await?;
+                self.transition_build_job(lease.build_job_id, status, reason).await
+            }
+            other => other,
+        }
+    }
+
+    /// Asks whoever runs `build_job_id` to stop; seen at the next renewal.
+    pub async fn request_cancel(&self, build_job_id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE queue SET cancel_requested = 1 WHERE build_job_id = $1")
+            .bind(build_job_id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Rows waiting or running.
+    pub async fn queue_depth(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM queue").fetch_one(self.pool()).await?)
+    }
+}

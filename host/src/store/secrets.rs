@@ -1,0 +1,268 @@
+//! The `secrets` table: values encrypted with AES-256-GCM under a master key, a random 96-bit
+//! nonce per value, the key id stored beside each value so keys can rotate, and the scope and
+//! name bound in as associated data so a ciphertext cannot be moved to another secret.
+//!
+//! The master key comes from `CHENGIS_MASTER_KEY` (64 hex characters) or a key file created on
+//! first start with mode 0600. Values never appear in errors or logs.
+
+use super::{Store, StoreError, now_ms};
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+/// The scope of a secret: every job, or one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretScope {
+    /// Readable by every job.
+    Global,
+    /// Readable by the job of this name only.
+    Job(String),
+}
+
+impl SecretScope {
+    fn column(&self) -> String {
+        match self {
+            SecretScope::Global => String::new(),
+            SecretScope::Job(name) => format!("job:{name}"),
+        }
+    }
+}
+
+/// The master keys: the current one encrypts; all of them decrypt.
+#[derive(Clone)]
+pub struct MasterKeys {
+    current: String,
+    keys: BTreeMap<String, [u8; 32]>,
+}
+
+impl std::fmt::Debug for MasterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKeys").field("current", &self.current).field("ids", &self.keys.keys()).finish()
+    }
+}
+
+fn parse_hex_key(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(key)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A short id for a key: the first 8 hex characters of its SHA-256.
+fn key_id(key: &[u8; 32]) -> String {
+    use sha2::{Digest, Sha256};
+    to_hex(&Sha256::digest(key)[..4])
+}
+
+impl MasterKeys {
+    /// One key given as 64 hex characters (the `CHENGIS_MASTER_KEY` form).
+    pub fn from_hex(hex: &str) -> Result<MasterKeys, StoreError> {
+        let key = parse_hex_key(hex)
+            .ok_or_else(|| StoreError::Crypto("the master key must be 64 hexadecimal characters (32 bytes)".into()))?;
+        let id = key_id(&key);
+        Ok(MasterKeys { current: id.clone(), keys: BTreeMap::from([(id, key)]) })
+    }
+
+    /// Reads the key file (one hex key per line, the last line current), creating it with a
+    /// fresh random key and mode 0600 when it does not exist. Returns whether it was created.
+    pub fn load_or_create(path: &Path) -> Result<(MasterKeys, bool), StoreError> {
+        let io = |e: std::io::Error| StoreError::Crypto(format!("master key file {}: {e}", path.display()));
+        let created = if path.exists() {
+            false
+        } else {
+            let key = Aes256Gcm::generate_key(OsRng);
+            write_key_file(path, &[to_hex(&key)]).map_err(io)?;
+            true
+        };
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let mut keys = BTreeMap::new();
+        let mut current = None;
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let key = parse_hex_key(line).ok_or_else(|| {
+                StoreError::Crypto(format!("master key file {} line {}: not 64 hex characters", path.display(), n + 1))
+            })?;
+            let id = key_id(&key);
+            keys.insert(id.clone(), key);
+            current = Some(id);
+        }
+        let current =
+            current.ok_or_else(|| StoreError::Crypto(format!("master key file {} is empty", path.display())))?;
+        Ok((MasterKeys { current, keys }, created))
+    }
+
+    /// Adds a new random key to the key file and makes it current; returns its id.
+    pub fn add_key(&mut self, path: &Path) -> Result<String, StoreError> {
+        let key: [u8; 32] = Aes256Gcm::generate_key(OsRng).into();
+        let id = key_id(&key);
+        self.keys.insert(id.clone(), key);
+        self.current = id.clone();
+        let mut lines: Vec<String> = self.keys.iter().filter(|(k, _)| **k != id).map(|(_, v)| to_hex(v)).collect();
+        lines.push(to_hex(&key));
+        write_key_file(path, &lines)
+            .map_err(|e| StoreError::Crypto(format!("master key file {}: {e}", path.display())))?;
+        Ok(id)
+    }
+
+    /// The id of the key new values are encrypted with.
+    pub fn current_id(&self) -> &str {
+        &self.current
+    }
+
+    fn cipher(&self, id: &str) -> Result<Aes256Gcm, StoreError> {
+        let key = self.keys.get(id).ok_or_else(|| {
+            StoreError::Crypto(format!("secret encrypted with key `{id}`, which is not among the master keys"))
+        })?;
+        Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)))
+    }
+
+    fn seal(&self, aad: &str, value: &str) -> Result<(String, Vec<u8>, Vec<u8>), StoreError> {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ct = self
+            .cipher(&self.current)?
+            .encrypt(&nonce, Payload { msg: value.as_bytes(), aad: aad.as_bytes() })
+            .map_err(|_| StoreError::Crypto("encryption failed".into()))?;
+        Ok((self.current.clone(), nonce.to_vec(), ct))
+    }
+
+    fn open(&self, aad: &str, id: &str, nonce: &[u8], ct: &[u8]) -> Result<String, StoreError> {
+        if nonce.len() != 12 {
+            return Err(StoreError::Corrupt { what: "secret nonce", detail: format!("{} bytes", nonce.len()) });
+        }
+        let plain = self
+            .cipher(id)?
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
+            .map_err(|_| StoreError::Crypto("a secret failed to decrypt (wrong key or tampered value)".into()))?;
+        String::from_utf8(plain).map_err(|_| StoreError::Corrupt { what: "secret", detail: "not UTF-8".into() })
+    }
+}
+
+fn write_key_file(path: &Path, lines: &[String]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    for l in lines {
+        writeln!(f, "{l}")?;
+    }
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn aad(scope: &str, name: &str) -> String {
+    format!("chengis-secret\0{scope}\0{name}")
+}
+
+impl Store {
+    /// Creates or replaces a secret.
+    pub async fn set_secret(
+        &self,
+        keys: &MasterKeys,
+        scope: &SecretScope,
+        name: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        let scope = scope.column();
+        let (key_id, nonce, ct) = keys.seal(&aad(&scope, name), value)?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM secrets WHERE scope = $1 AND name = $2")
+            .bind(&scope)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO secrets (scope, name, key_id, nonce, ciphertext, updated_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&scope)
+        .bind(name)
+        .bind(key_id)
+        .bind(nonce)
+        .bind(ct)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Names of the secrets in a scope (values are never listed).
+    pub async fn secret_names(&self, scope: &SecretScope) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT name FROM secrets WHERE scope = $1 ORDER BY name")
+            .bind(scope.column())
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Deletes a secret.
+    pub async fn delete_secret(&self, scope: &SecretScope, name: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM secrets WHERE scope = $1 AND name = $2")
+            .bind(scope.column())
+            .bind(name)
+            .execute(self.pool())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("secret `{name}`")));
+        }
+        Ok(())
+    }
+
+    /// The secrets a job may read, decrypted: global ones, overridden by the job's own.
+    pub async fn secrets_for_job(&self, keys: &MasterKeys, job: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        let job_scope = SecretScope::Job(job.to_string()).column();
+        let rows = sqlx::query(
+            "SELECT scope, name, key_id, nonce, ciphertext FROM secrets WHERE scope = '' OR scope = $1 ORDER BY scope",
+        )
+        .bind(&job_scope)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let scope: String = row.try_get("scope")?;
+            let name: String = row.try_get("name")?;
+            let id: String = row.try_get("key_id")?;
+            let nonce: Vec<u8> = row.try_get("nonce")?;
+            let ct: Vec<u8> = row.try_get("ciphertext")?;
+            out.insert(name.clone(), keys.open(&aad(&scope, &name), &id, &nonce, &ct)?);
+        }
+        Ok(out)
+    }
+
+    /// Re-encrypts every secret not under the current key; returns how many were rewritten.
+    pub async fn rotate_secrets(&self, keys: &MasterKeys) -> Result<usize, StoreError> {
+        let rows = sqlx::query("SELECT id, scope, name, key_id, nonce, ciphertext FROM secrets WHERE key_id <> $1")
+            .bind(keys.current_id())
+            .fetch_all(self.pool())
+            .await?;
+        let mut tx = self.pool().begin().await?;
+        for row in &rows {
+            let (scope, name): (String, String) = (row.try_get("scope")?, row.try_get("name")?);
+            let id: String = row.try_get("key_id")?;
+            let nonce: Vec<u8> = row.try_get("nonce")?;
+            let ct: Vec<u8> = row.try_get("ciphertext")?;
+            let value = keys.open(&aad(&scope, &name), &id, &nonce, &ct)?;
+            let (new_id, new_nonce, new_ct) = keys.seal(&aad(&scope, &name), &value)?;
+            sqlx::query("UPDATE secrets SET key_id = $1, nonce = $2, ciphertext = $3 WHERE id = $4")
+                .bind(new_id)
+                .bind(new_nonce)
+                .bind(new_ct)
+                .bind(row.try_get::<i64, _>("id")?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+}
