@@ -23,6 +23,8 @@ CREATE TABLE builds (
     commit_sha TEXT NOT NULL DEFAULT '',
     branch TEXT NOT NULL DEFAULT '',
     params TEXT NOT NULL DEFAULT '{}',
+    plan TEXT,
+    reason TEXT,
     attempt INTEGER NOT NULL DEFAULT 1,
     root_build_id INTEGER REFERENCES builds(id),
     queued_ms INTEGER NOT NULL,
@@ -40,6 +42,9 @@ CREATE TABLE build_jobs (
     exit_code INTEGER,
     sandbox TEXT,
     spec TEXT NOT NULL DEFAULT '{}',
+    needs TEXT NOT NULL DEFAULT '[]',
+    outputs TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0,
     started_ms INTEGER,
     finished_ms INTEGER,
     UNIQUE (build_id, job_key)
@@ -52,6 +57,7 @@ CREATE TABLE build_steps (
     name TEXT NOT NULL,
     status TEXT NOT NULL,
     exit_code INTEGER,
+    reason TEXT,
     started_ms INTEGER,
     finished_ms INTEGER,
     UNIQUE (build_job_id, idx)
@@ -65,6 +71,8 @@ CREATE TABLE log_chunks (
     data BLOB NOT NULL,
     UNIQUE (build_job_id, first_offset)
 );
+
+CREATE INDEX builds_by_job ON builds (job_id, id);
 
 CREATE TABLE build_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

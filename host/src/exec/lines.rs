@@ -1,14 +1,14 @@
 //! Output as numbered lines: masked bytes are split at newlines (and at 64 KiB for endless
 //! lines), stamped with time and stream, and capped per step.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest line kept whole; longer lines are broken into pieces of this size.
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// Which stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     /// The step's standard output.
@@ -20,7 +20,7 @@ pub enum Stream {
 }
 
 /// One line of output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     /// Position in the job's log, from 1.
     pub number: u64,

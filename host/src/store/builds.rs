@@ -139,3 +139,329 @@ impl Store {
         })
     }
 }
+
+/// A build job as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BuildJobRecord {
+    /// Database id.
+    pub id: i64,
+    /// The build.
+    pub build_id: i64,
+    /// Planned job id (`test (os=linux)`).
+    pub job_key: String,
+    /// Current status.
+    pub status: Status,
+    /// Why it ended as it did.
+    pub reason: Option<String>,
+    /// Planned ids it waits for.
+    pub needs: Vec<String>,
+    /// Outputs written by its steps.
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+    /// The sandbox it ran in (`local`, `docker:IMAGE`).
+    pub sandbox: Option<String>,
+    /// Start time.
+    pub started_ms: Option<i64>,
+    /// End time.
+    pub finished_ms: Option<i64>,
+}
+
+/// A step of a build job as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StepRecord {
+    /// Position in the job.
+    pub idx: i64,
+    /// Display name.
+    pub name: String,
+    /// Result.
+    pub status: Status,
+    /// Exit code.
+    pub exit_code: Option<i64>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Start time.
+    pub started_ms: Option<i64>,
+    /// End time.
+    pub finished_ms: Option<i64>,
+}
+
+/// A row of a build listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BuildSummary {
+    /// Database id.
+    pub id: i64,
+    /// Job name.
+    pub job: String,
+    /// Number within the job.
+    pub number: i64,
+    /// Status.
+    pub status: Status,
+    /// Trigger kind.
+    pub trigger: String,
+    /// Who triggered it.
+    pub who: String,
+    /// Commit.
+    pub commit_sha: String,
+    /// Branch.
+    pub branch: String,
+    /// Attempt number.
+    pub attempt: i64,
+    /// The first build of a retry chain.
+    pub root_build_id: Option<i64>,
+    /// Why it ended as it did (planning errors, lost agents).
+    pub reason: Option<String>,
+    /// Times.
+    pub queued_ms: i64,
+    /// Start time.
+    pub started_ms: Option<i64>,
+    /// End time.
+    pub finished_ms: Option<i64>,
+}
+
+/// Filters of a build listing; `before` is the cursor (an id: builds older than it).
+#[derive(Debug, Clone, Default)]
+pub struct BuildFilter {
+    /// Only this job.
+    pub job: Option<String>,
+    /// Only this status.
+    pub status: Option<Status>,
+    /// Only this branch.
+    pub branch: Option<String>,
+    /// Only builds with a smaller id.
+    pub before: Option<i64>,
+    /// Page size.
+    pub limit: i64,
+}
+
+const SUMMARY: &str = "SELECT b.id, j.name AS job, b.number, b.status, b.trigger, b.who, b.commit_sha, b.branch, b.attempt, \
+    b.root_build_id, b.reason, b.queued_ms, b.started_ms, b.finished_ms FROM builds b JOIN jobs j ON j.id = b.job_id";
+
+fn summary_from_row(row: &sqlx::any::AnyRow) -> Result<BuildSummary, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(BuildSummary {
+        id: row.try_get("id")?,
+        job: row.try_get("job")?,
+        number: row.try_get("number")?,
+        status: parse_status(&status)?,
+        trigger: row.try_get("trigger")?,
+        who: row.try_get("who")?,
+        commit_sha: row.try_get("commit_sha")?,
+        branch: row.try_get("branch")?,
+        attempt: row.try_get("attempt")?,
+        root_build_id: row.try_get("root_build_id")?,
+        reason: row.try_get("reason")?,
+        queued_ms: row.try_get("queued_ms")?,
+        started_ms: row.try_get("started_ms")?,
+        finished_ms: row.try_get("finished_ms")?,
+    })
+}
+
+fn build_job_from_row(row: &sqlx::any::AnyRow) -> Result<BuildJobRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    let needs: String = row.try_get("needs")?;
+    let outputs: String = row.try_get("outputs")?;
+    Ok(BuildJobRecord {
+        id: row.try_get("id")?,
+        build_id: row.try_get("build_id")?,
+        job_key: row.try_get("job_key")?,
+        status: parse_status(&status)?,
+        reason: row.try_get("reason")?,
+        needs: serde_json::from_str(&needs)
+            .map_err(|e| StoreError::Corrupt { what: "needs", detail: e.to_string() })?,
+        outputs: serde_json::from_str(&outputs)
+            .map_err(|e| StoreError::Corrupt { what: "outputs", detail: e.to_string() })?,
+        sandbox: row.try_get("sandbox")?,
+        started_ms: row.try_get("started_ms")?,
+        finished_ms: row.try_get("finished_ms")?,
+    })
+}
+
+const BUILD_JOB: &str =
+    "SELECT id, build_id, job_key, status, reason, needs, outputs, sandbox, started_ms, finished_ms FROM build_jobs";
+
+impl Store {
+    /// One build as a listing row.
+    pub async fn build_summary(&self, id: i64) -> Result<BuildSummary, StoreError> {
+        let sql = format!("{SUMMARY} WHERE b.id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(self.pool()).await?;
+        summary_from_row(&row.ok_or_else(|| StoreError::NotFound(format!("build {id}")))?)
+    }
+
+    /// Builds, newest first, filtered, one page.
+    pub async fn list_builds(&self, f: &BuildFilter) -> Result<Vec<BuildSummary>, StoreError> {
+        let sql = format!(
+            "{SUMMARY} WHERE ($1 = '' OR j.name = $1) AND ($2 = '' OR b.status = $2) AND ($3 = '' OR b.branch = $3) \
+             AND ($4 = 0 OR b.id < $4) ORDER BY b.id DESC LIMIT $5"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(f.job.clone().unwrap_or_default())
+            .bind(f.status.map(|s| s.as_str().to_string()).unwrap_or_default())
+            .bind(f.branch.clone().unwrap_or_default())
+            .bind(f.before.unwrap_or(0))
+            .bind(f.limit.clamp(1, 200))
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    /// Stores the plan of a build (JSON).
+    pub async fn set_build_plan(&self, build_id: i64, plan: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE builds SET plan = $1 WHERE id = $2").bind(plan).bind(build_id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// The stored plan of a build.
+    pub async fn build_plan(&self, build_id: i64) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT plan FROM builds WHERE id = $1").bind(build_id).fetch_one(self.pool()).await?)
+    }
+
+    /// Moves a build to `to` (state machine checked; conditional on the status read).
+    pub async fn transition_build(&self, id: i64, to: Status, reason: Option<&str>) -> Result<(), StoreError> {
+        let from = self.build(id).await?.status;
+        if from == to && to == Status::Running {
+            return Ok(());
+        }
+        if !from.can_become(to) {
+            return Err(StoreError::IllegalTransition { what: format!("build {id}"), from, to });
+        }
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE builds SET status = $1, reason = COALESCE($2, reason), \
+             started_ms = CASE WHEN $1 = 'running' THEN $3 ELSE started_ms END, \
+             finished_ms = CASE WHEN $1 IN ('running', 'queued') THEN finished_ms ELSE $3 END \
+             WHERE id = $4 AND status = $5",
+        )
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(now)
+        .bind(id)
+        .bind(from.as_str())
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            let current = self.build(id).await?.status;
+            return Err(StoreError::IllegalTransition { what: format!("build {id}"), from: current, to });
+        }
+        Ok(())
+    }
+
+    /// Adds a planned job to a build with the ids it needs.
+    pub async fn add_build_job(
+        &self,
+        build_id: i64,
+        job_key: &str,
+        spec: &str,
+        needs: &[String],
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO build_jobs (build_id, job_key, status, spec, needs) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(build_id)
+        .bind(job_key)
+        .bind(Status::Queued.as_str())
+        .bind(spec)
+        .bind(serde_json::to_string(needs).unwrap_or_else(|_| "[]".into()))
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// The jobs of a build, in plan order.
+    pub async fn build_jobs(&self, build_id: i64) -> Result<Vec<BuildJobRecord>, StoreError> {
+        let sql = format!("{BUILD_JOB} WHERE build_id = $1 ORDER BY id");
+        let rows = sqlx::query(&sql).bind(build_id).fetch_all(self.pool()).await?;
+        rows.iter().map(build_job_from_row).collect()
+    }
+
+    /// One build job.
+    pub async fn build_job(&self, id: i64) -> Result<BuildJobRecord, StoreError> {
+        let sql = format!("{BUILD_JOB} WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(self.pool()).await?;
+        build_job_from_row(&row.ok_or_else(|| StoreError::NotFound(format!("build job {id}")))?)
+    }
+
+    /// The planned job (JSON) of a build job.
+    pub async fn build_job_spec(&self, id: i64) -> Result<String, StoreError> {
+        Ok(sqlx::query_scalar("SELECT spec FROM build_jobs WHERE id = $1").bind(id).fetch_one(self.pool()).await?)
+    }
+
+    /// Records outputs and the sandbox of a build job.
+    pub async fn set_build_job_result(
+        &self,
+        id: i64,
+        outputs: &serde_json::Value,
+        sandbox: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE build_jobs SET outputs = $1, sandbox = $2 WHERE id = $3")
+            .bind(outputs.to_string())
+            .bind(sandbox)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Inserts or updates a step of a build job.
+    pub async fn record_step(&self, build_job_id: i64, step: &StepRecord) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM build_steps WHERE build_job_id = $1 AND idx = $2")
+            .bind(build_job_id)
+            .bind(step.idx)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO build_steps (build_job_id, idx, name, status, exit_code, reason, started_ms, finished_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(build_job_id)
+        .bind(step.idx)
+        .bind(&step.name)
+        .bind(step.status.as_str())
+        .bind(step.exit_code)
+        .bind(&step.reason)
+        .bind(step.started_ms)
+        .bind(step.finished_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The steps of a build job.
+    pub async fn steps(&self, build_job_id: i64) -> Result<Vec<StepRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, name, status, exit_code, reason, started_ms, finished_ms FROM build_steps WHERE build_job_id = $1 ORDER BY idx",
+        )
+        .bind(build_job_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let status: String = row.try_get("status")?;
+                Ok(StepRecord {
+                    idx: row.try_get("idx")?,
+                    name: row.try_get("name")?,
+                    status: parse_status(&status)?,
+                    exit_code: row.try_get("exit_code")?,
+                    reason: row.try_get("reason")?,
+                    started_ms: row.try_get("started_ms")?,
+                    finished_ms: row.try_get("finished_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Builds that are not finished (for recovery after a restart).
+    pub async fn unfinished_builds(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM builds WHERE status IN ('queued', 'running') ORDER BY id")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// True when the build job has a queue row.
+    pub async fn is_enqueued(&self, build_job_id: i64) -> Result<bool, StoreError> {
+        let row: Option<i64> = sqlx::query_scalar("SELECT id FROM queue WHERE build_job_id = $1")
+            .bind(build_job_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+}

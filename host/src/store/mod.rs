@@ -6,7 +6,9 @@
 //! milliseconds since the Unix epoch.
 
 pub mod builds;
+pub mod events;
 pub mod jobs;
+pub mod logs;
 pub mod queue;
 pub mod secrets;
 

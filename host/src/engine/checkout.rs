@@ -1,0 +1,335 @@
+//! Git checkout with libgit2: a per-job workspace at the exact commit of the build (shallow
+//! where the transport allows), branch and tag refs, submodules on request, and the commit's
+//! metadata for the step environment. The server also keeps a bare mirror per job to resolve
+//! branches and read the pipeline file at a commit before planning.
+
+use git2::{FetchOptions, Oid, Repository};
+use std::path::Path;
+use thiserror::Error;
+
+/// A checkout that failed.
+#[derive(Debug, Error)]
+pub enum CheckoutError {
+    /// libgit2 refused.
+    #[error("git: {action} {url}: {message}")]
+    Git {
+        /// What was being done.
+        action: &'static str,
+        /// The repository URL.
+        url: String,
+        /// libgit2's message.
+        message: String,
+    },
+    /// The branch, tag or commit does not exist.
+    #[error("{what} not found in {url}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+        /// The repository URL.
+        url: String,
+    },
+    /// No pipeline file at that commit.
+    #[error("no pipeline file at {commit} in {url}: looked for {paths}")]
+    NoPipeline {
+        /// The commit.
+        commit: String,
+        /// The repository URL.
+        url: String,
+        /// The paths tried.
+        paths: String,
+    },
+}
+
+/// What to check out.
+#[derive(Debug, Clone, Default)]
+pub struct CheckoutRequest {
+    /// Repository URL (`file://`, `git://`, a path).
+    pub url: String,
+    /// Exact commit; when absent, the tip of `branch` (or `tag`).
+    pub commit: Option<String>,
+    /// Branch the commit is on.
+    pub branch: Option<String>,
+    /// Tag to build.
+    pub tag: Option<String>,
+    /// History depth (1 by default); 0 fetches everything.
+    pub depth: i32,
+    /// Also check out submodules.
+    pub submodules: bool,
+}
+
+/// The commit that was checked out, for `GIT_*` variables and the `git` context.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CommitInfo {
+    /// Full SHA.
+    pub sha: String,
+    /// First 8 characters.
+    pub short_sha: String,
+    /// Branch, if known.
+    pub branch: String,
+    /// Tag, if any.
+    pub tag: String,
+    /// Author name.
+    pub author: String,
+    /// Author e-mail.
+    pub author_email: String,
+    /// Commit message.
+    pub message: String,
+}
+
+impl CommitInfo {
+    /// The step environment: `GIT_COMMIT`, `GIT_SHORT_COMMIT`, `GIT_BRANCH`, `GIT_TAG`,
+    /// `GIT_AUTHOR`, `GIT_AUTHOR_EMAIL`, `GIT_MESSAGE`.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("GIT_COMMIT", &self.sha),
+            ("GIT_SHORT_COMMIT", &self.short_sha),
+            ("GIT_BRANCH", &self.branch),
+            ("GIT_TAG", &self.tag),
+            ("GIT_AUTHOR", &self.author),
+            ("GIT_AUTHOR_EMAIL", &self.author_email),
+            ("GIT_MESSAGE", &self.message),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+    }
+}
+
+fn git_err<'a>(action: &'static str, url: &'a str) -> impl Fn(git2::Error) -> CheckoutError + 'a {
+    move |e| CheckoutError::Git { action, url: url.to_string(), message: e.message().to_string() }
+}
+
+fn refspecs(req: &CheckoutRequest) -> Vec<String> {
+    match (&req.tag, &req.branch) {
+        (Some(tag), _) => vec![format!("+refs/tags/{tag}:refs/tags/{tag}")],
+        (None, Some(branch)) => vec![format!("+refs/heads/{branch}:refs/remotes/origin/{branch}")],
+        (None, None) => vec!["+refs/heads/*:refs/remotes/origin/*".into(), "+refs/tags/*:refs/tags/*".into()],
+    }
+}
+
+/// Fetches `specs`, shallow when `depth > 0` and the transport supports it (libgit2's local
+/// transport does not: it then fetches in full).
+fn fetch(repo: &Repository, url: &str, specs: &[String], depth: i32) -> Result<(), CheckoutError> {
+    let mut remote = repo.remote_anonymous(url).map_err(git_err("open remote", url))?;
+    let mut opts = FetchOptions::new();
+    if depth > 0 {
+        opts.depth(depth);
+    }
+    match remote.fetch(specs, Some(&mut opts), None) {
+        Ok(()) => Ok(()),
+        Err(e) if depth > 0 => {
+            tracing::debug!(url, "shallow fetch failed ({}), fetching in full", e.message());
+            let mut full = FetchOptions::new();
+            remote.fetch(specs, Some(&mut full), None).map_err(git_err("fetch", url))
+        }
+        Err(e) => Err(git_err("fetch", url)(e)),
+    }
+}
+
+fn find_commit<'r>(repo: &'r Repository, req: &CheckoutRequest) -> Result<git2::Commit<'r>, CheckoutError> {
+    let url = &req.url;
+    let oid = match (&req.commit, &req.tag, &req.branch) {
+        (Some(sha), _, _) => Oid::from_str(sha).map_err(git_err("parse commit", url))?,
+        (None, Some(tag), _) => repo
+            .refname_to_id(&format!("refs/tags/{tag}"))
+            .map_err(|_| CheckoutError::NotFound { what: format!("tag `{tag}`"), url: url.clone() })?,
+        (None, None, Some(branch)) => repo
+            .refname_to_id(&format!("refs/remotes/origin/{branch}"))
+            .map_err(|_| CheckoutError::NotFound { what: format!("branch `{branch}`"), url: url.clone() })?,
+        (None, None, None) => {
+            return Err(CheckoutError::NotFound { what: "a branch, tag or commit to build".into(), url: url.clone() });
+        }
+    };
+    let object = repo
+        .find_object(oid, None)
+        .map_err(|_| CheckoutError::NotFound { what: format!("commit {oid}"), url: url.clone() })?;
+    object.peel_to_commit().map_err(git_err("peel to commit", url))
+}
+
+fn info(commit: &git2::Commit<'_>, req: &CheckoutRequest) -> CommitInfo {
+    let sha = commit.id().to_string();
+    let author = commit.author();
+    CommitInfo {
+        short_sha: sha.chars().take(8).collect(),
+        sha,
+        branch: req.branch.clone().unwrap_or_default(),
+        tag: req.tag.clone().unwrap_or_default(),
+        author: author.name().unwrap_or_default().to_string(),
+        author_email: author.email().unwrap_or_default().to_string(),
+        message: commit.message().unwrap_or_default().trim_end().to_string(),
+    }
+}
+
+/// Checks out `req` into `dest` (created if needed), fetching only what it needs.
+pub fn checkout(req: &CheckoutRequest, dest: &Path) -> Result<CommitInfo, CheckoutError> {
+    let url = &req.url;
+    let repo = Repository::init(dest).map_err(git_err("init", url))?;
+    let mut specs = refspecs(req);
+    if let Some(sha) = &req.commit
+        && req.branch.is_none()
+        && req.tag.is_none()
+    {
+        specs = vec![sha.clone()];
+    }
+    let fetched = fetch(&repo, url, &specs, req.depth);
+    let commit = match (fetched, find_commit(&repo, req)) {
+        (Ok(()), Ok(c)) => c,
+        // The commit is not at the tip that was fetched (or the server refuses fetching a SHA):
+        // fetch the whole history of every branch and tag, then look again.
+        _ => {
+            let all = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
+            fetch(&repo, url, &all, 0)?;
+            find_commit(&repo, req)?
+        }
+    };
+    repo.set_head_detached(commit.id()).map_err(git_err("detach HEAD", url))?;
+    repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).map_err(git_err("check out", url))?;
+    if req.submodules {
+        for mut sub in repo.submodules().map_err(git_err("list submodules", url))? {
+            sub.update(true, None).map_err(git_err("update submodule", url))?;
+        }
+    }
+    Ok(info(&commit, req))
+}
+
+/// A bare mirror of a job's repository, for resolving refs and reading files at a commit.
+pub struct Mirror {
+    repo: Repository,
+    url: String,
+}
+
+impl Mirror {
+    /// Opens (creating it) the mirror in `dir` and fetches every branch and tag.
+    pub fn update(dir: &Path, url: &str) -> Result<Mirror, CheckoutError> {
+        let repo = match Repository::open_bare(dir) {
+            Ok(r) => r,
+            Err(_) => Repository::init_bare(dir).map_err(git_err("init mirror", url))?,
+        };
+        let specs = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
+        fetch(&repo, url, &specs, 0)?;
+        Ok(Mirror { repo, url: url.to_string() })
+    }
+
+    /// The commit a branch points at.
+    pub fn branch_tip(&self, branch: &str) -> Result<String, CheckoutError> {
+        self.repo
+            .refname_to_id(&format!("refs/remotes/origin/{branch}"))
+            .map(|oid| oid.to_string())
+            .map_err(|_| CheckoutError::NotFound { what: format!("branch `{branch}`"), url: self.url.clone() })
+    }
+
+    /// The first of `paths` that exists at `commit`, with its text.
+    pub fn read_first(&self, commit: &str, paths: &[&str]) -> Result<(String, String), CheckoutError> {
+        let oid = Oid::from_str(commit).map_err(git_err("parse commit", &self.url))?;
+        let commit_obj = self
+            .repo
+            .find_commit(oid)
+            .map_err(|_| CheckoutError::NotFound { what: format!("commit {commit}"), url: self.url.clone() })?;
+        let tree = commit_obj.tree().map_err(git_err("read tree", &self.url))?;
+        for p in paths {
+            if let Ok(entry) = tree.get_path(Path::new(p))
+                && let Ok(blob) = self.repo.find_blob(entry.id())
+            {
+                return Ok((p.to_string(), String::from_utf8_lossy(blob.content()).into_owned()));
+            }
+        }
+        Err(CheckoutError::NoPipeline { commit: commit.to_string(), url: self.url.clone(), paths: paths.join(", ") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "Ada")
+            .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+            .env("GIT_COMMITTER_NAME", "Ada")
+            .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A repository with two commits on `main` and a tag on the first.
+    fn repo() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        std::fs::write(dir.path().join("a.txt"), "one").unwrap();
+        git(dir.path(), &["add", "."]);
+        git(dir.path(), &["commit", "-qm", "first"]);
+        let first = git(dir.path(), &["rev-parse", "HEAD"]);
+        git(dir.path(), &["tag", "v1"]);
+        std::fs::write(dir.path().join("a.txt"), "two").unwrap();
+        std::fs::write(dir.path().join("chengis.yml"), "jobs: {}\n").unwrap();
+        git(dir.path(), &["add", "."]);
+        git(dir.path(), &["commit", "-qm", "second\n\nbody"]);
+        (dir, first)
+    }
+
+    #[test]
+    fn checks_out_branch_tip_exact_commit_and_tag() {
+        let (src, first) = repo();
+        let url = format!("file://{}", src.path().display());
+        let ws = tempfile::tempdir().unwrap();
+        let tip = checkout(
+            &CheckoutRequest { url: url.clone(), branch: Some("main".into()), depth: 1, ..Default::default() },
+            ws.path(),
+        )
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "two");
+        assert_eq!(tip.message, "second\n\nbody");
+        assert_eq!(
+            (tip.author.as_str(), tip.author_email.as_str(), tip.branch.as_str()),
+            ("Ada", "ada@example.com", "main")
+        );
+
+        let ws = tempfile::tempdir().unwrap();
+        let old = checkout(
+            &CheckoutRequest {
+                url: url.clone(),
+                branch: Some("main".into()),
+                commit: Some(first.clone()),
+                depth: 1,
+                ..Default::default()
+            },
+            ws.path(),
+        )
+        .unwrap();
+        assert_eq!(old.sha, first);
+        assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "one");
+
+        let ws = tempfile::tempdir().unwrap();
+        let tagged = checkout(
+            &CheckoutRequest { url: url.clone(), tag: Some("v1".into()), depth: 1, ..Default::default() },
+            ws.path(),
+        )
+        .unwrap();
+        assert_eq!((tagged.sha.as_str(), tagged.tag.as_str()), (first.as_str(), "v1"));
+        assert!(tagged.env().contains(&("GIT_SHORT_COMMIT".to_string(), first[..8].to_string())));
+
+        let ws = tempfile::tempdir().unwrap();
+        let err =
+            checkout(&CheckoutRequest { url, branch: Some("nope".into()), depth: 1, ..Default::default() }, ws.path())
+                .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn mirror_resolves_branches_and_reads_files_at_a_commit() {
+        let (src, first) = repo();
+        let url = format!("file://{}", src.path().display());
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = Mirror::update(&dir.path().join("m.git"), &url).unwrap();
+        let tip = mirror.branch_tip("main").unwrap();
+        let (path, text) = mirror.read_first(&tip, &[".chengis/workflow.yml", "chengis.yml"]).unwrap();
+        assert_eq!((path.as_str(), text.as_str()), ("chengis.yml", "jobs: {}\n"));
+        let err = mirror.read_first(&first, &["chengis.yml"]).unwrap_err();
+        assert!(matches!(err, CheckoutError::NoPipeline { .. }));
+    }
+}

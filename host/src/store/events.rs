@@ -1,0 +1,55 @@
+//! The `build_events` table: status changes of a build and its jobs, in order, for SSE.
+
+use super::{Store, StoreError, now_ms};
+use serde::Serialize;
+use sqlx::Row;
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BuildEvent {
+    /// Increasing id (the SSE event id).
+    pub id: i64,
+    /// Kind, such as `build_status` or `job_status`.
+    pub kind: String,
+    /// Details.
+    pub payload: serde_json::Value,
+    /// When.
+    pub created_ms: i64,
+}
+
+impl Store {
+    /// Records an event of a build.
+    pub async fn add_event(&self, build_id: i64, kind: &str, payload: &serde_json::Value) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO build_events (build_id, kind, payload, created_ms) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(build_id)
+        .bind(kind)
+        .bind(payload.to_string())
+        .bind(now_ms())
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Events of a build with an id greater than `after`.
+    pub async fn events_after(&self, build_id: i64, after: i64) -> Result<Vec<BuildEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, kind, payload, created_ms FROM build_events WHERE build_id = $1 AND id > $2 ORDER BY id",
+        )
+        .bind(build_id)
+        .bind(after)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let payload: String = row.try_get("payload")?;
+                Ok(BuildEvent {
+                    id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
+                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+                    created_ms: row.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+}
