@@ -5,15 +5,19 @@
 //!   itself is the `chengis-pipeline` crate).
 //! - [`exec`]: running a step as a local process group: output capture, masking, timeouts.
 //! - [`engine`]: running a plan's jobs and steps, env/output propagation, events.
+//! - [`server`]: the HTTP API (axum), live logs and build events over SSE, health endpoints.
 //! - [`status`]: the status enum shared by builds, jobs and steps.
 //! - [`store`]: the database (SQLite or PostgreSQL): jobs, builds, the queue with leases, secrets.
 //! - [`toolchain`]: making sure plugins can be built (`wasm32-wasip2`).
+//! - [`agent`]: the lease loop that runs jobs (embedded in `chengis serve`).
 //! - [`cli`]: the `chengis` command line.
 
+pub mod agent;
 pub mod cli;
 pub mod engine;
 pub mod exec;
 pub mod pipeline;
+pub mod server;
 pub mod status;
 pub mod store;
 pub mod toolchain;

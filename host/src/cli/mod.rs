@@ -1,8 +1,10 @@
 //! The `chengis` command line: argument parsing and one function per subcommand.
 
+mod client;
 mod lint;
 mod render;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -40,6 +42,37 @@ pub enum Command {
     },
     /// Make sure the `wasm32-wasip2` target that plugins build for is installed.
     EnsureWasmTarget,
+    /// Run the server with its embedded agent.
+    Serve(serve::ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(serve::ServeArgs),
+    /// Manage jobs on a server.
+    Job {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::JobCommand,
+    },
+    /// Trigger, list, show, follow, cancel and retry builds on a server.
+    Build {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::BuildCommand,
+    },
+    /// Manage secrets on a server (values are write-only).
+    Secret {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::SecretCommand,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -48,6 +81,7 @@ pub fn main() -> anyhow::Result<i32> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CHENGIS_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Command::Lint(args) => lint::lint(args),
@@ -61,6 +95,11 @@ pub fn main() -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Command::Serve(args) => serve::serve(args),
+        Command::Migrate(args) => serve::migrate(args),
+        Command::Job { client, command } => client::job(&client, command),
+        Command::Build { client, command } => client::build(&client, command),
+        Command::Secret { client, command } => client::secret(&client, command),
         Command::EnsureWasmTarget => {
             let how = crate::toolchain::ensure_wasm_target()?;
             eprintln!("{how}");

@@ -1,6 +1,7 @@
 //! The engine: runs a plan's jobs and steps, propagates env and outputs, decides conditions,
 //! and reports what happens as [`events::RunEvent`]s.
 
+pub mod builds;
 pub mod checkout;
 pub mod context;
 pub mod envfile;

@@ -2,7 +2,7 @@
 //! numbered lines and capped, and the TERM-then-KILL sequence for timeouts and cancellation.
 
 mod lines;
-mod mask;
+pub mod mask;
 mod process;
 
 pub use lines::{LineSplitter, LogLine, Stream};

@@ -20,6 +20,8 @@ pub struct NewBuild {
     pub root_build_id: Option<i64>,
     /// Attempt number (1 for a new build).
     pub attempt: i64,
+    /// Parameters of the trigger (JSON object).
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A build as stored.
@@ -48,8 +50,8 @@ impl Store {
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("job {job_id}")))?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO builds (job_id, number, status, trigger, who, commit_sha, branch, attempt, root_build_id, queued_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            "INSERT INTO builds (job_id, number, status, trigger, who, commit_sha, branch, attempt, root_build_id, queued_ms, params) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(job_id)
         .bind(number)
@@ -61,6 +63,7 @@ impl Store {
         .bind(b.attempt.max(1))
         .bind(b.root_build_id)
         .bind(now_ms())
+        .bind(serde_json::Value::Object(b.params.clone()).to_string())
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -301,6 +304,13 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(summary_from_row).collect()
+    }
+
+    /// The trigger parameters of a build.
+    pub async fn build_params(&self, build_id: i64) -> Result<indexmap::IndexMap<String, String>, StoreError> {
+        let text: String =
+            sqlx::query_scalar("SELECT params FROM builds WHERE id = $1").bind(build_id).fetch_one(self.pool()).await?;
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt { what: "build params", detail: e.to_string() })
     }
 
     /// Stores the plan of a build (JSON).

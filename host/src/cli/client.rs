@@ -1,0 +1,476 @@
+//! The API client behind `chengis job|build|secret`: plain HTTP+JSON to `--server`, errors
+//! shown as the server's JSON error message, `--format json` for tools.
+
+use super::Format;
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::time::Duration;
+
+/// Where the server is and how to print answers.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(long, env = "CHENGIS_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub format: Format,
+}
+
+/// `chengis job ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Create a job that builds a git repository.
+    Create {
+        /// Job name.
+        name: String,
+        /// Repository URL.
+        #[arg(long)]
+        repo: String,
+        /// Default branch.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Pipeline file in the repository (default: the documented lookup order).
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// List jobs.
+    List,
+    /// Delete a job and its builds.
+    Delete {
+        /// Job name.
+        name: String,
+    },
+}
+
+/// `chengis build ...`.
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// Start a build.
+    Trigger {
+        /// Job name.
+        job: String,
+        /// Branch to build.
+        #[arg(long, conflicts_with = "commit")]
+        branch: Option<String>,
+        /// Exact commit to build.
+        #[arg(long)]
+        commit: Option<String>,
+        /// Parameter (repeatable).
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+        /// Follow the build; exit non-zero unless it succeeds.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List builds, newest first.
+    List {
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Builds older than this id (the previous page's `next_cursor`).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Page size.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Show a build with its jobs and steps.
+    Show {
+        /// Build id.
+        id: i64,
+    },
+    /// Print a build's logs.
+    Logs {
+        /// Build id.
+        id: i64,
+        /// Only this job (planned id); default: every job in order.
+        #[arg(long)]
+        job: Option<String>,
+        /// Keep following until the job ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a build.
+    Cancel {
+        /// Build id.
+        id: i64,
+    },
+    /// Run a finished build again as a new attempt.
+    Retry {
+        /// Build id.
+        id: i64,
+    },
+}
+
+/// `chengis secret ...`.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret; the value is read from standard input unless --value is given.
+    Set {
+        /// Secret name.
+        name: String,
+        /// Scope it to one job.
+        #[arg(long)]
+        job: Option<String>,
+        /// The value (visible in the process list; prefer standard input).
+        #[arg(long)]
+        value: Option<String>,
+    },
+    /// List secret names.
+    List {
+        /// A job's scope instead of the global one.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Delete a secret.
+    Rm {
+        /// Secret name.
+        name: String,
+        /// A job's scope.
+        #[arg(long)]
+        job: Option<String>,
+    },
+}
+
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Client { base: args.server.trim_end_matches('/').to_string(), agent }
+    }
+
+    fn answer(&self, what: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
+        let mut resp = resp.map_err(|e| anyhow!("cannot reach the server at {} ({what}): {e}", self.base))?;
+        let status = resp.status();
+        let mut text = String::new();
+        resp.body_mut().as_reader().read_to_string(&mut text).context("reading the answer")?;
+        let value: Value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            let msg = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+            bail!("{what}: {msg} (HTTP {})", status.as_u16());
+        }
+        Ok(value)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.answer(path, self.agent.get(&format!("{}{path}", self.base)).call())
+    }
+
+    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.answer(path, self.agent.post(&format!("{}{path}", self.base)).send_json(body))
+    }
+
+    fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.answer(path, self.agent.put(&format!("{}{path}", self.base)).send_json(body))
+    }
+
+    fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.answer(path, self.agent.delete(&format!("{}{path}", self.base)).call())
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print(format: Format, value: &Value, text: impl FnOnce(&Value) -> String) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
+        Format::Text => print!("{}", text(value)),
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs `chengis job ...`.
+pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
+    let c = Client::new(args);
+    match cmd {
+        JobCommand::Create { name, repo, branch, pipeline } => {
+            let v = c.post(
+                "/api/v1/jobs",
+                json!({"name": name, "repo_url": repo, "default_branch": branch, "pipeline_path": pipeline}),
+            )?;
+            print(args.format, &v, |v| format!("created job {} ({})\n", s(&v["name"]), s(&v["repo_url"])));
+        }
+        JobCommand::List => {
+            let v = c.get("/api/v1/jobs")?;
+            print(args.format, &v, |v| {
+                let mut out = format!("{:<24} {:<10} REPOSITORY\n", "NAME", "BRANCH");
+                for j in v["jobs"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{:<24} {:<10} {}\n",
+                        s(&j["name"]),
+                        s(&j["default_branch"]),
+                        s(&j["repo_url"])
+                    ));
+                }
+                out
+            });
+        }
+        JobCommand::Delete { name } => {
+            c.delete(&format!("/api/v1/jobs/{}", enc(&name)))?;
+            print(args.format, &json!({"deleted": name}), |_| format!("deleted job {name}\n"));
+        }
+    }
+    Ok(0)
+}
+
+fn build_line(b: &Value) -> String {
+    format!(
+        "{:<6} {:<16} #{:<5} {:<10} {:<12} {:<8} {}\n",
+        s(&b["id"]),
+        s(&b["job"]),
+        s(&b["number"]),
+        s(&b["status"]),
+        s(&b["branch"]),
+        s(&b["commit_sha"]).chars().take(8).collect::<String>(),
+        b["reason"].as_str().unwrap_or("")
+    )
+}
+
+/// Runs `chengis build ...`.
+pub fn build(args: &ClientArgs, cmd: BuildCommand) -> anyhow::Result<i32> {
+    let c = Client::new(args);
+    match cmd {
+        BuildCommand::Trigger { job, branch, commit, params, wait } => {
+            let mut p = serde_json::Map::new();
+            for kv in params {
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--param takes NAME=VALUE, got `{kv}`"))?;
+                p.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let v = c.post(
+                &format!("/api/v1/jobs/{}/builds", enc(&job)),
+                json!({"branch": branch, "commit": commit, "params": p}),
+            )?;
+            let id = v["id"].as_i64().ok_or_else(|| anyhow!("the server answered without a build id"))?;
+            if !wait {
+                print(args.format, &v, |v| format!("build {} of {} queued (#{})\n", id, s(&v["job"]), s(&v["number"])));
+                return Ok(0);
+            }
+            if args.format == Format::Text {
+                eprintln!("build {id} of {job} queued; waiting");
+            }
+            let last = loop {
+                let b = c.get(&format!("/api/v1/builds/{id}"))?;
+                let status = b["build"]["status"].as_str().unwrap_or("").to_string();
+                if !matches!(status.as_str(), "queued" | "running") {
+                    break b;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            };
+            print(args.format, &last, show_text);
+            Ok(if last["build"]["status"] == "success" { 0 } else { 1 })
+        }
+        BuildCommand::List { job, status, branch, before, limit } => {
+            let mut q = vec![format!("limit={limit}")];
+            for (k, v) in [("job", job), ("status", status), ("branch", branch)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", enc(&v)));
+                }
+            }
+            if let Some(b) = before {
+                q.push(format!("before={b}"));
+            }
+            let v = c.get(&format!("/api/v1/builds?{}", q.join("&")))?;
+            print(args.format, &v, |v| {
+                let mut out = format!(
+                    "{:<6} {:<16} {:<6} {:<10} {:<12} {:<8} REASON\n",
+                    "ID", "JOB", "NUMBER", "STATUS", "BRANCH", "COMMIT"
+                );
+                for b in v["builds"].as_array().into_iter().flatten() {
+                    out.push_str(&build_line(b));
+                }
+                if let Some(next) = v["next_cursor"].as_i64() {
+                    out.push_str(&format!("older: --before {next}\n"));
+                }
+                out
+            });
+            Ok(0)
+        }
+        BuildCommand::Show { id } => {
+            let v = c.get(&format!("/api/v1/builds/{id}"))?;
+            print(args.format, &v, show_text);
+            Ok(0)
+        }
+        BuildCommand::Logs { id, job, follow } => {
+            let b = c.get(&format!("/api/v1/builds/{id}"))?;
+            let keys: Vec<String> = match job {
+                Some(j) => vec![j],
+                None => b["jobs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|j| j["job"]["job_key"].as_str().map(str::to_string))
+                    .collect(),
+            };
+            for key in keys {
+                if follow {
+                    follow_logs(&c, args.format, id, &key)?;
+                } else {
+                    let v = c.get(&format!("/api/v1/builds/{id}/jobs/{}/logs", enc(&key)))?;
+                    for line in v["lines"].as_array().into_iter().flatten() {
+                        print_line(args.format, &key, line);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        BuildCommand::Cancel { id } => {
+            let v = c.post(&format!("/api/v1/builds/{id}/cancel"), json!({}))?;
+            print(args.format, &v, |v| format!("build {id} is {}\n", s(&v["status"])));
+            Ok(0)
+        }
+        BuildCommand::Retry { id } => {
+            let v = c.post(&format!("/api/v1/builds/{id}/retry"), json!({}))?;
+            print(args.format, &v, |v| {
+                format!("build {} queued: attempt {} of build {id}\n", s(&v["id"]), s(&v["attempt"]))
+            });
+            Ok(0)
+        }
+    }
+}
+
+fn show_text(v: &Value) -> String {
+    let b = &v["build"];
+    let mut out = format!(
+        "build {} of {} #{}: {} (attempt {}, {} {})\n",
+        s(&b["id"]),
+        s(&b["job"]),
+        s(&b["number"]),
+        s(&b["status"]),
+        s(&b["attempt"]),
+        s(&b["branch"]),
+        s(&b["commit_sha"]).chars().take(8).collect::<String>()
+    );
+    if let Some(r) = b["reason"].as_str() {
+        out.push_str(&format!("  {r}\n"));
+    }
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  job {}: {}{}\n",
+            s(&j["job"]["job_key"]),
+            s(&j["job"]["status"]),
+            j["job"]["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+        ));
+        for st in j["steps"].as_array().into_iter().flatten() {
+            out.push_str(&format!("    {} {}\n", s(&st["status"]), s(&st["name"])));
+        }
+    }
+    out
+}
+
+fn print_line(format: Format, job: &str, line: &Value) {
+    match format {
+        Format::Json => println!("{}", json!({"job": job, "line": line})),
+        Format::Text => println!("{}", line["text"].as_str().unwrap_or("")),
+    }
+}
+
+/// Follows a job's log over SSE, reconnecting with `Last-Event-ID` after a drop.
+fn follow_logs(c: &Client, format: Format, id: i64, job: &str) -> anyhow::Result<()> {
+    let url = format!("{}/api/v1/builds/{id}/jobs/{}/logs/stream", c.base, enc(job));
+    let mut last: Option<String> = None;
+    for _attempt in 0..100 {
+        let mut req = c.agent.get(&url).config().timeout_global(None).build();
+        if let Some(l) = &last {
+            req = req.header("Last-Event-ID", l);
+        }
+        let mut resp = match req.call() {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => bail!("following the log: HTTP {}", r.status().as_u16()),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
+        };
+        let reader = BufReader::new(resp.body_mut().as_reader());
+        let (mut event, mut data, mut event_id) = (String::new(), String::new(), None);
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if line.is_empty() {
+                if event == "end" {
+                    return Ok(());
+                }
+                if event == "line"
+                    && let Ok(v) = serde_json::from_str::<Value>(&data)
+                {
+                    print_line(format, job, &v);
+                    last = event_id.take();
+                }
+                event.clear();
+                data.clear();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            } else if let Some(v) = line.strip_prefix("id:") {
+                event_id = Some(v.trim().to_string());
+            }
+        }
+    }
+    bail!("lost the log stream too many times")
+}
+
+/// Runs `chengis secret ...`.
+pub fn secret(args: &ClientArgs, cmd: SecretCommand) -> anyhow::Result<i32> {
+    let c = Client::new(args);
+    let scope = |job: &Option<String>| job.as_ref().map(|j| format!("?job={}", enc(j))).unwrap_or_default();
+    match cmd {
+        SecretCommand::Set { name, job, value } => {
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let mut v = String::new();
+                    std::io::stdin().read_to_string(&mut v).context("reading the secret from standard input")?;
+                    v.trim_end_matches(['\n', '\r']).to_string()
+                }
+            };
+            c.put(&format!("/api/v1/secrets/{}{}", enc(&name), scope(&job)), json!({"value": value}))?;
+            print(args.format, &json!({"set": name}), |_| format!("secret {name} set\n"));
+        }
+        SecretCommand::List { job } => {
+            let v = c.get(&format!("/api/v1/secrets{}", scope(&job)))?;
+            print(args.format, &v, |v| {
+                v["secrets"].as_array().into_iter().flatten().map(|n| format!("{}\n", s(n))).collect()
+            });
+        }
+        SecretCommand::Rm { name, job } => {
+            c.delete(&format!("/api/v1/secrets/{}{}", enc(&name), scope(&job)))?;
+            print(args.format, &json!({"deleted": name}), |_| format!("secret {name} deleted\n"));
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,206 @@
+//! `chengis serve`: the server with its embedded agent. Every setting comes from a flag, a
+//! `CHENGIS_*` variable, a TOML file (`--config`) or a default, in that order of precedence.
+
+use crate::agent::{AgentConfig, run_agent};
+use crate::engine::builds::BuildContext;
+use crate::exec::CancelSignal;
+use crate::server::{AppState, router};
+use crate::store::secrets::MasterKeys;
+use crate::store::{Store, redact_url};
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Arguments of `chengis serve` (and `chengis migrate`, which shares the database settings).
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "CHENGIS_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory: database, master key, mirrors, workspaces [default: ./chengis-data].
+    #[arg(long, env = "CHENGIS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://... [default: SQLite in the data directory].
+    #[arg(long, env = "CHENGIS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Jobs the embedded agent runs at once [default: the number of cores].
+    #[arg(long, env = "CHENGIS_EXECUTORS")]
+    pub executors: Option<usize>,
+    /// Embedded agents: 1 (default) or 0 to run none.
+    #[arg(long, env = "CHENGIS_AGENTS")]
+    pub agents: Option<usize>,
+    /// How long a lease lasts without renewal, such as `10s`.
+    #[arg(long, env = "CHENGIS_LEASE_TTL")]
+    pub lease_ttl: Option<String>,
+    /// Times a job is run again after its agent was lost before it is marked `error`.
+    #[arg(long, env = "CHENGIS_MAX_ATTEMPTS")]
+    pub max_attempts: Option<i64>,
+    /// A TOML file with any of these settings (snake_case keys).
+    #[arg(long, env = "CHENGIS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Listen address.
+    pub listen: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Database URL.
+    pub database_url: Option<String>,
+    /// Executors.
+    pub executors: Option<usize>,
+    /// Embedded agents.
+    pub agents: Option<usize>,
+    /// Lease duration.
+    pub lease_ttl: Option<String>,
+    /// Attempts.
+    pub max_attempts: Option<i64>,
+}
+
+impl ServeArgs {
+    /// Merges flags/env over the file over the defaults.
+    pub fn resolve(&self) -> anyhow::Result<ServeConfig> {
+        let file: ServeConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
+            }
+            None => ServeConfig::default(),
+        };
+        let data_dir = self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("chengis-data"));
+        let database_url = self
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("chengis.db").display()));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(ServeConfig {
+            listen: Some(self.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into())),
+            data_dir: Some(data_dir),
+            database_url: Some(database_url),
+            executors: Some(self.executors.or(file.executors).unwrap_or(cores)),
+            agents: Some(self.agents.or(file.agents).unwrap_or(1)),
+            lease_ttl: Some(self.lease_ttl.clone().or(file.lease_ttl).unwrap_or_else(|| "10s".into())),
+            max_attempts: Some(self.max_attempts.or(file.max_attempts).unwrap_or(2)),
+        })
+    }
+}
+
+fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
+    chengis_pipeline::duration::parse_duration(s).map_err(|e| anyhow::anyhow!("{what} `{s}`: {e}"))
+}
+
+/// Opens the store named by the configuration (creating the data directory).
+pub async fn open_store(cfg: &ServeConfig) -> anyhow::Result<Store> {
+    let data_dir = cfg.data_dir.clone().unwrap_or_default();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    Ok(Store::open(cfg.database_url.as_deref().unwrap_or_default()).await?)
+}
+
+/// Loads the master key from `CHENGIS_MASTER_KEY` or the key file in the data directory.
+pub fn master_keys(data_dir: &std::path::Path) -> anyhow::Result<MasterKeys> {
+    if let Ok(hex) = std::env::var("CHENGIS_MASTER_KEY") {
+        return Ok(MasterKeys::from_hex(&hex)?);
+    }
+    let path = data_dir.join("master.key");
+    let (keys, created) = MasterKeys::load_or_create(&path)?;
+    if created {
+        tracing::warn!(path = %path.display(), "created a new master key for secrets; back it up: without it stored secrets cannot be read");
+    }
+    Ok(keys)
+}
+
+/// Runs `chengis serve`.
+pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let cfg = args.resolve()?;
+    if args.print_config {
+        let mut shown = cfg.clone();
+        shown.database_url = shown.database_url.map(|u| redact_url(&u));
+        print!("{}", toml::to_string(&shown).unwrap_or_default());
+        return Ok(0);
+    }
+    let lease_ttl = duration(cfg.lease_ttl.as_deref().unwrap_or("10s"), "lease_ttl")?;
+    if lease_ttl < Duration::from_secs(2) {
+        bail!("lease_ttl must be at least 2s: the agent renews every second");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let store = open_store(&cfg).await?;
+        let data_dir = cfg.data_dir.clone().unwrap_or_default();
+        let keys = Arc::new(master_keys(&data_dir)?);
+        let (bus, _) = tokio::sync::broadcast::channel(1024);
+        let ctx = BuildContext { store: store.clone(), data_dir: data_dir.clone(), bus, max_matrix: chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS };
+        recover(&ctx).await;
+        let shutdown = CancelSignal::new();
+        for n in 0..cfg.agents.unwrap_or(1) {
+            let agent = AgentConfig {
+                name: format!("embedded-{n}@{}", hostname()),
+                labels: vec![std::env::consts::OS.to_string(), "local".into()],
+                executors: cfg.executors.unwrap_or(2),
+                lease_ttl,
+                renew_every: Duration::from_secs(1),
+                max_attempts: cfg.max_attempts.unwrap_or(2),
+                kill_grace: Duration::from_secs(10),
+                output_cap: 10 << 20,
+            };
+            tokio::spawn(run_agent(ctx.clone(), keys.clone(), agent, shutdown.clone()));
+        }
+        let listen = cfg.listen.clone().unwrap_or_default();
+        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        println!("chengis listening on http://{addr}");
+        tracing::info!(%addr, database = %redact_url(cfg.database_url.as_deref().unwrap_or_default()), "serving");
+        let app = router(AppState { builds: ctx, keys });
+        let stop = shutdown.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+                }
+                stop.cancel();
+            })
+            .await?;
+        Ok::<i32, anyhow::Error>(0)
+    })
+}
+
+/// After a restart: builds that were recorded but not planned are planned, and every unfinished
+/// build is scheduled again (jobs whose leases expired are leased again by the agents).
+async fn recover(ctx: &BuildContext) {
+    let Ok(builds) = ctx.store.unfinished_builds().await else { return };
+    for id in builds {
+        let planned = ctx.store.build_plan(id).await.ok().flatten().is_some();
+        let result = if planned { ctx.schedule(id).await } else { ctx.plan(id).await };
+        if let Err(e) = result {
+            tracing::warn!(build = id, "recovering: {e}");
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// Runs `chengis migrate`.
+pub fn migrate(args: ServeArgs) -> anyhow::Result<i32> {
+    let cfg = args.resolve()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        open_store(&cfg).await?;
+        println!("database is up to date: {}", redact_url(cfg.database_url.as_deref().unwrap_or_default()));
+        Ok(0)
+    })
+}

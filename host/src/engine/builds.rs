@@ -1,0 +1,275 @@
+//! Builds on the server: trigger (record, then plan in the background), plan (pipeline file at
+//! the commit, lint, plan, one build job per planned job), schedule (enqueue jobs whose needs
+//! finished, derive the build's final status in one place), cancel and retry.
+
+use super::checkout::Mirror;
+use crate::status::Status;
+use crate::store::builds::{BuildSummary, NewBuild};
+use crate::store::queue::Priority;
+use crate::store::{Store, StoreError};
+use chengis_pipeline::{LintOptions, PIPELINE_PATHS, PlanInputs, lint_and_plan};
+use indexmap::IndexMap;
+use std::path::PathBuf;
+use tokio::sync::broadcast;
+
+/// Something changed that live readers (SSE, the embedded agent) may want to know now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// New log lines for a build job.
+    Log(i64),
+    /// A build or one of its jobs changed status.
+    Build(i64),
+    /// A job was enqueued.
+    Enqueued,
+}
+
+/// What the build functions share: the store, the data directory and the notice bus.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The database.
+    pub store: Store,
+    /// Where mirrors and workspaces live.
+    pub data_dir: PathBuf,
+    /// Change notices.
+    pub bus: broadcast::Sender<Notice>,
+    /// Most matrix combinations per job.
+    pub max_matrix: usize,
+}
+
+/// What a trigger asks for.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    /// Branch to build (the job's default branch when absent).
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Exact commit to build.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Parameters.
+    #[serde(default)]
+    pub params: IndexMap<String, String>,
+}
+
+impl BuildContext {
+    fn notify(&self, n: Notice) {
+        // No receiver is fine: nobody is watching.
+        let _ = self.bus.send(n);
+    }
+
+    /// Records a build and starts planning it in the background.
+    pub async fn trigger(
+        &self,
+        job: &str,
+        req: TriggerRequest,
+        trigger: &str,
+        who: &str,
+    ) -> Result<BuildSummary, StoreError> {
+        let record = self.store.job(job).await?;
+        let branch = req.branch.clone().unwrap_or(record.default_branch.clone());
+        let build = self
+            .store
+            .create_build(
+                record.id,
+                &NewBuild {
+                    trigger: trigger.into(),
+                    who: who.into(),
+                    commit_sha: req.commit.clone().unwrap_or_default(),
+                    branch: branch.clone(),
+                    root_build_id: None,
+                    attempt: 1,
+                    params: req.params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+                },
+            )
+            .await?;
+        self.store.add_event(build.id, "build_status", &serde_json::json!({"status": "queued"})).await?;
+        let ctx = self.clone();
+        let id = build.id;
+        tokio::spawn(async move {
+            if let Err(e) = ctx.plan(id).await {
+                tracing::error!(build = id, "planning failed: {e}");
+            }
+        });
+        self.store.build_summary(build.id).await
+    }
+
+    /// Plans a build: resolves the commit, reads the pipeline at it, plans, creates build jobs.
+    /// A pipeline that does not lint or plan ends the build as `error` with the diagnostics.
+    pub async fn plan(&self, build_id: i64) -> Result<(), StoreError> {
+        let summary = self.store.build_summary(build_id).await?;
+        let params = self.store.build_params(build_id).await?;
+        let job = self.store.job(&summary.job).await?;
+        let mirror_dir = self.data_dir.join("mirrors").join(format!("{}.git", job.id));
+        let (url, branch, commit) = (job.repo_url.clone(), summary.branch.clone(), summary.commit_sha.clone());
+        let pipeline_path = job.pipeline_path.clone();
+        let fetched = tokio::task::spawn_blocking(move || -> Result<(String, String, String), String> {
+            let mirror = Mirror::update(&mirror_dir, &url).map_err(|e| e.to_string())?;
+            let sha = if commit.is_empty() { mirror.branch_tip(&branch).map_err(|e| e.to_string())? } else { commit };
+            let paths: Vec<&str> = match &pipeline_path {
+                Some(p) => vec![p.as_str()],
+                None => PIPELINE_PATHS.to_vec(),
+            };
+            let (path, text) = mirror.read_first(&sha, &paths).map_err(|e| e.to_string())?;
+            Ok((sha, path, text))
+        })
+        .await
+        .map_err(|e| StoreError::Crypto(format!("planning task: {e}")))?;
+        let (sha, path, text) = match fetched {
+            Ok(v) => v,
+            Err(reason) => return self.fail_build(build_id, &reason).await,
+        };
+        sqlx::query("UPDATE builds SET commit_sha = $1 WHERE id = $2")
+            .bind(&sha)
+            .bind(build_id)
+            .execute(self.store.pool())
+            .await?;
+        let planned = {
+            // Server-side `${VAR}` reads parameters and matrix values only, never the server's
+            // own environment.
+            let no_vars = |_: &str| None;
+            let inputs = PlanInputs { params: &params, vars: &no_vars, max_matrix: self.max_matrix };
+            let opts = LintOptions { max_matrix: self.max_matrix, ..LintOptions::default() };
+            lint_and_plan(&text, &path, &opts, &inputs)
+        };
+        let plan = match planned {
+            Ok((plan, _warnings)) => plan,
+            Err(diags) => {
+                let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+                return self.fail_build(build_id, &format!("the pipeline does not plan:\n{}", text.join("\n"))).await;
+            }
+        };
+        let plan_json = serde_json::to_string(&plan).unwrap_or_default();
+        self.store.set_build_plan(build_id, &plan_json).await?;
+        for job in &plan.jobs {
+            let spec = serde_json::to_string(job).unwrap_or_default();
+            self.store.add_build_job(build_id, &job.id, &spec, &job.needs).await?;
+        }
+        self.schedule(build_id).await
+    }
+
+    async fn fail_build(&self, build_id: i64, reason: &str) -> Result<(), StoreError> {
+        tracing::warn!(build = build_id, "{reason}");
+        self.store.transition_build(build_id, Status::Error, Some(reason)).await?;
+        self.store
+            .add_event(build_id, "build_status", &serde_json::json!({"status": "error", "reason": reason}))
+            .await?;
+        self.notify(Notice::Build(build_id));
+        Ok(())
+    }
+
+    /// Enqueues every queued job whose needs have all finished (the agent then decides with
+    /// its condition whether it runs or is skipped); ends the build when every job finished.
+    pub async fn schedule(&self, build_id: i64) -> Result<(), StoreError> {
+        let jobs = self.store.build_jobs(build_id).await?;
+        let status_of = |key: &str| jobs.iter().find(|j| j.job_key == key).map(|j| j.status);
+        let build = self.store.build(build_id).await?;
+        let mut enqueued = false;
+        for j in &jobs {
+            if j.status != Status::Queued || self.store.is_enqueued(j.id).await? {
+                continue;
+            }
+            if build.status == Status::Cancelled {
+                self.store.transition_build_job(j.id, Status::Cancelled, Some("the build was cancelled")).await?;
+                continue;
+            }
+            if j.needs.iter().all(|n| status_of(n).is_some_and(Status::is_finished)) {
+                let spec: chengis_pipeline::PlannedJob = serde_json::from_str(&self.store.build_job_spec(j.id).await?)
+                    .map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })?;
+                self.store.enqueue(j.id, Priority::Normal, &spec.runs_on).await?;
+                enqueued = true;
+            }
+        }
+        if enqueued {
+            self.notify(Notice::Enqueued);
+        }
+        let jobs = self.store.build_jobs(build_id).await?;
+        if !jobs.is_empty() && jobs.iter().all(|j| j.status.is_finished()) && !build.status.is_finished() {
+            let status = super::run::overall(jobs.iter().map(|j| j.status), build.status == Status::Cancelled);
+            if build.status == Status::Queued {
+                self.store.transition_build(build_id, Status::Running, None).await?;
+            }
+            self.store.transition_build(build_id, status, None).await?;
+            self.store.add_event(build_id, "build_status", &serde_json::json!({"status": status})).await?;
+        }
+        self.notify(Notice::Build(build_id));
+        Ok(())
+    }
+
+    /// Cancels a build: queued jobs end at once, running ones are told through their lease.
+    pub async fn cancel(&self, build_id: i64) -> Result<(), StoreError> {
+        let build = self.store.build(build_id).await?;
+        if build.status.is_finished() {
+            return Err(StoreError::IllegalTransition {
+                what: format!("build {build_id}"),
+                from: build.status,
+                to: Status::Cancelled,
+            });
+        }
+        sqlx::query("UPDATE builds SET status = 'cancelled', finished_ms = $1 WHERE id = $2 AND status IN ('queued', 'running')")
+            .bind(crate::store::now_ms())
+            .bind(build_id)
+            .execute(self.store.pool())
+            .await?;
+        for j in self.store.build_jobs(build_id).await? {
+            if j.status != Status::Queued && j.status != Status::Running {
+                continue;
+            }
+            let leased: Option<Option<String>> =
+                sqlx::query_scalar("SELECT lease_owner FROM queue WHERE build_job_id = $1")
+                    .bind(j.id)
+                    .fetch_optional(self.store.pool())
+                    .await?;
+            match leased {
+                Some(Some(_)) => {
+                    self.store.request_cancel(j.id).await?;
+                }
+                Some(None) => {
+                    sqlx::query("DELETE FROM queue WHERE build_job_id = $1 AND lease_owner IS NULL")
+                        .bind(j.id)
+                        .execute(self.store.pool())
+                        .await?;
+                    self.store.transition_build_job(j.id, Status::Cancelled, Some("the build was cancelled")).await?;
+                }
+                None if j.status == Status::Queued => {
+                    self.store.transition_build_job(j.id, Status::Cancelled, Some("the build was cancelled")).await?;
+                }
+                None => {}
+            }
+        }
+        self.store.add_event(build_id, "build_status", &serde_json::json!({"status": "cancelled"})).await?;
+        self.notify(Notice::Build(build_id));
+        Ok(())
+    }
+
+    /// Starts a new attempt of a finished build: same job, commit and branch, linked to the first.
+    pub async fn retry(&self, build_id: i64, who: &str) -> Result<BuildSummary, StoreError> {
+        let old = self.store.build_summary(build_id).await?;
+        if !old.status.is_finished() {
+            return Err(StoreError::Conflict(format!("build {build_id} is still {}; cancel it first", old.status)));
+        }
+        let job = self.store.job(&old.job).await?;
+        let params = self.store.build_params(build_id).await?;
+        let build = self
+            .store
+            .create_build(
+                job.id,
+                &NewBuild {
+                    trigger: "retry".into(),
+                    who: who.into(),
+                    commit_sha: old.commit_sha.clone(),
+                    branch: old.branch.clone(),
+                    root_build_id: Some(old.root_build_id.unwrap_or(old.id)),
+                    attempt: old.attempt + 1,
+                    params: params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+                },
+            )
+            .await?;
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ctx.plan(build.id).await {
+                tracing::error!(build = build.id, "planning failed: {e}");
+            }
+        });
+        self.store.build_summary(build.id).await
+    }
+}

@@ -1,0 +1,57 @@
+//! The HTTP server: the JSON API under `/api/v1`, live logs and build events over SSE, and the
+//! health endpoints. Routes are grouped one file per family.
+
+mod api;
+pub mod error;
+mod stream;
+
+use crate::engine::builds::BuildContext;
+use crate::store::secrets::MasterKeys;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, http::StatusCode};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Builds, store, bus.
+    pub builds: BuildContext,
+    /// Secret encryption keys.
+    pub keys: Arc<MasterKeys>,
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/startup", get(|| async { Json(json!({"status": "started"})) }))
+        .route("/ready", get(ready))
+        .route("/api/v1/jobs", get(api::list_jobs).post(api::create_job))
+        .route("/api/v1/jobs/{name}", get(api::get_job).delete(api::delete_job))
+        .route("/api/v1/jobs/{name}/builds", post(api::trigger))
+        .route("/api/v1/builds", get(api::list_builds))
+        .route("/api/v1/builds/{id}", get(api::get_build))
+        .route("/api/v1/builds/{id}/cancel", post(api::cancel))
+        .route("/api/v1/builds/{id}/retry", post(api::retry))
+        .route("/api/v1/builds/{id}/events", get(stream::build_events))
+        .route("/api/v1/builds/{id}/jobs/{job}/logs", get(stream::logs))
+        .route("/api/v1/builds/{id}/jobs/{job}/logs/stream", get(stream::log_stream))
+        .route("/api/v1/secrets", get(api::list_secrets))
+        .route("/api/v1/secrets/{name}", axum::routing::put(api::set_secret).delete(api::delete_secret))
+        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn ready(State(s): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    match s.builds.store.queue_depth().await {
+        Ok(depth) => (StatusCode::OK, Json(json!({"status": "ready", "database": "ok", "queue_depth": depth}))),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "database": e.to_string()}))),
+    }
+}
