@@ -300,9 +300,7 @@ async fn pump_events(ctx: BuildContext, lease: Lease, mut rx: mpsc::Receiver<Run
             Ok(Some(_)) | Ok(None) | Err(_) => {}
         }
         if !batch.is_empty() && (done || bytes >= 64 * 1024 || last_flush.elapsed() >= Duration::from_millis(50)) {
-            if let Err(e) = ctx.store.append_log(&lease, &batch).await {
-                tracing::warn!("storing log lines: {e}");
-            }
+            store_batch(&ctx, &lease, &batch).await;
             batch.clear();
             bytes = 0;
             last_flush = Instant::now();
@@ -310,6 +308,31 @@ async fn pump_events(ctx: BuildContext, lease: Lease, mut rx: mpsc::Receiver<Run
         }
         if done {
             return;
+        }
+    }
+}
+
+/// Stores a batch, retrying transient database errors (a busy database) for up to a minute; a
+/// stale lease drops it, since a newer attempt owns the log now.
+async fn store_batch(ctx: &BuildContext, lease: &Lease, batch: &[LogLine]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match ctx.store.append_log(lease, batch).await {
+            Ok(()) => return,
+            Err(e @ StoreError::StaleLease { .. }) => {
+                tracing::warn!("dropping log lines: {e}");
+                return;
+            }
+            Err(e) if Instant::now() >= deadline => {
+                tracing::error!("giving up storing {} log lines: {e}", batch.len());
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("storing log lines, will retry: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }

@@ -35,27 +35,25 @@ impl Store {
     /// is stale. A chunk that was already stored (a retried append) is not stored twice.
     pub async fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), StoreError> {
         let (Some(first), Some(last)) = (lines.first(), lines.last()) else { return Ok(()) };
-        let mut tx = self.pool().begin().await?;
-        let held: Option<i64> = sqlx::query_scalar("SELECT id FROM queue WHERE id = $1 AND fencing_token = $2")
-            .bind(lease.entry)
-            .bind(lease.token)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if held.is_none() {
-            return Err(StoreError::StaleLease { entry: lease.entry, token: lease.token });
-        }
+        // One statement: the fencing check and the insert are atomic on both backends (a
+        // read-then-write transaction could not upgrade its lock under SQLite's WAL).
         let done = sqlx::query(
-            "INSERT INTO log_chunks (build_job_id, first_offset, last_offset, data) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO log_chunks (build_job_id, first_offset, last_offset, data) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM queue WHERE id = $5 AND fencing_token = $6) \
              ON CONFLICT (build_job_id, first_offset) DO NOTHING",
         )
         .bind(lease.build_job_id)
         .bind(first.number as i64)
         .bind(last.number as i64)
         .bind(compress(lines))
-        .execute(&mut *tx)
+        .bind(lease.entry)
+        .bind(lease.token)
+        .execute(self.pool())
         .await?;
-        let _ = done;
-        tx.commit().await?;
+        if done.rows_affected() == 0 {
+            // Either a chunk already stored (a retried append) or a stale lease.
+            self.check_lease(lease).await?;
+        }
         Ok(())
     }
 

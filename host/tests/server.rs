@@ -1,0 +1,451 @@
+//! Integration tests of `chengis serve`: the real binary on 127.0.0.1:0 with a temporary data
+//! directory, real git repositories (file:// and `git daemon`), on SQLite and, when
+//! `CHENGIS_TEST_DATABASE_URL` is set, on PostgreSQL (required when `CHENGIS_TEST_REQUIRE`
+//! names `postgres`).
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path, db: &str, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--executors", "2"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--database-url", db])
+        .args(extra)
+        .env_remove("CHENGIS_MASTER_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("chengis listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    Server { child, url }
+}
+
+/// The databases to run against: a SQLite file, and a fresh PostgreSQL database if configured.
+fn databases(dir: &Path) -> Vec<String> {
+    let mut out = vec![format!("sqlite://{}", dir.join("db.sqlite").display())];
+    match std::env::var("CHENGIS_TEST_DATABASE_URL") {
+        Ok(base) => {
+            let name = format!(
+                "chengis_it_{}_{}",
+                std::process::id(),
+                Instant::now().elapsed().as_nanos() % 1000 + rand_suffix()
+            );
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                sqlx::any::install_default_drivers();
+                let pool = sqlx::AnyPool::connect(&base).await.expect("CHENGIS_TEST_DATABASE_URL");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
+            });
+            let (head, _) = base.rsplit_once('/').unwrap();
+            out.push(format!("{head}/{name}"));
+        }
+        Err(_) => assert!(
+            !std::env::var("CHENGIS_TEST_REQUIRE").unwrap_or_default().contains("postgres"),
+            "CHENGIS_TEST_REQUIRE names postgres but CHENGIS_TEST_DATABASE_URL is not set"
+        ),
+    }
+    out
+}
+
+fn rand_suffix() -> u128 {
+    use std::hash::{BuildHasher, RandomState};
+    u128::from(RandomState::new().hash_one(0u8) % 1_000_000)
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+fn repo(dir: &Path, pipeline: &str) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    git(dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("chengis.yml"), pipeline).unwrap();
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-qm", "pipeline"]);
+    format!("file://{}", dir.display())
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    let agent = http();
+    let resp = match (method, body) {
+        ("GET", _) => agent.get(url).call(),
+        ("DELETE", _) => agent.delete(url).call(),
+        ("POST", Some(b)) => agent.post(url).send_json(b),
+        ("POST", None) => agent.post(url).send_empty(),
+        ("PUT", Some(b)) => agent.put(url).send_json(b),
+        _ => unreachable!(),
+    };
+    let mut resp = resp.unwrap();
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn wait_build(s: &Server, id: i64, until: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, b) = call("GET", &format!("{}/api/v1/builds/{id}", s.url), None);
+        if until(&b) {
+            return b;
+        }
+        assert!(Instant::now() < deadline, "build {id} never got there: {b}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn finished(b: &Value) -> bool {
+    !matches!(b["build"]["status"].as_str(), Some("queued" | "running") | None)
+}
+
+fn log_texts(s: &Server, id: i64, job: &str) -> Vec<String> {
+    let (status, v) = call("GET", &format!("{}/api/v1/builds/{id}/jobs/{job}/logs", s.url), None);
+    assert_eq!(status, 200, "{v}");
+    v["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_string()).collect()
+}
+
+/// Reads SSE `line` events until `stop` of them or `end`; returns (id, text) pairs.
+fn read_sse(url: &str, last_event_id: Option<u64>, stop: usize) -> (Vec<(u64, String)>, bool) {
+    let mut req = http().get(url);
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", &id.to_string());
+    }
+    let mut resp = req.call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let reader = BufReader::new(resp.body_mut().as_reader());
+    let (mut out, mut event, mut data, mut id) = (Vec::new(), String::new(), String::new(), 0u64);
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if line.is_empty() {
+            if event == "end" {
+                return (out, true);
+            }
+            if event == "line" {
+                let v: Value = serde_json::from_str(&data).unwrap();
+                out.push((id, v["text"].as_str().unwrap().to_string()));
+                if out.len() >= stop {
+                    return (out, false);
+                }
+            }
+            event.clear();
+            data.clear();
+        } else if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim().into();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data.push_str(v.trim_start());
+        } else if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse().unwrap();
+        }
+    }
+    (out, false)
+}
+
+const PIPELINE: &str = r#"
+jobs:
+  build:
+    steps:
+      - id: v
+        run: |
+          echo "commit $GIT_SHORT_COMMIT branch $GIT_BRANCH agent $CHENGIS_AGENT_NAME"
+          echo "version=2.0" >> "$CHENGIS_OUTPUT"
+  count:
+    needs: build
+    steps:
+      - env:
+          TOKEN: ${{ secrets.TOKEN }}
+        run: |
+          echo "version ${{ needs.build.outputs.version }} token $TOKEN"
+          for i in $(seq 1 40); do echo "line $i"; sleep 0.02; done
+"#;
+
+#[test]
+fn builds_run_end_to_end_with_logs_sse_cancel_and_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = repo(&tmp.path().join("repo"), PIPELINE);
+    for (n, db) in databases(tmp.path()).iter().enumerate() {
+        let s = start(&tmp.path().join(format!("data{n}")), db, &[]);
+        let (st, _) = call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
+        assert_eq!(st, 201);
+        let (st, _) = call("PUT", &format!("{}/api/v1/secrets/TOKEN", s.url), Some(json!({"value": "tok-12345"})));
+        assert_eq!(st, 204);
+        let (st, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
+        assert_eq!(st, 201, "{b}");
+        let id = b["id"].as_i64().unwrap();
+
+        // Follow the log of `count` live, drop the connection, resume with Last-Event-ID.
+        wait_build(&s, id, |b| b["jobs"].as_array().is_some_and(|j| j.len() == 2));
+        let stream = format!("{}/api/v1/builds/{id}/jobs/count/logs/stream", s.url);
+        let (first, _) = read_sse(&stream, None, 10);
+        let resume = first.last().unwrap().0;
+        let (rest, ended) = read_sse(&stream, Some(resume), usize::MAX);
+        assert!(ended);
+        let ids: Vec<u64> = first.iter().chain(&rest).map(|(i, _)| *i).collect();
+        assert_eq!(ids, (1..=41).collect::<Vec<u64>>(), "no gap, no duplicate");
+        assert_eq!(first[0].1, "version 2.0 token ***");
+
+        let b = wait_build(&s, id, finished);
+        assert_eq!(b["build"]["status"], "success", "{b}");
+        assert_eq!(b["jobs"][1]["steps"][0]["status"], "success");
+        let build_log = log_texts(&s, id, "build");
+        assert!(
+            build_log[0].starts_with("commit ") && build_log[0].contains("branch main agent embedded-0@"),
+            "{build_log:?}"
+        );
+        assert_eq!(log_texts(&s, id, "count").len(), 41);
+
+        // Build events over SSE end once the build finished.
+        let mut resp = http().get(&format!("{}/api/v1/builds/{id}/events", s.url)).call().unwrap();
+        let mut body = String::new();
+        resp.body_mut().as_reader().read_to_string(&mut body).unwrap();
+        assert!(
+            body.contains("event: build_status") && body.contains("\"success\"") && body.contains("event: end"),
+            "{body}"
+        );
+
+        // Cancel a running build: the step is stopped through the lease within seconds.
+        let slow = repo(
+            &tmp.path().join(format!("slow{n}")),
+            "jobs:\n  s:\n    steps:\n      - run: echo started; sleep 60\n",
+        );
+        call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "slow", "repo_url": slow})));
+        let (_, b) = call("POST", &format!("{}/api/v1/jobs/slow/builds", s.url), Some(json!({"branch": "main"})));
+        let slow_id = b["id"].as_i64().unwrap();
+        wait_build(&s, slow_id, |b| b["jobs"][0]["steps"][0]["status"] == "running");
+        let started = Instant::now();
+        let (st, _) = call("POST", &format!("{}/api/v1/builds/{slow_id}/cancel", s.url), None);
+        assert_eq!(st, 200);
+        let b = wait_build(&s, slow_id, |b| b["jobs"][0]["job"]["status"] == "cancelled");
+        assert!(started.elapsed() < Duration::from_secs(20), "cancel took {:?}", started.elapsed());
+        assert_eq!(b["build"]["status"], "cancelled");
+        assert_eq!(b["jobs"][0]["steps"][0]["status"], "cancelled");
+
+        // Retry: a new attempt linked to the original.
+        let (st, r) = call("POST", &format!("{}/api/v1/builds/{id}/retry", s.url), None);
+        assert_eq!(st, 201, "{r}");
+        assert_eq!((r["attempt"].as_i64(), r["root_build_id"].as_i64()), (Some(2), Some(id)));
+        let r = wait_build(&s, r["id"].as_i64().unwrap(), finished);
+        assert_eq!(r["build"]["status"], "success");
+
+        // Listing with filters and a cursor.
+        let (_, page) = call("GET", &format!("{}/api/v1/builds?job=app&limit=1", s.url), None);
+        assert_eq!(page["builds"].as_array().unwrap().len(), 1);
+        let cursor = page["next_cursor"].as_i64().unwrap();
+        let (_, older) = call("GET", &format!("{}/api/v1/builds?job=app&limit=1&before={cursor}", s.url), None);
+        assert_eq!(older["builds"][0]["id"].as_i64(), Some(id));
+        let (_, cancelled) = call("GET", &format!("{}/api/v1/builds?status=cancelled", s.url), None);
+        assert_eq!(cancelled["builds"][0]["id"].as_i64(), Some(slow_id));
+    }
+}
+
+#[test]
+fn bad_input_gets_json_errors_never_500() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = databases(tmp.path()).remove(0);
+    let s = start(&tmp.path().join("data"), &db, &[]);
+    let raw = |method: &str, path: &str, ctype: &str, body: Vec<u8>| -> (u16, Value) {
+        let agent = http();
+        let url = format!("{}{path}", s.url);
+        let mut resp = match method {
+            "POST" => agent.post(&url).header("content-type", ctype).send(&body[..]).unwrap(),
+            _ => agent.get(&url).call().unwrap(),
+        };
+        let status = resp.status().as_u16();
+        let mut text = String::new();
+        resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+    };
+    let cases: Vec<(u16, (u16, Value))> = vec![
+        (400, raw("POST", "/api/v1/jobs", "application/json", b"{not json".to_vec())),
+        (
+            400,
+            raw("POST", "/api/v1/jobs", "application/json", br#"{"name":"a","repo_url":"x","colour":"red"}"#.to_vec()),
+        ),
+        (400, raw("POST", "/api/v1/jobs", "application/json", br#"{"name":"bad name!","repo_url":"x"}"#.to_vec())),
+        (415, raw("POST", "/api/v1/jobs", "text/plain", b"hello".to_vec())),
+        (413, raw("POST", "/api/v1/jobs", "application/json", vec![b' '; 2 << 20])),
+        (400, raw("GET", "/api/v1/builds/abc", "", vec![])),
+        (404, raw("GET", "/api/v1/builds/999999", "", vec![])),
+        (404, raw("GET", "/api/v1/jobs/nope", "", vec![])),
+        (404, raw("GET", "/api/v1/nothing-here", "", vec![])),
+        (400, raw("GET", "/api/v1/builds?status=great", "", vec![])),
+        (400, raw("GET", "/api/v1/builds?limit=0", "", vec![])),
+        (404, raw("POST", "/api/v1/jobs/nope/builds", "application/json", b"{}".to_vec())),
+    ];
+    for (want, (got, body)) in cases {
+        assert_eq!(got, want, "{body}");
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    }
+    let (st, v) = call("PUT", &format!("{}/api/v1/secrets/PIN", s.url), Some(json!({"value": "123"})));
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = call("GET", &format!("{}/api/v1/secrets", s.url), None);
+    assert_eq!((st, v["secrets"].as_array().unwrap().len()), (200, 0));
+    let (st, v) = call("GET", &format!("{}/ready", s.url), None);
+    assert_eq!((st, v["database"].as_str()), (200, Some("ok")));
+    assert_eq!(call("GET", &format!("{}/health", s.url), None).0, 200);
+}
+
+#[test]
+fn broken_pipelines_end_the_build_with_the_diagnostics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = repo(&tmp.path().join("repo"), "jobs:\n  a:\n    needs: [zz]\n    steps: []\n");
+    let db = databases(tmp.path()).remove(0);
+    let s = start(&tmp.path().join("data"), &db, &[]);
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "bad", "repo_url": url})));
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/bad/builds", s.url), None);
+    let b = wait_build(&s, b["id"].as_i64().unwrap(), finished);
+    assert_eq!(b["build"]["status"], "error");
+    let reason = b["build"]["reason"].as_str().unwrap();
+    assert!(reason.contains("chengis.yml:3:") && reason.contains("unknown-need"), "{reason}");
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/bad/builds", s.url), Some(json!({"branch": "nope"})));
+    let b = wait_build(&s, b["id"].as_i64().unwrap(), finished);
+    assert!(b["build"]["reason"].as_str().unwrap().contains("branch `nope` not found"), "{b}");
+}
+
+#[test]
+fn kill_9_mid_build_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = repo(
+        &tmp.path().join("repo"),
+        "jobs:\n  j:\n    steps:\n      - run: echo \"attempt $(date +%s%N)\"; echo before-crash; sleep 3; echo after\n",
+    );
+    for (n, db) in databases(tmp.path()).iter().enumerate() {
+        let data = tmp.path().join(format!("data{n}"));
+        let mut s = start(&data, db, &["--lease-ttl", "2s"]);
+        call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
+        let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
+        let id = b["id"].as_i64().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !log_texts_opt(&s, id).iter().any(|l| l == "before-crash") {
+            assert!(Instant::now() < deadline, "the step never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let before = log_texts_opt(&s, id);
+        s.child.kill().unwrap(); // SIGKILL
+        s.child.wait().unwrap();
+        drop(s);
+        let s = start(&data, db, &["--lease-ttl", "2s"]);
+        let b = wait_build(&s, id, finished);
+        assert_eq!(b["build"]["status"], "success", "{b}");
+        let after = log_texts(&s, id, "j");
+        assert_eq!(&after[..before.len()], &before[..], "lines acknowledged before the crash are kept");
+        assert!(
+            after.iter().filter(|l| l.starts_with("attempt ")).count() == 2,
+            "ran again after the lease expired: {after:?}"
+        );
+        assert_eq!(after.last().map(String::as_str), Some("after"));
+    }
+}
+
+fn log_texts_opt(s: &Server, id: i64) -> Vec<String> {
+    let (status, v) = call("GET", &format!("{}/api/v1/builds/{id}/jobs/j/logs", s.url), None);
+    if status != 200 {
+        return Vec::new();
+    }
+    v["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn repositories_served_by_git_daemon_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    repo(&tmp.path().join("served/app"), "jobs:\n  j:\n    steps:\n      - run: echo from-daemon $GIT_SHORT_COMMIT\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut daemon = Command::new("git")
+        .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", &format!("--port={port}")])
+        .arg(format!("--base-path={}", tmp.path().join("served").display()))
+        .arg(tmp.path().join("served"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "git daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let db = databases(tmp.path()).remove(0);
+    let s = start(&tmp.path().join("data"), &db, &[]);
+    call(
+        "POST",
+        &format!("{}/api/v1/jobs", s.url),
+        Some(json!({"name": "d", "repo_url": format!("git://127.0.0.1:{port}/app")})),
+    );
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/d/builds", s.url), None);
+    let id = b["id"].as_i64().unwrap();
+    let b = wait_build(&s, id, finished);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(b["build"]["status"], "success", "{b}");
+    assert!(log_texts(&s, id, "j")[0].starts_with("from-daemon "));
+}
+
+#[test]
+fn configuration_precedence_and_redaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("chengis.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:7000\"\nexecutors = 3\ndatabase_url = \"postgres://ci:hunter2@db/chengis\"\nagents = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(["serve", "--print-config", "--executors", "5"])
+        .arg("--config")
+        .arg(&file)
+        .env("CHENGIS_LISTEN", "127.0.0.1:7001")
+        .env("CHENGIS_EXECUTORS", "4")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = \"127.0.0.1:7001\""), "env beats file: {text}");
+    assert!(text.contains("executors = 5"), "flag beats env: {text}");
+    assert!(text.contains("agents = 0"), "file beats default: {text}");
+    assert!(text.contains("postgres://ci:***@db/chengis") && !text.contains("hunter2"), "{text}");
+    std::fs::write(&file, "listn = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(["serve", "--print-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
+}
