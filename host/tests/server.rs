@@ -316,6 +316,25 @@ fn bad_input_gets_json_errors_never_500() {
         assert_eq!(got, want, "{body}");
         assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
     }
+    let (st, _) =
+        call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": "file:///nowhere"})));
+    assert_eq!(st, 201);
+    let (st, v) = call(
+        "PUT",
+        &format!("{}/api/v1/jobs/app", s.url),
+        Some(json!({"default_branch": "trunk", "pipeline_path": "ci/x.yml"})),
+    );
+    assert_eq!(
+        (st, v["default_branch"].as_str(), v["repo_url"].as_str()),
+        (200, Some("trunk"), Some("file:///nowhere"))
+    );
+    let (st, v) = call("PUT", &format!("{}/api/v1/jobs/app", s.url), Some(json!({"pipeline_path": null})));
+    assert_eq!((st, v["pipeline_path"].is_null()), (200, true));
+    let (st, v) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), Some(json!({"priority": "urgent"})));
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("urgent"));
+    let (st, v) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), Some(json!({"commit": "abc"})));
+    assert_eq!(st, 400, "{v}");
     let (st, v) = call("PUT", &format!("{}/api/v1/secrets/PIN", s.url), Some(json!({"value": "123"})));
     assert_eq!(st, 400, "{v}");
     let (st, v) = call("GET", &format!("{}/api/v1/secrets", s.url), None);
@@ -448,4 +467,83 @@ fn configuration_precedence_and_redaction() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
+}
+
+fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(args)
+        .args(["--server", server])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn the_cli_drives_the_server_and_rotates_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = repo(
+        &tmp.path().join("good"),
+        "jobs:\n  j:\n    steps:\n      - env:\n          T: ${{ secrets.TOKEN }}\n        run: echo \"token $T\"; echo done\n",
+    );
+    let bad = repo(&tmp.path().join("bad"), "jobs:\n  j:\n    steps:\n      - run: echo failing; exit 3\n");
+    let db = databases(tmp.path()).remove(0);
+    let data = tmp.path().join("data");
+    let s = start(&data, &db, &[]);
+    assert_eq!(cli(&s.url, &["job", "create", "app", "--repo", &good], None).0, 0);
+    assert_eq!(cli(&s.url, &["job", "create", "bad", "--repo", &bad], None).0, 0);
+    let (code, _, err) = cli(&s.url, &["job", "create", "app", "--repo", &good], None);
+    assert_eq!(code, 2);
+    assert!(err.contains("already exists"), "{err}");
+    let (_, out, _) = cli(&s.url, &["job", "list", "--format", "json"], None);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(cli(&s.url, &["secret", "set", "TOKEN"], Some("from-stdin-secret\n")).0, 0);
+    assert_eq!(cli(&s.url, &["secret", "list"], None).1, "TOKEN\n");
+
+    let (code, out, _) = cli(&s.url, &["build", "trigger", "app", "--wait"], None);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("success"), "{out}");
+    let (code, _, _) = cli(&s.url, &["build", "trigger", "bad", "--wait", "--branch", "main"], None);
+    assert_eq!(code, 1, "--wait exits non-zero unless the build succeeded");
+    let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
+    let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
+    let (_, logs, _) = cli(&s.url, &["build", "logs", &id.to_string()], None);
+    assert_eq!(logs, "token ***\ndone\n");
+    let (_, followed, _) = cli(&s.url, &["build", "logs", &id.to_string(), "--follow"], None);
+    assert_eq!(followed, logs);
+    let (_, shown, _) = cli(&s.url, &["build", "show", &id.to_string()], None);
+    assert!(shown.contains("job j: success"), "{shown}");
+
+    // Rotate the master key with the server stopped; secrets still decrypt afterwards.
+    drop(s);
+    let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(["secret", "rotate-key", "--database-url", &db])
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("CHENGIS_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1 secret"));
+    assert_eq!(std::fs::read_to_string(data.join("master.key")).unwrap().lines().count(), 2);
+    let s = start(&data, &db, &[]);
+    let (code, _, _) = cli(&s.url, &["build", "trigger", "app", "--wait"], None);
+    assert_eq!(code, 0);
+    let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
+    let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
+    assert_eq!(cli(&s.url, &["build", "logs", &id.to_string()], None).1, "token ***\ndone\n");
 }

@@ -25,6 +25,7 @@ CREATE TABLE builds (
     params TEXT NOT NULL DEFAULT '{}',
     plan TEXT,
     reason TEXT,
+    priority TEXT NOT NULL DEFAULT 'normal',
     attempt BIGINT NOT NULL DEFAULT 1,
     root_build_id BIGINT REFERENCES builds(id),
     queued_ms BIGINT NOT NULL,

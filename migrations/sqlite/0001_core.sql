@@ -25,6 +25,7 @@ CREATE TABLE builds (
     params TEXT NOT NULL DEFAULT '{}',
     plan TEXT,
     reason TEXT,
+    priority TEXT NOT NULL DEFAULT 'normal',
     attempt INTEGER NOT NULL DEFAULT 1,
     root_build_id INTEGER REFERENCES builds(id),
     queued_ms INTEGER NOT NULL,

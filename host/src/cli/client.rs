@@ -131,6 +131,12 @@ pub enum SecretCommand {
         #[arg(long)]
         job: Option<String>,
     },
+    /// Add a new master key and re-encrypt every secret with it (run on the server host).
+    RotateKey {
+        /// Database and data directory settings, as for `chengis serve`.
+        #[command(flatten)]
+        db: super::serve::ServeArgs,
+    },
     /// Delete a secret.
     Rm {
         /// Secret name.
@@ -467,6 +473,7 @@ pub fn secret(args: &ClientArgs, cmd: SecretCommand) -> anyhow::Result<i32> {
                 v["secrets"].as_array().into_iter().flatten().map(|n| format!("{}\n", s(n))).collect()
             });
         }
+        SecretCommand::RotateKey { db } => return super::serve::rotate_key(db),
         SecretCommand::Rm { name, job } => {
             c.delete(&format!("/api/v1/secrets/{}{}", enc(&name), scope(&job)))?;
             print(args.format, &json!({"deleted": name}), |_| format!("secret {name} deleted\n"));

@@ -204,3 +204,26 @@ pub fn migrate(args: ServeArgs) -> anyhow::Result<i32> {
         Ok(0)
     })
 }
+
+/// Runs `chengis secret rotate-key`: a new key in the key file, every secret re-encrypted.
+pub fn rotate_key(args: ServeArgs) -> anyhow::Result<i32> {
+    if std::env::var_os("CHENGIS_MASTER_KEY").is_some() {
+        bail!(
+            "CHENGIS_MASTER_KEY is set: rotation writes the key file in the data directory; unset it (or rotate by re-setting secrets under the new variable)"
+        );
+    }
+    let cfg = args.resolve()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = open_store(&cfg).await?;
+        let path = cfg.data_dir.clone().unwrap_or_default().join("master.key");
+        let (mut keys, _) = MasterKeys::load_or_create(&path)?;
+        let id = keys.add_key(&path)?;
+        let n = store.rotate_secrets(&keys).await?;
+        println!(
+            "new master key {id}; re-encrypted {n} secret(s); older keys stay in {} until you remove them",
+            path.display()
+        );
+        Ok(0)
+    })
+}

@@ -49,6 +49,9 @@ pub struct TriggerRequest {
     /// Parameters.
     #[serde(default)]
     pub params: IndexMap<String, String>,
+    /// Queue priority of the build's jobs: `high`, `normal` (default) or `low`.
+    #[serde(default)]
+    pub priority: Option<Priority>,
 }
 
 impl BuildContext {
@@ -79,6 +82,7 @@ impl BuildContext {
                     root_build_id: None,
                     attempt: 1,
                     params: req.params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+                    priority: req.priority.unwrap_or_default(),
                 },
             )
             .await?;
@@ -164,6 +168,7 @@ impl BuildContext {
         let status_of = |key: &str| jobs.iter().find(|j| j.job_key == key).map(|j| j.status);
         let build = self.store.build(build_id).await?;
         let mut enqueued = false;
+        let priority = self.store.build_priority(build_id).await?;
         for j in &jobs {
             if j.status != Status::Queued || self.store.is_enqueued(j.id).await? {
                 continue;
@@ -175,7 +180,7 @@ impl BuildContext {
             if j.needs.iter().all(|n| status_of(n).is_some_and(Status::is_finished)) {
                 let spec: chengis_pipeline::PlannedJob = serde_json::from_str(&self.store.build_job_spec(j.id).await?)
                     .map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })?;
-                self.store.enqueue(j.id, Priority::Normal, &spec.runs_on).await?;
+                self.store.enqueue(j.id, priority, &spec.runs_on).await?;
                 enqueued = true;
             }
         }
@@ -261,6 +266,7 @@ impl BuildContext {
                     root_build_id: Some(old.root_build_id.unwrap_or(old.id)),
                     attempt: old.attempt + 1,
                     params: params.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+                    priority: self.store.build_priority(build_id).await?,
                 },
             )
             .await?;

@@ -68,6 +68,48 @@ pub async fn get_job(State(s): State<AppState>, ApiPath(name): ApiPath<String>) 
     Ok(Json(json!(s.builds.store.job(&name).await?)))
 }
 
+/// Body of `PUT /api/v1/jobs/{name}`: the fields to change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateJob {
+    #[serde(default)]
+    repo_url: Option<String>,
+    #[serde(default)]
+    default_branch: Option<String>,
+    #[serde(default, with = "double_option")]
+    pipeline_path: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
+}
+
+pub async fn update_job(
+    State(s): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<UpdateJob>,
+) -> Result<Json<Value>, ApiError> {
+    if body.repo_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        return Err(ApiError::bad_request("`repo_url` must not be empty"));
+    }
+    let job = s
+        .builds
+        .store
+        .update_job(
+            &name,
+            body.repo_url.as_deref(),
+            body.default_branch.as_deref(),
+            body.pipeline_path.as_ref().map(|p| p.as_deref()),
+        )
+        .await?;
+    Ok(Json(json!(job)))
+}
+
 pub async fn delete_job(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
     s.builds.store.delete_job(&name).await?;
     Ok(StatusCode::NO_CONTENT)

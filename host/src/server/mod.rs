@@ -33,7 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/startup", get(|| async { Json(json!({"status": "started"})) }))
         .route("/ready", get(ready))
         .route("/api/v1/jobs", get(api::list_jobs).post(api::create_job))
-        .route("/api/v1/jobs/{name}", get(api::get_job).delete(api::delete_job))
+        .route("/api/v1/jobs/{name}", get(api::get_job).put(api::update_job).delete(api::delete_job))
         .route("/api/v1/jobs/{name}/builds", post(api::trigger))
         .route("/api/v1/builds", get(api::list_builds))
         .route("/api/v1/builds/{id}", get(api::get_build))

@@ -22,6 +22,8 @@ pub struct NewBuild {
     pub attempt: i64,
     /// Parameters of the trigger (JSON object).
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// Queue priority of its jobs.
+    pub priority: super::queue::Priority,
 }
 
 /// A build as stored.
@@ -50,8 +52,8 @@ impl Store {
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("job {job_id}")))?;
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO builds (job_id, number, status, trigger, who, commit_sha, branch, attempt, root_build_id, queued_ms, params) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+            "INSERT INTO builds (job_id, number, status, trigger, who, commit_sha, branch, attempt, root_build_id, queued_ms, params, priority) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
         )
         .bind(job_id)
         .bind(number)
@@ -64,6 +66,7 @@ impl Store {
         .bind(b.root_build_id)
         .bind(now_ms())
         .bind(serde_json::Value::Object(b.params.clone()).to_string())
+        .bind(b.priority.as_str())
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -304,6 +307,15 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(summary_from_row).collect()
+    }
+
+    /// The queue priority of a build's jobs.
+    pub async fn build_priority(&self, build_id: i64) -> Result<super::queue::Priority, StoreError> {
+        let text: String = sqlx::query_scalar("SELECT priority FROM builds WHERE id = $1")
+            .bind(build_id)
+            .fetch_one(self.pool())
+            .await?;
+        Ok(super::queue::Priority::parse(&text))
     }
 
     /// The trigger parameters of a build.

@@ -88,6 +88,29 @@ impl Store {
         Ok(rows.iter().map(job_from_row).collect::<Result<_, _>>()?)
     }
 
+    /// Changes a job's repository, default branch or pipeline path (`None` keeps a field).
+    pub async fn update_job(
+        &self,
+        name: &str,
+        repo_url: Option<&str>,
+        default_branch: Option<&str>,
+        pipeline_path: Option<Option<&str>>,
+    ) -> Result<JobRecord, StoreError> {
+        let current = self.job(name).await?;
+        let path = match pipeline_path {
+            Some(p) => p.map(str::to_string),
+            None => current.pipeline_path.clone(),
+        };
+        sqlx::query("UPDATE jobs SET repo_url = $1, default_branch = $2, pipeline_path = $3 WHERE id = $4")
+            .bind(repo_url.unwrap_or(&current.repo_url))
+            .bind(default_branch.unwrap_or(&current.default_branch))
+            .bind(path)
+            .bind(current.id)
+            .execute(self.pool())
+            .await?;
+        self.job(name).await
+    }
+
     /// Deletes a job and everything built for it.
     pub async fn delete_job(&self, name: &str) -> Result<(), StoreError> {
         let done = sqlx::query("DELETE FROM jobs WHERE name = $1").bind(name).execute(self.pool()).await?;

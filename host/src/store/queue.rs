@@ -19,17 +19,37 @@ use sqlx::Row;
 use std::time::Duration;
 
 /// Queue priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Ahead of everything enqueued in the same 60 s.
     High,
     /// The default.
+    #[default]
     Normal,
     /// Behind everything enqueued in the next 300 s.
     Low,
 }
 
 impl Priority {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// Parses the stored text (unknown text is `normal`).
+    pub fn parse(s: &str) -> Priority {
+        match s {
+            "high" => Priority::High,
+            "low" => Priority::Low,
+            _ => Priority::Normal,
+        }
+    }
+
     fn delay_ms(self) -> i64 {
         match self {
             Priority::High => 0,
