@@ -1,0 +1,215 @@
+//! Benchmarks of the server core, printing figures:
+//! - queue throughput: lease + complete per second with 8 concurrent leasers (SQLite, and
+//!   PostgreSQL when `CHENGIS_TEST_DATABASE_URL` is set);
+//! - trigger-to-first-log-line latency p50/p95 of an `echo` job through the real `chengis serve`;
+//! - log ingestion MB/s into the store while two live readers follow the same log.
+//!
+//! Run with `cargo bench -p chengis --bench server`.
+
+use chengis::exec::{LogLine, Stream};
+use chengis::status::Status;
+use chengis::store::Store;
+use chengis::store::builds::NewBuild;
+use chengis::store::jobs::NewJob;
+use chengis::store::queue::{LeaseRequest, Priority};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+async fn build_jobs(store: &Store, n: usize) -> Vec<i64> {
+    let job = store
+        .create_job(&NewJob {
+            name: format!("bench-{}", chengis::store::now_ms()),
+            repo_url: "file:///x".into(),
+            default_branch: "main".into(),
+            pipeline_path: None,
+        })
+        .await
+        .unwrap();
+    let build = store.create_build(job.id, &NewBuild::default()).await.unwrap();
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(store.create_build_job(build.id, &format!("j{i}"), &serde_json::json!({})).await.unwrap());
+    }
+    ids
+}
+
+async fn queue_throughput(label: &str, url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let n = 2000;
+    for id in build_jobs(&store, n).await {
+        store.enqueue(id, Priority::Normal, &[]).await.unwrap();
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let agent = format!("bench-{a}");
+            let mut done = 0usize;
+            loop {
+                let req = LeaseRequest {
+                    agent: &agent,
+                    labels: &[],
+                    capacity: 1,
+                    ttl: Duration::from_secs(30),
+                    max_attempts: 2,
+                };
+                let leases = store.lease(&req).await.unwrap();
+                if leases.is_empty() {
+                    return done;
+                }
+                for l in leases {
+                    store.complete(&l, Status::Success, None).await.unwrap();
+                    done += 1;
+                }
+            }
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "queue ({label}): {total} lease+complete with 8 leasers in {secs:.2} s = {:.0} leases/s",
+        total as f64 / secs
+    );
+}
+
+async fn log_ingestion(url: &str) {
+    let store = Store::open(url).await.unwrap();
+    let id = build_jobs(&store, 1).await[0];
+    store.enqueue(id, Priority::Normal, &[]).await.unwrap();
+    let lease = store
+        .lease(&LeaseRequest {
+            agent: "bench",
+            labels: &[],
+            capacity: 1,
+            ttl: Duration::from_secs(600),
+            max_attempts: 2,
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    let text = "x".repeat(120);
+    let total_lines: u64 = 400_000;
+    let batch = 500u64;
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut next = 1u64;
+                while next <= total_lines {
+                    let lines = store.read_log(id, next, 5000).await.unwrap();
+                    match lines.last() {
+                        Some(l) => next = l.number + 1,
+                        None => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut n = 1u64;
+    while n <= total_lines {
+        let lines: Vec<LogLine> = (n..n + batch)
+            .map(|number| LogLine { number, stream: Stream::Stdout, time_ms: 0, text: text.clone() })
+            .collect();
+        store.append_log(&lease, &lines).await.unwrap();
+        n += batch;
+    }
+    let write = start.elapsed().as_secs_f64();
+    for r in readers {
+        r.await.unwrap();
+    }
+    let mb = (total_lines * 121) as f64 / (1 << 20) as f64;
+    println!(
+        "log ingestion (SQLite): {mb:.0} MiB of log lines in {batch}-line chunks in {write:.2} s = {:.0} MiB/s, with 2 live readers (all lines read back in {:.2} s)",
+        mb / write,
+        start.elapsed().as_secs_f64()
+    );
+}
+
+fn trigger_to_first_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        assert!(
+            Command::new("git")
+                .args(args)
+                .current_dir(&repo)
+                .env("GIT_AUTHOR_NAME", "b")
+                .env("GIT_AUTHOR_EMAIL", "b@b")
+                .env("GIT_COMMITTER_NAME", "b")
+                .env("GIT_COMMITTER_EMAIL", "b@b")
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("chengis.yml"), "jobs:\n  j:\n    steps:\n      - run: echo hello\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-qm", "x"]);
+    let mut server = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().trim_start_matches("chengis listening on ").to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    agent
+        .post(&format!("{base}/api/v1/jobs"))
+        .send_json(serde_json::json!({"name": "echo", "repo_url": format!("file://{}", repo.display())}))
+        .unwrap();
+    let mut samples = Vec::new();
+    for i in 0..41 {
+        let start = Instant::now();
+        let mut resp = agent.post(&format!("{base}/api/v1/jobs/echo/builds")).send_empty().unwrap();
+        let b: serde_json::Value = resp.body_mut().read_json().unwrap();
+        let id = b["id"].as_i64().unwrap();
+        loop {
+            let mut r = agent.get(&format!("{base}/api/v1/builds/{id}/jobs/j/logs")).call().unwrap();
+            if r.status().is_success() {
+                let v: serde_json::Value = r.body_mut().read_json().unwrap();
+                if !v["lines"].as_array().unwrap().is_empty() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if i > 0 {
+            samples.push(start.elapsed());
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    samples.sort();
+    let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
+    println!(
+        "trigger to first log line (echo job, SQLite, {} builds): p50 {:.1} ms, p95 {:.1} ms",
+        samples.len(),
+        pct(0.5),
+        pct(0.95)
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        queue_throughput("SQLite", &format!("sqlite://{}", dir.path().join("q.db").display())).await;
+        if let Ok(url) = std::env::var("CHENGIS_TEST_DATABASE_URL") {
+            queue_throughput("PostgreSQL", &url).await;
+        }
+        log_ingestion(&format!("sqlite://{}", dir.path().join("logs.db").display())).await;
+    });
+    trigger_to_first_log();
+}
