@@ -396,6 +396,17 @@ fn kill_9_mid_build_loses_nothing() {
     }
 }
 
+/// Kills a child's whole process group when dropped (also when the test fails).
+struct KillGroup(Child);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
 fn log_texts_opt(s: &Server, id: i64) -> Vec<String> {
     let (status, v) = call("GET", &format!("{}/api/v1/builds/{id}/jobs/j/logs", s.url), None);
     if status != 200 {
@@ -409,12 +420,19 @@ fn repositories_served_by_git_daemon_build() {
     let tmp = tempfile::tempdir().unwrap();
     repo(&tmp.path().join("served/app"), "jobs:\n  j:\n    steps:\n      - run: echo from-daemon $GIT_SHORT_COMMIT\n");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut daemon = Command::new("git")
+    // `git daemon` runs git-daemon as a child: give it its own process group, kill the group,
+    // and keep it off our stdout so it can never hold the test's pipes open.
+    use std::os::unix::process::CommandExt;
+    let daemon = Command::new("git")
         .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", &format!("--port={port}")])
         .arg(format!("--base-path={}", tmp.path().join("served").display()))
         .arg(tmp.path().join("served"))
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _daemon = KillGroup(daemon);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "git daemon did not start");
@@ -430,8 +448,6 @@ fn repositories_served_by_git_daemon_build() {
     let (_, b) = call("POST", &format!("{}/api/v1/jobs/d/builds", s.url), None);
     let id = b["id"].as_i64().unwrap();
     let b = wait_build(&s, id, finished);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     assert_eq!(b["build"]["status"], "success", "{b}");
     assert!(log_texts(&s, id, "j")[0].starts_with("from-daemon "));
 }
@@ -546,4 +562,38 @@ fn the_cli_drives_the_server_and_rotates_keys() {
     let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
     let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
     assert_eq!(cli(&s.url, &["build", "logs", &id.to_string()], None).1, "token ***\ndone\n");
+}
+
+#[test]
+fn openapi_describes_every_api_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = databases(tmp.path()).remove(0);
+    let s = start(&tmp.path().join("data"), &db, &["--agents", "0"]);
+    let (st, doc) = call("GET", &format!("{}/api/v1/openapi.json", s.url), None);
+    assert_eq!(st, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let routes = [
+        ("/api/v1/jobs", &["get", "post"][..]),
+        ("/api/v1/jobs/{name}", &["get", "put", "delete"]),
+        ("/api/v1/jobs/{name}/builds", &["post"]),
+        ("/api/v1/builds", &["get"]),
+        ("/api/v1/builds/{id}", &["get"]),
+        ("/api/v1/builds/{id}/cancel", &["post"]),
+        ("/api/v1/builds/{id}/retry", &["post"]),
+        ("/api/v1/builds/{id}/events", &["get"]),
+        ("/api/v1/builds/{id}/jobs/{job}/logs", &["get"]),
+        ("/api/v1/builds/{id}/jobs/{job}/logs/stream", &["get"]),
+        ("/api/v1/secrets", &["get"]),
+        ("/api/v1/secrets/{name}", &["put", "delete"]),
+    ];
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());
+    for (path, methods) in routes {
+        for m in methods {
+            assert!(paths[path][m].is_object(), "{m} {path} is not described");
+        }
+    }
+    for schema in ["JobRecord", "BuildSummary", "BuildDetail", "LogLine", "ErrorBody", "TriggerRequest", "Status"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "no schema {schema}");
+    }
 }

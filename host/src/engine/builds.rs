@@ -37,7 +37,7 @@ pub struct BuildContext {
 }
 
 /// What a trigger asks for.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerRequest {
     /// Branch to build (the job's default branch when absent).
@@ -48,6 +48,7 @@ pub struct TriggerRequest {
     pub commit: Option<String>,
     /// Parameters.
     #[serde(default)]
+    #[schema(value_type = std::collections::HashMap<String, String>)]
     pub params: IndexMap<String, String>,
     /// Queue priority of the build's jobs: `high`, `normal` (default) or `low`.
     #[serde(default)]

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// Which stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     /// The step's standard output.
@@ -20,7 +20,7 @@ pub enum Stream {
 }
 
 /// One line of output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     /// Position in the job's log, from 1.
     pub number: u64,

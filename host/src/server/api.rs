@@ -1,20 +1,56 @@
 //! Jobs, builds and secrets: create, list, get, trigger, cancel, retry.
 
 use super::AppState;
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::engine::builds::TriggerRequest;
 use crate::status::Status;
 use crate::store::builds::BuildFilter;
+use crate::store::builds::{BuildJobRecord, BuildSummary, StepRecord};
+use crate::store::jobs::JobRecord;
 use crate::store::jobs::NewJob;
 use crate::store::secrets::SecretScope;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    jobs: Vec<JobRecord>,
+}
+
+/// `GET /api/v1/builds`: a page of builds and the cursor of the next (older) page.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildList {
+    builds: Vec<BuildSummary>,
+    next_cursor: Option<i64>,
+}
+
+/// A job of a build with its steps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildJobDetail {
+    job: BuildJobRecord,
+    steps: Vec<StepRecord>,
+}
+
+/// `GET /api/v1/builds/{id}`: the build, its jobs (with `needs`: the DAG) and their steps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BuildDetail {
+    build: BuildSummary,
+    jobs: Vec<BuildJobDetail>,
+}
+
+/// `GET /api/v1/secrets`: names only; values are never returned.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SecretList {
+    secrets: Vec<String>,
+}
 
 /// Body of `POST /api/v1/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     name: String,
@@ -39,10 +75,12 @@ fn valid_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Creates a job.
+#[utoipa::path(post, path = "/api/v1/jobs", request_body = CreateJob, responses((status = 201, body = JobRecord), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn create_job(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateJob>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<JobRecord>), ApiError> {
     valid_name(&body.name)?;
     if body.repo_url.trim().is_empty() {
         return Err(ApiError::bad_request("`repo_url` must not be empty"));
@@ -57,19 +95,23 @@ pub async fn create_job(
             pipeline_path: body.pipeline_path,
         })
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(job))))
+    Ok((StatusCode::CREATED, Json(job)))
 }
 
-pub async fn list_jobs(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"jobs": s.builds.store.jobs().await?})))
+/// Lists jobs.
+#[utoipa::path(get, path = "/api/v1/jobs", responses((status = 200, body = JobList)))]
+pub async fn list_jobs(State(s): State<AppState>) -> Result<Json<JobList>, ApiError> {
+    Ok(Json(JobList { jobs: s.builds.store.jobs().await? }))
 }
 
-pub async fn get_job(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(s.builds.store.job(&name).await?)))
+/// One job.
+#[utoipa::path(get, path = "/api/v1/jobs/{name}", params(("name" = String, Path, description = "job name")), responses((status = 200, body = JobRecord), (status = 404, body = ErrorBody)))]
+pub async fn get_job(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<Json<JobRecord>, ApiError> {
+    Ok(Json(s.builds.store.job(&name).await?))
 }
 
-/// Body of `PUT /api/v1/jobs/{name}`: the fields to change.
-#[derive(Debug, Deserialize)]
+/// Body of `PUT /api/v1/jobs/{name}`: the fields to change (`pipeline_path: null` clears it).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateJob {
     #[serde(default)]
@@ -77,6 +119,7 @@ pub struct UpdateJob {
     #[serde(default)]
     default_branch: Option<String>,
     #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>)]
     pipeline_path: Option<Option<String>>,
 }
 
@@ -89,11 +132,13 @@ mod double_option {
     }
 }
 
+/// Changes a job.
+#[utoipa::path(put, path = "/api/v1/jobs/{name}", params(("name" = String, Path, description = "job name")), request_body = UpdateJob, responses((status = 200, body = JobRecord), (status = 404, body = ErrorBody)))]
 pub async fn update_job(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateJob>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobRecord>, ApiError> {
     if body.repo_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
         return Err(ApiError::bad_request("`repo_url` must not be empty"));
     }
@@ -107,19 +152,23 @@ pub async fn update_job(
             body.pipeline_path.as_ref().map(|p| p.as_deref()),
         )
         .await?;
-    Ok(Json(json!(job)))
+    Ok(Json(job))
 }
 
+/// Deletes a job and its builds.
+#[utoipa::path(delete, path = "/api/v1/jobs/{name}", params(("name" = String, Path, description = "job name")), responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_job(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
     s.builds.store.delete_job(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Triggers a build (the body is optional: the default branch, no parameters).
+#[utoipa::path(post, path = "/api/v1/jobs/{name}/builds", params(("name" = String, Path, description = "job name")), request_body = Option<TriggerRequest>, responses((status = 201, body = BuildSummary), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn trigger(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<BuildSummary>), ApiError> {
     // The body is optional: an empty one triggers the default branch.
     let req: TriggerRequest = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerRequest::default()
@@ -137,21 +186,31 @@ pub async fn trigger(
         return Err(ApiError::bad_request(format!("`commit` must be a full 40-character SHA, got `{c}`")));
     }
     let build = s.builds.trigger(&name, req, "manual", "api").await?;
-    Ok((StatusCode::CREATED, Json(json!(build))))
+    Ok((StatusCode::CREATED, Json(build)))
 }
 
 /// Query of `GET /api/v1/builds`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only builds of this job.
     job: Option<String>,
+    /// Only builds with this status.
     status: Option<String>,
+    /// Only builds of this branch.
     branch: Option<String>,
+    /// Cursor: only builds older than this id (the previous page's `next_cursor`).
     before: Option<i64>,
+    /// Page size, 1 to 200 (default 50).
     limit: Option<i64>,
 }
 
-pub async fn list_builds(State(s): State<AppState>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, ApiError> {
+/// Lists builds, newest first, with filters and cursor pagination (`before`).
+#[utoipa::path(get, path = "/api/v1/builds", params(ListQuery), responses((status = 200, body = BuildList), (status = 400, body = ErrorBody)))]
+pub async fn list_builds(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<BuildList>, ApiError> {
     let status = match &q.status {
         None => None,
         Some(text) => Some(serde_json::from_value::<Status>(Value::String(text.clone())).map_err(|_| {
@@ -169,38 +228,45 @@ pub async fn list_builds(State(s): State<AppState>, ApiQuery(q): ApiQuery<ListQu
         .store
         .list_builds(&BuildFilter { job: q.job, status, branch: q.branch, before: q.before, limit })
         .await?;
-    let next = if builds.len() as i64 == limit { builds.last().map(|b| b.id) } else { None };
-    Ok(Json(json!({"builds": builds, "next_cursor": next})))
+    let next_cursor = if builds.len() as i64 == limit { builds.last().map(|b| b.id) } else { None };
+    Ok(Json(BuildList { builds, next_cursor }))
 }
 
-pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Value>, ApiError> {
+/// A build with its jobs and steps.
+#[utoipa::path(get, path = "/api/v1/builds/{id}", params(("id" = i64, Path, description = "build id")), responses((status = 200, body = BuildDetail), (status = 404, body = ErrorBody)))]
+pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<BuildDetail>, ApiError> {
     let store = &s.builds.store;
     let build = store.build_summary(id).await?;
     let mut jobs = Vec::new();
     for j in store.build_jobs(id).await? {
         let steps = store.steps(j.id).await?;
-        jobs.push(json!({"job": j, "steps": steps}));
+        jobs.push(BuildJobDetail { job: j, steps });
     }
-    Ok(Json(json!({"build": build, "jobs": jobs})))
+    Ok(Json(BuildDetail { build, jobs }))
 }
 
-pub async fn cancel(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Value>, ApiError> {
+/// Cancels a build: queued jobs at once, running ones through their lease (within a second).
+#[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", params(("id" = i64, Path, description = "build id")), responses((status = 200, body = BuildSummary), (status = 409, body = ErrorBody)))]
+pub async fn cancel(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<BuildSummary>, ApiError> {
     s.builds.cancel(id).await?;
-    Ok(Json(json!(s.builds.store.build_summary(id).await?)))
+    Ok(Json(s.builds.store.build_summary(id).await?))
 }
 
+/// Runs a finished build again as a new attempt linked to the first.
+#[utoipa::path(post, path = "/api/v1/builds/{id}/retry", params(("id" = i64, Path, description = "build id")), responses((status = 201, body = BuildSummary), (status = 409, body = ErrorBody)))]
 pub async fn retry(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<BuildSummary>), ApiError> {
     let build = s.builds.retry(id, "api").await?;
-    Ok((StatusCode::CREATED, Json(json!(build))))
+    Ok((StatusCode::CREATED, Json(build)))
 }
 
 /// Query of the secret routes: `?job=NAME` for a job's scope.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeQuery {
+    /// A job's scope instead of the global one.
     job: Option<String>,
 }
 
@@ -212,19 +278,23 @@ fn scope(q: &ScopeQuery) -> SecretScope {
 }
 
 /// Body of `PUT /api/v1/secrets/{name}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetSecret {
     value: String,
 }
 
+/// Names of the secrets of a scope.
+#[utoipa::path(get, path = "/api/v1/secrets", params(ScopeQuery), responses((status = 200, body = SecretList)))]
 pub async fn list_secrets(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<ScopeQuery>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"secrets": s.builds.store.secret_names(&scope(&q)).await?})))
+) -> Result<Json<SecretList>, ApiError> {
+    Ok(Json(SecretList { secrets: s.builds.store.secret_names(&scope(&q)).await? }))
 }
 
+/// Sets a secret (write-only: it can be replaced or deleted, never read back).
+#[utoipa::path(put, path = "/api/v1/secrets/{name}", params(("name" = String, Path, description = "secret name"), ScopeQuery), request_body = SetSecret, responses((status = 204), (status = 400, body = ErrorBody)))]
 pub async fn set_secret(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -245,6 +315,8 @@ pub async fn set_secret(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Deletes a secret.
+#[utoipa::path(delete, path = "/api/v1/secrets/{name}", params(("name" = String, Path, description = "secret name"), ScopeQuery), responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_secret(
     State(s): State<AppState>,
     ApiPath(name): ApiPath<String>,

@@ -9,6 +9,25 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// The JSON shape of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What an error says.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code, such as `not_found` or `invalid_json`.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// Extra data, or null.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
+
 /// An error answered by the API.
 #[derive(Debug)]
 pub struct ApiError {
@@ -36,7 +55,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_string(), message: self.message, details: self.details },
+        };
         (self.status, Json(body)).into_response()
     }
 }

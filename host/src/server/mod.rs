@@ -3,6 +3,7 @@
 
 mod api;
 pub mod error;
+mod openapi;
 mod stream;
 
 use crate::engine::builds::BuildContext;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/startup", get(|| async { Json(json!({"status": "started"})) }))
         .route("/ready", get(ready))
+        .route("/api/v1/openapi.json", get(|| async { Json(openapi::document()) }))
         .route("/api/v1/jobs", get(api::list_jobs).post(api::create_job))
         .route("/api/v1/jobs/{name}", get(api::get_job).put(api::update_job).delete(api::delete_job))
         .route("/api/v1/jobs/{name}/builds", post(api::trigger))

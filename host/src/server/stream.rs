@@ -3,27 +3,38 @@
 //! the store; notices on the bus only wake them early.
 
 use super::AppState;
-use super::error::{ApiError, ApiPath, ApiQuery};
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::engine::builds::Notice;
+use crate::exec::LogLine;
 use crate::store::builds::BuildJobRecord;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::{IntoParams, ToSchema};
 
 /// Query of the log routes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
+    /// First line number wanted (default 1); for streams, `Last-Event-ID` takes precedence.
     offset: Option<u64>,
+    /// Most lines in one answer (default 10,000).
     limit: Option<usize>,
+}
+
+/// A page of a job's log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogPage {
+    lines: Vec<LogLine>,
+    next_offset: u64,
+    finished: bool,
 }
 
 /// The build job `job` (a numeric id or a planned job id) of build `build`.
@@ -35,16 +46,17 @@ async fn find_job(s: &AppState, build: i64, job: &str) -> Result<BuildJobRecord,
 }
 
 /// `GET /api/v1/builds/{id}/jobs/{job}/logs?offset=N&limit=M`: lines numbered N and later.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/jobs/{job}/logs", params(("id" = i64, Path, description = "build id"), ("job" = String, Path, description = "planned job id or build job id"), LogQuery), responses((status = 200, body = LogPage), (status = 404, body = ErrorBody)))]
 pub async fn logs(
     State(s): State<AppState>,
     ApiPath((build, job)): ApiPath<(i64, String)>,
     ApiQuery(q): ApiQuery<LogQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LogPage>, ApiError> {
     let j = find_job(&s, build, &job).await?;
     let from = q.offset.unwrap_or(1).max(1);
     let lines = s.builds.store.read_log(j.id, from, q.limit.unwrap_or(10_000).clamp(1, 100_000)).await?;
-    let next = lines.last().map_or(from, |l| l.number + 1);
-    Ok(Json(json!({"lines": lines, "next_offset": next, "finished": j.status.is_finished()})))
+    let next_offset = lines.last().map_or(from, |l| l.number + 1);
+    Ok(Json(LogPage { lines, next_offset, finished: j.status.is_finished() }))
 }
 
 fn resume_point(headers: &HeaderMap, offset: Option<u64>) -> u64 {
@@ -57,6 +69,7 @@ fn resume_point(headers: &HeaderMap, offset: Option<u64>) -> u64 {
 }
 
 /// `GET .../logs/stream`: SSE of log lines (event `line`, id = line number), then `end`.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/jobs/{job}/logs/stream", params(("id" = i64, Path, description = "build id"), ("job" = String, Path, description = "planned job id or build job id"), ("Last-Event-ID" = Option<u64>, Header, description = "resume after this line"), LogQuery), responses((status = 200, description = "text/event-stream of `line` events (JSON LogLine, id = line number) and a final `end`", content_type = "text/event-stream"), (status = 404, body = ErrorBody)))]
 pub async fn log_stream(
     State(s): State<AppState>,
     ApiPath((build, job)): ApiPath<(i64, String)>,
@@ -101,6 +114,7 @@ pub async fn log_stream(
 
 /// `GET /api/v1/builds/{id}/events`: SSE of the build's status changes (id = event id), ending
 /// with `end` once the build finished.
+#[utoipa::path(get, path = "/api/v1/builds/{id}/events", params(("id" = i64, Path, description = "build id"), ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event")), responses((status = 200, description = "text/event-stream of `build_status` and `job_status` events and a final `end`", content_type = "text/event-stream"), (status = 404, body = ErrorBody)))]
 pub async fn build_events(
     State(s): State<AppState>,
     ApiPath(build): ApiPath<i64>,

@@ -147,7 +147,7 @@ impl Store {
 }
 
 /// A build job as stored.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct BuildJobRecord {
     /// Database id.
     pub id: i64,
@@ -162,6 +162,7 @@ pub struct BuildJobRecord {
     /// Planned ids it waits for.
     pub needs: Vec<String>,
     /// Outputs written by its steps.
+    #[schema(value_type = Object)]
     pub outputs: serde_json::Map<String, serde_json::Value>,
     /// The sandbox it ran in (`local`, `docker:IMAGE`).
     pub sandbox: Option<String>,
@@ -172,7 +173,7 @@ pub struct BuildJobRecord {
 }
 
 /// A step of a build job as stored.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct StepRecord {
     /// Position in the job.
     pub idx: i64,
@@ -191,7 +192,7 @@ pub struct StepRecord {
 }
 
 /// A row of a build listing.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct BuildSummary {
     /// Database id.
     pub id: i64,

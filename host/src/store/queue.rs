@@ -19,7 +19,7 @@ use sqlx::Row;
 use std::time::Duration;
 
 /// Queue priority.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Ahead of everything enqueued in the same 60 s.

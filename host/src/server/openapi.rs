@@ -1,0 +1,35 @@
+//! The OpenAPI description of the API, generated from the handlers' annotations and the
+//! request/response types by utoipa, served at `/api/v1/openapi.json`.
+
+use super::{api, error, stream};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Chengis API", description = "Jobs, builds, logs and secrets of a Chengis server."),
+    paths(
+        api::create_job,
+        api::list_jobs,
+        api::get_job,
+        api::update_job,
+        api::delete_job,
+        api::trigger,
+        api::list_builds,
+        api::get_build,
+        api::cancel,
+        api::retry,
+        api::list_secrets,
+        api::set_secret,
+        api::delete_secret,
+        stream::logs,
+        stream::log_stream,
+        stream::build_events,
+    ),
+    components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
