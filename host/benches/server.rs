@@ -92,7 +92,6 @@ async fn log_ingestion(url: &str) {
         .await
         .unwrap()
         .remove(0);
-    let text = "x".repeat(120);
     let total_lines: u64 = 400_000;
     let batch = 500u64;
     let readers: Vec<_> = (0..2)
@@ -112,10 +111,26 @@ async fn log_ingestion(url: &str) {
         .collect();
     let start = Instant::now();
     let mut n = 1u64;
+    let mut bytes_written = 0usize;
     while n <= total_lines {
         let lines: Vec<LogLine> = (n..n + batch)
-            .map(|number| LogLine { number, stream: Stream::Stdout, time_ms: 0, text: text.clone() })
+            .map(|number| LogLine {
+                number,
+                stream: Stream::Stdout,
+                time_ms: 1_795_000_000_000 + number,
+                text: format!(
+                    "   Compiling crate-{} v0.{}.{} (/work/src/crate-{}) in {}.{:03}s: {:x}",
+                    number % 997,
+                    number % 13,
+                    number % 7,
+                    number % 997,
+                    number % 60,
+                    number % 1000,
+                    number.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ),
+            })
             .collect();
+        bytes_written += lines.iter().map(|l| l.text.len() + 1).sum::<usize>();
         store.append_log(&lease, &lines).await.unwrap();
         n += batch;
     }
@@ -123,9 +138,9 @@ async fn log_ingestion(url: &str) {
     for r in readers {
         r.await.unwrap();
     }
-    let mb = (total_lines * 121) as f64 / (1 << 20) as f64;
+    let mb = bytes_written as f64 / (1 << 20) as f64;
     println!(
-        "log ingestion (SQLite): {mb:.0} MiB of log lines in {batch}-line chunks in {write:.2} s = {:.0} MiB/s, with 2 live readers (all lines read back in {:.2} s)",
+        "log ingestion (SQLite): {mb:.0} MiB of varied log lines in {batch}-line chunks in {write:.2} s = {:.0} MiB/s, with 2 live readers (all lines read back in {:.2} s)",
         mb / write,
         start.elapsed().as_secs_f64()
     );

@@ -72,6 +72,7 @@ CREATE TABLE log_chunks (
     data BLOB NOT NULL,
     UNIQUE (build_job_id, first_offset)
 );
+CREATE INDEX log_chunks_by_end ON log_chunks (build_job_id, last_offset);
 
 CREATE INDEX builds_by_job ON builds (job_id, id);
 

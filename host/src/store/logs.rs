@@ -3,31 +3,58 @@
 
 use super::queue::Lease;
 use super::{Store, StoreError};
-use crate::exec::LogLine;
+use crate::exec::{LogLine, Stream};
 use flate2::Compression;
 use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
 use sqlx::Row;
 use std::io::{Read, Write};
 
+// A chunk is a deflate stream of records: line number, stream, time (ms) and text length as
+// little-endian integers, then the text. Compact and cheap to write and read back.
 fn compress(lines: &[LogLine]) -> Vec<u8> {
-    let mut enc = DeflateEncoder::new(Vec::new(), Compression::fast());
+    let mut raw = Vec::with_capacity(lines.iter().map(|l| l.text.len() + 21).sum());
     for l in lines {
-        // Serializing a LogLine cannot fail: it holds only strings and numbers.
-        let _ = serde_json::to_writer(&mut enc, l);
-        let _ = enc.write_all(b"\n");
+        raw.extend_from_slice(&l.number.to_le_bytes());
+        raw.push(match l.stream {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+            Stream::System => 2,
+        });
+        raw.extend_from_slice(&l.time_ms.to_le_bytes());
+        raw.extend_from_slice(&(l.text.len() as u32).to_le_bytes());
+        raw.extend_from_slice(l.text.as_bytes());
     }
+    let mut enc = DeflateEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(&raw);
     enc.finish().unwrap_or_default()
 }
 
 fn decompress(data: &[u8]) -> Result<Vec<LogLine>, StoreError> {
-    let mut text = String::new();
-    DeflateDecoder::new(data)
-        .read_to_string(&mut text)
-        .map_err(|e| StoreError::Corrupt { what: "log chunk", detail: e.to_string() })?;
-    text.lines()
-        .map(|l| serde_json::from_str(l).map_err(|e| StoreError::Corrupt { what: "log line", detail: e.to_string() }))
-        .collect()
+    let corrupt = |detail: &str| StoreError::Corrupt { what: "log chunk", detail: detail.to_string() };
+    let mut raw = Vec::new();
+    DeflateDecoder::new(data).read_to_end(&mut raw).map_err(|e| corrupt(&e.to_string()))?;
+    let mut out = Vec::new();
+    let mut rest = &raw[..];
+    while !rest.is_empty() {
+        if rest.len() < 21 {
+            return Err(corrupt("truncated record"));
+        }
+        let number = u64::from_le_bytes(rest[0..8].try_into().map_err(|_| corrupt("number"))?);
+        let stream = match rest[8] {
+            0 => Stream::Stdout,
+            1 => Stream::Stderr,
+            2 => Stream::System,
+            other => return Err(corrupt(&format!("unknown stream {other}"))),
+        };
+        let time_ms = u64::from_le_bytes(rest[9..17].try_into().map_err(|_| corrupt("time"))?);
+        let len = u32::from_le_bytes(rest[17..21].try_into().map_err(|_| corrupt("length"))?) as usize;
+        let text = rest.get(21..21 + len).ok_or_else(|| corrupt("truncated text"))?;
+        out.push(LogLine { number, stream, time_ms, text: String::from_utf8_lossy(text).into_owned() });
+        rest = &rest[21 + len..];
+    }
+    Ok(out)
 }
 
 impl Store {
@@ -104,5 +131,20 @@ impl Store {
             .fetch_one(self.pool())
             .await?;
         Ok(last.map_or(1, |l| l as u64 + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip() {
+        let lines = vec![
+            LogLine { number: 7, stream: Stream::Stderr, time_ms: 1_795_000_000_000, text: "héllo ✓".into() },
+            LogLine { number: 8, stream: Stream::System, time_ms: 1, text: String::new() },
+        ];
+        assert_eq!(decompress(&compress(&lines)).unwrap(), lines);
+        assert!(decompress(b"garbage").is_err());
     }
 }
