@@ -137,7 +137,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let store = open_store(&cfg).await?;
-        let data_dir = cfg.data_dir.clone().unwrap_or_default();
+        // Absolute, so that workspace paths handed to steps do not depend on where they run.
+        let data_dir = std::fs::canonicalize(cfg.data_dir.clone().unwrap_or_default())?;
         let keys = Arc::new(master_keys(&data_dir)?);
         let (bus, _) = tokio::sync::broadcast::channel(1024);
         let ctx = BuildContext { store: store.clone(), data_dir: data_dir.clone(), bus, max_matrix: chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS };
