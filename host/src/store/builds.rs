@@ -26,6 +26,29 @@ pub struct NewBuild {
     pub priority: super::queue::Priority,
 }
 
+/// The tables whose rows carry a [`Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StatusTable {
+    Builds,
+    BuildJobs,
+}
+
+impl StatusTable {
+    fn name(self) -> &'static str {
+        match self {
+            StatusTable::Builds => "builds",
+            StatusTable::BuildJobs => "build_jobs",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            StatusTable::Builds => "build",
+            StatusTable::BuildJobs => "build job",
+        }
+    }
+}
+
 /// A build as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildRecord {
@@ -100,30 +123,53 @@ impl Store {
         parse_status(&s.ok_or_else(|| StoreError::NotFound(format!("build job {id}")))?)
     }
 
-    /// Moves a build job to `to`, refusing transitions the state machine forbids. The update is
-    /// conditional on the status read, so two writers cannot both move it from the same state.
+    /// Moves a build job to `to`, refusing transitions the state machine forbids.
     pub async fn transition_build_job(&self, id: i64, to: Status, reason: Option<&str>) -> Result<(), StoreError> {
-        let from = self.build_job_status(id).await?;
-        if !from.can_become(to) {
-            return Err(StoreError::IllegalTransition { what: format!("build job {id}"), from, to });
+        self.transition(StatusTable::BuildJobs, id, to, reason).await
+    }
+
+    /// The status of a row of `table`.
+    async fn status_in(&self, table: StatusTable, id: i64) -> Result<Status, StoreError> {
+        let sql = format!("SELECT status FROM {} WHERE id = $1", table.name());
+        let s: Option<String> = sqlx::query_scalar(&sql).bind(id).fetch_optional(self.pool()).await?;
+        parse_status(&s.ok_or_else(|| StoreError::NotFound(format!("{} {id}", table.what())))?)
+    }
+
+    /// The one status change of builds and build jobs: checked against the state machine and
+    /// conditional on the status read, so two writers cannot both move a row from one state.
+    async fn transition(
+        &self,
+        table: StatusTable,
+        id: i64,
+        to: Status,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let what = || format!("{} {id}", table.what());
+        let from = self.status_in(table, id).await?;
+        if table == StatusTable::Builds && from == to && to == Status::Running {
+            return Ok(());
         }
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE build_jobs SET status = $1, reason = COALESCE($2, reason), \
+        if !from.can_become(to) {
+            return Err(StoreError::IllegalTransition { what: what(), from, to });
+        }
+        let sql = format!(
+            "UPDATE {} SET status = $1, reason = COALESCE($2, reason), \
              started_ms = CASE WHEN $1 = 'running' THEN $3 ELSE started_ms END, \
              finished_ms = CASE WHEN $1 IN ('running', 'queued') THEN finished_ms ELSE $3 END \
              WHERE id = $4 AND status = $5",
-        )
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(now)
-        .bind(id)
-        .bind(from.as_str())
-        .execute(self.pool())
-        .await?;
+            table.name()
+        );
+        let done = sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(now_ms())
+            .bind(id)
+            .bind(from.as_str())
+            .execute(self.pool())
+            .await?;
         if done.rows_affected() == 0 {
-            let now_status = self.build_job_status(id).await?;
-            return Err(StoreError::IllegalTransition { what: format!("build job {id}"), from: now_status, to });
+            let current = self.status_in(table, id).await?;
+            return Err(StoreError::IllegalTransition { what: what(), from: current, to });
         }
         Ok(())
     }
@@ -339,32 +385,7 @@ impl Store {
 
     /// Moves a build to `to` (state machine checked; conditional on the status read).
     pub async fn transition_build(&self, id: i64, to: Status, reason: Option<&str>) -> Result<(), StoreError> {
-        let from = self.build(id).await?.status;
-        if from == to && to == Status::Running {
-            return Ok(());
-        }
-        if !from.can_become(to) {
-            return Err(StoreError::IllegalTransition { what: format!("build {id}"), from, to });
-        }
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE builds SET status = $1, reason = COALESCE($2, reason), \
-             started_ms = CASE WHEN $1 = 'running' THEN $3 ELSE started_ms END, \
-             finished_ms = CASE WHEN $1 IN ('running', 'queued') THEN finished_ms ELSE $3 END \
-             WHERE id = $4 AND status = $5",
-        )
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(now)
-        .bind(id)
-        .bind(from.as_str())
-        .execute(self.pool())
-        .await?;
-        if done.rows_affected() == 0 {
-            let current = self.build(id).await?.status;
-            return Err(StoreError::IllegalTransition { what: format!("build {id}"), from: current, to });
-        }
-        Ok(())
+        self.transition(StatusTable::Builds, id, to, reason).await
     }
 
     /// Adds a planned job to a build with the ids it needs.
