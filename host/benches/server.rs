@@ -23,6 +23,7 @@ async fn build_jobs(store: &Store, n: usize) -> Vec<i64> {
             repo_url: "file:///x".into(),
             default_branch: "main".into(),
             pipeline_path: None,
+            submodules: false,
         })
         .await
         .unwrap();

@@ -301,7 +301,7 @@ jobs:
     );
     assert!(out.status.success(), "{events:?}");
     let (out, _events, _dir) = run(
-        "jobs:\n  a:\n    steps:\n      - run: touch a; sleep 0.5; test ! -e b\n  b:\n    steps:\n      - run: touch b\n",
+        "jobs:\n  a:\n    steps:\n      - run: mkdir lock && sleep 0.3 && rmdir lock\n  b:\n    steps:\n      - run: mkdir lock && sleep 0.3 && rmdir lock\n",
         &["--parallel", "1"],
     );
     assert!(out.status.success(), "with --parallel 1 the jobs must not overlap");

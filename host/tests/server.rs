@@ -242,6 +242,7 @@ fn builds_run_end_to_end_with_logs_sse_cancel_and_retry() {
             body.contains("event: build_status") && body.contains("\"success\"") && body.contains("event: end"),
             "{body}"
         );
+        assert!(body.contains("event: step_status") && body.contains("event: job_status"), "{body}");
 
         // Cancel a running build: the step is stopped through the lease within seconds.
         let slow = repo(
@@ -595,5 +596,36 @@ fn openapi_describes_every_api_route() {
     }
     for schema in ["JobRecord", "BuildSummary", "BuildDetail", "LogLine", "ErrorBody", "TriggerRequest", "Status"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "no schema {schema}");
+    }
+}
+
+#[test]
+fn submodules_are_checked_out_when_the_job_asks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = tmp.path().join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    git(&lib, &["init", "-q", "-b", "main"]);
+    std::fs::write(lib.join("vendored.txt"), "from the submodule\n").unwrap();
+    git(&lib, &["add", "."]);
+    git(&lib, &["commit", "-qm", "lib"]);
+    let app = tmp.path().join("app");
+    let url = repo(&app, "jobs:\n  j:\n    steps:\n      - run: cat sub/vendored.txt\n");
+    git(
+        &app,
+        &["-c", "protocol.file.allow=always", "submodule", "add", "-q", &format!("file://{}", lib.display()), "sub"],
+    );
+    git(&app, &["commit", "-qm", "add submodule"]);
+    let db = databases(tmp.path()).remove(0);
+    let s = start(&tmp.path().join("data"), &db, &[]);
+    for (name, submodules, want) in [("plain", false, "failure"), ("with-sub", true, "success")] {
+        let body = json!({"name": name, "repo_url": url, "submodules": submodules});
+        assert_eq!(call("POST", &format!("{}/api/v1/jobs", s.url), Some(body)).0, 201);
+        let (_, b) = call("POST", &format!("{}/api/v1/jobs/{name}/builds", s.url), None);
+        let id = b["id"].as_i64().unwrap();
+        let b = wait_build(&s, id, finished);
+        assert_eq!(b["build"]["status"], want, "{name}: {b}");
+        if submodules {
+            assert_eq!(log_texts(&s, id, "j"), ["from the submodule"]);
+        }
     }
 }

@@ -8,6 +8,7 @@ CREATE TABLE jobs (
     repo_url TEXT NOT NULL,
     default_branch TEXT NOT NULL DEFAULT 'main',
     pipeline_path TEXT,
+    submodules INTEGER NOT NULL DEFAULT 0,
     params TEXT NOT NULL DEFAULT '{}',
     next_number INTEGER NOT NULL DEFAULT 1,
     created_ms INTEGER NOT NULL

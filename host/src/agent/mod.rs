@@ -161,6 +161,7 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         commit: Some(build.commit_sha.clone()),
         branch: Some(build.branch.clone()).filter(|b| !b.is_empty()),
         depth: 1,
+        submodules: job_record.submodules,
         ..CheckoutRequest::default()
     };
     let ws = workspace.clone();
@@ -210,7 +211,7 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         output_cap: cfg.output_cap,
     };
     let first_line = store.next_log_offset(bj.id).await?;
-    let pump = tokio::spawn(pump_events(ctx.clone(), lease.clone(), rx, first_line));
+    let pump = tokio::spawn(pump_events(ctx.clone(), lease.clone(), build.id, rx, first_line));
     let renewer = tokio::spawn(renew_loop(ctx.clone(), lease.clone(), cfg.lease_ttl, cfg.renew_every, cancel.clone()));
     let job_spec = JobSpec { id: &spec.id, env: &spec.env, steps: &spec.steps, first_index: 0, timeout: spec.timeout };
     let result = run_job(job_spec, &env, ctx_values).await;
@@ -257,7 +258,13 @@ async fn renew_loop(ctx: BuildContext, lease: Lease, ttl: Duration, every: Durat
 
 /// Moves engine events into the store: log lines in batches (every 50 ms or 64 KiB), steps as
 /// rows, and notices for live readers.
-async fn pump_events(ctx: BuildContext, lease: Lease, mut rx: mpsc::Receiver<RunEvent>, first_line: u64) {
+async fn pump_events(
+    ctx: BuildContext,
+    lease: Lease,
+    build_id: i64,
+    mut rx: mpsc::Receiver<RunEvent>,
+    first_line: u64,
+) {
     let mut batch: Vec<LogLine> = Vec::new();
     let mut bytes = 0usize;
     let mut last_flush = Instant::now();
@@ -272,8 +279,10 @@ async fn pump_events(ctx: BuildContext, lease: Lease, mut rx: mpsc::Receiver<Run
                 bytes += line.text.len();
                 batch.push(line);
             }
-            Ok(Some(RunEvent::StepStarted { step, name, .. })) => {
+            Ok(Some(RunEvent::StepStarted { job, step, name })) => {
                 step_started.insert(step, now_ms());
+                let event = json!({"job": job, "step": step, "name": name, "status": "running"});
+                let _ = ctx.store.add_event(build_id, "step_status", &event).await;
                 let rec = StepRecord {
                     idx: step as i64,
                     name,
@@ -285,7 +294,10 @@ async fn pump_events(ctx: BuildContext, lease: Lease, mut rx: mpsc::Receiver<Run
                 };
                 let _ = ctx.store.record_step(lease.build_job_id, &rec).await;
             }
-            Ok(Some(RunEvent::StepFinished { step, name, status, exit_code, reason, .. })) => {
+            Ok(Some(RunEvent::StepFinished { job, step, name, status, exit_code, reason, .. })) => {
+                let event = json!({"job": job, "step": step, "name": name, "status": status, "exit_code": exit_code});
+                let _ = ctx.store.add_event(build_id, "step_status", &event).await;
+                let _ = ctx.bus.send(Notice::Build(build_id));
                 let rec = StepRecord {
                     idx: step as i64,
                     name,

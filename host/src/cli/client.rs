@@ -35,6 +35,9 @@ pub enum JobCommand {
         /// Pipeline file in the repository (default: the documented lookup order).
         #[arg(long)]
         pipeline: Option<String>,
+        /// Check out git submodules too.
+        #[arg(long)]
+        submodules: bool,
     },
     /// List jobs.
     List,
@@ -224,10 +227,10 @@ fn s(v: &Value) -> String {
 pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
     let c = Client::new(args);
     match cmd {
-        JobCommand::Create { name, repo, branch, pipeline } => {
+        JobCommand::Create { name, repo, branch, pipeline, submodules } => {
             let v = c.post(
                 "/api/v1/jobs",
-                json!({"name": name, "repo_url": repo, "default_branch": branch, "pipeline_path": pipeline}),
+                json!({"name": name, "repo_url": repo, "default_branch": branch, "pipeline_path": pipeline, "submodules": submodules}),
             )?;
             print(args.format, &v, |v| format!("created job {} ({})\n", s(&v["name"]), s(&v["repo_url"])));
         }

@@ -7,7 +7,7 @@ use crate::status::Status;
 use crate::store::builds::BuildFilter;
 use crate::store::builds::{BuildJobRecord, BuildSummary, StepRecord};
 use crate::store::jobs::JobRecord;
-use crate::store::jobs::NewJob;
+use crate::store::jobs::{JobUpdate, NewJob};
 use crate::store::secrets::SecretScope;
 use axum::Json;
 use axum::extract::State;
@@ -59,6 +59,8 @@ pub struct CreateJob {
     default_branch: Option<String>,
     #[serde(default)]
     pipeline_path: Option<String>,
+    #[serde(default)]
+    submodules: bool,
 }
 
 fn valid_name(name: &str) -> Result<(), ApiError> {
@@ -93,6 +95,7 @@ pub async fn create_job(
             repo_url: body.repo_url,
             default_branch: body.default_branch.unwrap_or_else(|| "main".into()),
             pipeline_path: body.pipeline_path,
+            submodules: body.submodules,
         })
         .await?;
     Ok((StatusCode::CREATED, Json(job)))
@@ -121,6 +124,8 @@ pub struct UpdateJob {
     #[serde(default, with = "double_option")]
     #[schema(value_type = Option<String>)]
     pipeline_path: Option<Option<String>>,
+    #[serde(default)]
+    submodules: Option<bool>,
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -147,9 +152,12 @@ pub async fn update_job(
         .store
         .update_job(
             &name,
-            body.repo_url.as_deref(),
-            body.default_branch.as_deref(),
-            body.pipeline_path.as_ref().map(|p| p.as_deref()),
+            &JobUpdate {
+                repo_url: body.repo_url.as_deref(),
+                default_branch: body.default_branch.as_deref(),
+                pipeline_path: body.pipeline_path.as_ref().map(|p| p.as_deref()),
+                submodules: body.submodules,
+            },
         )
         .await?;
     Ok(Json(job))

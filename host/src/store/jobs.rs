@@ -18,6 +18,8 @@ pub struct JobRecord {
     pub default_branch: String,
     /// Pipeline file inside the repository; `None` means the documented lookup order.
     pub pipeline_path: Option<String>,
+    /// Check out git submodules too.
+    pub submodules: bool,
     /// Creation time (ms since the epoch).
     pub created_ms: i64,
 }
@@ -33,6 +35,21 @@ pub struct NewJob {
     pub default_branch: String,
     /// Pipeline file path.
     pub pipeline_path: Option<String>,
+    /// Check out git submodules too.
+    pub submodules: bool,
+}
+
+/// What updating a job changes; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct JobUpdate<'a> {
+    /// New repository URL.
+    pub repo_url: Option<&'a str>,
+    /// New default branch.
+    pub default_branch: Option<&'a str>,
+    /// New pipeline path (`Some(None)` clears it).
+    pub pipeline_path: Option<Option<&'a str>>,
+    /// Check out submodules or not.
+    pub submodules: Option<bool>,
 }
 
 fn job_from_row(row: &AnyRow) -> Result<JobRecord, sqlx::Error> {
@@ -42,11 +59,12 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, sqlx::Error> {
         repo_url: row.try_get("repo_url")?,
         default_branch: row.try_get("default_branch")?,
         pipeline_path: row.try_get("pipeline_path")?,
+        submodules: row.try_get::<i64, _>("submodules")? != 0,
         created_ms: row.try_get("created_ms")?,
     })
 }
 
-const COLUMNS: &str = "id, name, repo_url, default_branch, pipeline_path, created_ms";
+const COLUMNS: &str = "id, name, repo_url, default_branch, pipeline_path, submodules, created_ms";
 
 /// True for a unique-constraint violation.
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -57,7 +75,7 @@ impl Store {
     /// Creates a job; a taken name is [`StoreError::Conflict`].
     pub async fn create_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
         let sql = format!(
-            "INSERT INTO jobs (name, repo_url, default_branch, pipeline_path, created_ms) VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+            "INSERT INTO jobs (name, repo_url, default_branch, pipeline_path, created_ms, submodules) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(&job.name)
@@ -65,6 +83,7 @@ impl Store {
             .bind(&job.default_branch)
             .bind(&job.pipeline_path)
             .bind(now_ms())
+            .bind(i64::from(job.submodules))
             .fetch_one(self.pool())
             .await
             .map_err(|e| {
@@ -88,26 +107,23 @@ impl Store {
         Ok(rows.iter().map(job_from_row).collect::<Result<_, _>>()?)
     }
 
-    /// Changes a job's repository, default branch or pipeline path (`None` keeps a field).
-    pub async fn update_job(
-        &self,
-        name: &str,
-        repo_url: Option<&str>,
-        default_branch: Option<&str>,
-        pipeline_path: Option<Option<&str>>,
-    ) -> Result<JobRecord, StoreError> {
+    /// Changes a job (`None` keeps a field).
+    pub async fn update_job(&self, name: &str, change: &JobUpdate<'_>) -> Result<JobRecord, StoreError> {
         let current = self.job(name).await?;
-        let path = match pipeline_path {
+        let path = match change.pipeline_path {
             Some(p) => p.map(str::to_string),
             None => current.pipeline_path.clone(),
         };
-        sqlx::query("UPDATE jobs SET repo_url = $1, default_branch = $2, pipeline_path = $3 WHERE id = $4")
-            .bind(repo_url.unwrap_or(&current.repo_url))
-            .bind(default_branch.unwrap_or(&current.default_branch))
-            .bind(path)
-            .bind(current.id)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE jobs SET repo_url = $1, default_branch = $2, pipeline_path = $3, submodules = $4 WHERE id = $5",
+        )
+        .bind(change.repo_url.unwrap_or(&current.repo_url))
+        .bind(change.default_branch.unwrap_or(&current.default_branch))
+        .bind(path)
+        .bind(i64::from(change.submodules.unwrap_or(current.submodules)))
+        .bind(current.id)
+        .execute(self.pool())
+        .await?;
         self.job(name).await
     }
 

@@ -17,6 +17,7 @@ async fn job_with_build_jobs(store: &Store, name: &str, n: usize) -> Vec<i64> {
             repo_url: "file:///r".into(),
             default_branch: "main".into(),
             pipeline_path: None,
+            submodules: false,
         })
         .await
         .unwrap();
@@ -59,6 +60,7 @@ async fn jobs_and_build_numbers() {
             repo_url: "file:///r".into(),
             default_branch: "main".into(),
             pipeline_path: None,
+            submodules: false,
         };
         let job = store.create_job(&new).await.unwrap();
         assert!(matches!(store.create_job(&new).await, Err(StoreError::Conflict(_))));
