@@ -629,3 +629,47 @@ fn submodules_are_checked_out_when_the_job_asks() {
         }
     }
 }
+
+#[test]
+fn http_repositories_use_the_jobs_git_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    repo(&work, "jobs:\n  j:\n    steps:\n      - run: echo fetched with a token\n");
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    git(tmp.path(), &["clone", "-q", "--bare", work.to_str().unwrap(), served.join("app.git").to_str().unwrap()]);
+    use std::os::unix::process::CommandExt;
+    let mut server = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/git_http_server.py"))
+        .arg(&served)
+        .arg("t0ken-for-tests")
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let _server = KillGroup(server);
+    let url = format!("http://127.0.0.1:{}/app.git", port.trim());
+
+    let db = databases(tmp.path()).remove(0);
+    let s = start(&tmp.path().join("data"), &db, &[]);
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "private", "repo_url": url})));
+    let build = |s: &Server| {
+        let (_, b) = call("POST", &format!("{}/api/v1/jobs/private/builds", s.url), None);
+        wait_build(s, b["id"].as_i64().unwrap(), finished)
+    };
+    let b = build(&s);
+    assert_eq!(b["build"]["status"], "error");
+    assert!(b["build"]["reason"].as_str().unwrap().contains("GIT_TOKEN"), "{b}");
+    call("PUT", &format!("{}/api/v1/secrets/GIT_TOKEN?job=private", s.url), Some(json!({"value": "wrong-token"})));
+    let b = build(&s);
+    assert_eq!(b["build"]["status"], "error");
+    let reason = b["build"]["reason"].as_str().unwrap();
+    assert!(reason.contains("refused") && !reason.contains("wrong-token"), "{reason}");
+    call("PUT", &format!("{}/api/v1/secrets/GIT_TOKEN?job=private", s.url), Some(json!({"value": "t0ken-for-tests"})));
+    let b = build(&s);
+    assert_eq!(b["build"]["status"], "success", "{b}");
+    let id = b["build"]["id"].as_i64().unwrap();
+    assert_eq!(log_texts(&s, id, "j"), ["fetched with a token"]);
+}

@@ -162,6 +162,7 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         branch: Some(build.branch.clone()).filter(|b| !b.is_empty()),
         depth: 1,
         submodules: job_record.submodules,
+        credentials: crate::engine::checkout::GitCredentials::from_secrets(&secrets),
         ..CheckoutRequest::default()
     };
     let ws = workspace.clone();

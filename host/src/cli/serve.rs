@@ -141,7 +141,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let data_dir = std::fs::canonicalize(cfg.data_dir.clone().unwrap_or_default())?;
         let keys = Arc::new(master_keys(&data_dir)?);
         let (bus, _) = tokio::sync::broadcast::channel(1024);
-        let ctx = BuildContext { store: store.clone(), data_dir: data_dir.clone(), bus, max_matrix: chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS };
+        let ctx = BuildContext {
+            store: store.clone(),
+            data_dir: data_dir.clone(),
+            bus,
+            max_matrix: chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS,
+            keys: keys.clone(),
+        };
         recover(&ctx).await;
         let shutdown = CancelSignal::new();
         for n in 0..cfg.agents.unwrap_or(1) {

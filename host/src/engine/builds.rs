@@ -34,6 +34,8 @@ pub struct BuildContext {
     pub bus: broadcast::Sender<Notice>,
     /// Most matrix combinations per job.
     pub max_matrix: usize,
+    /// Secret keys (the planner reads the job's git credentials).
+    pub keys: std::sync::Arc<crate::store::secrets::MasterKeys>,
 }
 
 /// What a trigger asks for.
@@ -107,8 +109,10 @@ impl BuildContext {
         let mirror_dir = self.data_dir.join("mirrors").join(format!("{}.git", job.id));
         let (url, branch, commit) = (job.repo_url.clone(), summary.branch.clone(), summary.commit_sha.clone());
         let pipeline_path = job.pipeline_path.clone();
+        let creds =
+            super::checkout::GitCredentials::from_secrets(&self.store.secrets_for_job(&self.keys, &job.name).await?);
         let fetched = tokio::task::spawn_blocking(move || -> Result<(String, String, String), String> {
-            let mirror = Mirror::update(&mirror_dir, &url).map_err(|e| e.to_string())?;
+            let mirror = Mirror::update(&mirror_dir, &url, creds.as_ref()).map_err(|e| e.to_string())?;
             let sha = if commit.is_empty() { mirror.branch_tip(&branch).map_err(|e| e.to_string())? } else { commit };
             let paths: Vec<&str> = match &pipeline_path {
                 Some(p) => vec![p.as_str()],

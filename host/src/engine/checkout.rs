@@ -55,6 +55,59 @@ pub struct CheckoutRequest {
     pub depth: i32,
     /// Also check out submodules.
     pub submodules: bool,
+    /// Credentials for HTTP(S) repositories.
+    pub credentials: Option<GitCredentials>,
+}
+
+/// A user name and token for HTTP(S) git, from the job's `GIT_TOKEN` (and optional
+/// `GIT_USERNAME`, default `x-access-token`) secrets.
+#[derive(Clone, Default)]
+pub struct GitCredentials {
+    /// User name sent with the token.
+    pub username: String,
+    /// The token (never logged).
+    pub token: String,
+}
+
+impl std::fmt::Debug for GitCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCredentials").field("username", &self.username).field("token", &"***").finish()
+    }
+}
+
+impl GitCredentials {
+    /// The credentials a job's secrets name, if it has a `GIT_TOKEN`.
+    pub fn from_secrets(secrets: &std::collections::BTreeMap<String, String>) -> Option<GitCredentials> {
+        secrets.get("GIT_TOKEN").map(|token| GitCredentials {
+            username: secrets.get("GIT_USERNAME").cloned().unwrap_or_else(|| "x-access-token".into()),
+            token: token.clone(),
+        })
+    }
+}
+
+/// Fetch options answering an authentication request once with `creds` (a refused token is
+/// not retried forever).
+fn fetch_options(creds: Option<&GitCredentials>, depth: i32) -> FetchOptions<'_> {
+    let mut callbacks = git2::RemoteCallbacks::new();
+    let mut asked = false;
+    callbacks.credentials(move |_url, _user, allowed| {
+        if asked {
+            return Err(git2::Error::from_str("the repository refused the credentials (the GIT_TOKEN secret)"));
+        }
+        asked = true;
+        match creds {
+            Some(c) if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) => {
+                git2::Cred::userpass_plaintext(&c.username, &c.token)
+            }
+            _ => Err(git2::Error::from_str("the repository needs credentials: set a GIT_TOKEN secret for the job")),
+        }
+    });
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(callbacks);
+    if depth > 0 {
+        opts.depth(depth);
+    }
+    opts
 }
 
 /// The commit that was checked out, for `GIT_*` variables and the `git` context.
@@ -109,18 +162,19 @@ fn refspecs(req: &CheckoutRequest) -> Vec<String> {
 
 /// Fetches `specs`, shallow when `depth > 0` and the transport supports it (libgit2's local
 /// transport does not: it then fetches in full).
-fn fetch(repo: &Repository, url: &str, specs: &[String], depth: i32) -> Result<(), CheckoutError> {
+fn fetch(
+    repo: &Repository,
+    url: &str,
+    specs: &[String],
+    depth: i32,
+    creds: Option<&GitCredentials>,
+) -> Result<(), CheckoutError> {
     let mut remote = repo.remote_anonymous(url).map_err(git_err("open remote", url))?;
-    let mut opts = FetchOptions::new();
-    if depth > 0 {
-        opts.depth(depth);
-    }
-    match remote.fetch(specs, Some(&mut opts), None) {
+    match remote.fetch(specs, Some(&mut fetch_options(creds, depth)), None) {
         Ok(()) => Ok(()),
-        Err(e) if depth > 0 => {
+        Err(e) if depth > 0 && e.class() != git2::ErrorClass::Http => {
             tracing::debug!(url, "shallow fetch failed ({}), fetching in full", e.message());
-            let mut full = FetchOptions::new();
-            remote.fetch(specs, Some(&mut full), None).map_err(git_err("fetch", url))
+            remote.fetch(specs, Some(&mut fetch_options(creds, 0)), None).map_err(git_err("fetch", url))
         }
         Err(e) => Err(git_err("fetch", url)(e)),
     }
@@ -171,14 +225,14 @@ pub fn checkout(req: &CheckoutRequest, dest: &Path) -> Result<CommitInfo, Checko
     {
         specs = vec![sha.clone()];
     }
-    let fetched = fetch(&repo, url, &specs, req.depth);
+    let fetched = fetch(&repo, url, &specs, req.depth, req.credentials.as_ref());
     let commit = match (fetched, find_commit(&repo, req)) {
         (Ok(()), Ok(c)) => c,
         // The commit is not at the tip that was fetched (or the server refuses fetching a SHA):
         // fetch the whole history of every branch and tag, then look again.
         _ => {
             let all = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
-            fetch(&repo, url, &all, 0)?;
+            fetch(&repo, url, &all, 0, req.credentials.as_ref())?;
             find_commit(&repo, req)?
         }
     };
@@ -200,13 +254,13 @@ pub struct Mirror {
 
 impl Mirror {
     /// Opens (creating it) the mirror in `dir` and fetches every branch and tag.
-    pub fn update(dir: &Path, url: &str) -> Result<Mirror, CheckoutError> {
+    pub fn update(dir: &Path, url: &str, creds: Option<&GitCredentials>) -> Result<Mirror, CheckoutError> {
         let repo = match Repository::open_bare(dir) {
             Ok(r) => r,
             Err(_) => Repository::init_bare(dir).map_err(git_err("init mirror", url))?,
         };
         let specs = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
-        fetch(&repo, url, &specs, 0)?;
+        fetch(&repo, url, &specs, 0, creds)?;
         Ok(Mirror { repo, url: url.to_string() })
     }
 
@@ -321,11 +375,16 @@ mod tests {
     }
 
     #[test]
+    fn https_transport_is_built_in() {
+        assert!(git2::Version::get().https(), "libgit2 was built without a TLS backend");
+    }
+
+    #[test]
     fn mirror_resolves_branches_and_reads_files_at_a_commit() {
         let (src, first) = repo();
         let url = format!("file://{}", src.path().display());
         let dir = tempfile::tempdir().unwrap();
-        let mirror = Mirror::update(&dir.path().join("m.git"), &url).unwrap();
+        let mirror = Mirror::update(&dir.path().join("m.git"), &url, None).unwrap();
         let tip = mirror.branch_tip("main").unwrap();
         let (path, text) = mirror.read_first(&tip, &[".chengis/workflow.yml", "chengis.yml"]).unwrap();
         assert_eq!((path.as_str(), text.as_str()), ("chengis.yml", "jobs: {}\n"));
