@@ -282,84 +282,94 @@ fn builds_run_end_to_end_with_logs_sse_cancel_and_retry() {
 #[test]
 fn bad_input_gets_json_errors_never_500() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = databases(tmp.path()).remove(0);
-    let s = start(&tmp.path().join("data"), &db, &[]);
-    let raw = |method: &str, path: &str, ctype: &str, body: Vec<u8>| -> (u16, Value) {
-        let agent = http();
-        let url = format!("{}{path}", s.url);
-        let mut resp = match method {
-            "POST" => agent.post(&url).header("content-type", ctype).send(&body[..]).unwrap(),
-            _ => agent.get(&url).call().unwrap(),
+    for (n, db) in databases(tmp.path()).iter().enumerate() {
+        let s = start(&tmp.path().join(format!("data{n}")), db, &[]);
+        let raw = |method: &str, path: &str, ctype: &str, body: Vec<u8>| -> (u16, Value) {
+            let agent = http();
+            let url = format!("{}{path}", s.url);
+            let mut resp = match method {
+                "POST" => agent.post(&url).header("content-type", ctype).send(&body[..]).unwrap(),
+                _ => agent.get(&url).call().unwrap(),
+            };
+            let status = resp.status().as_u16();
+            let mut text = String::new();
+            resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
+            (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
         };
-        let status = resp.status().as_u16();
-        let mut text = String::new();
-        resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
-    };
-    let cases: Vec<(u16, (u16, Value))> = vec![
-        (400, raw("POST", "/api/v1/jobs", "application/json", b"{not json".to_vec())),
-        (
-            400,
-            raw("POST", "/api/v1/jobs", "application/json", br#"{"name":"a","repo_url":"x","colour":"red"}"#.to_vec()),
-        ),
-        (400, raw("POST", "/api/v1/jobs", "application/json", br#"{"name":"bad name!","repo_url":"x"}"#.to_vec())),
-        (415, raw("POST", "/api/v1/jobs", "text/plain", b"hello".to_vec())),
-        (413, raw("POST", "/api/v1/jobs", "application/json", vec![b' '; 2 << 20])),
-        (400, raw("GET", "/api/v1/builds/abc", "", vec![])),
-        (404, raw("GET", "/api/v1/builds/999999", "", vec![])),
-        (404, raw("GET", "/api/v1/jobs/nope", "", vec![])),
-        (404, raw("GET", "/api/v1/nothing-here", "", vec![])),
-        (400, raw("GET", "/api/v1/builds?status=great", "", vec![])),
-        (400, raw("GET", "/api/v1/builds?limit=0", "", vec![])),
-        (404, raw("POST", "/api/v1/jobs/nope/builds", "application/json", b"{}".to_vec())),
-    ];
-    for (want, (got, body)) in cases {
-        assert_eq!(got, want, "{body}");
-        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+        let cases: Vec<(u16, (u16, Value))> = vec![
+            (400, raw("POST", "/api/v1/jobs", "application/json", b"{not json".to_vec())),
+            (
+                400,
+                raw(
+                    "POST",
+                    "/api/v1/jobs",
+                    "application/json",
+                    br#"{"name":"a","repo_url":"x","colour":"red"}"#.to_vec(),
+                ),
+            ),
+            (400, raw("POST", "/api/v1/jobs", "application/json", br#"{"name":"bad name!","repo_url":"x"}"#.to_vec())),
+            (415, raw("POST", "/api/v1/jobs", "text/plain", b"hello".to_vec())),
+            (413, raw("POST", "/api/v1/jobs", "application/json", vec![b' '; 2 << 20])),
+            (400, raw("GET", "/api/v1/builds/abc", "", vec![])),
+            (404, raw("GET", "/api/v1/builds/999999", "", vec![])),
+            (404, raw("GET", "/api/v1/jobs/nope", "", vec![])),
+            (404, raw("GET", "/api/v1/nothing-here", "", vec![])),
+            (400, raw("GET", "/api/v1/builds?status=great", "", vec![])),
+            (400, raw("GET", "/api/v1/builds?limit=0", "", vec![])),
+            (404, raw("POST", "/api/v1/jobs/nope/builds", "application/json", b"{}".to_vec())),
+        ];
+        for (want, (got, body)) in cases {
+            assert_eq!(got, want, "{body}");
+            assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+        }
+        let (st, _) = call(
+            "POST",
+            &format!("{}/api/v1/jobs", s.url),
+            Some(json!({"name": "app", "repo_url": "file:///nowhere"})),
+        );
+        assert_eq!(st, 201);
+        let (st, v) = call(
+            "PUT",
+            &format!("{}/api/v1/jobs/app", s.url),
+            Some(json!({"default_branch": "trunk", "pipeline_path": "ci/x.yml"})),
+        );
+        assert_eq!(
+            (st, v["default_branch"].as_str(), v["repo_url"].as_str()),
+            (200, Some("trunk"), Some("file:///nowhere"))
+        );
+        let (st, v) = call("PUT", &format!("{}/api/v1/jobs/app", s.url), Some(json!({"pipeline_path": null})));
+        assert_eq!((st, v["pipeline_path"].is_null()), (200, true));
+        let (st, v) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), Some(json!({"priority": "urgent"})));
+        assert_eq!(st, 400, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("urgent"));
+        let (st, v) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), Some(json!({"commit": "abc"})));
+        assert_eq!(st, 400, "{v}");
+        let (st, v) = call("PUT", &format!("{}/api/v1/secrets/PIN", s.url), Some(json!({"value": "123"})));
+        assert_eq!(st, 400, "{v}");
+        let (st, v) = call("GET", &format!("{}/api/v1/secrets", s.url), None);
+        assert_eq!((st, v["secrets"].as_array().unwrap().len()), (200, 0));
+        let (st, v) = call("GET", &format!("{}/ready", s.url), None);
+        assert_eq!((st, v["database"].as_str()), (200, Some("ok")));
+        assert_eq!(call("GET", &format!("{}/health", s.url), None).0, 200);
     }
-    let (st, _) =
-        call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": "file:///nowhere"})));
-    assert_eq!(st, 201);
-    let (st, v) = call(
-        "PUT",
-        &format!("{}/api/v1/jobs/app", s.url),
-        Some(json!({"default_branch": "trunk", "pipeline_path": "ci/x.yml"})),
-    );
-    assert_eq!(
-        (st, v["default_branch"].as_str(), v["repo_url"].as_str()),
-        (200, Some("trunk"), Some("file:///nowhere"))
-    );
-    let (st, v) = call("PUT", &format!("{}/api/v1/jobs/app", s.url), Some(json!({"pipeline_path": null})));
-    assert_eq!((st, v["pipeline_path"].is_null()), (200, true));
-    let (st, v) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), Some(json!({"priority": "urgent"})));
-    assert_eq!(st, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("urgent"));
-    let (st, v) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), Some(json!({"commit": "abc"})));
-    assert_eq!(st, 400, "{v}");
-    let (st, v) = call("PUT", &format!("{}/api/v1/secrets/PIN", s.url), Some(json!({"value": "123"})));
-    assert_eq!(st, 400, "{v}");
-    let (st, v) = call("GET", &format!("{}/api/v1/secrets", s.url), None);
-    assert_eq!((st, v["secrets"].as_array().unwrap().len()), (200, 0));
-    let (st, v) = call("GET", &format!("{}/ready", s.url), None);
-    assert_eq!((st, v["database"].as_str()), (200, Some("ok")));
-    assert_eq!(call("GET", &format!("{}/health", s.url), None).0, 200);
 }
 
 #[test]
 fn broken_pipelines_end_the_build_with_the_diagnostics() {
     let tmp = tempfile::tempdir().unwrap();
     let url = repo(&tmp.path().join("repo"), "jobs:\n  a:\n    needs: [zz]\n    steps: []\n");
-    let db = databases(tmp.path()).remove(0);
-    let s = start(&tmp.path().join("data"), &db, &[]);
-    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "bad", "repo_url": url})));
-    let (_, b) = call("POST", &format!("{}/api/v1/jobs/bad/builds", s.url), None);
-    let b = wait_build(&s, b["id"].as_i64().unwrap(), finished);
-    assert_eq!(b["build"]["status"], "error");
-    let reason = b["build"]["reason"].as_str().unwrap();
-    assert!(reason.contains("chengis.yml:3:") && reason.contains("unknown-need"), "{reason}");
-    let (_, b) = call("POST", &format!("{}/api/v1/jobs/bad/builds", s.url), Some(json!({"branch": "nope"})));
-    let b = wait_build(&s, b["id"].as_i64().unwrap(), finished);
-    assert!(b["build"]["reason"].as_str().unwrap().contains("branch `nope` not found"), "{b}");
+    for (n, db) in databases(tmp.path()).iter().enumerate() {
+        let s = start(&tmp.path().join(format!("data{n}")), db, &[]);
+        call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "bad", "repo_url": url})));
+        let (_, b) = call("POST", &format!("{}/api/v1/jobs/bad/builds", s.url), None);
+        let b = wait_build(&s, b["id"].as_i64().unwrap(), finished);
+        assert_eq!(b["build"]["status"], "error");
+        let reason = b["build"]["reason"].as_str().unwrap();
+        assert!(reason.contains("chengis.yml:3:") && reason.contains("unknown-need"), "{reason}");
+        let (_, b) = call("POST", &format!("{}/api/v1/jobs/bad/builds", s.url), Some(json!({"branch": "nope"})));
+        let b = wait_build(&s, b["id"].as_i64().unwrap(), finished);
+        assert!(b["build"]["reason"].as_str().unwrap().contains("branch `nope` not found"), "{b}");
+    }
 }
 
 #[test]
@@ -439,18 +449,19 @@ fn repositories_served_by_git_daemon_build() {
         assert!(Instant::now() < deadline, "git daemon did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let db = databases(tmp.path()).remove(0);
-    let s = start(&tmp.path().join("data"), &db, &[]);
-    call(
-        "POST",
-        &format!("{}/api/v1/jobs", s.url),
-        Some(json!({"name": "d", "repo_url": format!("git://127.0.0.1:{port}/app")})),
-    );
-    let (_, b) = call("POST", &format!("{}/api/v1/jobs/d/builds", s.url), None);
-    let id = b["id"].as_i64().unwrap();
-    let b = wait_build(&s, id, finished);
-    assert_eq!(b["build"]["status"], "success", "{b}");
-    assert!(log_texts(&s, id, "j")[0].starts_with("from-daemon "));
+    for (n, db) in databases(tmp.path()).iter().enumerate() {
+        let s = start(&tmp.path().join(format!("data{n}")), db, &[]);
+        call(
+            "POST",
+            &format!("{}/api/v1/jobs", s.url),
+            Some(json!({"name": "d", "repo_url": format!("git://127.0.0.1:{port}/app")})),
+        );
+        let (_, b) = call("POST", &format!("{}/api/v1/jobs/d/builds", s.url), None);
+        let id = b["id"].as_i64().unwrap();
+        let b = wait_build(&s, id, finished);
+        assert_eq!(b["build"]["status"], "success", "{b}");
+        assert!(log_texts(&s, id, "j")[0].starts_with("from-daemon "));
+    }
 }
 
 #[test]
@@ -517,52 +528,53 @@ fn the_cli_drives_the_server_and_rotates_keys() {
         "jobs:\n  j:\n    steps:\n      - env:\n          T: ${{ secrets.TOKEN }}\n        run: echo \"token $T\"; echo done\n",
     );
     let bad = repo(&tmp.path().join("bad"), "jobs:\n  j:\n    steps:\n      - run: echo failing; exit 3\n");
-    let db = databases(tmp.path()).remove(0);
-    let data = tmp.path().join("data");
-    let s = start(&data, &db, &[]);
-    assert_eq!(cli(&s.url, &["job", "create", "app", "--repo", &good], None).0, 0);
-    assert_eq!(cli(&s.url, &["job", "create", "bad", "--repo", &bad], None).0, 0);
-    let (code, _, err) = cli(&s.url, &["job", "create", "app", "--repo", &good], None);
-    assert_eq!(code, 2);
-    assert!(err.contains("already exists"), "{err}");
-    let (_, out, _) = cli(&s.url, &["job", "list", "--format", "json"], None);
-    let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["jobs"].as_array().unwrap().len(), 2);
-    assert_eq!(cli(&s.url, &["secret", "set", "TOKEN"], Some("from-stdin-secret\n")).0, 0);
-    assert_eq!(cli(&s.url, &["secret", "list"], None).1, "TOKEN\n");
+    for (n, db) in databases(tmp.path()).iter().enumerate() {
+        let data = tmp.path().join(format!("data{n}"));
+        let s = start(&data, db, &[]);
+        assert_eq!(cli(&s.url, &["job", "create", "app", "--repo", &good], None).0, 0);
+        assert_eq!(cli(&s.url, &["job", "create", "bad", "--repo", &bad], None).0, 0);
+        let (code, _, err) = cli(&s.url, &["job", "create", "app", "--repo", &good], None);
+        assert_eq!(code, 2);
+        assert!(err.contains("already exists"), "{err}");
+        let (_, out, _) = cli(&s.url, &["job", "list", "--format", "json"], None);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["jobs"].as_array().unwrap().len(), 2);
+        assert_eq!(cli(&s.url, &["secret", "set", "TOKEN"], Some("from-stdin-secret\n")).0, 0);
+        assert_eq!(cli(&s.url, &["secret", "list"], None).1, "TOKEN\n");
 
-    let (code, out, _) = cli(&s.url, &["build", "trigger", "app", "--wait"], None);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("success"), "{out}");
-    let (code, _, _) = cli(&s.url, &["build", "trigger", "bad", "--wait", "--branch", "main"], None);
-    assert_eq!(code, 1, "--wait exits non-zero unless the build succeeded");
-    let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
-    let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
-    let (_, logs, _) = cli(&s.url, &["build", "logs", &id.to_string()], None);
-    assert_eq!(logs, "token ***\ndone\n");
-    let (_, followed, _) = cli(&s.url, &["build", "logs", &id.to_string(), "--follow"], None);
-    assert_eq!(followed, logs);
-    let (_, shown, _) = cli(&s.url, &["build", "show", &id.to_string()], None);
-    assert!(shown.contains("job j: success"), "{shown}");
+        let (code, out, _) = cli(&s.url, &["build", "trigger", "app", "--wait"], None);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("success"), "{out}");
+        let (code, _, _) = cli(&s.url, &["build", "trigger", "bad", "--wait", "--branch", "main"], None);
+        assert_eq!(code, 1, "--wait exits non-zero unless the build succeeded");
+        let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
+        let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
+        let (_, logs, _) = cli(&s.url, &["build", "logs", &id.to_string()], None);
+        assert_eq!(logs, "token ***\ndone\n");
+        let (_, followed, _) = cli(&s.url, &["build", "logs", &id.to_string(), "--follow"], None);
+        assert_eq!(followed, logs);
+        let (_, shown, _) = cli(&s.url, &["build", "show", &id.to_string()], None);
+        assert!(shown.contains("job j: success"), "{shown}");
 
-    // Rotate the master key with the server stopped; secrets still decrypt afterwards.
-    drop(s);
-    let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(["secret", "rotate-key", "--database-url", &db])
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("CHENGIS_MASTER_KEY")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1 secret"));
-    assert_eq!(std::fs::read_to_string(data.join("master.key")).unwrap().lines().count(), 2);
-    let s = start(&data, &db, &[]);
-    let (code, _, _) = cli(&s.url, &["build", "trigger", "app", "--wait"], None);
-    assert_eq!(code, 0);
-    let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
-    let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
-    assert_eq!(cli(&s.url, &["build", "logs", &id.to_string()], None).1, "token ***\ndone\n");
+        // Rotate the master key with the server stopped; secrets still decrypt afterwards.
+        drop(s);
+        let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
+            .args(["secret", "rotate-key", "--database-url", db])
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("CHENGIS_MASTER_KEY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1 secret"));
+        assert_eq!(std::fs::read_to_string(data.join("master.key")).unwrap().lines().count(), 2);
+        let s = start(&data, db, &[]);
+        let (code, _, _) = cli(&s.url, &["build", "trigger", "app", "--wait"], None);
+        assert_eq!(code, 0);
+        let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
+        let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
+        assert_eq!(cli(&s.url, &["build", "logs", &id.to_string()], None).1, "token ***\ndone\n");
+    }
 }
 
 #[test]
@@ -672,4 +684,78 @@ fn http_repositories_use_the_jobs_git_token() {
     assert_eq!(b["build"]["status"], "success", "{b}");
     let id = b["build"]["id"].as_i64().unwrap();
     assert_eq!(log_texts(&s, id, "j"), ["fetched with a token"]);
+}
+
+#[test]
+fn ssh_repositories_use_the_jobs_key_and_known_hosts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let sshd = Path::new("/usr/sbin/sshd");
+    assert!(sshd.exists(), "this test needs OpenSSH's sshd (.ci/run installs openssh-server)");
+    let keygen =
+        |args: &[&str]| assert!(Command::new("ssh-keygen").args(args).current_dir(dir).status().unwrap().success());
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-f", "host_key"]);
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-f", "other_host_key"]);
+    keygen(&["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", "client_key"]);
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    use std::os::unix::process::CommandExt;
+    let daemon = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = KillGroup(daemon);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let work = dir.join("work");
+    repo(&work, "jobs:\n  j:\n    steps:\n      - run: echo fetched over ssh\n");
+    git(dir, &["clone", "-q", "--bare", work.to_str().unwrap(), dir.join("app.git").to_str().unwrap()]);
+    let url = format!("ssh://root@127.0.0.1:{port}{}", dir.join("app.git").display());
+    let known = |key: &str| {
+        let public = std::fs::read_to_string(dir.join(key)).unwrap();
+        let mut f = public.split_whitespace();
+        format!("[127.0.0.1]:{port} {} {}\n", f.next().unwrap(), f.next().unwrap())
+    };
+
+    let db = databases(dir).remove(0);
+    let s = start(&dir.join("data"), &db, &[]);
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "viassh", "repo_url": url})));
+    let secret = |name: &str, value: String| {
+        let (st, v) =
+            call("PUT", &format!("{}/api/v1/secrets/{name}?job=viassh", s.url), Some(json!({"value": value})));
+        assert_eq!(st, 204, "{v}");
+    };
+    secret("GIT_SSH_KEY", std::fs::read_to_string(dir.join("client_key")).unwrap());
+    secret("GIT_SSH_KNOWN_HOSTS", known("other_host_key.pub"));
+    let build = |s: &Server| {
+        let (_, b) = call("POST", &format!("{}/api/v1/jobs/viassh/builds", s.url), None);
+        wait_build(s, b["id"].as_i64().unwrap(), finished)
+    };
+    let b = build(&s);
+    assert_eq!(b["build"]["status"], "error");
+    assert!(
+        b["build"]["reason"].as_str().unwrap().contains("GIT_SSH_KNOWN_HOSTS"),
+        "an unknown host key is refused: {b}"
+    );
+    secret("GIT_SSH_KNOWN_HOSTS", known("host_key.pub"));
+    let b = build(&s);
+    assert_eq!(b["build"]["status"], "success", "{b}");
+    assert_eq!(log_texts(&s, b["build"]["id"].as_i64().unwrap(), "j"), ["fetched over ssh"]);
 }

@@ -99,9 +99,7 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
     let spec: PlannedJob = serde_json::from_str(&store.build_job_spec(bj.id).await?).map_err(corrupt("job spec"))?;
     let plan: Plan =
         serde_json::from_str(&store.build_plan(bj.build_id).await?.unwrap_or_default()).map_err(corrupt("plan"))?;
-    if bj.status == Status::Queued {
-        store.transition_build_job(bj.id, Status::Running, None).await?;
-    }
+    store.start_leased_job(lease).await?;
     if build.status == Status::Queued {
         store.transition_build(build.id, Status::Running, None).await?;
     }
@@ -220,7 +218,7 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
     let _ = pump.await;
     renewer.abort();
     let outputs = Value::Object(result.outputs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
-    store.set_build_job_result(bj.id, &outputs, "local").await?;
+    store.set_build_job_result(lease, &outputs, "local").await?;
     let _ = std::fs::remove_dir_all(ctx.data_dir.join("state").join(bj.id.to_string()));
     finish(ctx, lease, &spec, build.id, result.status, result.reason.as_deref(), outputs).await
 }
@@ -293,7 +291,7 @@ async fn pump_events(
                     started_ms: Some(now_ms()),
                     finished_ms: None,
                 };
-                let _ = ctx.store.record_step(lease.build_job_id, &rec).await;
+                let _ = ctx.store.record_step(&lease, &rec).await;
             }
             Ok(Some(RunEvent::StepFinished { job, step, name, status, exit_code, reason, .. })) => {
                 let event = json!({"job": job, "step": step, "name": name, "status": status, "exit_code": exit_code});
@@ -308,7 +306,7 @@ async fn pump_events(
                     started_ms: step_started.get(&step).copied().or(Some(now_ms())),
                     finished_ms: Some(now_ms()),
                 };
-                let _ = ctx.store.record_step(lease.build_job_id, &rec).await;
+                let _ = ctx.store.record_step(&lease, &rec).await;
             }
             Ok(Some(_)) | Ok(None) | Err(_) => {}
         }

@@ -59,48 +59,99 @@ pub struct CheckoutRequest {
     pub credentials: Option<GitCredentials>,
 }
 
-/// A user name and token for HTTP(S) git, from the job's `GIT_TOKEN` (and optional
-/// `GIT_USERNAME`, default `x-access-token`) secrets.
+/// Credentials for private repositories, from the job's secrets: `GIT_TOKEN` (HTTP(S) Basic,
+/// user `GIT_USERNAME` or `x-access-token`), `GIT_SSH_KEY` (a private key for `ssh://` URLs,
+/// user from the URL or `git`), and `GIT_SSH_KNOWN_HOSTS` (known_hosts lines the server's host
+/// key must match; without it libgit2 checks `~/.ssh/known_hosts`).
 #[derive(Clone, Default)]
 pub struct GitCredentials {
     /// User name sent with the token.
     pub username: String,
-    /// The token (never logged).
-    pub token: String,
+    /// HTTP(S) token.
+    pub token: Option<String>,
+    /// SSH private key (PEM or OpenSSH format).
+    pub ssh_key: Option<String>,
+    /// known_hosts lines for SSH host key checking.
+    pub known_hosts: Option<String>,
 }
 
 impl std::fmt::Debug for GitCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitCredentials").field("username", &self.username).field("token", &"***").finish()
+        f.debug_struct("GitCredentials")
+            .field("username", &self.username)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("ssh_key", &self.ssh_key.as_ref().map(|_| "***"))
+            .finish()
     }
 }
 
 impl GitCredentials {
-    /// The credentials a job's secrets name, if it has a `GIT_TOKEN`.
+    /// The credentials a job's secrets name, if any.
     pub fn from_secrets(secrets: &std::collections::BTreeMap<String, String>) -> Option<GitCredentials> {
-        secrets.get("GIT_TOKEN").map(|token| GitCredentials {
+        let token = secrets.get("GIT_TOKEN").cloned();
+        let ssh_key = secrets.get("GIT_SSH_KEY").cloned();
+        let known_hosts = secrets.get("GIT_SSH_KNOWN_HOSTS").cloned();
+        (token.is_some() || ssh_key.is_some() || known_hosts.is_some()).then(|| GitCredentials {
             username: secrets.get("GIT_USERNAME").cloned().unwrap_or_else(|| "x-access-token".into()),
-            token: token.clone(),
+            token,
+            ssh_key,
+            known_hosts,
         })
     }
 }
 
-/// Fetch options answering an authentication request once with `creds` (a refused token is
-/// not retried forever).
+/// Checks an SSH host key against known_hosts lines naming `host`.
+fn host_key_known(known_hosts: &str, host: &str, key: &[u8]) -> bool {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+    known_hosts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (Some(hosts), Some(_kind), Some(k)) = (fields.next(), fields.next(), fields.next()) else { return false };
+        k == encoded
+            && hosts.split(',').any(|h| {
+                let h = h.trim_start_matches('[');
+                h == host || h.split(']').next() == Some(host)
+            })
+    })
+}
+
+/// Fetch options answering an authentication request once with `creds` (a refused credential
+/// is not retried forever) and checking SSH host keys against `GIT_SSH_KNOWN_HOSTS`.
 fn fetch_options(creds: Option<&GitCredentials>, depth: i32) -> FetchOptions<'_> {
     let mut callbacks = git2::RemoteCallbacks::new();
     let mut asked = false;
-    callbacks.credentials(move |_url, _user, allowed| {
+    callbacks.credentials(move |_url, user, allowed| {
         if asked {
-            return Err(git2::Error::from_str("the repository refused the credentials (the GIT_TOKEN secret)"));
+            return Err(git2::Error::from_str(
+                "the repository refused the credentials (the GIT_TOKEN or GIT_SSH_KEY secret)",
+            ));
         }
         asked = true;
-        match creds {
-            Some(c) if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) => {
-                git2::Cred::userpass_plaintext(&c.username, &c.token)
-            }
-            _ => Err(git2::Error::from_str("the repository needs credentials: set a GIT_TOKEN secret for the job")),
+        let none = || {
+            git2::Error::from_str(
+                "the repository needs credentials: set a GIT_TOKEN (HTTPS) or GIT_SSH_KEY (SSH) secret for the job",
+            )
+        };
+        let c = creds.ok_or_else(none)?;
+        if allowed.contains(git2::CredentialType::SSH_KEY)
+            && let Some(key) = &c.ssh_key
+        {
+            return git2::Cred::ssh_key_from_memory(user.unwrap_or("git"), None, key, None);
         }
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT)
+            && let Some(token) = &c.token
+        {
+            return git2::Cred::userpass_plaintext(&c.username, token);
+        }
+        Err(none())
+    });
+    let known_hosts = creds.and_then(|c| c.known_hosts.clone());
+    callbacks.certificate_check(move |cert, host| match (cert.as_hostkey().and_then(|k| k.hostkey()), &known_hosts) {
+        (Some(key), Some(known)) if host_key_known(known, host, key) => Ok(git2::CertificateCheckStatus::CertificateOk),
+        (Some(_), Some(_)) => {
+            Err(git2::Error::from_str(&format!("the SSH host key of {host} is not in the GIT_SSH_KNOWN_HOSTS secret")))
+        }
+        _ => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
     });
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks);
@@ -149,7 +200,15 @@ impl CommitInfo {
 }
 
 fn git_err<'a>(action: &'static str, url: &'a str) -> impl Fn(git2::Error) -> CheckoutError + 'a {
-    move |e| CheckoutError::Git { action, url: url.to_string(), message: e.message().to_string() }
+    move |e| {
+        let mut message = e.message().to_string();
+        if message.contains("hostkey") {
+            message.push_str(
+                ": the server's host key must match the job's GIT_SSH_KNOWN_HOSTS secret (or ~/.ssh/known_hosts)",
+            );
+        }
+        CheckoutError::Git { action, url: url.to_string(), message }
+    }
 }
 
 fn refspecs(req: &CheckoutRequest) -> Vec<String> {

@@ -26,6 +26,12 @@ pub struct NewBuild {
     pub priority: super::queue::Priority,
 }
 
+/// The fencing condition of writes by a lease holder: the queue row and its token are bound as
+/// `$n` and `$n+1`.
+fn held_at(n: usize) -> String {
+    format!("EXISTS (SELECT 1 FROM queue WHERE id = ${n} AND fencing_token = ${})", n + 1)
+}
+
 /// The tables whose rows carry a [`Status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StatusTable {
@@ -427,34 +433,64 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT spec FROM build_jobs WHERE id = $1").bind(id).fetch_one(self.pool()).await?)
     }
 
-    /// Records outputs and the sandbox of a build job.
+    /// Records outputs and the sandbox of the build job `lease` holds (refused when stale).
     pub async fn set_build_job_result(
         &self,
-        id: i64,
+        lease: &super::queue::Lease,
         outputs: &serde_json::Value,
         sandbox: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE build_jobs SET outputs = $1, sandbox = $2 WHERE id = $3")
-            .bind(outputs.to_string())
-            .bind(sandbox)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        let done =
+            sqlx::query(&format!("UPDATE build_jobs SET outputs = $1, sandbox = $2 WHERE id = $3 AND {}", held_at(4)))
+                .bind(outputs.to_string())
+                .bind(sandbox)
+                .bind(lease.build_job_id)
+                .bind(lease.entry)
+                .bind(lease.token)
+                .execute(self.pool())
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::StaleLease { entry: lease.entry, token: lease.token });
+        }
         Ok(())
     }
 
-    /// Inserts or updates a step of a build job.
-    pub async fn record_step(&self, build_job_id: i64, step: &StepRecord) -> Result<(), StoreError> {
+    /// Marks the build job `lease` holds as running (refused when stale).
+    pub async fn start_leased_job(&self, lease: &super::queue::Lease) -> Result<(), StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE build_jobs SET status = 'running', started_ms = $1 WHERE id = $2 AND status = 'queued' AND {}",
+            held_at(3)
+        ))
+        .bind(now_ms())
+        .bind(lease.build_job_id)
+        .bind(lease.entry)
+        .bind(lease.token)
+        .execute(self.pool())
+        .await?;
+        if done.rows_affected() == 0 {
+            // Already running (a retried lease of the same job) is fine; a stale lease is not.
+            self.check_lease(lease).await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or updates a step of the build job `lease` holds (refused when stale). Each
+    /// statement carries the fencing check, so the write is atomic on both backends.
+    pub async fn record_step(&self, lease: &super::queue::Lease, step: &StepRecord) -> Result<(), StoreError> {
+        let build_job_id = lease.build_job_id;
         let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM build_steps WHERE build_job_id = $1 AND idx = $2")
+        sqlx::query(&format!("DELETE FROM build_steps WHERE build_job_id = $1 AND idx = $2 AND {}", held_at(3)))
             .bind(build_job_id)
             .bind(step.idx)
+            .bind(lease.entry)
+            .bind(lease.token)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        let done = sqlx::query(&format!(
             "INSERT INTO build_steps (build_job_id, idx, name, status, exit_code, reason, started_ms, finished_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE {}",
+            held_at(9)
+        ))
         .bind(build_job_id)
         .bind(step.idx)
         .bind(&step.name)
@@ -463,8 +499,13 @@ impl Store {
         .bind(&step.reason)
         .bind(step.started_ms)
         .bind(step.finished_ms)
+        .bind(lease.entry)
+        .bind(lease.token)
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::StaleLease { entry: lease.entry, token: lease.token });
+        }
         tx.commit().await?;
         Ok(())
     }

@@ -166,7 +166,25 @@ async fn expired_leases_are_fenced_and_retried_then_errored() {
         let second = store.lease(&req("new", &[], 1)).await.unwrap().remove(0);
         assert!(second.token > first.token);
         assert_eq!(second.attempt, 2);
+        let step = super::builds::StepRecord {
+            idx: 0,
+            name: "s".into(),
+            status: Status::Running,
+            exit_code: None,
+            reason: None,
+            started_ms: None,
+            finished_ms: None,
+        };
+        let line =
+            crate::exec::LogLine { number: 1, stream: crate::exec::Stream::Stdout, time_ms: 0, text: "x".into() };
+        store.start_leased_job(&second).await.unwrap();
+        store.record_step(&second, &step).await.unwrap();
+        store.append_log(&second, std::slice::from_ref(&line)).await.unwrap();
         for err in [
+            store.start_leased_job(&first).await.unwrap_err(),
+            store.record_step(&first, &step).await.unwrap_err(),
+            store.append_log(&first, std::slice::from_ref(&line)).await.unwrap_err(),
+            store.set_build_job_result(&first, &serde_json::json!({}), "local").await.unwrap_err(),
             store.complete(&first, Status::Success, None).await.unwrap_err(),
             store.renew(&first, Duration::from_secs(1)).await.unwrap_err(),
             store.check_lease(&first).await.unwrap_err(),
