@@ -293,6 +293,13 @@ impl Checker<'_> {
         if let Some(image) = &job.image {
             self.value(image, &child(&path, "image"), &scope);
         }
+        if job.network.as_deref() == Some("none") && !job.services.is_empty() {
+            let np = child(&path, "network");
+            let pos = self.pos(&np, None);
+            self.diags
+                .error("network-none-services", pos, &np, "a job with `network: none` cannot reach its `services`")
+                .help("remove `network: none` or the services");
+        }
         for (name, svc) in &job.services {
             let sp = child(&child(&path, "services"), name);
             self.value(&svc.image, &child(&sp, "image"), &scope);
@@ -333,6 +340,9 @@ impl Checker<'_> {
             let scope = [Scope::Needs(needs), Scope::Matrix(matrix_keys), Scope::Steps(&ids), Scope::Params(params)];
             if let Some(cond) = &step.condition {
                 self.condition(cond, &child(&sp, "if"), &scope);
+            }
+            if let Some(image) = &step.image {
+                self.value(image, &child(&sp, "image"), &scope);
             }
             if let Some(run) = &step.run {
                 let rp = child(&sp, "run");

@@ -17,6 +17,7 @@
 //! serde types, filled by our own decoder so that every problem is reported, not just the first.
 
 pub mod check;
+pub mod container;
 pub mod dag;
 pub mod decode;
 pub mod diag;

@@ -27,6 +27,9 @@ pub struct Pipeline {
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     #[schemars(schema_with = "crate::schema::env_map")]
     pub env: IndexMap<String, String>,
+    /// Default container image of jobs that name none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The jobs, by id.
     #[schemars(schema_with = "crate::schema::jobs")]
     pub jobs: IndexMap<String, Job>,
@@ -138,6 +141,32 @@ pub struct Job {
     /// Service containers started next to the job, by name.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub services: IndexMap<String, Service>,
+    /// When to pull the image: `if-not-present` (default), `always`, `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::pull_policy")]
+    pub pull: Option<String>,
+    /// Limits of the job's container (server defaults apply when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// User the steps run as in the container, such as `1000` or `1000:1000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Read-only root filesystem, with a writable tmpfs at `/tmp`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// Privileged container; refused unless the operator allows it for this job.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Mount the Docker socket; refused unless the operator allows it for this job.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub docker_socket: bool,
+    /// `bridge` (a private network per job, the default) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::network")]
+    pub network: Option<String>,
+    /// Named volumes that persist across builds on the same agent: name to absolute path.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub cache_volumes: IndexMap<String, String>,
     /// Jobs that must succeed first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::string_or_list")]
@@ -212,6 +241,9 @@ pub struct Step {
     /// Shell commands; `${{ }}` values reach them as environment variables, never spliced in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// Container image for this step only (same workspace), instead of the job's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// A step-executor plugin, such as `junit` or `script@1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uses: Option<String>,
@@ -241,6 +273,21 @@ pub struct Step {
     /// Directory to run in, relative to the workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_directory: Option<String>,
+}
+
+/// Limits of a job's container.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Resources {
+    /// Memory limit such as `512m` or `2g`; a step that goes over it is killed (`oom`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// CPU limit such as `1.5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    /// Most processes in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u32>,
 }
 
 /// A service container.

@@ -5,6 +5,7 @@
 //! outputs and job statuses are known. Substitution happens only in literal pieces, so a value
 //! brought in by `${VAR}` can never smuggle in an expression.
 
+use crate::container::{self, ContainerOptions, NetworkMode, PullPolicy};
 use crate::decode::{Decoded, child, index};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::duration::parse_duration;
@@ -91,6 +92,8 @@ pub struct PlannedJob {
     pub runs_on: Vec<String>,
     /// Service containers.
     pub services: IndexMap<String, model::Service>,
+    /// Container settings (used when the job has an image).
+    pub container: ContainerOptions,
     /// Job environment (pipeline env is merged in by the engine).
     pub env: IndexMap<String, Text>,
     /// Steps in order.
@@ -120,6 +123,8 @@ pub struct PlannedStep {
     pub name: String,
     /// Shell script.
     pub run: Option<Text>,
+    /// Image of this step only (runs in its own container on the same workspace).
+    pub image: Option<Text>,
     /// Plugin reference.
     pub uses: Option<String>,
     /// Plugin inputs.
@@ -336,7 +341,12 @@ impl Planner<'_> {
             env.entry(k).or_insert_with(|| Text::literal(v));
         }
         PlannedJob {
-            image: job.image.as_ref().map(|i| self.text(i, &child(&path, "image"), params, &combo)),
+            image: match (&job.image, &self.decoded.pipeline.image) {
+                (Some(i), _) => Some(self.text(i, &child(&path, "image"), params, &combo)),
+                (None, Some(i)) => Some(self.text(i, "image", params, &combo)),
+                (None, None) => None,
+            },
+            container: container_options(job),
             steps: self.steps(&job.steps, &child(&path, "steps"), params, &combo),
             timeout: job.timeout.as_deref().and_then(|t| parse_duration(t).ok()),
             id,
@@ -384,6 +394,7 @@ impl Planner<'_> {
                     id: s.id.clone(),
                     name,
                     run: s.run.as_ref().map(|r| run_text(r)),
+                    image: s.image.as_ref().map(|i| self.text(i, &child(&sp, "image"), params, combo)),
                     uses: s.uses.clone(),
                     with: self.map(&s.with, &child(&sp, "with"), params, combo),
                     condition: s.condition.clone(),
@@ -398,6 +409,23 @@ impl Planner<'_> {
                 }
             })
             .collect()
+    }
+}
+
+/// The container settings of a job (values were checked by the decoder).
+fn container_options(job: &model::Job) -> ContainerOptions {
+    let resources = job.resources.clone().unwrap_or_default();
+    ContainerOptions {
+        pull: job.pull.as_deref().and_then(PullPolicy::parse).unwrap_or_default(),
+        memory: resources.memory.as_deref().and_then(|m| container::parse_memory(m).ok()),
+        nano_cpus: resources.cpus.as_deref().and_then(|c| container::parse_cpus(c).ok()),
+        pids: resources.pids,
+        user: job.user.clone(),
+        read_only: job.read_only,
+        privileged: job.privileged,
+        docker_socket: job.docker_socket,
+        network: job.network.as_deref().and_then(NetworkMode::parse).unwrap_or_default(),
+        cache_volumes: job.cache_volumes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 

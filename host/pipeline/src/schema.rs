@@ -52,6 +52,16 @@ pub fn duration(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// An image pull policy.
+pub fn pull_policy(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "enum": ["if-not-present", "always", "never"]})
+}
+
+/// A container network mode.
+pub fn network(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "enum": ["bridge", "none"]})
+}
+
 /// The jobs map: job ids to jobs, at least one.
 pub fn jobs(generator: &mut SchemaGenerator) -> Schema {
     let job = generator.subschema_for::<Job>();

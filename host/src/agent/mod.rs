@@ -7,7 +7,8 @@ use crate::engine::builds::{BuildContext, Notice};
 use crate::engine::checkout::{CheckoutRequest, checkout};
 use crate::engine::context::{self, Contexts};
 use crate::engine::events::RunEvent;
-use crate::engine::job::{JobEnv, JobSpec, run_job};
+use crate::engine::job::{ContainerSpec, JobEnv, JobSpec, run_job};
+use crate::exec::docker::{DockerRuntime, SandboxLabels};
 use crate::exec::{CancelSignal, LogLine, SecretMasker};
 use crate::status::Status;
 use crate::store::builds::StepRecord;
@@ -40,6 +41,8 @@ pub struct AgentConfig {
     pub kill_grace: Duration,
     /// Per-step output cap.
     pub output_cap: u64,
+    /// Containers for jobs that name an image.
+    pub docker: Arc<DockerRuntime>,
 }
 
 /// Runs the agent loop until `shutdown` is cancelled.
@@ -179,9 +182,11 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         Ok(m) => Arc::new(m),
         Err(e) => return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await,
     };
-    let mut base_env: Vec<(String, String)> = vec![
+    let host_env: Vec<(String, String)> = vec![
         ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
         ("HOME".into(), std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())),
+    ];
+    let mut base_env: Vec<(String, String)> = vec![
         ("CI".into(), "true".into()),
         ("CHENGIS".into(), "true".into()),
         ("CHENGIS_WORKSPACE".into(), workspace.display().to_string()),
@@ -203,6 +208,14 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         workspace: workspace.clone(),
         state_dir: ctx.data_dir.join("state").join(bj.id.to_string()),
         base_env,
+        host_env,
+        docker: cfg.docker.clone(),
+        labels: SandboxLabels {
+            build: build.id.to_string(),
+            job: spec.id.clone(),
+            lease: format!("{}:{}", lease.build_job_id, lease.token),
+        },
+        allowance_name: build.job.clone(),
         masker,
         cancel: cancel.clone(),
         events: tx,
@@ -212,7 +225,14 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
     let first_line = store.next_log_offset(bj.id).await?;
     let pump = tokio::spawn(pump_events(ctx.clone(), lease.clone(), build.id, rx, first_line));
     let renewer = tokio::spawn(renew_loop(ctx.clone(), lease.clone(), cfg.lease_ttl, cfg.renew_every, cancel.clone()));
-    let job_spec = JobSpec { id: &spec.id, env: &spec.env, steps: &spec.steps, first_index: 0, timeout: spec.timeout };
+    let job_spec = JobSpec {
+        id: &spec.id,
+        env: &spec.env,
+        steps: &spec.steps,
+        first_index: 0,
+        timeout: spec.timeout,
+        container: ContainerSpec::of(&spec),
+    };
     let result = run_job(job_spec, &env, ctx_values).await;
     drop(env);
     let _ = pump.await;

@@ -138,7 +138,7 @@ pub enum SecretCommand {
     RotateKey {
         /// Database and data directory settings, as for `chengis serve`.
         #[command(flatten)]
-        db: super::serve::ServeArgs,
+        db: Box<super::serve::ServeArgs>,
     },
     /// Delete a secret.
     Rm {
@@ -476,7 +476,7 @@ pub fn secret(args: &ClientArgs, cmd: SecretCommand) -> anyhow::Result<i32> {
                 v["secrets"].as_array().into_iter().flatten().map(|n| format!("{}\n", s(n))).collect()
             });
         }
-        SecretCommand::RotateKey { db } => return super::serve::rotate_key(db),
+        SecretCommand::RotateKey { db } => return super::serve::rotate_key(*db),
         SecretCommand::Rm { name, job } => {
             c.delete(&format!("/api/v1/secrets/{}{}", enc(&name), scope(&job)))?;
             print(args.format, &json!({"deleted": name}), |_| format!("secret {name} deleted\n"));

@@ -1,6 +1,7 @@
 //! The `chengis` command line: argument parsing and one function per subcommand.
 
 mod client;
+mod docker;
 mod lint;
 mod render;
 mod run;

@@ -3,6 +3,7 @@
 use super::Format;
 use super::render::Renderer;
 use crate::engine::{RunOptions, envfile, run_plan};
+use crate::exec::docker::DockerRuntime;
 use crate::exec::{CancelSignal, SecretMasker};
 use crate::pipeline::{self as files, render_json, render_text};
 use crate::status::Status;
@@ -51,6 +52,9 @@ pub struct RunArgs {
     /// Output kept per step (over both streams), such as `10MiB`; the rest is dropped with a warning.
     #[arg(long, default_value = "10MiB", value_parser = size)]
     pub output_cap: u64,
+    /// Container settings for jobs that name an image.
+    #[command(flatten)]
+    pub docker: super::docker::DockerArgs,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -140,9 +144,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         kill_grace: args.kill_grace,
         output_cap: args.output_cap,
         build_number: 1,
+        docker: DockerRuntime::new(format!("run@{}", hostname()), args.docker.settings()?),
     };
+    let uses_docker = plan.jobs.iter().any(|j| j.image.is_some() || j.steps.iter().any(|s| s.image.is_some()));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let docker = run_opts.docker.clone();
     let status = runtime.block_on(async move {
+        if uses_docker {
+            // Containers of earlier runs whose `chengis run` process is gone (killed, crashed).
+            if let Err(e) = docker.reap(|_, lease| lease_process_alive(lease)).await {
+                tracing::debug!("reaper: {e}");
+            }
+        }
         let cancel = CancelSignal::new();
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let color = std::io::stdout().is_terminal();
@@ -167,6 +180,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         Status::Cancelled => 130,
         _ => 1,
     })
+}
+
+/// True when a local run's lease label (`pid:N`) names a live process.
+fn lease_process_alive(lease: &str) -> bool {
+    lease
+        .strip_prefix("pid:")
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
 /// Keeps the selected jobs and everything they need, in plan order.

@@ -1,9 +1,11 @@
 //! `chengis serve`: the server with its embedded agent. Every setting comes from a flag, a
 //! `CHENGIS_*` variable, a TOML file (`--config`) or a default, in that order of precedence.
 
+use super::docker::DockerArgs;
 use crate::agent::{AgentConfig, run_agent};
 use crate::engine::builds::BuildContext;
 use crate::exec::CancelSignal;
+use crate::exec::docker::DockerRuntime;
 use crate::server::{AppState, router};
 use crate::store::secrets::MasterKeys;
 use crate::store::{Store, redact_url};
@@ -44,11 +46,13 @@ pub struct ServeArgs {
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Container settings.
+    #[command(flatten)]
+    pub docker: DockerArgs,
 }
 
 /// The effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Listen address.
     pub listen: Option<String>,
@@ -64,6 +68,9 @@ pub struct ServeConfig {
     pub lease_ttl: Option<String>,
     /// Attempts.
     pub max_attempts: Option<i64>,
+    /// Container settings.
+    #[serde(flatten)]
+    pub docker: DockerArgs,
 }
 
 impl ServeArgs {
@@ -92,6 +99,7 @@ impl ServeArgs {
             agents: Some(self.agents.or(file.agents).unwrap_or(1)),
             lease_ttl: Some(self.lease_ttl.clone().or(file.lease_ttl).unwrap_or_else(|| "10s".into())),
             max_attempts: Some(self.max_attempts.or(file.max_attempts).unwrap_or(2)),
+            docker: self.docker.over(&file.docker),
         })
     }
 }
@@ -150,9 +158,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         };
         recover(&ctx).await;
         let shutdown = CancelSignal::new();
+        let docker_settings = cfg.docker.settings()?;
         for n in 0..cfg.agents.unwrap_or(1) {
+            let name = format!("embedded-{n}@{}", hostname());
+            // Containers carry the agent name and the data directory, so that two servers on
+            // one engine never reap each other's containers.
+            let docker = DockerRuntime::new(format!("{name}:{}", short_digest(&data_dir)), docker_settings.clone());
+            tokio::spawn(reap_periodically(docker.clone(), shutdown.clone()));
             let agent = AgentConfig {
-                name: format!("embedded-{n}@{}", hostname()),
+                docker,
+                name,
                 labels: vec![std::env::consts::OS.to_string(), "local".into()],
                 executors: cfg.executors.unwrap_or(2),
                 lease_ttl,
@@ -195,6 +210,29 @@ async fn recover(ctx: &BuildContext) {
             tracing::warn!(build = id, "recovering: {e}");
         }
     }
+}
+
+/// Removes containers left by an earlier process of this agent: at start-up, then every minute.
+async fn reap_periodically(docker: Arc<DockerRuntime>, shutdown: CancelSignal) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match docker.reap(|_, _| false).await {
+            Ok(r) if r.containers + r.networks > 0 => {
+                tracing::info!(containers = r.containers, networks = r.networks, "reaped leftovers of an earlier run")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("reaper: {e}"),
+        }
+    }
+}
+
+fn short_digest(path: &std::path::Path) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(path.display().to_string().as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect()
 }
 
 fn hostname() -> String {

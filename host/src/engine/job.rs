@@ -1,14 +1,20 @@
-//! Running one job: its steps in order in the workspace, env and output propagation,
-//! conditions, `continue-on-error`, step and job timeouts.
+//! Running one job: its steps in order in the workspace (as local processes, or in the job's
+//! container when it names an image), env and output propagation, conditions,
+//! `continue-on-error`, step and job timeouts.
 
 use super::context::{self, Contexts, env_object, set_var};
 use super::envfile;
 use super::events::RunEvent;
 use super::shell::{self, ScriptCommand};
-use crate::exec::{CancelSignal, SecretMasker, StepCommand, StepEnd};
+use crate::exec::docker::{
+    ContainerStep, DockerRuntime, JobSandbox, SandboxLabels, SandboxRequest, ServiceRequest, spec as docker_spec,
+};
+use crate::exec::{CancelSignal, ExecError, SecretMasker, StepCommand, StepEnd, StepReport};
 use crate::status::Status;
+use chengis_pipeline::container::ContainerOptions;
 use chengis_pipeline::expr::Status as ExprStatus;
-use chengis_pipeline::plan::{Piece, PlannedStep, Text};
+use chengis_pipeline::model::Service;
+use chengis_pipeline::plan::{Piece, PlannedJob, PlannedStep, Text};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -23,8 +29,17 @@ pub struct JobEnv {
     pub workspace: PathBuf,
     /// A private directory for this job's env/output/script files.
     pub state_dir: PathBuf,
-    /// Base environment of every step (inherited variables, CI variables, pipeline env).
+    /// Base environment of every step (CI variables, pipeline env).
     pub base_env: Vec<(String, String)>,
+    /// Variables of the agent's own machine (such as `PATH`) that only local steps get; steps
+    /// in containers see the image's environment instead.
+    pub host_env: Vec<(String, String)>,
+    /// The Docker runtime for jobs and steps that name an image.
+    pub docker: Arc<DockerRuntime>,
+    /// Labels of the containers this job creates.
+    pub labels: SandboxLabels,
+    /// The name the operator's container allowances are matched against.
+    pub allowance_name: String,
     /// The masker of the run's secrets.
     pub masker: Arc<SecretMasker>,
     /// Cancels the run.
@@ -60,6 +75,26 @@ pub struct JobSpec<'a> {
     pub first_index: usize,
     /// Time limit of the job.
     pub timeout: Option<Duration>,
+    /// The job's container: its steps run in one when set.
+    pub container: Option<ContainerSpec<'a>>,
+}
+
+/// A job's container: image, services and settings.
+#[derive(Clone, Copy)]
+pub struct ContainerSpec<'a> {
+    /// The image (may hold expressions).
+    pub image: &'a Text,
+    /// Service containers started next to it.
+    pub services: &'a IndexMap<String, Service>,
+    /// Settings.
+    pub options: &'a ContainerOptions,
+}
+
+impl<'a> ContainerSpec<'a> {
+    /// The container of a planned job, when it names an image.
+    pub fn of(job: &'a PlannedJob) -> Option<ContainerSpec<'a>> {
+        job.image.as_ref().map(|image| ContainerSpec { image, services: &job.services, options: &job.container })
+    }
 }
 
 /// Runs the steps of a job. `ctx` holds the contexts (env is filled here).
@@ -72,21 +107,102 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
     let deadline = spec.timeout.map(|t| Instant::now() + t);
     let mut job_env: Vec<(String, String)> = env.base_env.clone();
     let mut failure: Option<(Status, String)> = None;
-    if let Err(e) = std::fs::create_dir_all(&env.state_dir) {
+    if let Err(e) = create_state_dir(&env.state_dir) {
         return JobResult {
             status: Status::Error,
             reason: Some(format!("cannot create {}: {e}", env.state_dir.display())),
             outputs: IndexMap::new(),
         };
     }
-    ctx.env = env_object(&job_env);
+    let in_container = spec.container.is_some();
+    ctx.env = visible_env(env, &job_env, in_container);
     for (k, text) in spec.env {
         match context::render(text, ctx) {
             Ok(v) => set_var(&mut job_env, k, v),
             Err(e) => failure = Some((Status::Error, format!("env `{k}`: {e}"))),
         }
-        ctx.env = env_object(&job_env);
+        ctx.env = visible_env(env, &job_env, in_container);
     }
+    let mut sandbox = match spec.container {
+        None => None,
+        Some(c) => match start_job_sandbox(c, env, ctx).await {
+            Ok(s) => Some(s),
+            Err(reason) => return JobResult { status: Status::Error, reason: Some(reason), outputs: IndexMap::new() },
+        },
+    };
+    let result = run_steps(&spec, env, ctx, job_env, failure, deadline, sandbox.as_ref()).await;
+    if let Some(s) = sandbox.as_mut() {
+        s.teardown().await;
+    }
+    result
+}
+
+/// Starts the job's container sandbox (network, services, job container).
+async fn start_job_sandbox(spec: ContainerSpec<'_>, env: &JobEnv, ctx: &Contexts) -> Result<JobSandbox, String> {
+    let image = context::render(spec.image, ctx).map_err(|e| format!("image: {e}"))?;
+    let mut services = Vec::new();
+    for (name, svc) in spec.services {
+        let wait_timeout = match &svc.wait_timeout {
+            Some(t) => Some(
+                chengis_pipeline::duration::parse_duration(t)
+                    .map_err(|e| format!("service `{name}`: wait-timeout `{t}`: {e}"))?,
+            ),
+            None => None,
+        };
+        services.push(ServiceRequest {
+            name: name.clone(),
+            image: svc.image.clone(),
+            env: svc.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            command: svc.command.clone(),
+            ports: svc.ports.clone(),
+            health_cmd: svc.health_cmd.clone(),
+            wait_timeout,
+        });
+    }
+    let request = SandboxRequest {
+        job_name: &env.allowance_name,
+        image: &image,
+        options: spec.options,
+        services,
+        workspace: &env.workspace,
+        state_dir: &env.state_dir,
+        labels: env.labels.clone(),
+        join_network: None,
+    };
+    JobSandbox::start(&env.docker, request).await.map_err(|e| format!("cannot start the job's container: {e}"))
+}
+
+/// The `env` context: what a step would see (the host's variables only for local steps).
+fn visible_env(env: &JobEnv, job_env: &[(String, String)], in_container: bool) -> Value {
+    if in_container {
+        return env_object(job_env);
+    }
+    let mut all = env.host_env.clone();
+    for (k, v) in job_env {
+        set_var(&mut all, k, v.clone());
+    }
+    env_object(&all)
+}
+
+/// The job's private directory for step files; world-writable because containers may run
+/// steps as another user (it lives inside a private parent).
+fn create_state_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_steps(
+    spec: &JobSpec<'_>,
+    env: &JobEnv,
+    ctx: &mut Contexts,
+    mut job_env: Vec<(String, String)>,
+    mut failure: Option<(Status, String)>,
+    deadline: Option<Instant>,
+    sandbox: Option<&JobSandbox>,
+) -> JobResult {
+    let in_container = sandbox.is_some();
     let mut outputs: IndexMap<String, String> = IndexMap::new();
     let mut steps_ctx = serde_json::Map::new();
     let mut next_line = 1u64;
@@ -99,7 +215,7 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
         } else {
             ExprStatus::Success
         });
-        ctx.env = env_object(&job_env);
+        ctx.env = visible_env(env, &job_env, in_container);
         ctx.steps = Value::Object(steps_ctx.clone());
         let started = Instant::now();
         let run = match context::condition(step.condition.as_deref(), ctx) {
@@ -128,7 +244,7 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
             .send(RunEvent::StepStarted { job: spec.id.to_string(), step: index, name: step.name.clone() })
             .await;
         let (status, exit_code, reason, written) =
-            run_one(step, index, env, ctx, &job_env, limit, spec.id, &mut next_line)
+            run_one(step, index, env, ctx, &job_env, limit, spec.id, &mut next_line, sandbox)
                 .instrument(info_span!("step", step = index, name = %step.name))
                 .await;
         let status = if status == Status::TimedOut
@@ -211,6 +327,7 @@ async fn run_one(
     limit: Option<Duration>,
     job_id: &str,
     next_line: &mut u64,
+    sandbox: Option<&JobSandbox>,
 ) -> (Status, Option<i32>, Option<String>, Written) {
     let Some(run) = &step.run else {
         let uses = step.uses.as_deref().unwrap_or("?");
@@ -254,13 +371,30 @@ async fn run_one(
             return (Status::Error, None, Some(format!("cannot create {}: {e}", f.display())), Written::default());
         }
     }
-    set_var(&mut step_env, "CHENGIS_ENV", env_file.display().to_string());
-    set_var(&mut step_env, "CHENGIS_OUTPUT", out_file.display().to_string());
+    let step_image = match &step.image {
+        Some(text) => match context::render(text, ctx) {
+            Ok(i) => Some(i),
+            Err(e) => return (Status::Error, None, Some(format!("image: {e}")), Written::default()),
+        },
+        None => None,
+    };
+    let container = sandbox.is_some() || step_image.is_some();
+    // Where the step sees the workspace and its own files.
+    let (workspace, files) = if container {
+        (PathBuf::from(docker_spec::WORKSPACE), PathBuf::from(docker_spec::STATE))
+    } else {
+        (env.workspace.clone(), env.state_dir.clone())
+    };
+    set_var(&mut step_env, "CHENGIS_ENV", files.join(format!("step-{index}.env")).display().to_string());
+    set_var(&mut step_env, "CHENGIS_OUTPUT", files.join(format!("step-{index}.output")).display().to_string());
     set_var(&mut step_env, "CHENGIS_STEP", step.name.clone());
+    if container {
+        set_var(&mut step_env, "CHENGIS_WORKSPACE", docker_spec::WORKSPACE.to_string());
+    }
     let cwd = match &step.working_directory {
-        None => env.workspace.clone(),
+        None => workspace.clone(),
         Some(dir) => match context::render(dir, ctx) {
-            Ok(d) => match inside(&env.workspace, &d) {
+            Ok(d) => match inside(&workspace, &d) {
                 Some(p) => p,
                 None => {
                     return (
@@ -274,21 +408,39 @@ async fn run_one(
             Err(e) => return (Status::Error, None, Some(e), Written::default()),
         },
     };
-    let ScriptCommand { program, args } = match shell::command(step.shell.as_deref(), &script, &env.state_dir, index) {
-        Ok(c) => c,
-        Err(e) => return (Status::Error, None, Some(e), Written::default()),
+    let ScriptCommand { program, args } =
+        match shell::command(step.shell.as_deref(), &script, &env.state_dir, &files, index) {
+            Ok(c) => c,
+            Err(e) => return (Status::Error, None, Some(e), Written::default()),
+        };
+    let report = if container {
+        let step = ContainerStep {
+            program,
+            args,
+            env: step_env,
+            cwd: cwd.display().to_string(),
+            timeout: limit,
+            kill_grace: env.kill_grace,
+            output_cap: env.output_cap,
+        };
+        run_in_container(step, step_image.as_deref(), sandbox, env, job_id, index, *next_line).await
+    } else {
+        let mut full_env = env.host_env.clone();
+        for (k, v) in step_env {
+            set_var(&mut full_env, &k, v);
+        }
+        let cmd = StepCommand {
+            program,
+            args,
+            env: full_env,
+            cwd,
+            timeout: limit,
+            kill_grace: env.kill_grace,
+            output_cap: env.output_cap,
+        };
+        let wrap = |line| RunEvent::Log { job: job_id.to_string(), step: index, line };
+        crate::exec::run_step(cmd, &env.masker, &env.cancel, *next_line, &env.events, wrap).await
     };
-    let cmd = StepCommand {
-        program,
-        args,
-        env: step_env,
-        cwd,
-        timeout: limit,
-        kill_grace: env.kill_grace,
-        output_cap: env.output_cap,
-    };
-    let wrap = |line| RunEvent::Log { job: job_id.to_string(), step: index, line };
-    let report = crate::exec::run_step(cmd, &env.masker, &env.cancel, *next_line, &env.events, wrap).await;
     if let Ok(r) = &report {
         *next_line = r.next_line;
     }
@@ -304,6 +456,17 @@ async fn run_one(
                 Some(format!("timed out after {}", humantime::format_duration(limit.unwrap_or_default()))),
             ),
             StepEnd::Cancelled => (Status::Cancelled, None, Some("was cancelled".into())),
+            StepEnd::OutOfMemory(limit) => (
+                Status::Failure,
+                Some(137),
+                Some(match limit {
+                    Some(bytes) => format!(
+                        "was killed: oom (out of memory: over the job's memory limit of {})",
+                        crate::exec::human_size(bytes)
+                    ),
+                    None => "was killed: oom (out of memory)".into(),
+                }),
+            ),
         },
     };
     let mut written = Written::default();
@@ -322,6 +485,53 @@ async fn run_one(
         }
     }
     (status, code, reason, written)
+}
+
+/// Runs a step in the job's container, or in a container of its own image (next to the job's
+/// container when there is one), removed right after.
+async fn run_in_container(
+    step: ContainerStep,
+    image: Option<&str>,
+    sandbox: Option<&JobSandbox>,
+    env: &JobEnv,
+    job_id: &str,
+    index: usize,
+    first_line: u64,
+) -> Result<StepReport, ExecError> {
+    let wrap = |line| RunEvent::Log { job: job_id.to_string(), step: index, line };
+    let own = match (image, sandbox) {
+        (None, Some(_)) => None,
+        (Some(image), Some(job)) => Some(job.step_sandbox(image, &env.allowance_name).await),
+        (Some(image), None) => {
+            let options = ContainerOptions::default();
+            let request = SandboxRequest {
+                job_name: &env.allowance_name,
+                image,
+                options: &options,
+                services: Vec::new(),
+                workspace: &env.workspace,
+                state_dir: &env.state_dir,
+                labels: env.labels.clone(),
+                join_network: None,
+            };
+            Some(JobSandbox::start(&env.docker, request).await)
+        }
+        (None, None) => return Err(ExecError::Sandbox { message: "no container to run the step in".into() }),
+    };
+    match own {
+        None => {
+            let Some(job) = sandbox else {
+                return Err(ExecError::Sandbox { message: "no container to run the step in".into() });
+            };
+            job.run_step(step, &env.masker, &env.cancel, first_line, &env.events, wrap).await
+        }
+        Some(Err(e)) => Err(ExecError::Sandbox { message: e.to_string() }),
+        Some(Ok(mut own)) => {
+            let report = own.run_step(step, &env.masker, &env.cancel, first_line, &env.events, wrap).await;
+            own.teardown().await;
+            report
+        }
+    }
 }
 
 /// Resolves `rel` inside `root`, refusing absolute paths and `..` that climb out.

@@ -3,7 +3,8 @@
 
 use super::context::{self, Contexts, env_object, set_var};
 use super::events::RunEvent;
-use super::job::{JobEnv, JobResult, JobSpec, run_job};
+use super::job::{ContainerSpec, JobEnv, JobResult, JobSpec, run_job};
+use crate::exec::docker::{DockerRuntime, SandboxLabels};
 use crate::exec::{CancelSignal, SecretMasker};
 use crate::status::Status;
 use chengis_pipeline::expr::Status as ExprStatus;
@@ -36,6 +37,8 @@ pub struct RunOptions {
     pub git: Value,
     /// The build number shown to steps.
     pub build_number: u64,
+    /// The Docker runtime for jobs that name an image.
+    pub docker: Arc<DockerRuntime>,
 }
 
 /// The outcome of a run.
@@ -70,7 +73,7 @@ pub async fn run_plan(
             workspace: opts.workspace.display().to_string(),
         })
         .await;
-    let mut base = opts.inherited_env.clone();
+    let mut base = Vec::new();
     for (k, v) in [
         ("CI", "true".to_string()),
         ("CHENGIS", "true".to_string()),
@@ -91,7 +94,11 @@ pub async fn run_plan(
     let mut pipeline_env = base.clone();
     let mut env_ctx = root_ctx.clone();
     for (k, text) in &plan.env {
-        env_ctx.env = env_object(&pipeline_env);
+        let mut visible = opts.inherited_env.clone();
+        for (k, v) in &pipeline_env {
+            set_var(&mut visible, k, v.clone());
+        }
+        env_ctx.env = env_object(&visible);
         match context::render(text, &env_ctx) {
             Ok(v) => set_var(&mut pipeline_env, k, v),
             Err(e) => tracing::warn!(variable = %k, "pipeline env: {e}"),
@@ -105,6 +112,14 @@ pub async fn run_plan(
             set_var(&mut e, "CHENGIS_JOB", id.to_string());
             e
         },
+        host_env: opts.inherited_env.clone(),
+        docker: opts.docker.clone(),
+        labels: SandboxLabels {
+            build: opts.build_number.to_string(),
+            job: id.to_string(),
+            lease: format!("pid:{}", std::process::id()),
+        },
+        allowance_name: id.to_string(),
         masker: masker.clone(),
         cancel,
         events: events.clone(),
@@ -197,7 +212,14 @@ pub async fn run_plan(
                 let started = Instant::now();
                 let _ = events.send(RunEvent::JobStarted { job: job.id.clone(), name: job.name.clone() }).await;
                 let result = run_job(
-                    JobSpec { id: &job.id, env: &job.env, steps: &job.steps, first_index: 0, timeout: job.timeout },
+                    JobSpec {
+                        id: &job.id,
+                        env: &job.env,
+                        steps: &job.steps,
+                        first_index: 0,
+                        timeout: job.timeout,
+                        container: ContainerSpec::of(&job),
+                    },
                     &env,
                     ctx,
                 )
@@ -288,7 +310,7 @@ async fn run_post(plan: &Plan, status: Status, root: &Contexts, env: JobEnv) {
         return;
     }
     let no_env = IndexMap::new();
-    let spec = JobSpec { id: "post", env: &no_env, steps: &steps, first_index: 0, timeout: None };
+    let spec = JobSpec { id: "post", env: &no_env, steps: &steps, first_index: 0, timeout: None, container: None };
     let mut ctx = root.clone();
     ctx.status = Some(if status == Status::Success { ExprStatus::Success } else { ExprStatus::Failure });
     let _ = env.events.send(RunEvent::JobStarted { job: "post".into(), name: "post".into() }).await;
@@ -334,12 +356,7 @@ fn needs_context(job: &PlannedJob, plan: &Plan, results: &IndexMap<String, (JobR
 /// What a job asks for that the local process executor does not do, as warnings.
 fn local_limits(job: &PlannedJob) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(image) = &job.image {
-        let image = image.as_literal().unwrap_or_else(|| "(an expression)".into());
-        out.push(format!("`image: {image}` is not used: `chengis run` runs steps as local processes"));
-    }
     let unused = [
-        ("services", !job.services.is_empty()),
         ("cache", !job.cache.is_empty()),
         ("artifacts", !job.artifacts.is_empty()),
         ("approval", job.approval.is_some()),

@@ -7,7 +7,8 @@
 //! never hangs a build. Every step ends with SIGKILL to its group, so nothing it started
 //! outlives it.
 
-use super::lines::{LineSplitter, LogLine, Stream};
+use super::capture::{OutputCapture, send_lines as send};
+use super::lines::{LogLine, Stream};
 use super::mask::SecretMasker;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -84,6 +85,8 @@ pub enum StepEnd {
     TimedOut,
     /// We stopped it because it was cancelled.
     Cancelled,
+    /// The kernel killed it for going over the container's memory limit (bytes, if known).
+    OutOfMemory(Option<u64>),
 }
 
 /// What happened to a step.
@@ -111,6 +114,12 @@ pub enum ExecError {
         cwd: String,
         /// The cause.
         source: std::io::Error,
+    },
+    /// The container engine failed to run the step.
+    #[error("the container engine could not run the step: {message}")]
+    Sandbox {
+        /// What went wrong.
+        message: String,
     },
     /// Waiting for the process failed.
     #[error("lost track of `{program}`: {source}")]
@@ -172,12 +181,9 @@ pub async fn run_step<E>(
             source: std::io::Error::other("no pipes"),
         });
     };
-    let mut lines = LineSplitter::new(first_line, cmd.output_cap);
-    let mut mask_out = masker.stream();
-    let mut mask_err = masker.stream();
+    let mut capture = OutputCapture::new(masker, first_line, cmd.output_cap);
     let (mut buf_out, mut buf_err) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let (mut out_open, mut err_open) = (true, true);
-    let mut masked = Vec::with_capacity(16 * 1024);
     let mut exit: Option<ExitStatus> = None;
     let mut stopped: Option<StepEnd> = None;
     let deadline = cmd.timeout.map(|t| started + t);
@@ -188,19 +194,11 @@ pub async fn run_step<E>(
     while out_open || err_open || exit.is_none() {
         tokio::select! {
             r = stdout.read(&mut buf_out), if out_open => match r {
-                Ok(n) if n > 0 => {
-                    masked.clear();
-                    mask_out.feed(&buf_out[..n], &mut masked);
-                    send(out, &wrap, lines.push(Stream::Stdout, &masked)).await;
-                }
+                Ok(n) if n > 0 => send(out, &wrap, capture.feed(Stream::Stdout, &buf_out[..n])).await,
                 _ => out_open = false,
             },
             r = stderr.read(&mut buf_err), if err_open => match r {
-                Ok(n) if n > 0 => {
-                    masked.clear();
-                    mask_err.feed(&buf_err[..n], &mut masked);
-                    send(out, &wrap, lines.push(Stream::Stderr, &masked)).await;
-                }
+                Ok(n) if n > 0 => send(out, &wrap, capture.feed(Stream::Stderr, &buf_err[..n])).await,
                 _ => err_open = false,
             },
             status = child.wait(), if exit.is_none() => {
@@ -228,12 +226,7 @@ pub async fn run_step<E>(
         }
     }
     signal_group(pgid, Signal::SIGKILL);
-    for (stream, mask) in [(Stream::Stdout, &mut mask_out), (Stream::Stderr, &mut mask_err)] {
-        masked.clear();
-        mask.finish(&mut masked);
-        send(out, &wrap, lines.push(stream, &masked)).await;
-    }
-    send(out, &wrap, lines.finish()).await;
+    send(out, &wrap, capture.finish()).await;
     let end = match (stopped, exit) {
         (Some(reason), _) => reason,
         (None, Some(status)) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
@@ -243,14 +236,12 @@ pub async fn run_step<E>(
         },
         (None, None) => StepEnd::Exited(-1),
     };
-    Ok(StepReport { end, duration: started.elapsed(), dropped_bytes: lines.dropped(), next_line: lines.next_number() })
-}
-
-async fn send<E>(out: &mpsc::Sender<E>, wrap: &impl Fn(LogLine) -> E, lines: Vec<LogLine>) {
-    for line in lines {
-        // A closed receiver means nobody is listening any more; the step still runs to its end.
-        let _ = out.send(wrap(line)).await;
-    }
+    Ok(StepReport {
+        end,
+        duration: started.elapsed(),
+        dropped_bytes: capture.dropped(),
+        next_line: capture.next_number(),
+    })
 }
 
 #[cfg(test)]

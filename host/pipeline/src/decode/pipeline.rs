@@ -6,7 +6,7 @@ use crate::yaml::{Node, NodeKind};
 use indexmap::IndexMap;
 use std::rc::Rc;
 
-const PIPELINE_KEYS: &[&str] = &["name", "on", "params", "env", "jobs", "post", "notify"];
+const PIPELINE_KEYS: &[&str] = &["name", "on", "params", "env", "image", "jobs", "post", "notify"];
 const EVENTS: &[&str] = &["push", "pull_request", "tag", "schedule", "manual"];
 const FILTER_KEYS: &[&str] = &["branches", "branches-ignore", "tags", "tags-ignore", "paths", "paths-ignore"];
 const JOB_KEYS: &[&str] = &[
@@ -14,6 +14,14 @@ const JOB_KEYS: &[&str] = &[
     "image",
     "runs-on",
     "services",
+    "pull",
+    "resources",
+    "user",
+    "read-only",
+    "privileged",
+    "docker-socket",
+    "network",
+    "cache-volumes",
     "needs",
     "if",
     "strategy",
@@ -24,8 +32,20 @@ const JOB_KEYS: &[&str] = &[
     "artifacts",
     "approval",
 ];
-const STEP_KEYS: &[&str] =
-    &["id", "name", "run", "uses", "with", "if", "env", "continue-on-error", "timeout", "shell", "working-directory"];
+const STEP_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "run",
+    "image",
+    "uses",
+    "with",
+    "if",
+    "env",
+    "continue-on-error",
+    "timeout",
+    "shell",
+    "working-directory",
+];
 
 impl Decoder<'_> {
     pub(super) fn pipeline(&mut self, root: &Rc<Node>) -> Pipeline {
@@ -41,6 +61,7 @@ impl Decoder<'_> {
                 "on" => p.on = self.triggers(v),
                 "params" => p.params = self.params(v),
                 "env" => p.env = self.scalar_map(v, "env", true),
+                "image" => p.image = self.string(v, "image"),
                 "jobs" => p.jobs = self.jobs(v),
                 "post" => p.post = self.post(v),
                 "notify" => p.notify = self.list(v, "notify", |d, n, path| d.notify(n, path)),
@@ -232,6 +253,14 @@ impl Decoder<'_> {
                 "image" => job.image = self.string(v, &p),
                 "runs-on" => job.runs_on = self.strings(v, &p, true),
                 "services" => job.services = self.services(v, &p),
+                "pull" => job.pull = self.choice(v, &p, &["if-not-present", "always", "never"]),
+                "resources" => job.resources = self.resources(v, &p),
+                "user" => job.user = self.string(v, &p),
+                "read-only" => job.read_only = self.boolean(v, &p).unwrap_or(false),
+                "privileged" => job.privileged = self.boolean(v, &p).unwrap_or(false),
+                "docker-socket" => job.docker_socket = self.boolean(v, &p).unwrap_or(false),
+                "network" => job.network = self.choice(v, &p, &["bridge", "none"]),
+                "cache-volumes" => job.cache_volumes = self.cache_volumes(v, &p),
                 "needs" => job.needs = self.strings(v, &p, true),
                 "if" => job.condition = self.condition(v, &p),
                 "strategy" => job.strategy = self.strategy(v, &p),
@@ -329,6 +358,7 @@ impl Decoder<'_> {
                 "id" => s.id = self.string(v, &p),
                 "name" => s.name = self.string(v, &p),
                 "run" => s.run = self.string(v, &p),
+                "image" => s.image = self.string(v, &p),
                 "uses" => s.uses = self.string(v, &p),
                 "with" => s.with = self.scalar_map(v, &p, false),
                 "if" => s.condition = self.condition(v, &p),
@@ -348,6 +378,9 @@ impl Decoder<'_> {
         } else if !has("run") && !has("uses") {
             self.diags.error("missing-key", node.pos, path, "a step needs `run` (a command) or `uses` (a plugin)");
         }
+        if has("image") && has("uses") {
+            self.diags.warning("unused-key", node.pos, &child(path, "image"), "`image` only applies to `run` steps");
+        }
         if has("shell") && has("uses") {
             self.diags.warning("unused-key", node.pos, &child(path, "shell"), "`shell` only applies to `run` steps");
         }
@@ -360,6 +393,76 @@ impl Decoder<'_> {
                 .help("a step id starts with a letter or `_` and holds letters, digits, `_` and `-`");
         }
         Some(s)
+    }
+
+    /// A string that must be one of `choices`.
+    fn choice(&mut self, node: &Rc<Node>, path: &str, choices: &[&str]) -> Option<String> {
+        let s = self.string(node, path)?;
+        if choices.contains(&s.as_str()) {
+            return Some(s);
+        }
+        let list = choices.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+        self.diags
+            .error("invalid-value", node.pos, path, format!("`{s}` is not one of {list}"))
+            .help(format!("write one of {list}"));
+        None
+    }
+
+    fn resources(&mut self, node: &Rc<Node>, path: &str) -> Option<Resources> {
+        let entries = self.map(node, path, &["memory", "cpus", "pids"])?;
+        let mut r = Resources::default();
+        for e in entries {
+            let p = child(path, &e.key);
+            let checked = |d: &mut Self, parse: fn(&str) -> Result<u64, String>| {
+                let s = d.string(&e.value, &p)?;
+                match parse(&s) {
+                    Ok(_) => Some(s),
+                    Err(msg) => {
+                        d.diags.error("invalid-value", e.value.pos, &p, msg);
+                        None
+                    }
+                }
+            };
+            match e.key.as_str() {
+                "memory" => r.memory = checked(self, crate::container::parse_memory),
+                "cpus" => r.cpus = checked(self, crate::container::parse_cpus),
+                "pids" => r.pids = self.number(&e.value, &p, "a number of processes"),
+                _ => {}
+            }
+        }
+        Some(r)
+    }
+
+    fn cache_volumes(&mut self, node: &Rc<Node>, path: &str) -> IndexMap<String, String> {
+        let mut out = IndexMap::new();
+        let Some(entries) = self.map(node, path, &[]) else {
+            return out;
+        };
+        for e in entries {
+            let p = child(path, &e.key);
+            if let Err(msg) = crate::container::check_volume_name(&e.key) {
+                self.diags.error("invalid-volume", e.key_node.pos, &p, msg);
+                continue;
+            }
+            let Some(mount) = self.string(&e.value, &p) else { continue };
+            if let Err(msg) = crate::container::check_mount_path(&mount) {
+                self.diags
+                    .error("invalid-volume", e.value.pos, &p, msg)
+                    .help("mount a cache volume on an absolute path such as `/root/.cargo/registry`");
+                continue;
+            }
+            if let Some((other, _)) = out.iter().find(|(_, m)| **m == mount) {
+                self.diags.error(
+                    "invalid-volume",
+                    e.value.pos,
+                    &p,
+                    format!("`{mount}` is already the mount of `{other}`"),
+                );
+                continue;
+            }
+            out.insert(e.key, mount);
+        }
+        out
     }
 
     fn services(&mut self, node: &Rc<Node>, path: &str) -> IndexMap<String, Service> {
