@@ -9,6 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod docker_support;
+
 struct Server {
     child: Child,
     url: String,
@@ -405,6 +407,54 @@ fn kill_9_mid_build_loses_nothing() {
         );
         assert_eq!(after.last().map(String::as_str), Some("after"));
     }
+}
+
+#[test]
+fn container_jobs_run_on_the_embedded_agent_and_a_restart_reaps_what_kill_9_left() {
+    if !docker_support::docker_ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let url = repo(
+        &tmp.path().join("repo"),
+        &format!(
+            "jobs:\n  j:\n    image: {}\n    pull: never\n    services:\n      web:\n        image: {}\n        ports: [80]\n    steps:\n      - run: echo \"in $CHENGIS_WORKSPACE\"; echo before-crash; sleep 3; wget -qO- http://web/\n",
+            docker_support::IMAGE,
+            docker_support::SERVICE_IMAGE
+        ),
+    );
+    let db = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
+    let data = tmp.path().join("data");
+    let mut s = start(&data, &db, &["--lease-ttl", "2s"]);
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
+    let id = b["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_texts_opt(&s, id).iter().any(|l| l == "before-crash") {
+        assert!(Instant::now() < deadline, "the step never started: {:?}", log_texts_opt(&s, id));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let label = format!("chengis.build={id}");
+    let before = docker_support::objects("container", &label);
+    assert_eq!(before.len(), 2, "job and service containers");
+    s.child.kill().unwrap(); // SIGKILL: the agent cannot clean up
+    s.child.wait().unwrap();
+    drop(s);
+    assert_eq!(docker_support::objects("container", &label), before, "the killed agent's containers are left");
+
+    let s = start(&data, &db, &["--lease-ttl", "2s"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while docker_support::objects("container", &label).iter().any(|c| before.contains(c)) {
+        assert!(Instant::now() < deadline, "the restarted server did not reap the killed agent's containers");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = wait_build(&s, id, finished);
+    assert_eq!(b["build"]["status"], "success", "{b}");
+    let lines = log_texts(&s, id, "j");
+    assert!(lines.contains(&"in /workspace".to_string()), "{lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("hello from the service"));
+    assert!(docker_support::objects("container", &label).is_empty(), "the finished job left containers");
+    assert!(docker_support::objects("network", &label).is_empty(), "the finished job left its network");
 }
 
 /// Kills a child's whole process group when dropped (also when the test fails).

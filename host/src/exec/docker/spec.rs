@@ -85,7 +85,7 @@ pub fn job_container(c: &JobContainer<'_>) -> ContainerCreateBody {
         mounts: Some(mounts),
         tmpfs,
         readonly_rootfs: Some(c.options.read_only),
-        cap_drop: Some(vec!["ALL".into()]),
+        cap_drop: (!c.limits.privileged).then(|| vec!["ALL".into()]),
         cap_add: (!c.limits.privileged).then(|| KEPT_CAPABILITIES.iter().map(|s| s.to_string()).collect()),
         security_opt: Some(vec!["no-new-privileges".into()]),
         privileged: Some(c.limits.privileged),
