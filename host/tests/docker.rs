@@ -400,7 +400,7 @@ fn cancel_and_timeout_leave_no_container_behind() {
     let events = parse_events(&out.stdout);
     assert_eq!(job(&events, "j")["status"], "timed_out");
     let leftovers = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label=chengis.build=1"), "--filter", "label=chengis.job=j"])
+        .args(["ps", "-aq", "--filter", "label=chengis.build=1", "--filter", "label=chengis.job=j"])
         .output()
         .unwrap();
     let ids: Vec<String> = String::from_utf8_lossy(&leftovers.stdout).lines().map(str::to_string).collect();
