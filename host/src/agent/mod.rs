@@ -216,6 +216,7 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
             lease: format!("{}:{}", lease.build_job_id, lease.token),
         },
         allowance_name: build.job.clone(),
+        owns_workspace: true,
         masker,
         cancel: cancel.clone(),
         events: tx,
@@ -238,7 +239,11 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
     let _ = pump.await;
     renewer.abort();
     let outputs = Value::Object(result.outputs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
-    store.set_build_job_result(lease, &outputs, "local").await?;
+    let sandbox = match &spec.image {
+        Some(image) => format!("docker:{}", image.as_literal().unwrap_or_else(|| "(expression)".into())),
+        None => "local".into(),
+    };
+    store.set_build_job_result(lease, &outputs, &sandbox).await?;
     let _ = std::fs::remove_dir_all(ctx.data_dir.join("state").join(bj.id.to_string()));
     finish(ctx, lease, &spec, build.id, result.status, result.reason.as_deref(), outputs).await
 }

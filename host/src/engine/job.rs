@@ -40,6 +40,9 @@ pub struct JobEnv {
     pub labels: SandboxLabels,
     /// The name the operator's container allowances are matched against.
     pub allowance_name: String,
+    /// The workspace is the agent's own (a checkout), not the user's directory: containers with
+    /// a `user:` get it handed over (chown) so that steps can write to it.
+    pub owns_workspace: bool,
     /// The masker of the run's secrets.
     pub masker: Arc<SecretMasker>,
     /// Cancels the run.
@@ -168,6 +171,7 @@ async fn start_job_sandbox(spec: ContainerSpec<'_>, env: &JobEnv, ctx: &Contexts
         state_dir: &env.state_dir,
         labels: env.labels.clone(),
         join_network: None,
+        hand_over_workspace: env.owns_workspace,
     };
     JobSandbox::start(&env.docker, request).await.map_err(|e| format!("cannot start the job's container: {e}"))
 }
@@ -513,6 +517,7 @@ async fn run_in_container(
                 state_dir: &env.state_dir,
                 labels: env.labels.clone(),
                 join_network: None,
+                hand_over_workspace: false,
             };
             Some(JobSandbox::start(&env.docker, request).await)
         }

@@ -120,6 +120,7 @@ pub async fn run_plan(
             lease: format!("pid:{}", std::process::id()),
         },
         allowance_name: id.to_string(),
+        owns_workspace: false,
         masker: masker.clone(),
         cancel,
         events: events.clone(),

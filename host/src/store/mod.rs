@@ -9,6 +9,7 @@ pub mod builds;
 pub mod events;
 pub mod jobs;
 pub mod logs;
+pub mod plugins;
 pub mod queue;
 pub mod secrets;
 

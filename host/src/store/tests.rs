@@ -266,3 +266,57 @@ fn urls_are_redacted() {
     assert_eq!(super::redact_url("sqlite:///x.db"), "sqlite:///x.db");
     assert!(MasterKeys::from_hex("short").is_err());
 }
+
+#[tokio::test]
+async fn the_plugin_allowlist_records_decisions_and_configs() {
+    use super::plugins::{NewPlugin, TrustState};
+    for (store, _dir) in stores().await {
+        let new = |version: &str, digest: &str| NewPlugin {
+            name: "slack".into(),
+            version: version.into(),
+            digest: digest.into(),
+            world: "notifier".into(),
+            kinds: vec!["notifier".into()],
+            description: "posts to Slack".into(),
+            requested: vec!["http:https://hooks.slack.com:443".into(), "secret:SLACK_URL".into()],
+            granted: vec![],
+            state: TrustState::Pending,
+            path: "/data/plugins/x.wasm".into(),
+            builtin: false,
+            by: "ops".into(),
+        };
+        let p = store.add_plugin(&new("1.0.0", "sha256:aa")).await.unwrap();
+        assert_eq!((p.state, p.decided_by.clone()), (TrustState::Pending, None));
+        assert_eq!(p.requested.len(), 2);
+        assert!(matches!(store.add_plugin(&new("1.0.0", "sha256:bb")).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(store.add_plugin(&new("2.0.0", "sha256:aa")).await, Err(StoreError::Conflict(_))));
+        store.add_plugin(&new("2.0.0", "sha256:cc")).await.unwrap();
+
+        let grants = vec!["secret:SLACK_URL".to_string()];
+        let decided =
+            store.decide_plugin("slack", Some("2.0.0"), TrustState::Allowed, Some(&grants), "admin").await.unwrap();
+        assert_eq!(decided.len(), 1);
+        assert_eq!(decided[0].granted, grants);
+        assert_eq!(decided[0].decided_by.as_deref(), Some("admin"));
+        let by_digest = store.plugin_by_digest("sha256:aa").await.unwrap().unwrap();
+        assert_eq!(by_digest.state, TrustState::Pending, "only the named version was decided");
+        store.decide_plugin("slack", None, TrustState::Denied, None, "admin").await.unwrap();
+        assert!(store.plugins().await.unwrap().iter().all(|p| p.state == TrustState::Denied));
+        assert_eq!(store.plugin_by_digest("sha256:cc").await.unwrap().unwrap().granted, grants, "grants kept");
+        assert!(matches!(
+            store.decide_plugin("nope", None, TrustState::Allowed, None, "admin").await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        assert!(store.plugin_config("slack").await.unwrap().is_empty());
+        let mut cfg = serde_json::Map::new();
+        cfg.insert("channel".into(), "#ci".into());
+        store.set_plugin_config("slack", &cfg).await.unwrap();
+        cfg.insert("on".into(), "failure".into());
+        store.set_plugin_config("slack", &cfg).await.unwrap();
+        assert_eq!(store.plugin_config("slack").await.unwrap(), cfg);
+
+        assert_eq!(store.remove_plugin("slack", Some("1.0.0")).await.unwrap().len(), 1);
+        assert_eq!(store.plugins().await.unwrap().len(), 1);
+    }
+}

@@ -5,10 +5,13 @@
 //! # Layout
 //! - [`spec`]: the container and network definitions, hardening included (pure data).
 //! - [`sandbox`]: starting and tearing down a job's sandbox, image pulls, services.
-//! - [`step`]: one step as an exec, with output capture, timeout, cancel and `oom` detection.
+//! - `runner`: PID 1 of a job container, which runs the steps it is sent on its stdin.
+//! - [`step`]: one step through the runner, with output capture, timeout, cancel and `oom`
+//!   detection.
 //! - [`reaper`]: removal of leftovers whose owner is gone.
 
 mod reaper;
+mod runner;
 mod sandbox;
 pub mod spec;
 mod step;
@@ -158,7 +161,7 @@ impl DockerRuntime {
             client: OnceCell::new(),
             settings,
             agent: agent.into(),
-            instance: instance_id(),
+            instance: random_token(),
             counter: AtomicU64::new(0),
         })
     }
@@ -214,12 +217,14 @@ impl std::fmt::Debug for DockerRuntime {
     }
 }
 
-/// A random-enough id for this process: sha256 of pid, time and a stack address.
-fn instance_id() -> String {
+/// A random-enough token (24 hex digits): sha256 of pid, time, a counter and a stack address.
+pub(crate) fn random_token() -> String {
     use sha2::{Digest, Sha256};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let marker = 0u8;
-    let seed = format!("{}-{}-{:p}", std::process::id(), now.as_nanos(), &marker);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let seed = format!("{}-{}-{n}-{:p}", std::process::id(), now.as_nanos(), &marker);
     let digest = Sha256::digest(seed.as_bytes());
     digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }

@@ -9,7 +9,8 @@ use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerStateStatusEnum, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use chengis_pipeline::container::{ContainerOptions, NetworkMode, PullPolicy};
 use futures_util::StreamExt;
@@ -56,12 +57,26 @@ pub struct SandboxRequest<'a> {
     /// An existing network to join (a per-step container next to its job's) instead of
     /// creating one.
     pub join_network: Option<String>,
+    /// Give the workspace to the container's `user:` (chown, as root in the container) so
+    /// that a non-root user can write to it; only for workspaces the agent owns.
+    pub hand_over_workspace: bool,
+}
+
+/// The attached streams of a job container's runner (PID 1).
+pub(super) struct Attached {
+    pub(super) output:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, BollardError>> + Send>>,
+    pub(super) input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
 }
 
 /// A running job sandbox; steps run in it through [`JobSandbox::run_step`].
 pub struct JobSandbox {
     pub(super) docker: Docker,
     pub(super) container: String,
+    pub(super) runner: tokio::sync::Mutex<Option<Attached>>,
+    pub(super) mark: String,
+    pub(super) runs: std::sync::atomic::AtomicU64,
+    pub(super) state_dir: PathBuf,
     pub(super) user: Option<String>,
     pub(super) memory: Option<u64>,
     pub(super) oom_kills: AtomicU64,
@@ -71,7 +86,6 @@ pub struct JobSandbox {
     options: ContainerOptions,
     limits: Limits,
     workspace: PathBuf,
-    state_dir: PathBuf,
     labels: SandboxLabels,
     runtime: Arc<DockerRuntime>,
     torn_down: bool,
@@ -96,6 +110,9 @@ impl JobSandbox {
         let mut sandbox = JobSandbox {
             docker: docker.clone(),
             container: String::new(),
+            runner: tokio::sync::Mutex::new(None),
+            mark: format!("CHENGIS-END-{}", super::random_token()),
+            runs: std::sync::atomic::AtomicU64::new(0),
             user: req.options.user.clone(),
             memory: limits.memory,
             oom_kills: AtomicU64::new(0),
@@ -169,11 +186,72 @@ impl JobSandbox {
             network: self.network.as_deref(),
             labels,
         });
-        self.container = self.create_and_start("job", body, "the job container").await?;
+        self.container = self.create("job", body, "the job container").await?;
+        let attach =
+            AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build();
+        let attached = self
+            .docker
+            .attach_container(&self.container, Some(attach))
+            .await
+            .map_err(DockerError::api("attaching to the job container"))?;
+        *self.runner.get_mut() = Some(Attached { output: attached.output, input: attached.input });
+        self.start_container(&self.container, "the job container").await?;
+        if req.hand_over_workspace
+            && let Some(user) = self.user.clone()
+        {
+            self.hand_over_workspace(&user).await;
+        }
         Ok(())
     }
 
+    /// Makes the workspace owned by the container's `user:` (resolved in the image when it is a
+    /// name), so that a non-root step can write to it. Done from the agent's side: inside the
+    /// container even root has no capabilities once the container runs as another user.
+    async fn hand_over_workspace(&self, user: &str) {
+        let (name, group) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+        let uid = match name.parse::<u32>() {
+            Ok(uid) => Some(uid),
+            Err(_) => self.id_in_image("-u", name).await,
+        };
+        let gid = match group {
+            Some(g) => g.parse::<u32>().ok(),
+            None if name.parse::<u32>().is_err() => self.id_in_image("-g", name).await,
+            None => None,
+        };
+        let Some(uid) = uid else {
+            tracing::warn!(%user, "cannot resolve the container user: the workspace stays the agent's");
+            return;
+        };
+        let root = self.workspace.clone();
+        let done = tokio::task::spawn_blocking(move || chown_tree(&root, uid, gid)).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!(%user, "handing the workspace over: {e}");
+        }
+    }
+
+    async fn id_in_image(&self, flag: &str, name: &str) -> Option<u32> {
+        let cmd = vec!["id".into(), flag.into(), name.into()];
+        match exec_output(&self.docker, &self.container, cmd, None).await {
+            Ok((0, out)) => out.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
     async fn create_and_start(
+        &self,
+        what: &str,
+        body: bollard::models::ContainerCreateBody,
+        desc: &str,
+    ) -> Result<String, DockerError> {
+        let id = self.create(what, body, desc).await?;
+        if let Err(e) = self.start_container(&id, desc).await {
+            remove_container(&self.docker, &id).await;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    async fn create(
         &self,
         what: &str,
         body: bollard::models::ContainerCreateBody,
@@ -186,11 +264,11 @@ impl JobSandbox {
             .create_container(Some(options), body)
             .await
             .map_err(DockerError::api(format!("creating {desc}")))?;
-        if let Err(e) = self.docker.start_container(&created.id, None).await {
-            remove_container(&self.docker, &created.id).await;
-            return Err(DockerError::api(format!("starting {desc}"))(e));
-        }
         Ok(created.id)
+    }
+
+    async fn start_container(&self, id: &str, desc: &str) -> Result<(), DockerError> {
+        self.docker.start_container(id, None).await.map_err(DockerError::api(format!("starting {desc}")))
     }
 
     /// A container for one step in another image, on the same workspace, network and limits.
@@ -206,6 +284,7 @@ impl JobSandbox {
                 state_dir: &self.state_dir,
                 labels: self.labels.clone(),
                 join_network: self.network.clone(),
+                hand_over_workspace: false,
             },
         )
         .await
@@ -254,6 +333,17 @@ impl Drop for JobSandbox {
             }
         });
     }
+}
+
+/// `lchown` of `root` and everything under it (symlinks themselves, never their targets).
+fn chown_tree(root: &Path, uid: u32, gid: Option<u32>) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), gid)?;
+    if std::fs::symlink_metadata(root)?.is_dir() {
+        for entry in std::fs::read_dir(root)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 /// Limits of the job against the operator's defaults and allowances.

@@ -8,8 +8,10 @@
 //! workspace (`/workspace`), Chengis's private step directory (`/chengis`: env/output files and
 //! scripts of the job's steps) and named cache volumes.
 
+use super::runner::RUNNER;
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountTypeEnum, NetworkCreateRequest, NetworkingConfig,
+    ContainerCreateBody, EndpointSettings, HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, NetworkCreateRequest,
+    NetworkingConfig,
 };
 use chengis_pipeline::container::{ContainerOptions, NetworkMode};
 use std::collections::HashMap;
@@ -24,8 +26,6 @@ pub const STATE: &str = "/chengis";
 pub const KEPT_CAPABILITIES: &[&str] = &["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"];
 /// The Docker socket path mounted for jobs the operator allows.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
-/// PID 1 of a job container: sleeps until removed; steps arrive through exec.
-const KEEP_ALIVE: &str = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 
 /// Limits and privileges resolved against the operator's defaults.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,12 +97,20 @@ pub fn job_container(c: &JobContainer<'_>) -> ContainerCreateBody {
             (NetworkMode::None, _) | (_, None) => "none".into(),
             (NetworkMode::Bridge, Some(n)) => n.to_string(),
         }),
+        // Step output reaches the agent through the attached runner; the engine keeps no copy.
+        log_config: Some(HostConfigLogConfig { typ: Some("none".into()), config: None }),
         ..HostConfig::default()
     };
     ContainerCreateBody {
         image: Some(c.image.to_string()),
-        entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), KEEP_ALIVE.into()]),
+        entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), RUNNER.into()]),
         cmd: Some(Vec::new()),
+        open_stdin: Some(true),
+        stdin_once: Some(false),
+        attach_stdin: Some(true),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        tty: Some(false),
         working_dir: Some(WORKSPACE.into()),
         user: c.options.user.clone(),
         labels: Some(c.labels.clone()),

@@ -1,24 +1,26 @@
-//! One step inside the job container through the exec API.
+//! One step inside the job container, through the runner (PID 1, see `runner`): the step's
+//! script is written to the job's private directory, its name and the end marker are sent to
+//! the runner's stdin, and the output is read back from the attached streams until the marker
+//! (with the exit code) has come on both.
 //!
-//! Exec has no kill call, so the step runs under a tiny `sh` wrapper, and stopping it runs a
-//! second exec: `kill -TERM -1`, then `kill -KILL -1` after the grace period. Inside the
-//! container's PID namespace `-1` means every process but PID 1 (the keep-alive) and the killer
-//! itself, which is exactly the running step and everything it started; steps run one at a time.
-//! The wrapper does the same with SIGKILL once the step's main process exits, so a forgotten
-//! background process never holds the output open or outlives its step.
+//! Stopping a step runs an exec: `kill -TERM -1`, then `kill -KILL -1` after the grace period.
+//! Inside the container's PID namespace `-1` means every process but PID 1 (the runner) and the
+//! killer itself, which is exactly the running step and everything it started; steps run one at
+//! a time. The runner does the same with SIGKILL once a step's main process exits, so a
+//! forgotten background process never outlives its step.
 
+use super::runner::{MarkerScanner, step_script};
 use super::sandbox::{JobSandbox, exec_output};
 use crate::exec::capture::{OutputCapture, send_lines};
 use crate::exec::{CancelSignal, ExecError, LogLine, SecretMasker, StepEnd, StepReport, Stream};
 use bollard::container::LogOutput;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use futures_util::StreamExt;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-/// Runs `"$@"`, then kills whatever it left behind, and exits with its code.
-const WRAPPER: &str = "\"$@\"; rc=$?; kill -KILL -1 2>/dev/null; exit $rc";
 /// How long the output may stay open after the final SIGKILL before we stop reading.
 const AFTER_KILL: Duration = Duration::from_secs(5);
 
@@ -54,53 +56,53 @@ impl JobSandbox {
         wrap: impl Fn(LogLine) -> E,
     ) -> Result<StepReport, ExecError> {
         let started = Instant::now();
-        let fail = |e: bollard::errors::Error| ExecError::Sandbox { message: format!("`{}`: {e}", step.program) };
-        let mut cmd = vec!["/bin/sh".to_string(), "-c".into(), WRAPPER.into(), "chengis-step".into()];
-        cmd.push(step.program.clone());
-        cmd.extend(step.args.iter().cloned());
-        let exec = self
-            .docker
-            .create_exec(
-                &self.container,
-                CreateExecOptions {
-                    cmd: Some(cmd),
-                    env: Some(step.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-                    working_dir: Some(step.cwd.clone()),
-                    user: self.user.clone(),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..CreateExecOptions::default()
-                },
-            )
-            .await
-            .map_err(fail)?;
-        let StartExecResults::Attached { mut output, .. } =
-            self.docker.start_exec(&exec.id, Some(StartExecOptions::default())).await.map_err(fail)?
-        else {
-            return Err(ExecError::Sandbox { message: "the engine started the step detached".into() });
+        let run = self.runs.fetch_add(1, Ordering::Relaxed);
+        let script_name = format!("run-{run}.sh");
+        let script = step_script(&step.cwd, &step.env, &step.program, &step.args);
+        let host_path = self.state_dir.join(&script_name);
+        std::fs::write(&host_path, script)
+            .map_err(|e| ExecError::Sandbox { message: format!("cannot write {}: {e}", host_path.display()) })?;
+        let mut guard = self.runner.lock().await;
+        let Some(runner) = guard.as_mut() else {
+            return Err(ExecError::Sandbox { message: "the job container's runner is gone".into() });
         };
+        let command = format!("{}/{script_name} {}\n", super::spec::STATE, self.mark);
+        let sent = async {
+            runner.input.write_all(command.as_bytes()).await?;
+            runner.input.flush().await
+        };
+        if let Err(e) = sent.await {
+            *guard = None;
+            return Err(ExecError::Sandbox { message: format!("cannot reach the job container's runner: {e}") });
+        }
         let mut capture = OutputCapture::new(masker, first_line, step.output_cap);
+        let (mut out_scan, mut err_scan) = (MarkerScanner::new(&self.mark), MarkerScanner::new(&self.mark));
         let far = started + Duration::from_secs(365 * 86_400);
         let deadline = step.timeout.map(|t| started + t);
         let mut stopped: Option<StepEnd> = None;
         let mut kill_at: Option<Instant> = None;
         let mut give_up_at: Option<Instant> = None;
-        let mut stream_error: Option<String> = None;
-        loop {
+        let mut lost: Option<String> = None;
+        while out_scan.exit().is_none() || err_scan.exit().is_none() {
             tokio::select! {
-                item = output.next() => match item {
+                item = runner.output.next() => match item {
                     Some(Ok(LogOutput::StdOut { message })) => {
-                        send_lines(out, &wrap, capture.feed(Stream::Stdout, &message)).await
+                        let bytes = out_scan.feed(&message);
+                        send_lines(out, &wrap, capture.feed(Stream::Stdout, &bytes)).await
                     }
                     Some(Ok(LogOutput::StdErr { message })) => {
-                        send_lines(out, &wrap, capture.feed(Stream::Stderr, &message)).await
+                        let bytes = err_scan.feed(&message);
+                        send_lines(out, &wrap, capture.feed(Stream::Stderr, &bytes)).await
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
-                        stream_error = Some(e.to_string());
+                        lost = Some(e.to_string());
                         break;
                     }
-                    None => break,
+                    None => {
+                        lost = Some("the job container stopped".into());
+                        break;
+                    }
                 },
                 _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() && stopped.is_none() => {
                     stopped = Some(StepEnd::TimedOut);
@@ -116,25 +118,36 @@ impl JobSandbox {
                     kill_at = None;
                     give_up_at = Some(Instant::now() + AFTER_KILL);
                 }
-                _ = sleep_until(give_up_at.unwrap_or(far)), if give_up_at.is_some() => break,
+                _ = sleep_until(give_up_at.unwrap_or(far)), if give_up_at.is_some() => {
+                    lost = Some("the step did not stop after SIGKILL".into());
+                    break;
+                }
             }
         }
+        if lost.is_some() {
+            // The runner cannot be trusted to be in step with us any more.
+            *guard = None;
+            for (stream, scan) in [(Stream::Stdout, &mut out_scan), (Stream::Stderr, &mut err_scan)] {
+                let rest = scan.flush();
+                send_lines(out, &wrap, capture.feed(stream, &rest)).await;
+            }
+        }
+        drop(guard);
+        let _ = std::fs::remove_file(&host_path);
         send_lines(out, &wrap, capture.finish()).await;
-        let end = match stopped {
-            Some(reason) => reason,
-            None => {
-                if let Some(e) = stream_error {
-                    return Err(ExecError::Sandbox {
-                        message: format!("reading the output of `{}`: {e}", step.program),
-                    });
-                }
-                let code = self.exit_code(&exec.id).await.map_err(fail)?;
-                if code == 137 && self.oom_killed().await {
+        let end = match (stopped, lost) {
+            (Some(reason), _) => reason,
+            (None, Some(why)) => {
+                if self.oom_killed().await {
                     StepEnd::OutOfMemory(self.memory)
                 } else {
-                    StepEnd::Exited(code)
+                    return Err(ExecError::Sandbox { message: format!("`{}`: {why}", step.program) });
                 }
             }
+            (None, None) => match out_scan.exit().unwrap_or(-1) {
+                137 if self.oom_killed().await => StepEnd::OutOfMemory(self.memory),
+                code => StepEnd::Exited(code),
+            },
         };
         Ok(StepReport {
             end,
@@ -153,21 +166,6 @@ impl JobSandbox {
             tracing::warn!("signalling the step: {e}");
         }
         Instant::now() + grace
-    }
-
-    /// The exit code of a finished exec (polled briefly: the engine records it just after the
-    /// output ends).
-    async fn exit_code(&self, exec_id: &str) -> Result<i32, bollard::errors::Error> {
-        for _ in 0..50 {
-            let info = self.docker.inspect_exec(exec_id).await?;
-            if info.running != Some(true)
-                && let Some(code) = info.exit_code
-            {
-                return Ok(code as i32);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(-1)
     }
 
     /// True when the kernel's OOM killer struck in this container since the last check
