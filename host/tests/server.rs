@@ -541,7 +541,7 @@ fn configuration_precedence_and_redaction() {
     let file = tmp.path().join("chengis.toml");
     std::fs::write(
         &file,
-        "listen = \"127.0.0.1:7000\"\nexecutors = 3\ndatabase_url = \"postgres://ci:hunter2@db/chengis\"\nagents = 0\n",
+        "listen = \"127.0.0.1:7000\"\nexecutors = 3\ndatabase_url = \"postgres://ci:hunter2@db/chengis\"\nagents = 0\ndocker_memory = \"1g\"\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
@@ -557,6 +557,7 @@ fn configuration_precedence_and_redaction() {
     assert!(text.contains("listen = \"127.0.0.1:7001\""), "env beats file: {text}");
     assert!(text.contains("executors = 5"), "flag beats env: {text}");
     assert!(text.contains("agents = 0"), "file beats default: {text}");
+    assert!(text.contains("docker_memory = \"1g\""), "container settings from the file: {text}");
     assert!(text.contains("postgres://ci:***@db/chengis") && !text.contains("hunter2"), "{text}");
     std::fs::write(&file, "listn = \"x\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_chengis"))

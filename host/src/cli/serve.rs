@@ -51,6 +51,22 @@ pub struct ServeArgs {
     pub docker: DockerArgs,
 }
 
+/// The keys of the config file (`ServeConfig` with the container settings flattened in).
+const CONFIG_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "executors",
+    "agents",
+    "lease_ttl",
+    "max_attempts",
+    "docker_allow_privileged",
+    "docker_allow_socket",
+    "docker_memory",
+    "docker_cpus",
+    "docker_pids",
+];
+
 /// The effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ServeConfig {
@@ -80,6 +96,15 @@ impl ServeArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
+                let table: toml::Table =
+                    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+                if let Some(key) = table.keys().find(|k| !CONFIG_KEYS.contains(&k.as_str())) {
+                    bail!(
+                        "config file {}: unknown key `{key}`; known keys: {}",
+                        path.display(),
+                        CONFIG_KEYS.join(", ")
+                    );
+                }
                 toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
             }
             None => ServeConfig::default(),
