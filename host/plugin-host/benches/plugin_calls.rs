@@ -68,6 +68,9 @@ fn main() {
     for (label, pooling) in [("pooling", true), ("on-demand", false)] {
         let runtime = Runtime::with_options(RuntimeOptions { pooling, ..Default::default() }).unwrap();
         let plugin = runtime.load(&bytes, &allowlist, Grants::none(), Limits::default()).unwrap();
+        measure(&format!("new store + instantiate ({label})"), 5000, || {
+            black_box(plugin.session(&ctx).unwrap());
+        });
         measure(&format!("new store + instantiate + notify ({label})"), 5000, || {
             plugin.notify(&ctx, &event).unwrap();
         });

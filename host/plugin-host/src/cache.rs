@@ -5,6 +5,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -60,7 +61,10 @@ impl ComponentCache {
     fn store(&self, path: &Path, component: &Component) -> std::io::Result<()> {
         let artifact = component.serialize().map_err(|e| std::io::Error::other(e.to_string()))?;
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per process and per write, so that concurrent loads never share a file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{write}", std::process::id()));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&artifact)?;
         file.sync_all()?;

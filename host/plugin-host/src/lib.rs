@@ -5,8 +5,10 @@
 //! # Layout
 //!
 //! - [`bindings`]: the `bindgen!` expansion of the four worlds (the slow part to compile).
-//! - [`runtime`]: [`Runtime`], one wasmtime engine per process, loading and inspecting.
-//! - [`plugin`]: [`Plugin`], a loaded plugin and its entry points (one store per call).
+//! - [`runtime`]: [`Runtime`] (and [`RuntimeOptions`]): one wasmtime engine per process,
+//!   loading trusted components and inspecting untrusted ones.
+//! - [`plugin`]: [`Plugin`], a loaded plugin and its entry points (one store per call), and
+//!   [`Session`], one live instance for several calls.
 //! - [`capability`]: requested vs granted capabilities and the one checker.
 //! - [`trust`]: digests and the [`TrustPolicy`] the caller backs with its allowlist.
 //! - [`limits`]: per-call limits and the memory limiter.

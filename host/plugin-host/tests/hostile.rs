@@ -9,14 +9,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chengis_plugin_host::{
-    Allowlist, CallContext, Digest, ErrorKind, Grants, Limits, Plugin, PluginError, Runtime, StepOutcome,
+    Allowlist, CallContext, Digest, ErrorKind, Grants, Limits, Plugin, PluginError, Runtime, RuntimeOptions,
+    StepOutcome,
 };
 use common::components::component;
 use common::fixtures::{event, invocation};
 use common::{MemoryLog, ProcessSandbox};
 
+/// A runtime whose compiled components are cached for the whole test run (debug builds of
+/// wasmtime compile slowly).
 fn runtime() -> Runtime {
-    Runtime::new(None).unwrap()
+    runtime_with(true)
+}
+
+fn runtime_with(pooling: bool) -> Runtime {
+    let cache_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+    Runtime::with_options(RuntimeOptions { cache_dir: Some(cache_dir), pooling, ..Default::default() }).unwrap()
 }
 
 fn load(runtime: &Runtime, package: &str, grants: &[&str], limits: Limits) -> Plugin {
@@ -57,7 +65,7 @@ fn an_endless_loop_is_stopped_at_the_deadline() {
 
 #[test]
 fn a_spinning_plugin_does_not_hold_up_others() {
-    let runtime = Arc::new(runtime());
+    let runtime = runtime();
     let limits = Limits { timeout: Duration::from_secs(3), ..Limits::default() };
     let spinner = load(&runtime, "chengis-test-hostile", &[], limits);
     let console = load(&runtime, "chengis-plugin-console", &[], Limits::default());
@@ -74,13 +82,15 @@ fn a_spinning_plugin_does_not_hold_up_others() {
 
 #[test]
 fn unbounded_allocation_hits_the_memory_cap() {
-    let runtime = runtime();
-    let limits = Limits { memory_bytes: 32 * 1024 * 1024, ..Limits::default() };
-    let plugin = load(&runtime, "chengis-test-hostile", &[], limits);
-    let error = attack(&plugin, "allocate", CallContext::default()).unwrap_err();
-    assert!(matches!(error.kind, ErrorKind::MemoryExceeded { .. }), "{error}");
-    assert_eq!(error.to_string(), r#"plugin "hostile" 6.6.6: exceeded its memory limit of 32 MiB"#);
-    still_serving(&runtime, &plugin);
+    for pooling in [true, false] {
+        let runtime = runtime_with(pooling);
+        let limits = Limits { memory_bytes: 32 * 1024 * 1024, ..Limits::default() };
+        let plugin = load(&runtime, "chengis-test-hostile", &[], limits);
+        let error = attack(&plugin, "allocate", CallContext::default()).unwrap_err();
+        assert!(matches!(error.kind, ErrorKind::MemoryExceeded { .. }), "pooling {pooling}: {error}");
+        assert_eq!(error.to_string(), r#"plugin "hostile" 6.6.6: exceeded its memory limit of 32 MiB"#);
+        still_serving(&runtime, &plugin);
+    }
 }
 
 fn workspace_with_secret_outside() -> (tempfile::TempDir, std::path::PathBuf) {
