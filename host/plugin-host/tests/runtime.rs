@@ -161,3 +161,38 @@ fn a_session_serves_many_calls_on_one_instance() {
     }
     assert_eq!(log.lines().len(), 3);
 }
+
+#[test]
+fn a_policy_decides_and_stays_pure() {
+    use chengis_plugin_host::bindings::policy::{Decision, Plan, PlannedJob};
+
+    let runtime = Runtime::new(None).unwrap();
+    let bytes = component("chengis-test-policy");
+    let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::none(), Limits::default()).unwrap();
+    assert_eq!(plugin.world(), World::Policy);
+    let job = |name: &str, image: &str| PlannedJob {
+        name: name.into(),
+        image: Some(image.into()),
+        needs: Vec::new(),
+        uses: Vec::new(),
+    };
+    let plan = Plan {
+        pipeline: "web".into(),
+        commit: common::fixtures::build().commit,
+        trigger: "push".into(),
+        actor: None,
+        jobs: vec![job("build", "rust:1.95"), job("test", "registry.example:5000/app"), job("lint", "node:latest")],
+    };
+    let log = MemoryLog::new();
+    let ctx = CallContext { log: Some(log.clone()), ..Default::default() };
+    let Decision::Deny(reasons) = plugin.check_policy(&ctx, &plan).unwrap() else { panic!("expected a deny") };
+    let fields: Vec<_> = reasons.iter().map(|r| r.field.clone().unwrap()).collect();
+    assert_eq!(fields, ["jobs.test.image", "jobs.lint.image"]);
+    assert_eq!(log.lines(), ["checked 3 jobs"]);
+
+    // The policy world links no secrets (and no network): the SDK's policy host refuses.
+    let ctx = CallContext { config: vec![("probe-secret".into(), "TOKEN".into())], ..Default::default() };
+    let error = plugin.check_policy(&ctx, &plan).unwrap_err();
+    assert!(matches!(error.kind, ErrorKind::Trap(_)), "{error}");
+    assert!(error.to_string().contains("policies cannot read secrets"), "{error}");
+}

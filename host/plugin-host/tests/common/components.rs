@@ -13,6 +13,7 @@ const PACKAGES: &[&str] = &[
     "chengis-test-hostile",
     "chengis-test-bad-manifest",
     "chengis-test-unknown-world",
+    "chengis-test-policy",
 ];
 
 fn workspace_root() -> PathBuf {
