@@ -294,3 +294,24 @@ fn a_command_that_outlives_the_call_is_stopped() {
     let error = attack(&plugin, "exec", ctx).unwrap_err();
     assert!(error.to_string().contains("must be relative to the workspace"), "{error}");
 }
+
+#[test]
+fn outputs_env_and_test_results_are_collected_and_capped() {
+    use chengis_plugin_host::outputs::TestOutcome;
+
+    let runtime = runtime();
+    let plugin = load(&runtime, "chengis-test-hostile", &[], Limits::default());
+    let outcome = attack(&plugin, "report", CallContext::default()).unwrap();
+    assert_eq!(outcome.env, [("DEPLOY_ENV".to_string(), "staging".to_string())]);
+    assert_eq!(outcome.tests.len(), 1);
+    let case = &outcome.tests[0].cases[0];
+    assert_eq!(
+        (case.name.as_str(), case.outcome, case.message.as_deref()),
+        ("adds", TestOutcome::Failed, Some("1 + 1 != 3"))
+    );
+
+    let error = attack(&plugin, "many-outputs", CallContext::default()).unwrap_err();
+    assert!(matches!(error.kind, ErrorKind::OutputTooLarge { what: "step outputs", .. }), "{error}");
+    assert!(error.to_string().contains("over the limit of 1048576 bytes"), "{error}");
+    still_serving(&runtime, &plugin);
+}

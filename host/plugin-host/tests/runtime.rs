@@ -136,6 +136,18 @@ fn an_unknown_world_is_refused_with_a_clear_message() {
     assert!(message.contains("implements no chengis:plugin@0.1.0 world: it exports [hello]"), "{message}");
     assert!(message.contains("`notify` (notifier)"), "{message}");
 
+    let bytes = component("chengis-test-future-version");
+    let error = runtime.inspect(&bytes).unwrap_err();
+    assert!(matches!(error.kind, ErrorKind::UnknownWorld(_)), "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "plugin {}: the component was built for chengis:plugin@9.0.0 (it imports \
+             chengis:plugin/log@9.0.0); this host runs chengis:plugin@0.1.0 plugins",
+            Digest::of(&bytes).short()
+        )
+    );
+
     let error = runtime.inspect(b"\0asm\x01\0\0\0").unwrap_err();
     assert!(matches!(error.kind, ErrorKind::Compile(_)), "{error}");
 }

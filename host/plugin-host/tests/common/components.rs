@@ -14,6 +14,7 @@ const PACKAGES: &[&str] = &[
     "chengis-test-bad-manifest",
     "chengis-test-unknown-world",
     "chengis-test-policy",
+    "chengis-test-future-version",
 ];
 
 fn workspace_root() -> PathBuf {

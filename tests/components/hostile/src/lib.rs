@@ -1,6 +1,7 @@
 //! A step executor that attacks the host in the way its `attack` config names, so that the
 //! runtime's tests can prove each attack is contained.
 
+use chengis_plugin_sdk::outputs::{TestCase, TestOutcome, TestSuite};
 use chengis_plugin_sdk::sandbox::Command;
 use chengis_plugin_sdk::step_executor::Invocation;
 use chengis_plugin_sdk::{Capability, Failure, Host, HttpRequest, Kind, Level, Manifest, StepExecutor, export};
@@ -76,6 +77,25 @@ impl StepExecutor for Hostile {
                 }
             }
             "panic" => panic!("the plugin panicked on purpose"),
+            "report" => {
+                host.set_env("DEPLOY_ENV", "staging");
+                host.report_tests(&TestSuite {
+                    name: "unit".into(),
+                    cases: vec![TestCase {
+                        name: "adds".into(),
+                        classname: "math".into(),
+                        outcome: TestOutcome::Failed,
+                        duration_ms: 3,
+                        message: Some("1 + 1 != 3".into()),
+                    }],
+                });
+            }
+            "many-outputs" => {
+                let value = "z".repeat(1024);
+                for i in 0..4096 {
+                    host.set_output(&format!("out{i}"), &value);
+                }
+            }
             "exec" => {
                 let script: String = config.required("script")?;
                 let command = Command {
