@@ -3,8 +3,11 @@
 //! # Layout
 //! - [`pipeline`]: finding and reading pipeline files, printing diagnostics (the language
 //!   itself is the `chengis-pipeline` crate).
-//! - [`exec`]: running a step as a local process group: output capture, masking, timeouts.
+//! - [`exec`]: running a step as a local process group or in a Docker container: output
+//!   capture, masking, timeouts.
 //! - [`engine`]: running a plan's jobs and steps, env/output propagation, events.
+//! - [`plugins`]: the plugin platform's server side: trust allowlist, builtin plugins, and the
+//!   calls to step executors, notifiers, SCM status reporters and policies.
 //! - [`server`]: the HTTP API (axum), live logs and build events over SSE, health endpoints.
 //! - [`status`]: the status enum shared by builds, jobs and steps.
 //! - [`store`]: the database (SQLite or PostgreSQL): jobs, builds, the queue with leases, secrets.
@@ -17,6 +20,7 @@ pub mod cli;
 pub mod engine;
 pub mod exec;
 pub mod pipeline;
+pub mod plugins;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -67,6 +67,9 @@ pub struct Plan {
     pub post_on_success: Vec<PlannedStep>,
     /// Steps run after all jobs when the pipeline failed.
     pub post_on_failure: Vec<PlannedStep>,
+    /// Notifications sent by the server when the build finishes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<model::Notify>,
 }
 
 /// One job of the plan (one combination of a matrix job).
@@ -215,6 +218,7 @@ pub fn plan(
         post_always,
         post_on_success,
         post_on_failure,
+        notify: pipeline.notify.clone(),
     })
 }
 

@@ -105,11 +105,13 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
     store.start_leased_job(lease).await?;
     if build.status == Status::Queued {
         store.transition_build(build.id, Status::Running, None).await?;
+        ctx.announce(build.id, None);
     }
     store
         .add_event(build.id, "job_status", &json!({"job": spec.id, "status": "running", "attempt": lease.attempt}))
         .await?;
     let _ = ctx.bus.send(Notice::Build(build.id));
+    ctx.announce(build.id, Some((spec.id.clone(), Status::Running)));
 
     // Contexts and the job's condition, as the local engine decides them.
     let siblings = store.build_jobs(bj.build_id).await?;
@@ -217,6 +219,8 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         },
         allowance_name: build.job.clone(),
         owns_workspace: true,
+        plugins: ctx.plugins.clone(),
+        plugin_build: Some(crate::plugins::dispatch::wit_build(&build, &plan.name, &job_record.repo_url)),
         masker,
         cancel: cancel.clone(),
         events: tx,
@@ -259,6 +263,7 @@ async fn finish(
 ) -> Result<(), StoreError> {
     ctx.store.complete(lease, status, reason).await?;
     ctx.store.add_event(build_id, "job_status", &json!({"job": spec.id, "status": status, "reason": reason})).await?;
+    ctx.announce(build_id, Some((spec.id.clone(), status)));
     ctx.schedule(build_id).await
 }
 

@@ -3,6 +3,7 @@
 mod client;
 mod docker;
 mod lint;
+mod plugin;
 mod render;
 mod run;
 mod serve;
@@ -47,6 +48,15 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Apply database migrations and exit.
     Migrate(serve::ServeArgs),
+    /// Manage the plugin trust allowlist on the server host (and scaffold new plugins).
+    Plugin {
+        /// Database and data directory settings, as for `chengis serve`.
+        #[command(flatten)]
+        db: Box<serve::ServeArgs>,
+        /// What to do.
+        #[command(subcommand)]
+        command: plugin::PluginCommand,
+    },
     /// Manage jobs on a server.
     Job {
         /// Server options.
@@ -98,6 +108,7 @@ pub fn main() -> anyhow::Result<i32> {
         }
         Command::Serve(args) => serve::serve(args),
         Command::Migrate(args) => serve::migrate(args),
+        Command::Plugin { db, command } => plugin::plugin(*db, command),
         Command::Job { client, command } => client::job(&client, command),
         Command::Build { client, command } => client::build(&client, command),
         Command::Secret { client, command } => client::secret(&client, command),

@@ -6,6 +6,7 @@ use crate::agent::{AgentConfig, run_agent};
 use crate::engine::builds::BuildContext;
 use crate::exec::CancelSignal;
 use crate::exec::docker::DockerRuntime;
+use crate::plugins::PluginService;
 use crate::server::{AppState, router};
 use crate::store::secrets::MasterKeys;
 use crate::store::{Store, redact_url};
@@ -174,12 +175,17 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let data_dir = std::fs::canonicalize(cfg.data_dir.clone().unwrap_or_default())?;
         let keys = Arc::new(master_keys(&data_dir)?);
         let (bus, _) = tokio::sync::broadcast::channel(1024);
+        let plugins = Arc::new(PluginService::new(store.clone(), &data_dir)?);
+        for p in plugins.install_builtins().await? {
+            tracing::debug!(plugin = %p.name, version = %p.version, digest = %p.digest, "builtin plugin pinned");
+        }
         let ctx = BuildContext {
             store: store.clone(),
             data_dir: data_dir.clone(),
             bus,
             max_matrix: chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS,
             keys: keys.clone(),
+            plugins: Some(plugins),
         };
         recover(&ctx).await;
         let shutdown = CancelSignal::new();

@@ -36,6 +36,8 @@ pub struct BuildContext {
     pub max_matrix: usize,
     /// Secret keys (the planner reads the job's git credentials).
     pub keys: std::sync::Arc<crate::store::secrets::MasterKeys>,
+    /// The plugin platform (step executors, notifiers, SCM status, policies).
+    pub plugins: Option<std::sync::Arc<crate::plugins::PluginService>>,
 }
 
 /// What a trigger asks for.
@@ -147,6 +149,22 @@ impl BuildContext {
                 return self.fail_build(build_id, &format!("the pipeline does not plan:\n{}", text.join("\n"))).await;
             }
         };
+        if let Some(service) = &self.plugins {
+            let policy_plan = crate::plugins::dispatch::policy_plan(&plan, &summary, &sha, &job.repo_url);
+            match crate::plugins::dispatch::check_policies(service.clone(), policy_plan).await {
+                Ok(verdict) => {
+                    let event = serde_json::json!({"denials": verdict.denials, "warnings": verdict.warnings});
+                    if !verdict.denials.is_empty() || !verdict.warnings.is_empty() {
+                        self.store.add_event(build_id, "policy", &event).await?;
+                    }
+                    if !verdict.denials.is_empty() {
+                        let reason = format!("denied by policy:\n{}", verdict.denials.join("\n"));
+                        return self.fail_build(build_id, &reason).await;
+                    }
+                }
+                Err(e) => return self.fail_build(build_id, &format!("the policies could not run: {e}")).await,
+            }
+        }
         let plan_json = serde_json::to_string(&plan).unwrap_or_default();
         self.store.set_build_plan(build_id, &plan_json).await?;
         for job in &plan.jobs {
@@ -163,7 +181,20 @@ impl BuildContext {
             .add_event(build_id, "build_status", &serde_json::json!({"status": "error", "reason": reason}))
             .await?;
         self.notify(Notice::Build(build_id));
+        self.announce(build_id, None);
         Ok(())
+    }
+
+    /// Tells the notifier and SCM status plugins about a status change of the build (or of one
+    /// of its jobs), in the background: plugins never hold up a build.
+    pub fn announce(&self, build_id: i64, job: Option<(String, Status)>) {
+        let Some(service) = self.plugins.clone() else { return };
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::plugins::dispatch::announce(&ctx.store, &ctx.keys, service, build_id, job).await {
+                tracing::warn!(build = build_id, "telling plugins about a status change: {e}");
+            }
+        });
     }
 
     /// Enqueues every queued job whose needs have all finished (the agent then decides with
@@ -200,6 +231,7 @@ impl BuildContext {
             }
             self.store.transition_build(build_id, status, None).await?;
             self.store.add_event(build_id, "build_status", &serde_json::json!({"status": status})).await?;
+            self.announce(build_id, None);
         }
         self.notify(Notice::Build(build_id));
         Ok(())

@@ -67,6 +67,13 @@ pub fn set_var(env: &mut Vec<(String, String)>, key: &str, value: String) {
     }
 }
 
+/// Sets every variable of `extra` in `env` (later values win).
+pub fn merge_vars(env: &mut Vec<(String, String)>, extra: &[(String, String)]) {
+    for (k, v) in extra {
+        set_var(env, k, v.clone());
+    }
+}
+
 /// An environment as the `env` context.
 pub fn env_object(env: &[(String, String)]) -> Value {
     Value::Object(env.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())

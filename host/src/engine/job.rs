@@ -43,6 +43,10 @@ pub struct JobEnv {
     /// The workspace is the agent's own (a checkout), not the user's directory: containers with
     /// a `user:` get it handed over (chown) so that steps can write to it.
     pub owns_workspace: bool,
+    /// The plugin platform, for `uses:` steps (none for `chengis run`).
+    pub plugins: Option<Arc<crate::plugins::PluginService>>,
+    /// The build as step-executor plugins see it.
+    pub plugin_build: Option<chengis_plugin_host::types::Build>,
     /// The masker of the run's secrets.
     pub masker: Arc<SecretMasker>,
     /// Cancels the run.
@@ -126,15 +130,17 @@ async fn run_job_inner(spec: JobSpec<'_>, env: &JobEnv, ctx: &mut Contexts) -> J
         }
         ctx.env = visible_env(env, &job_env, in_container);
     }
-    let mut sandbox = match spec.container {
+    let sandbox = match spec.container {
         None => None,
         Some(c) => match start_job_sandbox(c, env, ctx).await {
-            Ok(s) => Some(s),
+            Ok(s) => Some(Arc::new(s)),
             Err(reason) => return JobResult { status: Status::Error, reason: Some(reason), outputs: IndexMap::new() },
         },
     };
     let result = run_steps(&spec, env, ctx, job_env, failure, deadline, sandbox.as_ref()).await;
-    if let Some(s) = sandbox.as_mut() {
+    // Plugin calls are over, so this is the only reference; otherwise the last holder's drop
+    // removes the containers in the background.
+    if let Some(mut s) = sandbox.and_then(|s| Arc::try_unwrap(s).ok()) {
         s.teardown().await;
     }
     result
@@ -204,7 +210,7 @@ async fn run_steps(
     mut job_env: Vec<(String, String)>,
     mut failure: Option<(Status, String)>,
     deadline: Option<Instant>,
-    sandbox: Option<&JobSandbox>,
+    sandbox: Option<&Arc<JobSandbox>>,
 ) -> JobResult {
     let in_container = sandbox.is_some();
     let mut outputs: IndexMap<String, String> = IndexMap::new();
@@ -289,11 +295,11 @@ async fn run_steps(
     }
 }
 
-/// Env and outputs a step wrote to its files.
+/// Env and outputs a step wrote to its files (or a plugin set).
 #[derive(Default)]
-struct Written {
-    env: Vec<(String, String)>,
-    outputs: Vec<(String, String)>,
+pub(super) struct Written {
+    pub(super) env: Vec<(String, String)>,
+    pub(super) outputs: Vec<(String, String)>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -331,19 +337,8 @@ async fn run_one(
     limit: Option<Duration>,
     job_id: &str,
     next_line: &mut u64,
-    sandbox: Option<&JobSandbox>,
+    sandbox: Option<&Arc<JobSandbox>>,
 ) -> (Status, Option<i32>, Option<String>, Written) {
-    let Some(run) = &step.run else {
-        let uses = step.uses.as_deref().unwrap_or("?");
-        return (
-            Status::Error,
-            None,
-            Some(format!(
-                "`uses: {uses}` needs a step-executor plugin; `chengis run` runs `run:` steps only (plugins run on the server)"
-            )),
-            Written::default(),
-        );
-    };
     let mut step_env: Vec<(String, String)> = job_env.to_vec();
     for (k, text) in &step.env {
         match context::render(text, ctx) {
@@ -351,6 +346,27 @@ async fn run_one(
             Err(e) => return (Status::Error, None, Some(format!("env `{k}`: {e}")), Written::default()),
         }
     }
+    let Some(run) = &step.run else {
+        let uses = step.uses.as_deref().unwrap_or("?");
+        let Some(service) = &env.plugins else {
+            return (
+                Status::Error,
+                None,
+                Some(format!(
+                    "`uses: {uses}` needs a step-executor plugin; `chengis run` runs `run:` steps only (plugins run on the server)"
+                )),
+                Written::default(),
+            );
+        };
+        if sandbox.is_some() {
+            set_var(&mut step_env, "CHENGIS_WORKSPACE", docker_spec::WORKSPACE.to_string());
+        }
+        set_var(&mut step_env, "CHENGIS_STEP", step.name.clone());
+        let (status, reason, written) =
+            super::plugin_step::run(service, step, uses, index, env, ctx, step_env, limit, job_id, next_line, sandbox)
+                .await;
+        return (status, None, reason, written);
+    };
     // `${{ }}` in `run:` reaches the shell as environment variables, never spliced into the text.
     let mut script = String::new();
     let mut n = 0;
@@ -496,7 +512,7 @@ async fn run_one(
 async fn run_in_container(
     step: ContainerStep,
     image: Option<&str>,
-    sandbox: Option<&JobSandbox>,
+    sandbox: Option<&Arc<JobSandbox>>,
     env: &JobEnv,
     job_id: &str,
     index: usize,

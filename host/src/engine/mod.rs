@@ -8,6 +8,7 @@ pub mod envfile;
 pub mod events;
 pub mod hashfiles;
 pub mod job;
+mod plugin_step;
 pub mod run;
 pub mod shell;
 

@@ -121,6 +121,8 @@ pub async fn run_plan(
         },
         allowance_name: id.to_string(),
         owns_workspace: false,
+        plugins: None,
+        plugin_build: None,
         masker: masker.clone(),
         cancel,
         events: events.clone(),

@@ -1,0 +1,396 @@
+//! The data of one plugin store ([`CallState`]) and the host side of every import: logging,
+//! configuration, secrets, sandbox exec, step outputs, and the `wasi:http` gate. Every import
+//! that touches a capability asks the plugin's [`Checker`] first; a denial is logged, recorded
+//! (so that the call's error names it even if the guest swallows it) and, except for HTTP
+//! (where `wasi:http` has its own `HTTP-request-denied` error), traps the guest.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::bindings::{config, log, outputs, sandbox, secrets, types};
+use crate::capability::{Checker, Denial, WorkspaceAccess};
+use crate::error::{ErrorKind, PluginLabel};
+use crate::limits::{Limits, MemoryLimiter};
+use crate::plugin::{CallContext, StepOutcome};
+use crate::sandbox::{ExecRequest, LogLevel, LogSink};
+
+/// Where the guest sees the job workspace.
+pub(crate) const WORKSPACE_GUEST_PATH: &str = "/workspace";
+
+/// A host import ran past the call's deadline.
+#[derive(Debug, thiserror::Error)]
+#[error("a host call ran past the plugin call's deadline")]
+pub(crate) struct HostCallTimedOut;
+
+/// The guest wrote more step outputs than allowed.
+#[derive(Debug, thiserror::Error)]
+#[error("step outputs are over the limit")]
+pub(crate) struct OutputsTooLarge {
+    size: usize,
+    limit: usize,
+}
+
+/// Log lines of one call, cut to the call's limits, sent to the caller's sink.
+struct CallLog {
+    label: PluginLabel,
+    sink: Option<Arc<dyn LogSink>>,
+    written: usize,
+    cut: bool,
+    limit: usize,
+    line_limit: usize,
+}
+
+impl CallLog {
+    fn emit(&mut self, level: LogLevel, text: &str) {
+        for line in text.lines() {
+            if self.cut {
+                return;
+            }
+            let mut end = line.len().min(self.line_limit);
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            let line = &line[..end];
+            self.written += line.len() + 1;
+            if self.written > self.limit {
+                self.cut = true;
+                if let Some(sink) = &self.sink {
+                    sink.line(LogLevel::Warn, &format!("{}: log cut after {} bytes", self.label, self.limit));
+                }
+                return;
+            }
+            if let Some(sink) = &self.sink {
+                sink.line(level, line);
+            }
+        }
+    }
+}
+
+/// The `wasi:http` hooks: every outbound request goes through the capability checker.
+pub(crate) struct HttpGate {
+    checker: Arc<Checker>,
+    denials: Arc<Mutex<Vec<Denial>>>,
+    deadline: Arc<Mutex<Instant>>,
+}
+
+impl WasiHttpHooks for HttpGate {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>),
+                    wasmtime_wasi_http::Error,
+                >,
+            > + Send,
+    > {
+        let uri = request.uri();
+        let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+        let host = uri.host().unwrap_or("").to_string();
+        let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
+        if let Err(denial) = self.checker.check_http(&scheme, &host, port) {
+            self.denials.lock().unwrap_or_else(PoisonError::into_inner).push(denial);
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        let deadline = *self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let cap = |timeout: Option<Duration>| Some(timeout.map_or(remaining, |t| t.min(remaining)));
+        let options = options.unwrap_or_default();
+        let options = RequestOptions {
+            connect_timeout: cap(options.connect_timeout),
+            first_byte_timeout: cap(options.first_byte_timeout),
+            between_bytes_timeout: cap(options.between_bytes_timeout),
+        };
+        Box::new(async move {
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let io: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> = Box::new(io);
+            Ok((response.map(BodyExt::boxed_unsync), io))
+        })
+    }
+}
+
+/// The data of one plugin store.
+pub(crate) struct CallState {
+    pub(crate) label: PluginLabel,
+    pub(crate) limits: Limits,
+    pub(crate) limiter: MemoryLimiter,
+    checker: Arc<Checker>,
+    deadline: Arc<Mutex<Instant>>,
+    denials: Arc<Mutex<Vec<Denial>>>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    http_ctx: WasiHttpCtx,
+    http_gate: HttpGate,
+    config: Vec<(String, String)>,
+    secrets: HashMap<String, String>,
+    sandbox: Option<Arc<dyn crate::sandbox::Sandbox>>,
+    log: CallLog,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    printed: (usize, usize),
+    output_bytes: usize,
+    pub(crate) step: StepOutcome,
+}
+
+impl CallState {
+    /// The state for calls of `label` with `checker`'s capabilities and `ctx`'s inputs.
+    pub(crate) fn new(
+        label: PluginLabel,
+        checker: Arc<Checker>,
+        limits: Limits,
+        ctx: &CallContext,
+    ) -> Result<Self, ErrorKind> {
+        let stdout = MemoryOutputPipe::new(limits.log_bytes);
+        let stderr = MemoryOutputPipe::new(limits.log_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        if let (Some(access), Some(workspace)) = (checker.workspace_access(), &ctx.workspace) {
+            preopen_workspace(&mut wasi, workspace, access)?;
+        }
+        let deadline = Arc::new(Mutex::new(Instant::now() + limits.timeout));
+        let denials = Arc::new(Mutex::new(Vec::new()));
+        let mut config = ctx.config.clone();
+        config.sort();
+        Ok(CallState {
+            log: CallLog {
+                label: label.clone(),
+                sink: ctx.log.clone(),
+                written: 0,
+                cut: false,
+                limit: limits.log_bytes,
+                line_limit: limits.log_line_bytes,
+            },
+            label,
+            limits,
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            http_gate: HttpGate { checker: checker.clone(), denials: denials.clone(), deadline: deadline.clone() },
+            checker,
+            deadline,
+            denials,
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            http_ctx: WasiHttpCtx::new(),
+            config,
+            secrets: ctx.secrets.clone(),
+            sandbox: ctx.sandbox.clone(),
+            stdout,
+            stderr,
+            printed: (0, 0),
+            output_bytes: 0,
+            step: StepOutcome::default(),
+        })
+    }
+
+    /// Starts a new call: a fresh deadline and no denials yet.
+    pub(crate) fn begin_call(&mut self) {
+        *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now() + self.limits.timeout;
+        self.denials.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// The first capability denial of the current call, if any.
+    pub(crate) fn first_denial(&self) -> Option<Denial> {
+        self.denials.lock().unwrap_or_else(PoisonError::into_inner).first().cloned()
+    }
+
+    /// Ends a call: logs the denials and forwards what the guest printed to the log.
+    pub(crate) fn end_call(&mut self) {
+        let denials = std::mem::take(&mut *self.denials.lock().unwrap_or_else(PoisonError::into_inner));
+        let label = self.label.clone();
+        for denial in &denials {
+            self.log.emit(LogLevel::Warn, &format!("{label}: {denial}"));
+        }
+        let stdout = self.stdout.contents();
+        let stderr = self.stderr.contents();
+        let (out_done, err_done) = self.printed;
+        self.log.emit(LogLevel::Info, &String::from_utf8_lossy(&stdout[out_done.min(stdout.len())..]));
+        self.log.emit(LogLevel::Warn, &String::from_utf8_lossy(&stderr[err_done.min(stderr.len())..]));
+        self.printed = (stdout.len(), stderr.len());
+        // Keep the denials for the error classification that follows.
+        *self.denials.lock().unwrap_or_else(PoisonError::into_inner) = denials;
+    }
+
+    /// Turns a failed call into the error a user should see, by the host's own state.
+    pub(crate) fn classify(&self, error: &wasmtime::Error) -> ErrorKind {
+        if self.limiter.exceeded() {
+            return ErrorKind::MemoryExceeded { limit_bytes: self.limits.memory_bytes };
+        }
+        if let Some(denial) = error.downcast_ref::<Denial>() {
+            return ErrorKind::Denied(denial.clone());
+        }
+        if matches!(error.downcast_ref::<wasmtime::Trap>(), Some(wasmtime::Trap::Interrupt))
+            || error.downcast_ref::<HostCallTimedOut>().is_some()
+        {
+            return ErrorKind::TimedOut(self.limits.timeout);
+        }
+        if let Some(too_large) = error.downcast_ref::<OutputsTooLarge>() {
+            return ErrorKind::OutputTooLarge { what: "step outputs", size: too_large.size, limit: too_large.limit };
+        }
+        if let Some(denial) = self.first_denial() {
+            return ErrorKind::Denied(denial);
+        }
+        let mut message = error.root_cause().to_string();
+        if let Some(said) = self.last_stderr_line() {
+            message.push_str(&format!(" (the plugin's last words: {said})"));
+        }
+        ErrorKind::Trap(message)
+    }
+
+    /// The last line the guest wrote to stderr (where a Rust panic message goes), cut short.
+    fn last_stderr_line(&self) -> Option<String> {
+        let stderr = self.stderr.contents();
+        let text = String::from_utf8_lossy(&stderr);
+        let line = text.lines().rev().find(|line| !line.trim().is_empty() && !line.starts_with("note: "))?;
+        Some(line.chars().take(300).collect())
+    }
+
+    fn deny(&mut self, denial: Denial) -> wasmtime::Error {
+        self.denials.lock().unwrap_or_else(PoisonError::into_inner).push(denial.clone());
+        wasmtime::Error::new(denial)
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.lock().unwrap_or_else(PoisonError::into_inner).saturating_duration_since(Instant::now())
+    }
+
+    fn count_output(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.output_bytes += bytes;
+        if self.output_bytes > self.limits.output_bytes {
+            return Err(wasmtime::Error::new(OutputsTooLarge {
+                size: self.output_bytes,
+                limit: self.limits.output_bytes,
+            }));
+        }
+        Ok(())
+    }
+}
+
+fn preopen_workspace(wasi: &mut WasiCtxBuilder, workspace: &Path, access: WorkspaceAccess) -> Result<(), ErrorKind> {
+    let perms = match access {
+        WorkspaceAccess::Read => FsPerms::ReadOnly,
+        WorkspaceAccess::Write => FsPerms::ReadWrite,
+    };
+    wasi.preopened_dir(workspace, WORKSPACE_GUEST_PATH, perms)
+        .map(|_| ())
+        .map_err(|e| ErrorKind::Host(format!("cannot open the workspace {}: {e}", workspace.display())))
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http_gate }
+    }
+}
+
+impl types::Host for CallState {}
+
+impl log::Host for CallState {
+    fn log(&mut self, level: log::Level, message: String) {
+        let level = match level {
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        self.log.emit(level, &message);
+    }
+}
+
+impl config::Host for CallState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    }
+
+    fn all(&mut self) -> Vec<types::KeyValue> {
+        self.config.iter().map(|(key, value)| types::KeyValue { key: key.clone(), value: value.clone() }).collect()
+    }
+}
+
+impl secrets::Host for CallState {
+    fn get(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        match self.checker.check_secret(&name) {
+            Ok(()) => Ok(self.secrets.get(&name).cloned()),
+            Err(denial) => Err(self.deny(denial)),
+        }
+    }
+}
+
+impl sandbox::Host for CallState {
+    fn exec(&mut self, command: sandbox::Command) -> wasmtime::Result<Result<sandbox::Exit, String>> {
+        if let Err(denial) = self.checker.check_exec() {
+            return Err(self.deny(denial));
+        }
+        let Some(sandbox) = self.sandbox.clone() else {
+            return Ok(Err("no sandbox is available to this call".into()));
+        };
+        if command.argv.is_empty() {
+            return Ok(Err("the command is empty".into()));
+        }
+        if let Some(workdir) = &command.workdir
+            && (Path::new(workdir).is_absolute() || Path::new(workdir).components().any(|c| c.as_os_str() == ".."))
+        {
+            return Ok(Err(format!("the workdir {workdir:?} must be relative to the workspace, without `..`")));
+        }
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err(wasmtime::Error::new(HostCallTimedOut));
+        }
+        let timeout = command.timeout_ms.map_or(remaining, |ms| Duration::from_millis(ms).min(remaining));
+        let request = ExecRequest {
+            argv: command.argv,
+            env: command.env.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            workdir: command.workdir,
+            timeout,
+        };
+        let log = &mut self.log;
+        let outcome = sandbox.exec(&request, &mut |line| log.emit(LogLevel::Info, line));
+        match outcome {
+            Ok(outcome) if outcome.timed_out && self.remaining().is_zero() => {
+                Err(wasmtime::Error::new(HostCallTimedOut))
+            }
+            Ok(outcome) => Ok(Ok(sandbox::Exit { code: outcome.code, timed_out: outcome.timed_out })),
+            Err(error) => Ok(Err(error.0)),
+        }
+    }
+}
+
+impl outputs::Host for CallState {
+    fn set_output(&mut self, name: String, value: String) -> wasmtime::Result<()> {
+        self.count_output(name.len() + value.len())?;
+        self.step.outputs.push((name, value));
+        Ok(())
+    }
+
+    fn set_env(&mut self, name: String, value: String) -> wasmtime::Result<()> {
+        self.count_output(name.len() + value.len())?;
+        self.step.env.push((name, value));
+        Ok(())
+    }
+
+    fn report_tests(&mut self, suite: outputs::TestSuite) -> wasmtime::Result<()> {
+        let size = suite.name.len()
+            + suite
+                .cases
+                .iter()
+                .map(|c| c.name.len() + c.classname.len() + c.message.as_ref().map_or(0, String::len) + 16)
+                .sum::<usize>();
+        self.count_output(size)?;
+        self.step.tests.push(suite);
+        Ok(())
+    }
+}

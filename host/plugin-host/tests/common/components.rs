@@ -1,0 +1,61 @@
+//! Builds the plugin components (the builtin plugins and the hostile test components) for
+//! `wasm32-wasip2` with cargo, once per test process, into a target directory of their own,
+//! and returns their bytes. Shared by the integration tests and the benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The crates built as components, by package name.
+const PACKAGES: &[&str] = &[
+    "chengis-plugin-console",
+    "chengis-plugin-script",
+    "chengis-test-hostile",
+    "chengis-test-bad-manifest",
+    "chengis-test-unknown-world",
+    "chengis-test-policy",
+    "chengis-test-future-version",
+];
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn build_all() -> PathBuf {
+    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-components");
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let libdir = Command::new("rustc").args(["--print", "target-libdir", "--target", "wasm32-wasip2"]).output();
+    let has_std = libdir.ok().is_some_and(|out| {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
+            .unwrap_or(false)
+    });
+    assert!(
+        has_std,
+        "the Rust standard library for wasm32-wasip2 is not installed; plugins cannot be built. \
+         Install it with `rustup target add wasm32-wasip2` (or ../shared/tools/ensure-wasm-target.sh)"
+    );
+    // One cargo run per package: each enables a different world feature of the SDK, and a
+    // component must carry exactly one world.
+    for package in PACKAGES {
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "-p", package, "--target-dir"])
+            .arg(&target_dir)
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+        assert!(status.success(), "building {package} for wasm32-wasip2 failed ({status})");
+    }
+    target_dir.join("wasm32-wasip2/release")
+}
+
+/// The bytes of the component built from `package` (e.g. `chengis-plugin-console`).
+pub fn component(package: &str) -> Vec<u8> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    assert!(PACKAGES.contains(&package), "{package} is not a component crate");
+    let path = DIR.get_or_init(build_all).join(format!("{}.wasm", package.replace('-', "_")));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}

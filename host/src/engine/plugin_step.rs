@@ -1,0 +1,191 @@
+//! `uses:` steps: the step-executor plugin named by the step runs with the step's `with:` (over
+//! the plugin's server-side config), only the secrets its grant allows, and the job's sandbox
+//! for the commands it runs; what it sets becomes the step's outputs and env.
+
+use super::context::{self, Contexts, set_var};
+use super::job::{JobEnv, Written};
+use crate::exec::docker::JobSandbox;
+use crate::plugins::PluginService;
+use crate::plugins::bridge::SandboxTarget;
+use crate::plugins::dispatch::{self, StepCall};
+use crate::status::Status;
+use chengis_pipeline::plan::{Piece, PlannedStep};
+use chengis_plugin_host::{World, outputs, types};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The secret names a text's expressions read (`secrets.NAME`).
+fn secrets_read(src: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(at) = rest.find("secrets.") {
+        let tail = &rest[at + "secrets.".len()..];
+        let name: String = tail.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        if !name.is_empty() {
+            out.push(name);
+        }
+        rest = tail;
+    }
+    out
+}
+
+/// Runs a `uses:` step; returns its status, reason and what it wrote.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run(
+    service: &Arc<PluginService>,
+    step: &PlannedStep,
+    uses: &str,
+    index: usize,
+    env: &JobEnv,
+    ctx: &Contexts,
+    step_env: Vec<(String, String)>,
+    limit: Option<Duration>,
+    job_id: &str,
+    next_line: &mut u64,
+    sandbox: Option<&Arc<JobSandbox>>,
+) -> (Status, Option<String>, Written) {
+    let fail = |reason: String| (Status::Error, Some(reason), Written::default());
+    let (record, _) = match service.resolve(uses, World::StepExecutor).await {
+        Ok(found) => found,
+        Err(e) => return fail(e.to_string()),
+    };
+    // `${{ secrets.X }}` in `with:` only for secrets the plugin's grant allows.
+    let granted = |name: &str| PluginService::secret_granted(&record, name);
+    for (key, text) in &step.with {
+        for piece in &text.0 {
+            if let Piece::Expr(src) = piece
+                && let Some(name) = secrets_read(src).into_iter().find(|n| !granted(n))
+            {
+                return fail(format!(
+                    "with.{key}: plugin `{}` {} is not granted secret `{name}` (an admin can grant it: `chengis plugin allow {} --grant secret:{name}`)",
+                    record.name, record.version, record.name
+                ));
+            }
+        }
+    }
+    let mut with = indexmap::IndexMap::new();
+    for (key, text) in &step.with {
+        match context::render(text, ctx) {
+            Ok(v) => {
+                with.insert(key.clone(), v);
+            }
+            Err(e) => return fail(format!("with.{key}: {e}")),
+        }
+    }
+    let secrets: HashMap<String, String> = match &ctx.secrets {
+        Value::Object(map) => map
+            .iter()
+            .filter(|(k, _)| granted(k))
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect(),
+        _ => HashMap::new(),
+    };
+    let target = match sandbox {
+        Some(s) => SandboxTarget::Container { sandbox: s.clone(), env: step_env.clone() },
+        None => {
+            let mut all = env.host_env.clone();
+            context::merge_vars(&mut all, &step_env);
+            SandboxTarget::Local { workspace: env.workspace.clone(), env: all }
+        }
+    };
+    // The step's time limit stops the commands the plugin runs (and so the plugin's wait).
+    let cancel = env.cancel.child();
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timer = limit.map(|limit| {
+        let (cancel, timed_out) = (cancel.clone(), timed_out.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+            cancel.cancel();
+        })
+    });
+    let call = StepCall {
+        reference: uses.to_string(),
+        with,
+        secrets,
+        build: env.plugin_build.clone().unwrap_or_else(|| types::Build {
+            id: 0,
+            number: 0,
+            pipeline: String::new(),
+            status: types::Status::Running,
+            commit: types::Commit {
+                sha: String::new(),
+                repository: String::new(),
+                branch: None,
+                tag: None,
+                message: String::new(),
+                author: String::new(),
+            },
+            trigger: String::new(),
+            url: None,
+            duration_ms: None,
+        }),
+        job: types::Job {
+            id: 0,
+            name: job_id.to_string(),
+            status: types::Status::Running,
+            image: None,
+            duration_ms: None,
+        },
+        step: types::Step { index: index as u32, name: step.name.clone(), uses: uses.to_string() },
+        env: step_env,
+        target,
+        workspace: env.workspace.clone(),
+        events: env.events.clone(),
+        job_id: job_id.to_string(),
+        index,
+        first_line: *next_line,
+        masker: env.masker.clone(),
+        cancel: cancel.clone(),
+        kill_grace: env.kill_grace,
+        output_cap: env.output_cap,
+    };
+    let (outcome, next) = dispatch::run_step(service.clone(), call).await;
+    *next_line = next;
+    if let Some(timer) = timer {
+        timer.abort();
+    }
+    if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
+        let limit = humantime::format_duration(limit.unwrap_or_default());
+        return (Status::TimedOut, Some(format!("timed out after {limit}")), Written::default());
+    }
+    if env.cancel.is_cancelled() {
+        return (Status::Cancelled, Some("was cancelled".into()), Written::default());
+    }
+    match outcome {
+        Err(reason) => (Status::Failure, Some(reason), Written::default()),
+        Ok(outcome) => {
+            let mut written = Written::default();
+            for (k, v) in outcome.env {
+                set_var(&mut written.env, &k, v);
+            }
+            for (k, v) in outcome.outputs {
+                set_var(&mut written.outputs, &k, v);
+            }
+            let failed: usize = outcome
+                .tests
+                .iter()
+                .flat_map(|s| &s.cases)
+                .filter(|c| matches!(c.outcome, outputs::TestOutcome::Failed | outputs::TestOutcome::Errored))
+                .count();
+            if failed > 0 {
+                let total: usize = outcome.tests.iter().map(|s| s.cases.len()).sum();
+                return (Status::Failure, Some(format!("{failed} of {total} tests failed")), written);
+            }
+            (Status::Success, None, written)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_references_are_found() {
+        assert_eq!(secrets_read("secrets.A_1 == secrets.b"), ["A_1", "b"]);
+        assert!(secrets_read("env.X").is_empty());
+    }
+}

@@ -1,0 +1,399 @@
+//! Build events and plans turned into plugin calls: `uses:` steps to step executors, build and
+//! job status changes to notifiers and SCM status reporters, plans to policies. Every call runs
+//! on a blocking thread; a failing plugin is an error for that step, notification or policy,
+//! never for the server.
+
+use super::bridge::{SandboxTarget, StepLog, StepSandbox};
+use super::{PluginService, PluginServiceError};
+use crate::engine::events::RunEvent;
+use crate::exec::{CancelSignal, SecretMasker};
+use crate::status::Status;
+use crate::store::builds::BuildSummary;
+use chengis_pipeline::model::{Notify, When};
+use chengis_plugin_host::bindings::{notifier, policy, scm_status, step_executor};
+use chengis_plugin_host::{CallContext, StepOutcome, World, types};
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Every Chengis status as the plugin interface says it; `timed_out` is a failure there (the
+/// interface has no separate state), said explicitly rather than by a default branch.
+pub fn wit_status(s: Status) -> types::Status {
+    match s {
+        Status::Queued => types::Status::Pending,
+        Status::Running => types::Status::Running,
+        Status::Success => types::Status::Success,
+        Status::Failure => types::Status::Failure,
+        Status::TimedOut => types::Status::Failure,
+        Status::Cancelled => types::Status::Cancelled,
+        Status::Skipped => types::Status::Skipped,
+        Status::Error => types::Status::Error,
+    }
+}
+
+/// A build as plugins see it.
+pub fn wit_build(b: &BuildSummary, pipeline: &str, repository: &str) -> types::Build {
+    types::Build {
+        id: b.id as u64,
+        number: b.number as u64,
+        pipeline: pipeline.to_string(),
+        status: wit_status(b.status),
+        commit: types::Commit {
+            sha: b.commit_sha.clone(),
+            repository: repository.to_string(),
+            branch: Some(b.branch.clone()).filter(|s| !s.is_empty()),
+            tag: None,
+            message: String::new(),
+            author: b.who.clone(),
+        },
+        trigger: b.trigger.clone(),
+        url: None,
+        duration_ms: b.started_ms.zip(b.finished_ms).map(|(s, f)| (f - s).max(0) as u64),
+    }
+}
+
+/// One `uses:` step to run.
+pub struct StepCall {
+    /// `name` or `name@version`.
+    pub reference: String,
+    /// `with:` values (already rendered).
+    pub with: IndexMap<String, String>,
+    /// The job's secrets by name (the plugin reads only the granted ones).
+    pub secrets: HashMap<String, String>,
+    /// The build.
+    pub build: types::Build,
+    /// The job.
+    pub job: types::Job,
+    /// The step.
+    pub step: types::Step,
+    /// The job's environment at this step.
+    pub env: Vec<(String, String)>,
+    /// Where the step's commands run.
+    pub target: SandboxTarget,
+    /// The workspace on the host.
+    pub workspace: std::path::PathBuf,
+    /// Log lines go here.
+    pub events: mpsc::Sender<RunEvent>,
+    /// Planned job id.
+    pub job_id: String,
+    /// Step index.
+    pub index: usize,
+    /// First log line number.
+    pub first_line: u64,
+    /// Masks output.
+    pub masker: Arc<SecretMasker>,
+    /// Cancels the job.
+    pub cancel: CancelSignal,
+    /// TERM-to-KILL grace.
+    pub kill_grace: Duration,
+    /// Output cap.
+    pub output_cap: u64,
+}
+
+/// Runs a step executor; returns what it set, and the next log line number.
+pub async fn run_step(service: Arc<PluginService>, call: StepCall) -> (Result<StepOutcome, String>, u64) {
+    let first_line = call.first_line;
+    let (record, plugin) = match service.resolve_step_executor(&call.reference).await {
+        Ok(found) => found,
+        Err(e) => return (Err(e.to_string()), first_line),
+    };
+    let mut config: Vec<(String, String)> = service
+        .store()
+        .plugin_config(&record.name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+        .collect();
+    crate::engine::context::merge_vars(&mut config, &call.with.into_iter().collect::<Vec<_>>());
+    let log = Arc::new(StepLog {
+        events: call.events,
+        job: call.job_id,
+        step: call.index,
+        masker: call.masker.clone(),
+        next_line: AtomicU64::new(first_line),
+    });
+    let sandbox = StepSandbox {
+        handle: tokio::runtime::Handle::current(),
+        target: call.target,
+        masker: call.masker,
+        cancel: call.cancel,
+        kill_grace: call.kill_grace,
+        output_cap: call.output_cap,
+    };
+    let ctx = CallContext {
+        config,
+        secrets: call.secrets,
+        log: Some(log.clone()),
+        sandbox: Some(Arc::new(sandbox)),
+        workspace: Some(call.workspace),
+    };
+    let invocation = step_executor::Invocation {
+        build: call.build,
+        job: call.job,
+        step: call.step,
+        env: call.env.into_iter().map(|(key, value)| types::KeyValue { key, value }).collect(),
+    };
+    let result = tokio::task::spawn_blocking(move || plugin.run_step(&ctx, &invocation)).await;
+    let outcome = match result {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("plugin `{}` {}: {e}", record.name, record.version)),
+    };
+    (outcome, log.next_line())
+}
+
+/// Sends `event` to the notifiers of the pipeline's `notify:` entries whose `on:` matches, and
+/// to every allowed notifier that has a server-side configuration with a matching `on`.
+pub async fn notify(
+    service: Arc<PluginService>,
+    entries: &[Notify],
+    event: notifier::Event,
+    secrets: HashMap<String, String>,
+) {
+    let finished = event.kind == notifier::EventKind::BuildFinished;
+    let success = event.build.status == types::Status::Success;
+    let mut calls: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for n in entries {
+        let wanted = match n.on.unwrap_or(When::Always) {
+            When::Always => true,
+            When::OnSuccess => success,
+            When::OnFailure => !success,
+        };
+        // Pipeline notifications are about finished builds.
+        if finished && wanted {
+            calls.push((n.uses.clone(), n.with.iter().map(|(k, v)| (k.clone(), v.clone())).collect()));
+        }
+    }
+    if let Ok(allowed) = service.allowed(World::Notifier).await {
+        for (record, _) in allowed {
+            let config = service.store().plugin_config(&record.name).await.unwrap_or_default();
+            let on = config.get("on").and_then(|v| v.as_str()).map(str::to_string);
+            let Some(on) = on else { continue };
+            let matches = match on.as_str() {
+                "always" => true,
+                "finished" => finished,
+                "success" => finished && success,
+                "failure" => finished && !success,
+                _ => false,
+            };
+            if matches && !calls.iter().any(|(u, _)| u.split('@').next() == Some(record.name.as_str())) {
+                calls.push((record.name.clone(), Vec::new()));
+            }
+        }
+    }
+    for (reference, with) in calls {
+        let (record, plugin) = match service.resolve(&reference, World::Notifier).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(notifier = %reference, "{e}");
+                continue;
+            }
+        };
+        let mut config: Vec<(String, String)> = server_config(&service, &record.name).await;
+        crate::engine::context::merge_vars(&mut config, &with);
+        let ctx = CallContext {
+            config,
+            secrets: secrets.clone(),
+            log: Some(Arc::new(TracingLog { plugin: record.name.clone() })),
+            sandbox: None,
+            workspace: None,
+        };
+        let event = event.clone();
+        let result = tokio::task::spawn_blocking(move || plugin.notify(&ctx, &event)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(notifier = %record.name, "{e}"),
+            Err(e) => tracing::warn!(notifier = %record.name, "notifier task: {e}"),
+        }
+    }
+}
+
+/// Reports a status to every allowed SCM status plugin that has a server-side configuration.
+pub async fn report_status(
+    service: Arc<PluginService>,
+    update: scm_status::StatusUpdate,
+    secrets: HashMap<String, String>,
+) {
+    let Ok(allowed) = service.allowed(World::ScmStatus).await else { return };
+    for (record, plugin) in allowed {
+        let config = server_config(&service, &record.name).await;
+        if config.is_empty() {
+            continue;
+        }
+        let plugin = match plugin {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(reporter = %record.name, "{e}");
+                continue;
+            }
+        };
+        let ctx = CallContext {
+            config,
+            secrets: secrets.clone(),
+            log: Some(Arc::new(TracingLog { plugin: record.name.clone() })),
+            sandbox: None,
+            workspace: None,
+        };
+        let update = update.clone();
+        match tokio::task::spawn_blocking(move || plugin.report_status(&ctx, &update)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(reporter = %record.name, "{e}"),
+            Err(e) => tracing::warn!(reporter = %record.name, "status task: {e}"),
+        }
+    }
+}
+
+/// What the policies said about a plan.
+#[derive(Debug, Default)]
+pub struct PolicyVerdict {
+    /// Reasons to deny (empty: allowed).
+    pub denials: Vec<String>,
+    /// Warnings of allowing policies.
+    pub warnings: Vec<String>,
+}
+
+/// Asks every allowed policy about `plan`; a policy that fails denies (fail closed).
+pub async fn check_policies(
+    service: Arc<PluginService>,
+    plan: policy::Plan,
+) -> Result<PolicyVerdict, PluginServiceError> {
+    let mut verdict = PolicyVerdict::default();
+    for (record, plugin) in service.allowed(World::Policy).await? {
+        let plugin = match plugin {
+            Ok(p) => p,
+            Err(e) => {
+                verdict.denials.push(format!("{e} (a policy that cannot run denies)"));
+                continue;
+            }
+        };
+        let config = server_config(&service, &record.name).await;
+        let ctx = CallContext {
+            config,
+            secrets: HashMap::new(),
+            log: Some(Arc::new(TracingLog { plugin: record.name.clone() })),
+            sandbox: None,
+            workspace: None,
+        };
+        let plan = plan.clone();
+        let label = format!("policy `{}` {}", record.name, record.version);
+        match tokio::task::spawn_blocking(move || plugin.check_policy(&ctx, &plan)).await {
+            Ok(Ok(policy::Decision::Allow(diags))) => {
+                verdict.warnings.extend(diags.iter().map(|d| format!("{label}: {}", d.message)))
+            }
+            Ok(Ok(policy::Decision::Deny(diags))) => {
+                if diags.is_empty() {
+                    verdict.denials.push(format!("{label}: denied"));
+                }
+                verdict.denials.extend(diags.iter().map(|d| {
+                    let field = d.field.as_deref().map(|f| format!(" at `{f}`")).unwrap_or_default();
+                    format!("{label}: [{}]{field} {}", d.code, d.message)
+                }));
+            }
+            Ok(Err(e)) => verdict.denials.push(format!("{e} (a failing policy denies)")),
+            Err(e) => verdict.denials.push(format!("{label}: {e} (a failing policy denies)")),
+        }
+    }
+    Ok(verdict)
+}
+
+/// The plan as policies see it.
+pub fn policy_plan(plan: &chengis_pipeline::Plan, build: &BuildSummary, sha: &str, repository: &str) -> policy::Plan {
+    let mut summary = build.clone();
+    summary.commit_sha = sha.to_string();
+    policy::Plan {
+        pipeline: plan.name.clone(),
+        commit: wit_build(&summary, &plan.name, repository).commit,
+        trigger: build.trigger.clone(),
+        actor: Some(build.who.clone()).filter(|w| !w.is_empty()),
+        jobs: plan
+            .jobs
+            .iter()
+            .map(|j| policy::PlannedJob {
+                name: j.id.clone(),
+                image: j.image.as_ref().map(|i| i.as_literal().unwrap_or_else(|| "(expression)".into())),
+                needs: j.needs.clone(),
+                uses: j.steps.iter().filter_map(|s| s.uses.clone()).collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Tells notifiers and SCM status reporters that the build (or one of its jobs) changed status.
+pub async fn announce(
+    store: &crate::store::Store,
+    keys: &crate::store::secrets::MasterKeys,
+    service: Arc<PluginService>,
+    build_id: i64,
+    job: Option<(String, Status)>,
+) -> Result<(), PluginServiceError> {
+    let summary = store.build_summary(build_id).await?;
+    let record = store.job(&summary.job).await?;
+    let plan: Option<chengis_pipeline::Plan> =
+        store.build_plan(build_id).await?.and_then(|text| serde_json::from_str(&text).ok());
+    let pipeline = plan.as_ref().map_or_else(|| summary.job.clone(), |p| p.name.clone());
+    let build = wit_build(&summary, &pipeline, &record.repo_url);
+    let secrets: HashMap<String, String> = store.secrets_for_job(keys, &record.name).await?.into_iter().collect();
+    let (kind, wit_job, state, context) = match &job {
+        Some((key, status)) => {
+            let kind = if *status == Status::Running {
+                notifier::EventKind::JobStarted
+            } else {
+                notifier::EventKind::JobFinished
+            };
+            let image = plan
+                .as_ref()
+                .and_then(|p| p.jobs.iter().find(|j| &j.id == key))
+                .and_then(|j| j.image.as_ref())
+                .and_then(|i| i.as_literal());
+            let wit_job =
+                types::Job { id: 0, name: key.clone(), status: wit_status(*status), image, duration_ms: None };
+            (kind, Some(wit_job), wit_status(*status), format!("chengis/{key}"))
+        }
+        None if summary.status.is_finished() => {
+            (notifier::EventKind::BuildFinished, None, wit_status(summary.status), "chengis/build".to_string())
+        }
+        None => (notifier::EventKind::BuildStarted, None, wit_status(summary.status), "chengis/build".to_string()),
+    };
+    let description = match &job {
+        Some((key, status)) => format!("{key}: {status}"),
+        None => format!("build #{} {}", summary.number, summary.status),
+    };
+    let event = notifier::Event { kind, build: build.clone(), job: wit_job.clone() };
+    let entries = plan.map(|p| p.notify).unwrap_or_default();
+    notify(service.clone(), &entries, event, secrets.clone()).await;
+    let update = scm_status::StatusUpdate { build, job: wit_job, state, context, description };
+    report_status(service, update, secrets).await;
+    Ok(())
+}
+
+async fn server_config(service: &PluginService, name: &str) -> Vec<(String, String)> {
+    service
+        .store()
+        .plugin_config(name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+        .collect()
+}
+
+/// Notifier, reporter and policy log lines go to the server log.
+struct TracingLog {
+    plugin: String,
+}
+
+impl chengis_plugin_host::LogSink for TracingLog {
+    fn line(&self, level: chengis_plugin_host::LogLevel, line: &str) {
+        use chengis_plugin_host::LogLevel;
+        match level {
+            LogLevel::Debug => tracing::debug!(plugin = %self.plugin, "{line}"),
+            LogLevel::Info => tracing::info!(plugin = %self.plugin, "{line}"),
+            LogLevel::Warn => tracing::warn!(plugin = %self.plugin, "{line}"),
+            LogLevel::Error => tracing::error!(plugin = %self.plugin, "{line}"),
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The server side of the plugin platform: the trust allowlist kept in the store, installing and
+//! inspecting components, the builtin catalogue, and the plugin calls the engine makes (`uses:`
+//! steps, notifiers, SCM status reporters, policies). The wasmtime runtime itself lives in the
+//! `chengis-plugin-host` crate.
+//!
+//! # Layout
+//! - this file: [`PluginService`], the allowlist and component files.
+//! - [`bridge`]: the log sink and sandbox the runtime calls back into.
+//! - [`dispatch`]: build events and plans turned into notifier, SCM status and policy calls.
+
+pub mod bridge;
+pub mod dispatch;
+
+use crate::store::plugins::{NewPlugin, PluginRecord, TrustState};
+use crate::store::{Store, StoreError};
+use chengis_plugin_host::{
+    Allowlist, Capability, Digest, Grants, Inspection, Limits, Plugin, PluginError, Runtime, RuntimeError, World, types,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use thiserror::Error;
+
+/// The builtin plugins shipped inside the binary: file name and component bytes.
+pub const BUILTINS: &[(&str, &[u8])] = &[
+    ("console.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_console.wasm"))),
+    ("script.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_script.wasm"))),
+];
+
+/// What can go wrong managing or calling plugins, said so that an operator can act.
+#[derive(Debug, Error)]
+pub enum PluginServiceError {
+    /// The runtime could not start.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The plugin failed or was refused by the runtime.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No plugin answers to the reference.
+    #[error("no {world} plugin `{reference}` is installed; `chengis plugin list` shows what is")]
+    NotFound {
+        /// The reference (`name` or `name@version`).
+        reference: String,
+        /// The world looked for.
+        world: &'static str,
+    },
+    /// The plugin is installed but not allowed.
+    #[error(
+        "plugin `{name}` {version} is {state} in the trust allowlist; an admin can allow it with `chengis plugin allow {name}`"
+    )]
+    NotAllowed {
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The stored component's bytes no longer match the digest that was allowed.
+    #[error(
+        "plugin `{name}` {version}: {path} does not match the allowed digest {digest}; it was modified and is refused"
+    )]
+    Tampered {
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+        /// The file.
+        path: String,
+        /// The allowed digest.
+        digest: String,
+    },
+    /// A grant could not be parsed.
+    #[error("invalid grant: {0}")]
+    Grant(String),
+}
+
+/// The plugin platform of one server: runtime, allowlist and loaded plugins.
+pub struct PluginService {
+    runtime: Runtime,
+    store: Store,
+    dir: PathBuf,
+    loaded: Mutex<HashMap<String, Plugin>>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for PluginService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginService").field("dir", &self.dir).finish()
+    }
+}
+
+/// The WIT name of a world.
+pub fn world_name(world: World) -> &'static str {
+    world.name()
+}
+
+fn kind_name(kind: &types::Kind) -> &'static str {
+    match kind {
+        types::Kind::StepExecutor => "step-executor",
+        types::Kind::Notifier => "notifier",
+        types::Kind::ScmStatus => "scm-status",
+        types::Kind::Policy => "policy",
+    }
+}
+
+/// The requested capabilities of a manifest as grant texts (`http:...`, `secret:NAME`, ...).
+pub fn requested(manifest: &types::Manifest) -> Vec<String> {
+    manifest
+        .capabilities
+        .iter()
+        .map(|c| Capability::from_wit(c).map_or_else(|e| format!("invalid ({e})"), |c| c.to_string()))
+        .collect()
+}
+
+impl PluginService {
+    /// A service over `store`, keeping components in `data_dir/plugins` and compiled artifacts
+    /// in `data_dir/plugin-cache`.
+    pub fn new(store: Store, data_dir: &Path) -> Result<PluginService, PluginServiceError> {
+        let runtime = Runtime::new(Some(data_dir.join("plugin-cache")))?;
+        let dir = data_dir.join("plugins");
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| PluginServiceError::Io { path: dir.display().to_string(), source })?;
+        Ok(PluginService { runtime, store, dir, loaded: Mutex::new(HashMap::new()), limits: Limits::default() })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads a component's world and manifest with no capabilities at all (the only way an
+    /// untrusted component ever runs).
+    pub fn inspect(&self, bytes: &[u8]) -> Result<Inspection, PluginServiceError> {
+        Ok(self.runtime.inspect(bytes)?)
+    }
+
+    /// Installs a component: checks it is a component of a known world, copies it into the
+    /// data directory under its digest and records it (allowed with `grants` when `allow`,
+    /// else pending). Installing the same bytes again returns the existing record.
+    pub async fn install(
+        &self,
+        bytes: &[u8],
+        allow: bool,
+        grants: &[String],
+        by: &str,
+        builtin: bool,
+    ) -> Result<PluginRecord, PluginServiceError> {
+        Grants::parse(grants.iter().map(String::as_str)).map_err(|e| PluginServiceError::Grant(e.to_string()))?;
+        let inspection = self.inspect(bytes)?;
+        let digest = inspection.digest.to_string();
+        if let Some(existing) = self.store.plugin_by_digest(&digest).await? {
+            return Ok(existing);
+        }
+        let path = self.dir.join(format!("{}.wasm", inspection.digest.hex()));
+        let tmp = path.with_extension("wasm.tmp");
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| PluginServiceError::Io { path: p, source }
+        };
+        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        let m = &inspection.manifest;
+        let record = NewPlugin {
+            name: m.name.clone(),
+            version: m.version.clone(),
+            digest,
+            world: inspection.world.name().to_string(),
+            kinds: m.kinds.iter().map(|k| kind_name(k).to_string()).collect(),
+            description: m.description.clone(),
+            requested: requested(m),
+            granted: grants.to_vec(),
+            state: if allow { TrustState::Allowed } else { TrustState::Pending },
+            path: path.display().to_string(),
+            builtin,
+            by: by.to_string(),
+        };
+        Ok(self.store.add_plugin(&record).await?)
+    }
+
+    /// Records the builtin plugins (allowed, with what they request granted) unless already
+    /// recorded: done at every start, so a new binary pins its new builtins.
+    pub async fn install_builtins(&self) -> Result<Vec<PluginRecord>, PluginServiceError> {
+        let mut out = Vec::new();
+        for (_, bytes) in BUILTINS {
+            let inspection = self.inspect(bytes)?;
+            let grants = requested(&inspection.manifest);
+            out.push(self.install(bytes, true, &grants, "chengis (builtin)", true).await?);
+        }
+        Ok(out)
+    }
+
+    /// The allowed plugin of `world` that `reference` (`name` or `name@version`) names, loaded:
+    /// the newest allowed version when no version is given.
+    pub async fn resolve(&self, reference: &str, world: World) -> Result<(PluginRecord, Plugin), PluginServiceError> {
+        let (name, version) = match reference.split_once('@') {
+            Some((n, v)) => (n, Some(v)),
+            None => (reference, None),
+        };
+        let candidates: Vec<PluginRecord> = self
+            .store
+            .plugins()
+            .await?
+            .into_iter()
+            .filter(|p| p.name == name && p.world == world.name() && version.is_none_or(|v| v == p.version))
+            .collect();
+        let Some(record) = candidates.iter().find(|p| p.state == TrustState::Allowed).cloned() else {
+            return Err(match candidates.first() {
+                Some(p) => PluginServiceError::NotAllowed {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    state: p.state.as_str(),
+                },
+                None => PluginServiceError::NotFound { reference: reference.to_string(), world: world.name() },
+            });
+        };
+        let plugin = self.load(&record)?;
+        Ok((record, plugin))
+    }
+
+    /// Like [`PluginService::resolve`] for a step executor, loaded with step limits: steps may
+    /// run for as long as their commands do (the step's own `timeout:` stops them).
+    pub async fn resolve_step_executor(&self, reference: &str) -> Result<(PluginRecord, Plugin), PluginServiceError> {
+        let (record, _) = self.resolve(reference, World::StepExecutor).await?;
+        let limits = Limits { timeout: std::time::Duration::from_secs(24 * 3600), ..self.limits };
+        let plugin = self.load_with(&record, limits)?;
+        Ok((record, plugin))
+    }
+
+    /// Every allowed plugin of `world` (newest version of each name), each loaded or with the
+    /// reason it could not be (a modified file, a broken component): the caller decides
+    /// whether that skips it (notifications) or fails closed (policies).
+    pub async fn allowed(
+        &self,
+        world: World,
+    ) -> Result<Vec<(PluginRecord, Result<Plugin, PluginServiceError>)>, PluginServiceError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for p in self.store.plugins().await? {
+            if p.world == world.name() && p.state == TrustState::Allowed && seen.insert(p.name.clone()) {
+                let loaded = self.load(&p);
+                out.push((p, loaded));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads an allowed record's component, checking its bytes against the allowed digest.
+    fn load(&self, record: &PluginRecord) -> Result<Plugin, PluginServiceError> {
+        self.load_with(record, self.limits)
+    }
+
+    fn load_with(&self, record: &PluginRecord, limits: Limits) -> Result<Plugin, PluginServiceError> {
+        let key = format!("{}|{}|{:?}", record.digest, record.granted.join(","), limits.timeout);
+        if let Some(p) = self.loaded.lock().map_err(|_| PluginServiceError::Grant("poisoned".into()))?.get(&key) {
+            return Ok(p.clone());
+        }
+        let bytes = std::fs::read(&record.path)
+            .map_err(|source| PluginServiceError::Io { path: record.path.clone(), source })?;
+        let digest = Digest::of(&bytes);
+        if digest.to_string() != record.digest {
+            return Err(PluginServiceError::Tampered {
+                name: record.name.clone(),
+                version: record.version.clone(),
+                path: record.path.clone(),
+                digest: record.digest.clone(),
+            });
+        }
+        let grants = Grants::parse(record.granted.iter().map(String::as_str))
+            .map_err(|e| PluginServiceError::Grant(e.to_string()))?;
+        let allowlist = Allowlist::from_iter([digest]);
+        let plugin = self.runtime.load(&bytes, &allowlist, grants, limits)?;
+        if let Ok(mut loaded) = self.loaded.lock() {
+            loaded.insert(key, plugin.clone());
+        }
+        Ok(plugin)
+    }
+
+    /// Whether the granted capabilities of `record` include secret `name`.
+    pub fn secret_granted(record: &PluginRecord, name: &str) -> bool {
+        record.granted.iter().any(|g| g == &format!("secret:{name}"))
+    }
+}

@@ -1,0 +1,94 @@
+//! `console`: the builtin notifier that writes one line per build or job event to the log the
+//! host gives it (the server's notification log). It needs no capabilities.
+//!
+//! Configuration: `prefix` (optional) is put in front of every line.
+
+use chengis_plugin_sdk::notifier::{Event, EventKind};
+use chengis_plugin_sdk::{Failure, Host, Kind, Manifest, Notifier, export};
+
+/// The console notifier.
+pub struct Console;
+
+impl Notifier for Console {
+    fn manifest() -> Manifest {
+        Manifest::new("console", "0.1.0", "Writes build and job events to the log", Kind::Notifier).config(
+            "prefix",
+            "Text put in front of every line",
+            false,
+            None,
+        )
+    }
+
+    fn notify(host: &dyn Host, event: Event) -> Result<(), Failure> {
+        let prefix: Option<String> = host.config().optional("prefix")?;
+        let build = &event.build;
+        let what = match (&event.kind, &event.job) {
+            (EventKind::BuildStarted, _) => "started".to_string(),
+            (EventKind::BuildFinished, _) => format!("finished: {}", build.status.as_str()),
+            (EventKind::JobStarted, Some(job)) => format!("job {} started", job.name),
+            (EventKind::JobFinished, Some(job)) => format!("job {} finished: {}", job.name, job.status.as_str()),
+            (EventKind::JobStarted | EventKind::JobFinished, None) => {
+                return Err(Failure::new("a job event without a job"));
+            }
+        };
+        let commit = &build.commit;
+        let reference = commit.branch.as_deref().or(commit.tag.as_deref()).unwrap_or("detached");
+        let short_sha = commit.sha.get(..7).unwrap_or(&commit.sha);
+        let mut line = format!("{} #{} ({reference}@{short_sha}) {what}", build.pipeline, build.number);
+        if let Some(ms) = event.job.as_ref().map_or(build.duration_ms, |job| job.duration_ms) {
+            line.push_str(&format!(" in {:.1} s", ms as f64 / 1000.0));
+        }
+        if let Some(prefix) = prefix {
+            line = format!("{prefix} {line}");
+        }
+        host.info(&line);
+        Ok(())
+    }
+}
+
+export!(Console as notifier);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chengis_plugin_sdk::testing::FakeHost;
+    use chengis_plugin_sdk::types::{Build, Commit, Job, Status};
+
+    fn build() -> Build {
+        Build {
+            id: 1,
+            number: 42,
+            pipeline: "web".into(),
+            status: Status::Failure,
+            commit: Commit {
+                sha: "0123456789abcdef0123456789abcdef01234567".into(),
+                repository: "https://git.example/web.git".into(),
+                branch: Some("main".into()),
+                tag: None,
+                message: "Fix".into(),
+                author: "A <a@example.com>".into(),
+            },
+            trigger: "push".into(),
+            url: None,
+            duration_ms: Some(61_500),
+        }
+    }
+
+    #[test]
+    fn writes_one_line_per_event() {
+        let host = FakeHost::new().with_config("prefix", "[ci]");
+        Console::notify(&host, Event { kind: EventKind::BuildFinished, build: build(), job: None }).unwrap();
+        let job = Job { id: 3, name: "test".into(), status: Status::Success, image: None, duration_ms: None };
+        Console::notify(&host, Event { kind: EventKind::JobFinished, build: build(), job: Some(job) }).unwrap();
+        assert_eq!(
+            host.log_text(),
+            "[ci] web #42 (main@0123456) finished: failure in 61.5 s\n[ci] web #42 (main@0123456) job test finished: success\n"
+        );
+    }
+
+    #[test]
+    fn job_event_without_job_fails() {
+        let error = Console::notify(&FakeHost::new(), Event { kind: EventKind::JobStarted, build: build(), job: None });
+        assert_eq!(error.unwrap_err().message, "a job event without a job");
+    }
+}
