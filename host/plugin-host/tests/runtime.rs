@@ -208,3 +208,12 @@ fn a_policy_decides_and_stays_pure() {
     assert!(matches!(error.kind, ErrorKind::Trap(_)), "{error}");
     assert!(error.to_string().contains("policies cannot read secrets"), "{error}");
 }
+
+#[test]
+fn runtime_and_plugins_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Runtime>();
+    shareable::<chengis_plugin_host::Plugin>();
+    fn sendable<T: Send>() {}
+    sendable::<chengis_plugin_host::Session>();
+}
