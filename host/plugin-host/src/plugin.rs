@@ -305,9 +305,7 @@ impl Session {
             Instance::ScmStatus(_) => World::ScmStatus,
             Instance::Policy(_) => World::Policy,
         };
-        result.ok_or_else(|| {
-            self.error(ErrorKind::Host(format!("is a {} plugin, not a {}", actual.name(), expected.name())))
-        })
+        result.ok_or_else(|| self.error(ErrorKind::WrongWorld { expected: expected.name(), actual: actual.name() }))
     }
 
     /// Turns the guest's own `result` into ours: a failure is reported (or, when a capability

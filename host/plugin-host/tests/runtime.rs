@@ -158,7 +158,7 @@ fn calling_the_wrong_entry_point_is_an_error() {
     let bytes = component("chengis-plugin-console");
     let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::none(), Limits::default()).unwrap();
     let error = plugin.run_step(&CallContext::default(), &invocation()).unwrap_err();
-    assert_eq!(error.to_string(), r#"plugin "console" 0.1.0: host error: is a notifier plugin, not a step-executor"#);
+    assert_eq!(error.to_string(), r#"plugin "console" 0.1.0: is a notifier plugin, not a step-executor"#);
 }
 
 #[test]
