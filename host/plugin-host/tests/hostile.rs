@@ -9,22 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chengis_plugin_host::{
-    Allowlist, CallContext, Digest, ErrorKind, Grants, Limits, Plugin, PluginError, Runtime, RuntimeOptions,
-    StepOutcome,
+    Allowlist, CallContext, Digest, ErrorKind, Grants, Limits, Plugin, PluginError, Runtime, StepOutcome,
 };
 use common::components::component;
 use common::fixtures::{event, invocation};
-use common::{MemoryLog, ProcessSandbox};
+use common::{MemoryLog, ProcessSandbox, runtime_with};
 
-/// A runtime whose compiled components are cached for the whole test run (debug builds of
-/// wasmtime compile slowly).
 fn runtime() -> Runtime {
     runtime_with(true)
-}
-
-fn runtime_with(pooling: bool) -> Runtime {
-    let cache_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
-    Runtime::with_options(RuntimeOptions { cache_dir: Some(cache_dir), pooling, ..Default::default() }).unwrap()
 }
 
 fn load(runtime: &Runtime, package: &str, grants: &[&str], limits: Limits) -> Plugin {
