@@ -56,6 +56,19 @@ fn an_endless_loop_is_stopped_at_the_deadline() {
 }
 
 #[test]
+fn a_long_sleep_is_cut_at_the_deadline() {
+    let runtime = runtime();
+    let limits = Limits { timeout: Duration::from_millis(300), ..Limits::default() };
+    let plugin = load(&runtime, "chengis-test-hostile", &[], limits);
+    let started = Instant::now();
+    let error = attack(&plugin, "sleep", CallContext::default()).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(error.kind, ErrorKind::TimedOut(_)), "{error}");
+    assert!(elapsed < Duration::from_secs(2), "stopped after {elapsed:?}");
+    still_serving(&runtime, &plugin);
+}
+
+#[test]
 fn a_spinning_plugin_does_not_hold_up_others() {
     let runtime = runtime();
     let limits = Limits { timeout: Duration::from_secs(3), ..Limits::default() };
