@@ -7,4 +7,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The plugin SDK and the components as WebAssembly (their wasm32-only code).
+cargo clippy --locked --target wasm32-wasip2 --all-features \
+  -p chengis-plugin-sdk -p chengis-plugin-console -p chengis-plugin-script -p chengis-test-hostile \
+  -p chengis-test-bad-manifest -p chengis-test-policy -p chengis-test-future-version -p chengis-test-unknown-world \
+  -- -D warnings
 cargo test --workspace --locked

@@ -86,22 +86,9 @@ fn main() {
     let host = FakeHost::new();
     let native_event = chengis_plugin_sdk::notifier::Event {
         kind: chengis_plugin_sdk::notifier::EventKind::BuildFinished,
-        build: chengis_plugin_sdk::types::Build {
-            id: 9,
-            number: 42,
-            pipeline: "web".into(),
-            status: chengis_plugin_sdk::Status::Success,
-            commit: chengis_plugin_sdk::types::Commit {
-                sha: "0123456789abcdef0123456789abcdef01234567".into(),
-                repository: "https://git.example/web.git".into(),
-                branch: Some("main".into()),
-                tag: None,
-                message: "Fix the thing".into(),
-                author: "A <a@example.com>".into(),
-            },
-            trigger: "push".into(),
-            url: None,
-            duration_ms: Some(1500),
+        build: {
+            use chengis_plugin_sdk::types;
+            fixtures::sample_build!(types)
         },
         job: None,
     };

@@ -70,6 +70,14 @@ pub enum ErrorKind {
         /// Wasmtime's reason.
         reason: String,
     },
+    /// The caller used the entry point of another world.
+    #[error("is a {actual} plugin, not a {expected}")]
+    WrongWorld {
+        /// The world whose entry point was called.
+        expected: &'static str,
+        /// The plugin's world.
+        actual: &'static str,
+    },
     /// The manifest is malformed.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),

@@ -289,8 +289,13 @@ impl Session {
         }
         self.store.data_mut().begin_call();
         arm_deadline(&mut self.store);
-        let result = f(&mut self.store, &self.instance);
+        let mut result = f(&mut self.store, &self.instance);
         self.store.data_mut().end_call();
+        if result.is_ok() && self.store.data().overslept {
+            // The guest slept past its deadline and was woken at it: a timeout even if it
+            // finished before the epoch deadline caught it.
+            result = Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
+        }
         result.map_err(|error| {
             self.broken = true;
             let kind = self.store.data().classify(&error);
@@ -305,9 +310,7 @@ impl Session {
             Instance::ScmStatus(_) => World::ScmStatus,
             Instance::Policy(_) => World::Policy,
         };
-        result.ok_or_else(|| {
-            self.error(ErrorKind::Host(format!("is a {} plugin, not a {}", actual.name(), expected.name())))
-        })
+        result.ok_or_else(|| self.error(ErrorKind::WrongWorld { expected: expected.name(), actual: actual.name() }))
     }
 
     /// Turns the guest's own `result` into ours: a failure is reported (or, when a capability

@@ -26,6 +26,10 @@ pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(2);
 /// With pooling: how much of a plugin's memory stays resident between instances.
 const KEEP_RESIDENT_BYTES: usize = 2 * 1024 * 1024;
 
+/// The `wasi:clocks` interface whose sleeps [`bound_sleeps`] replaces (the version wasmtime-wasi
+/// links; guests importing older 0.2 versions are matched to it).
+const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
 /// The WIT package version this host runs.
 pub const WIT_PACKAGE: &str = "chengis:plugin@0.1.0";
 
@@ -198,6 +202,7 @@ impl Linkers {
         let base = |http: bool| -> wasmtime::Result<Linker<CallState>> {
             let mut linker = Linker::new(engine);
             wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+            bound_sleeps(&mut linker)?;
             if http {
                 wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)?;
             }
@@ -213,6 +218,19 @@ impl Linkers {
         policy::Policy::add_to_linker::<_, HasSelf<_>>(&mut pure, |s| s)?;
         Ok(Linkers { step_executor: step, notifier: notify, scm_status: scm, policy: pure })
     }
+}
+
+/// Replaces the `wasi:clocks/monotonic-clock` subscriptions with ones that end at the call's
+/// deadline: a guest blocked in a long sleep is a host call the epoch cannot interrupt.
+fn bound_sleeps(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance(MONOTONIC_CLOCK)?;
+    clock.func_wrap("subscribe-duration", |mut store, (nanos,): (u64,)| {
+        Ok((store.data_mut().sleep(Duration::from_nanos(nanos))?,))
+    })?;
+    clock.func_wrap("subscribe-instant", |mut store, (when,): (u64,)| Ok((store.data_mut().sleep_until(when)?,)))?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use crate::bindings::{config, log, outputs, sandbox, secrets, types};
@@ -21,6 +22,30 @@ use crate::error::{ErrorKind, PluginLabel};
 use crate::limits::{Limits, MemoryLimiter};
 use crate::plugin::{CallContext, StepOutcome};
 use crate::sandbox::{ExecRequest, LogLevel, LogSink};
+
+/// The guest's monotonic clock: nanoseconds since the store was created.
+struct CallClock(Instant);
+
+impl HostMonotonicClock for CallClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A `wasi:clocks` sleep that ends no later than the call's deadline, after which the epoch
+/// deadline stops the guest.
+struct BoundedSleep(tokio::time::Instant);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for BoundedSleep {
+    async fn ready(&mut self) {
+        tokio::time::sleep_until(self.0).await;
+    }
+}
 
 /// Where the guest sees the job workspace.
 pub(crate) const WORKSPACE_GUEST_PATH: &str = "/workspace";
@@ -139,6 +164,9 @@ pub(crate) struct CallState {
     stdout: MemoryOutputPipe,
     stderr: MemoryOutputPipe,
     printed: (usize, usize),
+    clock_origin: Instant,
+    /// Whether the guest asked to sleep past the call's deadline (and was woken at it).
+    pub(crate) overslept: bool,
     output_bytes: usize,
     pub(crate) step: StepOutcome,
 }
@@ -154,7 +182,8 @@ impl CallState {
         let stdout = MemoryOutputPipe::new(limits.log_bytes);
         let stderr = MemoryOutputPipe::new(limits.log_bytes);
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        let clock_origin = Instant::now();
+        wasi.stdout(stdout.clone()).stderr(stderr.clone()).monotonic_clock(CallClock(clock_origin));
         if let (Some(access), Some(workspace)) = (checker.workspace_access(), &ctx.workspace) {
             preopen_workspace(&mut wasi, workspace, access)?;
         }
@@ -187,6 +216,8 @@ impl CallState {
             stdout,
             stderr,
             printed: (0, 0),
+            clock_origin,
+            overslept: false,
             output_bytes: 0,
             step: StepOutcome::default(),
         })
@@ -195,6 +226,7 @@ impl CallState {
     /// Starts a new call: a fresh deadline and no denials yet.
     pub(crate) fn begin_call(&mut self) {
         *self.deadline.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now() + self.limits.timeout;
+        self.overslept = false;
         self.denials.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
@@ -252,6 +284,23 @@ impl CallState {
         let text = String::from_utf8_lossy(&stderr);
         let line = text.lines().rev().find(|line| !line.trim().is_empty() && !line.starts_with("note: "))?;
         Some(line.chars().take(300).collect())
+    }
+
+    /// A pollable for a `wasi:clocks` sleep of `requested`, cut at the call's deadline.
+    pub(crate) fn sleep(&mut self, requested: Duration) -> wasmtime::Result<Resource<DynPollable>> {
+        let remaining = self.remaining();
+        if requested > remaining {
+            self.overslept = true;
+        }
+        let end = tokio::time::Instant::now() + requested.min(remaining);
+        let sleep = self.table.push(BoundedSleep(end))?;
+        subscribe(&mut self.table, sleep)
+    }
+
+    /// A pollable for a `wasi:clocks` sleep until the guest's monotonic instant `when`.
+    pub(crate) fn sleep_until(&mut self, when: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        let now = Duration::from_nanos(CallClock(self.clock_origin).now());
+        self.sleep(Duration::from_nanos(when).saturating_sub(now))
     }
 
     fn deny(&mut self, denial: Denial) -> wasmtime::Error {

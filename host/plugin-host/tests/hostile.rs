@@ -9,22 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chengis_plugin_host::{
-    Allowlist, CallContext, Digest, ErrorKind, Grants, Limits, Plugin, PluginError, Runtime, RuntimeOptions,
-    StepOutcome,
+    Allowlist, CallContext, Digest, ErrorKind, Grants, Limits, Plugin, PluginError, Runtime, StepOutcome,
 };
 use common::components::component;
 use common::fixtures::{event, invocation};
-use common::{MemoryLog, ProcessSandbox};
+use common::{MemoryLog, ProcessSandbox, runtime_with};
 
-/// A runtime whose compiled components are cached for the whole test run (debug builds of
-/// wasmtime compile slowly).
 fn runtime() -> Runtime {
     runtime_with(true)
-}
-
-fn runtime_with(pooling: bool) -> Runtime {
-    let cache_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
-    Runtime::with_options(RuntimeOptions { cache_dir: Some(cache_dir), pooling, ..Default::default() }).unwrap()
 }
 
 fn load(runtime: &Runtime, package: &str, grants: &[&str], limits: Limits) -> Plugin {
@@ -59,6 +51,19 @@ fn an_endless_loop_is_stopped_at_the_deadline() {
     let elapsed = started.elapsed();
     assert!(matches!(error.kind, ErrorKind::TimedOut(_)), "{error}");
     assert_eq!(error.to_string(), r#"plugin "hostile" 6.6.6: timed out after 300 ms"#);
+    assert!(elapsed < Duration::from_secs(2), "stopped after {elapsed:?}");
+    still_serving(&runtime, &plugin);
+}
+
+#[test]
+fn a_long_sleep_is_cut_at_the_deadline() {
+    let runtime = runtime();
+    let limits = Limits { timeout: Duration::from_millis(300), ..Limits::default() };
+    let plugin = load(&runtime, "chengis-test-hostile", &[], limits);
+    let started = Instant::now();
+    let error = attack(&plugin, "sleep", CallContext::default()).unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(error.kind, ErrorKind::TimedOut(_)), "{error}");
     assert!(elapsed < Duration::from_secs(2), "stopped after {elapsed:?}");
     still_serving(&runtime, &plugin);
 }

@@ -9,7 +9,7 @@ use chengis_plugin_host::cache::CacheOutcome;
 use chengis_plugin_host::{Allowlist, CallContext, Digest, ErrorKind, Grants, Limits, Runtime, RuntimeOptions, World};
 use common::components::component;
 use common::fixtures::{event, invocation};
-use common::{MemoryLog, ProcessSandbox};
+use common::{MemoryLog, ProcessSandbox, runtime_with};
 
 fn trusting(bytes: &[u8]) -> Allowlist {
     Allowlist::from_iter([Digest::of(bytes)])
@@ -17,7 +17,7 @@ fn trusting(bytes: &[u8]) -> Allowlist {
 
 #[test]
 fn console_notifier_logs_the_event() {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-plugin-console");
     let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::none(), Limits::default()).unwrap();
     assert_eq!(plugin.world(), World::Notifier);
@@ -32,7 +32,7 @@ fn console_notifier_logs_the_event() {
 
 #[test]
 fn script_step_runs_in_the_sandbox_with_its_output_in_the_log() {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-plugin-script");
     let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::parse(["exec"]).unwrap(), Limits::default()).unwrap();
     let workspace = tempfile::tempdir().unwrap();
@@ -57,7 +57,7 @@ fn script_step_runs_in_the_sandbox_with_its_output_in_the_log() {
 
 #[test]
 fn exec_without_the_grant_is_denied_with_the_grant_to_add() {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-plugin-script");
     let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::none(), Limits::default()).unwrap();
     let ctx = CallContext { config: vec![("run".into(), "true".into())], ..Default::default() };
@@ -96,7 +96,7 @@ fn compiled_components_are_cached_on_disk_by_digest() {
 
 #[test]
 fn a_tampered_byte_is_refused_by_the_allowlist() {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-plugin-console");
     let allowlist = trusting(&bytes);
     let mut tampered = bytes.clone();
@@ -117,7 +117,7 @@ fn a_tampered_byte_is_refused_by_the_allowlist() {
 
 #[test]
 fn inspect_reads_the_manifest_without_trust_or_capabilities() {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-test-hostile");
     let inspection = runtime.inspect(&bytes).unwrap();
     assert_eq!(inspection.world, World::StepExecutor);
@@ -128,7 +128,7 @@ fn inspect_reads_the_manifest_without_trust_or_capabilities() {
 
 #[test]
 fn an_unknown_world_is_refused_with_a_clear_message() {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-test-unknown-world");
     let error = runtime.inspect(&bytes).unwrap_err();
     assert!(matches!(error.kind, ErrorKind::UnknownWorld(_)), "{error}");
@@ -154,16 +154,16 @@ fn an_unknown_world_is_refused_with_a_clear_message() {
 
 #[test]
 fn calling_the_wrong_entry_point_is_an_error() {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-plugin-console");
     let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::none(), Limits::default()).unwrap();
     let error = plugin.run_step(&CallContext::default(), &invocation()).unwrap_err();
-    assert_eq!(error.to_string(), r#"plugin "console" 0.1.0: host error: is a notifier plugin, not a step-executor"#);
+    assert_eq!(error.to_string(), r#"plugin "console" 0.1.0: is a notifier plugin, not a step-executor"#);
 }
 
 #[test]
 fn a_session_serves_many_calls_on_one_instance() {
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-plugin-console");
     let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::none(), Limits::default()).unwrap();
     let log = MemoryLog::new();
@@ -178,7 +178,7 @@ fn a_session_serves_many_calls_on_one_instance() {
 fn a_policy_decides_and_stays_pure() {
     use chengis_plugin_host::bindings::policy::{Decision, Plan, PlannedJob};
 
-    let runtime = Runtime::new(None).unwrap();
+    let runtime = runtime_with(true);
     let bytes = component("chengis-test-policy");
     let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::none(), Limits::default()).unwrap();
     assert_eq!(plugin.world(), World::Policy);
@@ -207,4 +207,13 @@ fn a_policy_decides_and_stays_pure() {
     let error = plugin.check_policy(&ctx, &plan).unwrap_err();
     assert!(matches!(error.kind, ErrorKind::Trap(_)), "{error}");
     assert!(error.to_string().contains("policies cannot read secrets"), "{error}");
+}
+
+#[test]
+fn runtime_and_plugins_can_be_shared_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Runtime>();
+    shareable::<chengis_plugin_host::Plugin>();
+    fn sendable<T: Send>() {}
+    sendable::<chengis_plugin_host::Session>();
 }

@@ -1,29 +1,39 @@
 //! Sample WIT values for the runtime's tests and benchmark.
 
-#![allow(dead_code, reason = "each test binary uses a different part")]
+#![allow(dead_code, unused_imports, reason = "each test binary and the benchmark use a different part")]
 
 use chengis_plugin_host::bindings::notifier::{Event, EventKind};
 use chengis_plugin_host::bindings::step_executor::Invocation;
-use chengis_plugin_host::types::{Build, Commit, Job, KeyValue, Status, Step};
+use chengis_plugin_host::types::{Build, Job, KeyValue, Status, Step};
+
+/// A sample build in either copy of the WIT types (`types` names a module with `Build`,
+/// `Commit` and `Status`: the host's bindings or the SDK's).
+macro_rules! sample_build {
+    ($types:ident) => {
+        $types::Build {
+            id: 9,
+            number: 42,
+            pipeline: "web".into(),
+            status: $types::Status::Success,
+            commit: $types::Commit {
+                sha: "0123456789abcdef0123456789abcdef01234567".into(),
+                repository: "https://git.example/web.git".into(),
+                branch: Some("main".into()),
+                tag: None,
+                message: "Fix the thing".into(),
+                author: "A <a@example.com>".into(),
+            },
+            trigger: "push".into(),
+            url: None,
+            duration_ms: Some(1500),
+        }
+    };
+}
+pub(crate) use sample_build;
 
 pub fn build() -> Build {
-    Build {
-        id: 9,
-        number: 42,
-        pipeline: "web".into(),
-        status: Status::Success,
-        commit: Commit {
-            sha: "0123456789abcdef0123456789abcdef01234567".into(),
-            repository: "https://git.example/web.git".into(),
-            branch: Some("main".into()),
-            tag: None,
-            message: "Fix the thing".into(),
-            author: "A <a@example.com>".into(),
-        },
-        trigger: "push".into(),
-        url: None,
-        duration_ms: Some(1500),
-    }
+    use chengis_plugin_host::types;
+    sample_build!(types)
 }
 
 pub fn event() -> Event {

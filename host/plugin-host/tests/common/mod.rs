@@ -12,7 +12,16 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use chengis_plugin_host::{ExecOutcome, ExecRequest, LogLevel, LogSink, Sandbox, SandboxError};
+use chengis_plugin_host::{
+    ExecOutcome, ExecRequest, LogLevel, LogSink, Runtime, RuntimeOptions, Sandbox, SandboxError,
+};
+
+/// A runtime whose compiled components are cached for the whole test run (debug builds of
+/// wasmtime compile slowly).
+pub fn runtime_with(pooling: bool) -> Runtime {
+    let cache_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+    Runtime::with_options(RuntimeOptions { cache_dir: Some(cache_dir), pooling, ..Default::default() }).unwrap()
+}
 
 /// Keeps every log line.
 #[derive(Default)]

@@ -38,6 +38,7 @@ impl StepExecutor for Hostile {
                     counter = std::hint::black_box(counter.wrapping_add(1));
                 }
             }
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs(60)),
             "allocate" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
