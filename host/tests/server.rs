@@ -24,6 +24,18 @@ impl Drop for Server {
 }
 
 fn start(data: &Path, db: &str, extra: &[&str]) -> Server {
+    start_with_stderr(data, db, extra, Stdio::inherit())
+}
+
+/// A server whose log (stderr) goes to `data/server.log`.
+fn start_logged(data: &Path, db: &str, extra: &[&str]) -> (Server, std::path::PathBuf) {
+    std::fs::create_dir_all(data).unwrap();
+    let log = data.join("server.log");
+    let file = std::fs::File::create(&log).unwrap();
+    (start_with_stderr(data, db, extra, Stdio::from(file)), log)
+}
+
+fn start_with_stderr(data: &Path, db: &str, extra: &[&str], stderr: Stdio) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
         .args(["serve", "--listen", "127.0.0.1:0", "--executors", "2"])
         .arg("--data-dir")
@@ -32,7 +44,7 @@ fn start(data: &Path, db: &str, extra: &[&str]) -> Server {
         .args(extra)
         .env_remove("CHENGIS_MASTER_KEY")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -830,4 +842,162 @@ fn ssh_repositories_use_the_jobs_key_and_known_hosts() {
     let b = build(&s);
     assert_eq!(b["build"]["status"], "success", "{b}");
     assert_eq!(log_texts(&s, b["build"]["id"].as_i64().unwrap(), "j"), ["fetched over ssh"]);
+}
+
+/// Runs `chengis plugin ARGS` against a server's data directory and database.
+fn plugin_cli(data: &Path, db: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .arg("plugin")
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--database-url", db])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Builds a component crate of the workspace for wasm32-wasip2; returns its file.
+fn component(package: &str) -> std::path::PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-components");
+    let ok = Command::new(env!("CARGO"))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "-p", package, "--target-dir"])
+        .arg(&target)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "building {package}");
+    target.join("wasm32-wasip2/release").join(format!("{}.wasm", package.replace('-', "_")))
+}
+
+#[test]
+fn builtin_plugins_run_uses_steps_and_notifications() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = repo(
+        &tmp.path().join("repo"),
+        r#"name: with-plugins
+notify:
+  - uses: console
+    with:
+      prefix: "[notify-test]"
+jobs:
+  build:
+    steps:
+      - id: s
+        uses: script
+        with:
+          run: echo "from the script plugin"; echo hi > made-by-plugin
+      - run: test -f made-by-plugin && echo "script exit ${{ steps.s.outputs.exit-code }}"
+      - uses: script
+        with:
+          run: exit 4
+        continue-on-error: true
+      - uses: no-such-plugin
+        continue-on-error: true
+"#,
+    );
+    let db = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
+    let data = tmp.path().join("data");
+    let (s, log) = start_logged(&data, &db, &[]);
+    let (code, out, err) = plugin_cli(&data, &db, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("console") && out.contains("script") && out.contains("(builtin)"), "{out}");
+    assert!(out.contains("allowed"), "{out}");
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
+    let id = b["id"].as_i64().unwrap();
+    let b = wait_build(&s, id, finished);
+    let lines = log_texts(&s, id, "build");
+    assert!(lines.contains(&"from the script plugin".to_string()), "{lines:?} {b}");
+    assert!(lines.contains(&"script exit 0".to_string()), "{lines:?}");
+    let steps = &b["jobs"][0]["steps"];
+    assert_eq!(steps[2]["status"], "failure", "{b}");
+    assert!(steps[2]["reason"].as_str().unwrap().contains("exited with code 4"), "{b}");
+    assert_eq!(steps[3]["status"], "error", "{b}");
+    assert!(steps[3]["reason"].as_str().unwrap().contains("no step-executor plugin `no-such-plugin`"), "{b}");
+    assert_eq!(b["build"]["status"], "success", "{b}");
+    // The pipeline's `notify:` ran the console notifier for the finished build.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("[notify-test] with-plugins #1") && text.contains("finished: success") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no console notification in the server log:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn policies_deny_builds_and_a_tampered_plugin_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = repo(
+        &tmp.path().join("repo"),
+        "jobs:\n  pinned:\n    image: alpine:3.20\n    steps:\n      - run: 'true'\n  floating:\n    image: alpine\n    steps:\n      - run: 'true'\n",
+    );
+    let db = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
+    let data = tmp.path().join("data");
+    let s = start(&data, &db, &[]);
+    let wasm = component("chengis-test-policy");
+    let wasm = wasm.display().to_string();
+    let (code, out, err) = plugin_cli(&data, &db, &["inspect", &wasm]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("pinned-images") && out.contains("world:       policy"), "{out}");
+    let (code, out, err) = plugin_cli(&data, &db, &["install", &wasm]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("as pending"), "{out}");
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
+    // Pending: not consulted, the build is planned (and then fails for lack of Docker images,
+    // which does not matter here).
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
+    let b = wait_build(&s, b["id"].as_i64().unwrap(), |b| {
+        b["jobs"].as_array().is_some_and(|j| !j.is_empty()) || finished(b)
+    });
+    assert!(b["build"]["reason"].as_str().unwrap_or_default().find("policy").is_none(), "{b}");
+
+    let (code, _, err) = plugin_cli(&data, &db, &["allow", "pinned-images"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
+    let b = wait_build(&s, b["id"].as_i64().unwrap(), finished);
+    assert_eq!(b["build"]["status"], "error", "{b}");
+    let reason = b["build"]["reason"].as_str().unwrap();
+    assert!(reason.contains("denied by policy") && reason.contains("image-not-pinned"), "{reason}");
+    assert!(reason.contains("floating") && !reason.contains("job pinned"), "{reason}");
+    assert!(b["jobs"].as_array().unwrap().is_empty(), "a denied build queues nothing: {b}");
+
+    // A modified byte in the stored component: the allowlist no longer matches, the policy
+    // cannot run, and the build is denied (fail closed).
+    let stored = std::fs::read_dir(data.join("plugins"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let (_, out, _) = plugin_cli(&data, &db, &["inspect", &p.display().to_string()]);
+            out.contains("pinned-images")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&stored, bytes).unwrap();
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
+    let b = wait_build(&s, b["id"].as_i64().unwrap(), finished);
+    let reason = b["build"]["reason"].as_str().unwrap();
+    assert!(reason.contains("does not match the allowed digest"), "{reason}");
+
+    let (code, _, err) =
+        plugin_cli(&data, &db, &["install", &tmp.path().join("repo/chengis.yml").display().to_string()]);
+    assert_eq!(code, 2, "a file that is not a component is refused");
+    assert!(err.contains("pinned") || !err.is_empty(), "{err}");
+    let (code, _, err) =
+        plugin_cli(&data, &db, &["install", &component("chengis-test-unknown-world").display().to_string()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("world"), "{err}");
 }

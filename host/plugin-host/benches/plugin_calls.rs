@@ -95,4 +95,18 @@ fn main() {
     measure("native Rust call (same plugin code, fake host)", 20000, || {
         chengis_plugin_console::Console::notify(&host, native_event.clone()).unwrap();
     });
+
+    // The same notifier world in Python (componentize-py): an interpreter inside the component.
+    let py = components::python_notifier();
+    println!("python notifier component (componentize-py): {} bytes", py.len());
+    let py_allowlist = Allowlist::from_iter([Digest::of(&py)]);
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = runtime.load(&py, &py_allowlist, Grants::none(), Limits::default()).unwrap();
+    measure("python: new store + instantiate + notify (pooling)", 500, || {
+        plugin.notify(&ctx, &event).unwrap();
+    });
+    let mut session = plugin.session(&ctx).unwrap();
+    measure("python: notify on a live instance", 5000, || {
+        session.notify(&event).unwrap();
+    });
 }

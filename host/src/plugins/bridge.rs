@@ -93,50 +93,46 @@ impl Sandbox for StepSandbox {
         };
         let workdir = request.workdir.clone().unwrap_or_default();
         let (tx, mut rx) = mpsc::channel::<LogLine>(256);
-        let run = async move {
-            let wrap = |line: LogLine| line;
-            match &self.target {
-                SandboxTarget::Local { workspace, env } => {
-                    let mut env = env.clone();
-                    crate::engine::context::merge_vars(&mut env, &request.env);
-                    let cmd = StepCommand {
-                        program: program.clone(),
-                        args: args.to_vec(),
-                        env,
-                        cwd: workspace.join(&workdir),
-                        timeout: Some(request.timeout),
-                        kill_grace: self.kill_grace,
-                        output_cap: self.output_cap,
-                    };
-                    crate::exec::run_step(cmd, &self.masker, &self.cancel, 1, &tx, wrap).await
-                }
-                SandboxTarget::Container { sandbox, env } => {
-                    let mut env = env.clone();
-                    crate::engine::context::merge_vars(&mut env, &request.env);
-                    let cwd = PathBuf::from(crate::exec::docker::spec::WORKSPACE).join(&workdir);
-                    let step = ContainerStep {
-                        program: program.clone(),
-                        args: args.to_vec(),
-                        env,
-                        cwd: cwd.display().to_string(),
-                        timeout: Some(request.timeout),
-                        kill_grace: self.kill_grace,
-                        output_cap: self.output_cap,
-                    };
-                    sandbox.run_step(step, &self.masker, &self.cancel, 1, &tx, wrap).await
-                }
+        let (masker, cancel) = (self.masker.clone(), self.cancel.clone());
+        let wrap = |line: LogLine| line;
+        // The command runs on the async runtime; this (blocking) thread forwards its lines to
+        // the plugin as they come, so output is live and no async context is blocked.
+        let task = match &self.target {
+            SandboxTarget::Local { workspace, env } => {
+                let mut env = env.clone();
+                crate::engine::context::merge_vars(&mut env, &request.env);
+                let cmd = StepCommand {
+                    program: program.clone(),
+                    args: args.to_vec(),
+                    env,
+                    cwd: workspace.join(&workdir),
+                    timeout: Some(request.timeout),
+                    kill_grace: self.kill_grace,
+                    output_cap: self.output_cap,
+                };
+                self.handle.spawn(async move { crate::exec::run_step(cmd, &masker, &cancel, 1, &tx, wrap).await })
+            }
+            SandboxTarget::Container { sandbox, env } => {
+                let mut env = env.clone();
+                crate::engine::context::merge_vars(&mut env, &request.env);
+                let cwd = PathBuf::from(crate::exec::docker::spec::WORKSPACE).join(&workdir);
+                let step = ContainerStep {
+                    program: program.clone(),
+                    args: args.to_vec(),
+                    env,
+                    cwd: cwd.display().to_string(),
+                    timeout: Some(request.timeout),
+                    kill_grace: self.kill_grace,
+                    output_cap: self.output_cap,
+                };
+                let sandbox = sandbox.clone();
+                self.handle.spawn(async move { sandbox.run_step(step, &masker, &cancel, 1, &tx, wrap).await })
             }
         };
-        let report = self.handle.block_on(async {
-            let (report, ()) = tokio::join!(run, async {
-                while let Some(line) = rx.recv().await {
-                    if line.stream != Stream::System || !line.text.is_empty() {
-                        output(&line.text);
-                    }
-                }
-            });
-            report
-        });
+        while let Some(line) = rx.blocking_recv() {
+            output(&line.text);
+        }
+        let report = self.handle.block_on(task).map_err(|e| SandboxError(format!("the command's task failed: {e}")))?;
         let report = report.map_err(|e| SandboxError(e.to_string()))?;
         Ok(match report.end {
             StepEnd::Exited(code) => ExecOutcome { code: Some(code), timed_out: false },

@@ -262,9 +262,14 @@ impl PluginService {
     }
 
     fn load_with(&self, record: &PluginRecord, limits: Limits) -> Result<Plugin, PluginServiceError> {
-        let key = format!("{}|{}|{:?}", record.digest, record.granted.join(","), limits.timeout);
-        if let Some(p) = self.loaded.lock().map_err(|_| PluginServiceError::Grant("poisoned".into()))?.get(&key) {
-            return Ok(p.clone());
+        // Loaded plugins are reused while their file is unchanged (size and modification time);
+        // a changed file is read and checked against the allowed digest again.
+        let meta = std::fs::metadata(&record.path)
+            .map_err(|source| PluginServiceError::Io { path: record.path.clone(), source })?;
+        let stamp = (meta.len(), meta.modified().ok());
+        let key = format!("{}|{}|{:?}|{stamp:?}", record.digest, record.granted.join(","), limits.timeout);
+        if let Some(p) = self.loaded.lock().ok().and_then(|l| l.get(&key).cloned()) {
+            return Ok(p);
         }
         let bytes = std::fs::read(&record.path)
             .map_err(|source| PluginServiceError::Io { path: record.path.clone(), source })?;

@@ -59,3 +59,25 @@ pub fn component(package: &str) -> Vec<u8> {
     let path = DIR.get_or_init(build_all).join(format!("{}.wasm", package.replace('-', "_")));
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
+
+/// The bytes of the Python notifier of `examples/plugin-python`, built once per test process by
+/// its `build.sh` (componentize-py from PyPI) into the target directory.
+pub fn python_notifier() -> Vec<u8> {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    let path = FILE.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("py-console.wasm");
+        let script = workspace_root().join("examples/plugin-python/build.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            status.success(),
+            "{} failed ({status}); it needs python3 and pip (componentize-py from PyPI)",
+            script.display()
+        );
+        out
+    });
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
