@@ -950,9 +950,25 @@ fn policies_deny_builds_and_a_tampered_plugin_is_refused() {
     let (code, out, err) = plugin_cli(&data, &db, &["inspect", &wasm]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("pinned-images") && out.contains("world:       policy"), "{out}");
-    let (code, out, err) = plugin_cli(&data, &db, &["install", &wasm]);
+    // Installed from a URL (a one-shot HTTP server on 127.0.0.1 serving the file).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = std::fs::read(&wasm).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let n = std::io::Read::read(&mut conn, &mut request).unwrap();
+        let head = String::from_utf8_lossy(&request[..n]).to_string();
+        write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+        conn.write_all(&body).unwrap();
+        head
+    });
+    let wasm_url = format!("http://127.0.0.1:{port}/policy.wasm");
+    let (code, out, err) = plugin_cli(&data, &db, &["install", &wasm_url]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("as pending"), "{out}");
+    assert!(server.join().unwrap().starts_with("GET /policy.wasm "));
     call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
     // Pending: not consulted, the build is planned (and then fails for lack of Docker images,
     // which does not matter here).
