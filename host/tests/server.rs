@@ -901,6 +901,14 @@ jobs:
         continue-on-error: true
       - uses: no-such-plugin
         continue-on-error: true
+      - uses: script
+        with:
+          run: echo ${{ secrets.TOKEN }}
+        continue-on-error: true
+      - uses: script
+        with:
+          run: sleep 20
+        continue-on-error: true
 "#,
     );
     let db = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
@@ -910,6 +918,9 @@ jobs:
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("console") && out.contains("script") && out.contains("(builtin)"), "{out}");
     assert!(out.contains("allowed"), "{out}");
+    // The operator's per-plugin limit: calls of `script` may take 2 s.
+    let (code, _, err) = plugin_cli(&data, &db, &["config", "script", "--set", "chengis.timeout=2s"]);
+    assert_eq!(code, 0, "{err}");
     call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
     let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
     let id = b["id"].as_i64().unwrap();
@@ -922,6 +933,12 @@ jobs:
     assert!(steps[2]["reason"].as_str().unwrap().contains("exited with code 4"), "{b}");
     assert_eq!(steps[3]["status"], "error", "{b}");
     assert!(steps[3]["reason"].as_str().unwrap().contains("no step-executor plugin `no-such-plugin`"), "{b}");
+    assert_eq!(steps[4]["status"], "error", "{b}");
+    let reason = steps[4]["reason"].as_str().unwrap();
+    assert!(reason.contains("not granted secret `TOKEN`") && reason.contains("--grant secret:TOKEN"), "{reason}");
+    assert_eq!(steps[5]["status"], "failure", "{b}");
+    let reason = steps[5]["reason"].as_str().unwrap();
+    assert!(reason.contains("plugin \"script\" 0.1.0") && reason.contains("timed out after 2"), "{reason}");
     assert_eq!(b["build"]["status"], "success", "{b}");
     // The pipeline's `notify:` ran the console notifier for the finished build.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -100,14 +100,7 @@ pub async fn run_step(service: Arc<PluginService>, call: StepCall) -> (Result<St
         Ok(found) => found,
         Err(e) => return (Err(e.to_string()), first_line),
     };
-    let mut config: Vec<(String, String)> = service
-        .store()
-        .plugin_config(&record.name)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
-        .collect();
+    let mut config = server_config(&service, &record.name).await;
     crate::engine::context::merge_vars(&mut config, &call.with.into_iter().collect::<Vec<_>>());
     let log = Arc::new(StepLog {
         events: call.events,
@@ -370,6 +363,7 @@ pub async fn announce(
     Ok(())
 }
 
+/// The plugin's server-side configuration, without the host's own `chengis.*` keys.
 async fn server_config(service: &PluginService, name: &str) -> Vec<(String, String)> {
     service
         .store()
@@ -377,6 +371,7 @@ async fn server_config(service: &PluginService, name: &str) -> Vec<(String, Stri
         .await
         .unwrap_or_default()
         .into_iter()
+        .filter(|(k, _)| !k.starts_with("chengis."))
         .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
         .collect()
 }

@@ -27,6 +27,11 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
     ("script.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_script.wasm"))),
 ];
 
+/// Server-side config key: the per-call time limit of a plugin.
+pub const LIMIT_TIMEOUT: &str = "chengis.timeout";
+/// Server-side config key: the memory cap of a plugin.
+pub const LIMIT_MEMORY: &str = "chengis.memory";
+
 /// What can go wrong managing or calling plugins, said so that an operator can act.
 #[derive(Debug, Error)]
 pub enum PluginServiceError {
@@ -225,15 +230,39 @@ impl PluginService {
                 None => PluginServiceError::NotFound { reference: reference.to_string(), world: world.name() },
             });
         };
-        let plugin = self.load(&record)?;
+        let limits = self.limits_for(&record, self.limits).await;
+        let plugin = self.load_with(&record, limits)?;
         Ok((record, plugin))
+    }
+
+    /// `base` with the operator's per-plugin overrides from its server-side config:
+    /// `chengis.timeout` (a duration such as `30s`) and `chengis.memory` (a size such as
+    /// `128m`). These keys are the host's and never reach the plugin.
+    pub async fn limits_for(&self, record: &PluginRecord, base: Limits) -> Limits {
+        let config = self.store.plugin_config(&record.name).await.unwrap_or_default();
+        let text = |key: &str| config.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let mut limits = base;
+        if let Some(t) = text(LIMIT_TIMEOUT) {
+            match chengis_pipeline::duration::parse_duration(&t) {
+                Ok(d) => limits.timeout = d,
+                Err(e) => tracing::warn!(plugin = %record.name, "{LIMIT_TIMEOUT} `{t}`: {e}"),
+            }
+        }
+        if let Some(m) = text(LIMIT_MEMORY) {
+            match chengis_pipeline::container::parse_memory(&m) {
+                Ok(bytes) => limits.memory_bytes = bytes as usize,
+                Err(e) => tracing::warn!(plugin = %record.name, "{LIMIT_MEMORY} `{m}`: {e}"),
+            }
+        }
+        limits
     }
 
     /// Like [`PluginService::resolve`] for a step executor, loaded with step limits: steps may
     /// run for as long as their commands do (the step's own `timeout:` stops them).
     pub async fn resolve_step_executor(&self, reference: &str) -> Result<(PluginRecord, Plugin), PluginServiceError> {
         let (record, _) = self.resolve(reference, World::StepExecutor).await?;
-        let limits = Limits { timeout: std::time::Duration::from_secs(24 * 3600), ..self.limits };
+        let base = Limits { timeout: std::time::Duration::from_secs(24 * 3600), ..self.limits };
+        let limits = self.limits_for(&record, base).await;
         let plugin = self.load_with(&record, limits)?;
         Ok((record, plugin))
     }
@@ -249,7 +278,8 @@ impl PluginService {
         let mut out = Vec::new();
         for p in self.store.plugins().await? {
             if p.world == world.name() && p.state == TrustState::Allowed && seen.insert(p.name.clone()) {
-                let loaded = self.load(&p);
+                let limits = self.limits_for(&p, self.limits).await;
+                let loaded = self.load_with(&p, limits);
                 out.push((p, loaded));
             }
         }
@@ -257,17 +287,13 @@ impl PluginService {
     }
 
     /// Loads an allowed record's component, checking its bytes against the allowed digest.
-    fn load(&self, record: &PluginRecord) -> Result<Plugin, PluginServiceError> {
-        self.load_with(record, self.limits)
-    }
-
     fn load_with(&self, record: &PluginRecord, limits: Limits) -> Result<Plugin, PluginServiceError> {
         // Loaded plugins are reused while their file is unchanged (size and modification time);
         // a changed file is read and checked against the allowed digest again.
         let meta = std::fs::metadata(&record.path)
             .map_err(|source| PluginServiceError::Io { path: record.path.clone(), source })?;
         let stamp = (meta.len(), meta.modified().ok());
-        let key = format!("{}|{}|{:?}|{stamp:?}", record.digest, record.granted.join(","), limits.timeout);
+        let key = format!("{}|{}|{limits:?}|{stamp:?}", record.digest, record.granted.join(","));
         if let Some(p) = self.loaded.lock().ok().and_then(|l| l.get(&key).cloned()) {
             return Ok(p);
         }
