@@ -356,13 +356,13 @@ fn privileged_needs_the_operator_and_cache_volumes_persist() {
     assert_eq!(logs(&second, "j"), ["hit"]);
 }
 
-#[test]
-fn cancel_and_timeout_leave_no_container_behind() {
-    if !docker_ready() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("chengis.yml");
+/// Starts `chengis run` of a container job with a service whose step runs for a minute, and
+/// returns once the step is running: the child, the lease label of its objects, and the rest
+/// of its JSON output.
+fn spawn_until_running(
+    dir: &Path,
+) -> (std::process::Child, String, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let file = dir.join("chengis.yml");
     let yaml = format!(
         "jobs:\n  j:\n    image: {IMAGE}\n    pull: never\n    services:\n      web:\n        image: {SERVICE_IMAGE}\n        ports: [80]\n    steps:\n      - run: echo running; sleep 60\n"
     );
@@ -371,7 +371,7 @@ fn cancel_and_timeout_leave_no_container_behind() {
         .arg("run")
         .arg(&file)
         .args(["--format", "json", "--kill-grace", "1s", "--workspace"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -382,6 +382,16 @@ fn cancel_and_timeout_leave_no_container_behind() {
             break;
         }
     }
+    (child, label, lines)
+}
+
+#[test]
+fn cancel_and_timeout_leave_no_container_behind() {
+    if !docker_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, label, lines) = spawn_until_running(dir.path());
     assert_eq!(objects("container", &label).len(), 2, "job and service containers while running");
     assert_eq!(objects("network", &label).len(), 1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
@@ -421,25 +431,7 @@ fn the_reaper_removes_what_a_killed_run_left() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("chengis.yml");
-    let yaml = format!(
-        "jobs:\n  j:\n    image: {IMAGE}\n    pull: never\n    services:\n      web:\n        image: {SERVICE_IMAGE}\n        ports: [80]\n    steps:\n      - run: echo running; sleep 120\n"
-    );
-    std::fs::write(&file, &yaml).unwrap();
-    let mut child = chengis()
-        .arg("run")
-        .arg(&file)
-        .args(["--format", "json", "--workspace"])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let label = format!("chengis.lease=pid:{}", child.id());
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        if line.unwrap().contains("\"running\"") {
-            break;
-        }
-    }
+    let (mut child, label, _lines) = spawn_until_running(dir.path());
     child.kill().unwrap(); // SIGKILL: nothing gets to clean up
     child.wait().unwrap();
     assert_eq!(objects("container", &label).len(), 2, "the killed run's containers are still there");

@@ -7,7 +7,7 @@ use super::envfile;
 use super::events::RunEvent;
 use super::shell::{self, ScriptCommand};
 use crate::exec::docker::{
-    ContainerStep, DockerRuntime, JobSandbox, SandboxLabels, SandboxRequest, ServiceRequest, spec as docker_spec,
+    DockerRuntime, JobSandbox, SandboxLabels, SandboxRequest, ServiceRequest, spec as docker_spec,
 };
 use crate::exec::{CancelSignal, ExecError, SecretMasker, StepCommand, StepEnd, StepReport};
 use crate::status::Status;
@@ -433,31 +433,26 @@ async fn run_one(
             Ok(c) => c,
             Err(e) => return (Status::Error, None, Some(e), Written::default()),
         };
-    let report = if container {
-        let step = ContainerStep {
-            program,
-            args,
-            env: step_env,
-            cwd: cwd.display().to_string(),
-            timeout: limit,
-            kill_grace: env.kill_grace,
-            output_cap: env.output_cap,
-        };
-        run_in_container(step, step_image.as_deref(), sandbox, env, job_id, index, *next_line).await
+    // Local steps also get the agent's own variables; containers have the image's.
+    let step_env = if container {
+        step_env
     } else {
         let mut full_env = env.host_env.clone();
-        for (k, v) in step_env {
-            set_var(&mut full_env, &k, v);
-        }
-        let cmd = StepCommand {
-            program,
-            args,
-            env: full_env,
-            cwd,
-            timeout: limit,
-            kill_grace: env.kill_grace,
-            output_cap: env.output_cap,
-        };
+        context::merge_vars(&mut full_env, &step_env);
+        full_env
+    };
+    let cmd = StepCommand {
+        program,
+        args,
+        env: step_env,
+        cwd,
+        timeout: limit,
+        kill_grace: env.kill_grace,
+        output_cap: env.output_cap,
+    };
+    let report = if container {
+        run_in_container(cmd, step_image.as_deref(), sandbox, env, job_id, index, *next_line).await
+    } else {
         let wrap = |line| RunEvent::Log { job: job_id.to_string(), step: index, line };
         crate::exec::run_step(cmd, &env.masker, &env.cancel, *next_line, &env.events, wrap).await
     };
@@ -510,7 +505,7 @@ async fn run_one(
 /// Runs a step in the job's container, or in a container of its own image (next to the job's
 /// container when there is one), removed right after.
 async fn run_in_container(
-    step: ContainerStep,
+    step: StepCommand,
     image: Option<&str>,
     sandbox: Option<&Arc<JobSandbox>>,
     env: &JobEnv,

@@ -7,7 +7,7 @@
 //! the async executors through the runtime handle.
 
 use crate::engine::events::RunEvent;
-use crate::exec::docker::{ContainerStep, JobSandbox};
+use crate::exec::docker::JobSandbox;
 use crate::exec::{CancelSignal, LogLine, SecretMasker, StepCommand, StepEnd, Stream};
 use chengis_plugin_host::{ExecOutcome, ExecRequest, LogLevel, LogSink, Sandbox, SandboxError};
 use std::path::PathBuf;
@@ -115,12 +115,11 @@ impl Sandbox for StepSandbox {
             SandboxTarget::Container { sandbox, env } => {
                 let mut env = env.clone();
                 crate::engine::context::merge_vars(&mut env, &request.env);
-                let cwd = PathBuf::from(crate::exec::docker::spec::WORKSPACE).join(&workdir);
-                let step = ContainerStep {
+                let step = StepCommand {
                     program: program.clone(),
                     args: args.to_vec(),
                     env,
-                    cwd: cwd.display().to_string(),
+                    cwd: PathBuf::from(crate::exec::docker::spec::WORKSPACE).join(&workdir),
                     timeout: Some(request.timeout),
                     kill_grace: self.kill_grace,
                     output_cap: self.output_cap,

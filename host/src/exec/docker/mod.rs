@@ -18,7 +18,6 @@ mod step;
 
 pub use reaper::ReapReport;
 pub use sandbox::{JobSandbox, SandboxRequest, ServiceRequest};
-pub use step::ContainerStep;
 
 use bollard::Docker;
 use std::collections::HashMap;

@@ -12,7 +12,7 @@
 use super::runner::{MarkerScanner, step_script};
 use super::sandbox::{JobSandbox, exec_output};
 use crate::exec::capture::{OutputCapture, send_lines};
-use crate::exec::{CancelSignal, ExecError, LogLine, SecretMasker, StepEnd, StepReport, Stream};
+use crate::exec::{CancelSignal, ExecError, LogLine, SecretMasker, StepCommand, StepEnd, StepReport, Stream};
 use bollard::container::LogOutput;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
@@ -24,31 +24,12 @@ use tokio::time::{Instant, sleep_until};
 /// How long the output may stay open after the final SIGKILL before we stop reading.
 const AFTER_KILL: Duration = Duration::from_secs(5);
 
-/// A step to run in a container.
-#[derive(Debug, Clone)]
-pub struct ContainerStep {
-    /// The program, such as `sh`.
-    pub program: String,
-    /// Its arguments.
-    pub args: Vec<String>,
-    /// The whole environment of the step (nothing of the agent's is inherited).
-    pub env: Vec<(String, String)>,
-    /// Working directory inside the container.
-    pub cwd: String,
-    /// Time limit.
-    pub timeout: Option<Duration>,
-    /// Time between SIGTERM and SIGKILL.
-    pub kill_grace: Duration,
-    /// Most output bytes kept.
-    pub output_cap: u64,
-}
-
 impl JobSandbox {
     /// Runs `step` in the job container; lines (masked, numbered from `first_line`) go to
     /// `out` wrapped by `wrap`.
     pub async fn run_step<E>(
         &self,
-        step: ContainerStep,
+        step: StepCommand,
         masker: &SecretMasker,
         cancel: &CancelSignal,
         first_line: u64,
@@ -58,7 +39,7 @@ impl JobSandbox {
         let started = Instant::now();
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
         let script_name = format!("run-{run}.sh");
-        let script = step_script(&step.cwd, &step.env, &step.program, &step.args);
+        let script = step_script(&step.cwd.display().to_string(), &step.env, &step.program, &step.args);
         let host_path = self.state_dir.join(&script_name);
         std::fs::write(&host_path, script)
             .map_err(|e| ExecError::Sandbox { message: format!("cannot write {}: {e}", host_path.display()) })?;
