@@ -237,19 +237,30 @@ impl CallState {
 
     /// Ends a call: logs the denials and forwards what the guest printed to the log.
     pub(crate) fn end_call(&mut self) {
-        let denials = std::mem::take(&mut *self.denials.lock().unwrap_or_else(PoisonError::into_inner));
-        let label = self.label.clone();
-        for denial in &denials {
-            self.log.emit(LogLevel::Warn, &format!("{label}: {denial}"));
+        let mut guard = self.denials.lock().unwrap_or_else(PoisonError::into_inner);
+        if !guard.is_empty() {
+            let denials = std::mem::take(&mut *guard);
+            drop(guard);
+            let label = self.label.clone();
+            for denial in &denials {
+                self.log.emit(LogLevel::Warn, &format!("{label}: {denial}"));
+            }
+            // Keep the denials for the error classification that follows.
+            *self.denials.lock().unwrap_or_else(PoisonError::into_inner) = denials;
+        } else {
+            drop(guard);
         }
-        let stdout = self.stdout.contents();
-        let stderr = self.stderr.contents();
+        // What the guest printed since the last call (most calls print nothing).
         let (out_done, err_done) = self.printed;
-        self.log.emit(LogLevel::Info, &String::from_utf8_lossy(&stdout[out_done.min(stdout.len())..]));
-        self.log.emit(LogLevel::Warn, &String::from_utf8_lossy(&stderr[err_done.min(stderr.len())..]));
+        let stdout = self.stdout.contents();
+        if stdout.len() > out_done {
+            self.log.emit(LogLevel::Info, &String::from_utf8_lossy(&stdout[out_done..]));
+        }
+        let stderr = self.stderr.contents();
+        if stderr.len() > err_done {
+            self.log.emit(LogLevel::Warn, &String::from_utf8_lossy(&stderr[err_done..]));
+        }
         self.printed = (stdout.len(), stderr.len());
-        // Keep the denials for the error classification that follows.
-        *self.denials.lock().unwrap_or_else(PoisonError::into_inner) = denials;
     }
 
     /// Turns a failed call into the error a user should see, by the host's own state.
