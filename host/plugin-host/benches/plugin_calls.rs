@@ -109,4 +109,9 @@ fn main() {
     measure("python: notify on a live instance", 5000, || {
         session.notify(&event).unwrap();
     });
+    let on_demand = Runtime::with_options(RuntimeOptions { pooling: false, ..Default::default() }).unwrap();
+    let plugin = on_demand.load(&py, &py_allowlist, Grants::none(), Limits::default()).unwrap();
+    measure("python: new store + instantiate + notify (on-demand)", 500, || {
+        plugin.notify(&ctx, &event).unwrap();
+    });
 }
