@@ -82,6 +82,11 @@ pub enum ErrorKind {
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
     /// The call ran past its deadline (guest code or a waiting host call).
+    /// Every instance slot of the pooling allocator is in use.
+    #[error(
+        "cannot start: all {0} plugin instances are in use; try again when calls finish, or raise the runtime's max_instances"
+    )]
+    NoInstanceSlot(u32),
     #[error("timed out after {}", human_duration(*.0))]
     TimedOut(Duration),
     /// The guest tried to grow its memory past the cap.

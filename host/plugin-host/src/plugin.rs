@@ -119,6 +119,7 @@ enum Instance {
 #[derive(Clone)]
 pub struct Plugin {
     pub(crate) engine: Engine,
+    pub(crate) slots: Arc<InstanceSlots>,
     pub(crate) label: PluginLabel,
     pub(crate) digest: Digest,
     pub(crate) manifest: types::Manifest,
@@ -150,7 +151,7 @@ impl Plugin {
 
     /// Instantiates the plugin in a fresh store, for one or more calls.
     pub fn session(&self, ctx: &CallContext) -> Result<Session, PluginError> {
-        Session::new(&self.engine, &self.pre, self.label.clone(), self.checker.clone(), self.limits, ctx)
+        Session::new(&self.engine, &self.slots, &self.pre, self.label.clone(), self.checker.clone(), self.limits, ctx)
     }
 
     /// Sends one notification (notifier plugins).
@@ -184,17 +185,56 @@ pub struct Session {
     store: Store<CallState>,
     instance: Instance,
     broken: bool,
+    _slot: SlotGuard,
+}
+
+/// Counts the live instances, so that a full pool is a clear error rather than a failed
+/// instantiation (the pooling allocator has a fixed number of slots).
+#[derive(Debug)]
+pub(crate) struct InstanceSlots {
+    live: std::sync::atomic::AtomicU32,
+    max: Option<u32>,
+}
+
+impl InstanceSlots {
+    pub(crate) fn new(max: Option<u32>) -> Arc<Self> {
+        Arc::new(InstanceSlots { live: std::sync::atomic::AtomicU32::new(0), max })
+    }
+
+    fn take(self: &Arc<Self>) -> Option<SlotGuard> {
+        use std::sync::atomic::Ordering;
+        let taken = self.live.fetch_add(1, Ordering::AcqRel);
+        if self.max.is_some_and(|max| taken >= max) {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(SlotGuard(self.clone()))
+    }
+}
+
+/// One live instance; gives its slot back when dropped.
+#[derive(Debug)]
+struct SlotGuard(Arc<InstanceSlots>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Session {
     pub(crate) fn new(
         engine: &Engine,
+        slots: &Arc<InstanceSlots>,
         pre: &Pre,
         label: PluginLabel,
         checker: Arc<Checker>,
         limits: Limits,
         ctx: &CallContext,
     ) -> Result<Self, PluginError> {
+        let slot = slots
+            .take()
+            .ok_or_else(|| PluginError::new(&label, ErrorKind::NoInstanceSlot(slots.max.unwrap_or_default())))?;
         let state =
             CallState::new(label.clone(), checker, limits, ctx).map_err(|kind| PluginError::new(&label, kind))?;
         let mut store = Store::new(engine, state);
@@ -208,7 +248,7 @@ impl Session {
             Pre::Policy(pre) => pre.instantiate(&mut store).map(Instance::Policy),
         };
         match instance {
-            Ok(instance) => Ok(Session { store, instance, broken: false }),
+            Ok(instance) => Ok(Session { store, instance, broken: false, _slot: slot }),
             Err(error) => {
                 let kind = store.data().classify(&error);
                 Err(PluginError::new(&label, kind))

@@ -16,6 +16,7 @@ use crate::cache::{CacheOutcome, ComponentCache};
 use crate::capability::{Capability, Checker, Grants};
 use crate::error::{ErrorKind, PluginError, PluginLabel};
 use crate::limits::Limits;
+use crate::plugin::InstanceSlots;
 use crate::plugin::{CallContext, Plugin, Pre, Session, World};
 use crate::state::CallState;
 use crate::trust::{Digest, TrustPolicy};
@@ -82,6 +83,7 @@ pub struct Runtime {
     linkers: Arc<Linkers>,
     cache: Option<ComponentCache>,
     max_memory_bytes: usize,
+    slots: Arc<InstanceSlots>,
 }
 
 impl Runtime {
@@ -119,7 +121,8 @@ impl Runtime {
         let linkers = Linkers::new(&engine).map_err(|e| RuntimeError(e.to_string()))?;
         start_ticker(&engine)?;
         let cache = options.cache_dir.map(|dir| ComponentCache::new(dir, &engine));
-        Ok(Runtime { engine, linkers: Arc::new(linkers), cache, max_memory_bytes: options.max_memory_bytes })
+        let slots = InstanceSlots::new(options.pooling.then_some(options.max_instances));
+        Ok(Runtime { engine, linkers: Arc::new(linkers), cache, max_memory_bytes: options.max_memory_bytes, slots })
     }
 
     /// Loads a trusted component: refuses it unless `trust` allows its digest, then compiles
@@ -180,11 +183,13 @@ impl Runtime {
         let limits = Limits { memory_bytes: limits.memory_bytes.min(self.max_memory_bytes), ..limits };
         let deny_all = Arc::new(Checker::deny_all());
         let manifest =
-            Session::new(&self.engine, &pre, label.clone(), deny_all, limits, &CallContext::default())?.manifest()?;
+            Session::new(&self.engine, &self.slots, &pre, label.clone(), deny_all, limits, &CallContext::default())?
+                .manifest()?;
         let requested = validate_manifest(&manifest, world).map_err(|m| fail(ErrorKind::InvalidManifest(m)))?;
         let label = PluginLabel::Named { name: manifest.name.clone(), version: manifest.version.clone() };
         Ok(Plugin {
             engine: self.engine.clone(),
+            slots: self.slots.clone(),
             label,
             digest,
             manifest,

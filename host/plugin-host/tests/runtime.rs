@@ -217,3 +217,26 @@ fn runtime_and_plugins_can_be_shared_between_threads() {
     fn sendable<T: Send>() {}
     sendable::<chengis_plugin_host::Session>();
 }
+
+#[test]
+fn a_full_instance_pool_is_a_clear_error_and_frees_up() {
+    let bytes = component("chengis-plugin-console");
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache");
+    let runtime = Runtime::with_options(RuntimeOptions {
+        cache_dir: Some(cache),
+        pooling: true,
+        max_instances: 2,
+        ..RuntimeOptions::default()
+    })
+    .unwrap();
+    let plugin =
+        runtime.load(&bytes, &Allowlist::from_iter([Digest::of(&bytes)]), Grants::none(), Limits::default()).unwrap();
+    let ctx = CallContext::default();
+    let first = plugin.session(&ctx).unwrap();
+    let _second = plugin.session(&ctx).unwrap();
+    let err = plugin.notify(&ctx, &event()).unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::NoInstanceSlot(2)), "{err}");
+    assert!(err.to_string().contains("all 2 plugin instances are in use"), "{err}");
+    drop(first);
+    plugin.notify(&ctx, &event()).unwrap();
+}
