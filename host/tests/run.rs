@@ -465,3 +465,18 @@ jobs:
     let (out, _events, _dir) = run("jobs:\n  j:\n    steps:\n      - shell: bash\n        run: false | true\n", &[]);
     assert_eq!(out.status.code(), Some(1), "bash runs with pipefail");
 }
+
+#[test]
+fn uses_steps_run_the_builtin_plugins_locally() {
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = plugins.path().display().to_string();
+    let yaml = "jobs:\n  j:\n    steps:\n      - id: s\n        uses: script\n        with:\n          run: echo \"from the plugin\"; touch made\n      - run: test -f made && echo \"exit ${{ steps.s.outputs.exit-code }}\"\n      - uses: missing\n        continue-on-error: true\n";
+    let (out, events, _dir) = run(yaml, &["--plugin-dir", &dir]);
+    assert!(out.status.success(), "{events:?}");
+    assert_eq!(logs(&events, "j"), ["from the plugin", "exit 0"]);
+    assert_eq!(step_status(&events, "j", 2), "error");
+    // The local allowlist pinned the builtins.
+    let list = chengis().args(["plugin", "--data-dir", &dir, "list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("script") && text.contains("(builtin)"), "{text}");
+}

@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// Container settings for jobs that name an image.
     #[command(flatten)]
     pub docker: super::docker::DockerArgs,
+    /// Where `uses:` plugins come from: a data directory with its own trust allowlist
+    /// (`chengis plugin --data-dir DIR ...`) [default: ~/.cache/chengis/run, builtins pinned].
+    #[arg(long, value_name = "DIR")]
+    pub plugin_dir: Option<PathBuf>,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -145,11 +149,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         output_cap: args.output_cap,
         build_number: 1,
         docker: DockerRuntime::new(format!("run@{}", hostname()), args.docker.settings()?),
+        plugins: None,
     };
+    let uses_plugins = plan.jobs.iter().flat_map(|j| &j.steps).any(|s| s.uses.is_some());
     let uses_docker = plan.jobs.iter().any(|j| j.image.is_some() || j.steps.iter().any(|s| s.image.is_some()));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let docker = run_opts.docker.clone();
+    let mut run_opts = run_opts;
+    let plugin_dir = args.plugin_dir.clone();
     let status = runtime.block_on(async move {
+        if uses_plugins {
+            run_opts.plugins = Some(local_plugins(plugin_dir).await?);
+        }
         if uses_docker {
             // Containers of earlier runs whose `chengis run` process is gone (killed, crashed).
             if let Err(e) = docker.reap(|_, lease| lease_process_alive(lease)).await {
@@ -173,13 +184,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         });
         let summary = run_plan(plan, run_opts, Arc::new(masker), cancel, tx).await;
         let _ = renderer.await;
-        summary.status
-    });
+        Ok::<Status, anyhow::Error>(summary.status)
+    })?;
     Ok(match status {
         Status::Success => 0,
         Status::Cancelled => 130,
         _ => 1,
     })
+}
+
+/// The plugin platform of local runs: an allowlist of its own (a SQLite file in `dir`, by
+/// default `~/.cache/chengis/run`) with the builtin plugins pinned; `chengis plugin --data-dir
+/// DIR install ...` adds others. Compiled components are cached there too.
+async fn local_plugins(dir: Option<PathBuf>) -> anyhow::Result<Arc<crate::plugins::PluginService>> {
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir);
+            cache.join("chengis/run")
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let store = crate::store::Store::open(&format!("sqlite://{}", dir.join("chengis.db").display())).await?;
+    let service = crate::plugins::PluginService::new(store, &dir)?;
+    service.install_builtins().await?;
+    Ok(Arc::new(service))
 }
 
 /// True when a local run's lease label (`pid:N`) names a live process.

@@ -352,9 +352,7 @@ async fn run_one(
             return (
                 Status::Error,
                 None,
-                Some(format!(
-                    "`uses: {uses}` needs a step-executor plugin; `chengis run` runs `run:` steps only (plugins run on the server)"
-                )),
+                Some(format!("`uses: {uses}` needs a step-executor plugin, and this run has no plugin platform")),
                 Written::default(),
             );
         };

@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub build_number: u64,
     /// The Docker runtime for jobs that name an image.
     pub docker: Arc<DockerRuntime>,
+    /// The plugin platform for `uses:` steps (none: `uses:` steps fail with an explanation).
+    pub plugins: Option<Arc<crate::plugins::PluginService>>,
 }
 
 /// The outcome of a run.
@@ -121,7 +123,7 @@ pub async fn run_plan(
         },
         allowance_name: id.to_string(),
         owns_workspace: false,
-        plugins: None,
+        plugins: opts.plugins.clone(),
         plugin_build: None,
         masker: masker.clone(),
         cancel,
