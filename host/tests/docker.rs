@@ -12,8 +12,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod docker_support;
+mod run_events;
 
 use docker_support::{IMAGE, SERVICE_IMAGE, docker_ready, objects};
+use run_events::{job_event as job, logs, parse_events, step_event as step};
 
 fn chengis() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chengis"))
@@ -30,34 +32,6 @@ fn run_in(dir: &Path, yaml: &str, extra: &[&str]) -> Output {
     let file = dir.join("chengis.yml");
     std::fs::write(&file, yaml).unwrap();
     chengis().arg("run").arg(&file).args(["--format", "json", "--workspace"]).arg(dir).args(extra).output().unwrap()
-}
-
-fn parse_events(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-}
-
-fn logs(events: &[Value], job: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["event"] == "log" && e["job"] == job)
-        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
-fn step(events: &[Value], job: &str, index: usize) -> Value {
-    events
-        .iter()
-        .find(|e| e["event"] == "step_finished" && e["job"] == job && e["step"] == index)
-        .cloned()
-        .unwrap_or_else(|| panic!("no step_finished for {job}#{index}: {events:?}"))
-}
-
-fn job(events: &[Value], id: &str) -> Value {
-    events
-        .iter()
-        .find(|e| e["event"] == "job_finished" && e["job"] == id)
-        .cloned()
-        .unwrap_or_else(|| panic!("no job_finished for {id}: {events:?}"))
 }
 
 /// The same pipeline, run by the local executor (`image: None`) and in a container.
@@ -153,7 +127,6 @@ jobs:
     services:
       web:
         image: {SERVICE_IMAGE}
-        pull: never
         command: ["sh", "-c", "sleep 1; touch /tmp/ready; exec httpd -f -p 80 -h /www"]
         ports: [80]
         health-cmd: test -f /tmp/ready
@@ -161,8 +134,7 @@ jobs:
     steps:
       - run: wget -qO- http://web/
 "#
-    )
-    .replace("        pull: never\n        command", "        command");
+    );
     let (out, events, _dir) = run(&yaml, &[]);
     assert!(out.status.success(), "{events:?} {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(logs(&events, "j"), ["hello from the service"]);

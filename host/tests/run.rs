@@ -6,6 +6,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod run_events;
+
+use run_events::{job_event, logs, parse_events, step_event};
+
 fn chengis() -> Command {
     Command::new(env!("CARGO_BIN_EXE_chengis"))
 }
@@ -27,34 +31,8 @@ fn run(yaml: &str, extra: &[&str]) -> (Output, Vec<Value>, tempfile::TempDir) {
     (out, events, dir)
 }
 
-fn parse_events(stdout: &[u8]) -> Vec<Value> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-fn logs(events: &[Value], job: &str) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["event"] == "log" && e["job"] == job)
-        .map(|e| e["text"].as_str().unwrap_or_default().to_string())
-        .collect()
-}
-
 fn step_status(events: &[Value], job: &str, step: usize) -> String {
-    events
-        .iter()
-        .find(|e| e["event"] == "step_finished" && e["job"] == job && e["step"] == step)
-        .map(|e| e["status"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_else(|| panic!("no step_finished for {job}#{step}"))
-}
-
-fn job_event<'a>(events: &'a [Value], job: &str) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["event"] == "job_finished" && e["job"] == job)
-        .unwrap_or_else(|| panic!("no job_finished for {job}"))
+    step_event(events, job, step)["status"].as_str().unwrap_or_default().to_string()
 }
 
 fn run_status(events: &[Value]) -> String {

@@ -286,6 +286,27 @@ impl PluginService {
         Ok(out)
     }
 
+    /// Whether any plugin listens to status changes without a pipeline asking: an allowed
+    /// notifier whose server-side config has `on`, or an allowed SCM status reporter with a
+    /// server-side config.
+    pub async fn has_server_listeners(&self) -> Result<bool, PluginServiceError> {
+        for p in self.store.plugins().await? {
+            if p.state != TrustState::Allowed {
+                continue;
+            }
+            let config = self.store.plugin_config(&p.name).await?;
+            let listens = match p.world.as_str() {
+                "notifier" => config.contains_key("on"),
+                "scm-status" => config.keys().any(|k| !k.starts_with("chengis.")),
+                _ => false,
+            };
+            if listens {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Loads an allowed record's component, checking its bytes against the allowed digest.
     fn load_with(&self, record: &PluginRecord, limits: Limits) -> Result<Plugin, PluginServiceError> {
         // Loaded plugins are reused while their file is unchanged (size and modification time);
