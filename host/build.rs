@@ -1,4 +1,4 @@
-//! Builds the builtin plugins (`plugins/console`, `plugins/script`) for `wasm32-wasip2`, so that
+//! Builds the builtin plugins (`plugins/*`) for `wasm32-wasip2`, so that
 //! the binary embeds them and records them in the trust allowlist on first start. The target's
 //! standard library is installed when missing (`rustup target add wasm32-wasip2`); without it the
 //! build stops with the instruction. The components are built by a nested cargo into
@@ -8,12 +8,26 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const BUILTINS: &[&str] = &["chengis-plugin-console", "chengis-plugin-script"];
+const BUILTINS: &[&str] = &[
+    "chengis-plugin-console",
+    "chengis-plugin-script",
+    "chengis-plugin-slack",
+    "chengis-plugin-webhook",
+    "chengis-plugin-email",
+    "chengis-plugin-github-status",
+    "chengis-plugin-gitlab-status",
+    "chengis-plugin-gitea-status",
+    "chengis-plugin-bitbucket-status",
+    "chengis-plugin-image-policy",
+    "chengis-plugin-branch-protection",
+    "chengis-plugin-junit",
+    "chengis-plugin-http",
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest.join("..");
-    for dir in ["plugins/console", "plugins/script", "sdk", "wit"] {
+    for dir in ["plugins", "sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));

@@ -9,7 +9,10 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The plugin SDK and the components as WebAssembly (their wasm32-only code).
 cargo clippy --locked --target wasm32-wasip2 --all-features \
-  -p chengis-plugin-sdk -p chengis-plugin-console -p chengis-plugin-script -p chengis-test-hostile \
+  -p chengis-plugin-sdk -p chengis-plugin-console -p chengis-plugin-script -p chengis-plugin-slack \
+  -p chengis-plugin-webhook -p chengis-plugin-email -p chengis-plugin-github-status -p chengis-plugin-gitlab-status \
+  -p chengis-plugin-gitea-status -p chengis-plugin-bitbucket-status -p chengis-plugin-image-policy \
+  -p chengis-plugin-branch-protection -p chengis-plugin-junit -p chengis-plugin-http -p chengis-test-hostile \
   -p chengis-test-bad-manifest -p chengis-test-policy -p chengis-test-future-version -p chengis-test-unknown-world \
   -- -D warnings
 cargo test --workspace --locked

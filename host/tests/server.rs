@@ -916,8 +916,28 @@ jobs:
     let (s, log) = start_logged(&data, &db, &[]);
     let (code, out, err) = plugin_cli(&data, &db, &["list"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("console") && out.contains("script") && out.contains("(builtin)"), "{out}");
-    assert!(out.contains("allowed"), "{out}");
+    // A fresh server lists every builtin, allowed by digest, with its grants.
+    for name in [
+        "console",
+        "slack",
+        "webhook",
+        "email",
+        "github-status",
+        "gitlab-status",
+        "gitea-status",
+        "bitbucket-status",
+        "image-policy",
+        "branch-protection",
+        "script",
+        "junit",
+        "http",
+    ] {
+        let line = out.lines().find(|l| l.split_whitespace().next() == Some(name));
+        let line = line.unwrap_or_else(|| panic!("{name} is not listed:\n{out}"));
+        assert!(line.contains(" allowed ") && line.contains("sha256:") && line.ends_with("(builtin)"), "{line}");
+    }
+    assert!(out.contains("granted:   http:https://api.github.com:443, secret:GITHUB_TOKEN"), "{out}");
+    assert!(out.contains("granted:   workspace:read"), "{out}");
     // The operator's per-plugin limit: calls of `script` may take 2 s.
     let (code, _, err) = plugin_cli(&data, &db, &["config", "script", "--set", "chengis.timeout=2s"]);
     assert_eq!(code, 0, "{err}");
@@ -1004,6 +1024,9 @@ fn policies_deny_builds_and_a_tampered_plugin_is_refused() {
     assert!(reason.contains("denied by policy") && reason.contains("image-not-pinned"), "{reason}");
     assert!(reason.contains("floating") && !reason.contains("job pinned"), "{reason}");
     assert!(b["jobs"].as_array().unwrap().is_empty(), "a denied build queues nothing: {b}");
+    // The API shows every reason on the build.
+    let denials = b["policy"]["denials"].as_array().unwrap_or_else(|| panic!("no policy result: {b}"));
+    assert!(denials.iter().any(|d| d.as_str().unwrap().contains("image-not-pinned")), "{b}");
 
     // A modified byte in the stored component: the allowlist no longer matches, the policy
     // cannot run, and the build is denied (fail closed).

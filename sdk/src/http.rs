@@ -102,8 +102,12 @@ pub(crate) fn send(request: &HttpRequest) -> Result<HttpResponse, HttpError> {
 
     let (scheme, authority, path) = request.parts()?;
     let fail = |what: &str| HttpError(format!("{} {}: {what}", request.method, request.url));
-    let entries: Vec<(String, Vec<u8>)> =
+    let mut entries: Vec<(String, Vec<u8>)> =
         request.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())).collect();
+    // A known length rather than chunked encoding: every server understands it.
+    if !request.body.is_empty() && !entries.iter().any(|(k, _)| k == "content-length") {
+        entries.push(("content-length".into(), request.body.len().to_string().into_bytes()));
+    }
     let headers = Fields::from_list(&entries).map_err(|e| fail(&format!("invalid header: {e:?}")))?;
     let outgoing = OutgoingRequest::new(headers);
     let method = match request.method.to_ascii_uppercase().as_str() {
@@ -123,21 +127,30 @@ pub(crate) fn send(request: &HttpRequest) -> Result<HttpResponse, HttpError> {
     outgoing.set_path_with_query(Some(path)).map_err(|()| fail("invalid path"))?;
     let body = outgoing.body().map_err(|()| fail("no request body"))?;
     let future = outgoing_handler::handle(outgoing, None).map_err(|e| error_code(&fail, e))?;
-    {
+    let wait = || loop {
+        if let Some(result) = future.get() {
+            break result
+                .map_err(|()| fail("the response was already taken"))?
+                .map_err(|e: ErrorCode| error_code(&fail, e));
+        }
+        future.subscribe().block();
+    };
+    let written = (|| {
         let stream = body.write().map_err(|()| fail("cannot write the request body"))?;
         for chunk in request.body.chunks(4096) {
             stream.blocking_write_and_flush(chunk).map_err(|e| fail(&format!("writing the body: {e:?}")))?;
         }
+        Ok::<(), HttpError>(())
+    })();
+    if let Err(write_error) = written {
+        // The host may have refused the request (denied, unreachable): its reason is in the
+        // response, and says more than the closed body stream.
+        return Err(wait().err().unwrap_or(write_error));
     }
-    OutgoingBody::finish(body, None).map_err(|e| error_code(&fail, e))?;
-    let response = loop {
-        if let Some(result) = future.get() {
-            break result
-                .map_err(|()| fail("the response was already taken"))?
-                .map_err(|e: ErrorCode| error_code(&fail, e))?;
-        }
-        future.subscribe().block();
-    };
+    if let Err(e) = OutgoingBody::finish(body, None) {
+        return Err(wait().err().unwrap_or_else(|| error_code(&fail, e)));
+    }
+    let response = wait()?;
     let headers =
         response.headers().entries().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();
     let status = response.status();

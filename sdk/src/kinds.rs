@@ -74,6 +74,11 @@ impl Manifest {
         self.capability(Capability::OutboundHttp(pattern.into()))
     }
 
+    /// Requests outbound TCP (`wasi:sockets`) to `host:port` (notifiers, e.g. SMTP).
+    pub fn outbound_tcp(self, target: &str) -> Self {
+        self.capability(Capability::OutboundTcp(target.into()))
+    }
+
     /// Requests the secret `name`.
     pub fn secret(self, name: &str) -> Self {
         self.capability(Capability::Secret(name.into()))

@@ -14,6 +14,8 @@
 //! - [`Config`]: typed configuration with errors that name the key.
 //! - [`HttpRequest`] / [`HttpResponse`]: HTTP over `wasi:http`, where granted.
 //! - [`testing::FakeHost`]: a fake host for native `cargo test`.
+//! - [`scm`]: helpers for SCM status reporters (clone URL parsing, path encoding, description
+//!   limits, the API token from a granted secret, error answers without the token).
 //! - [`types`] and [`bindings`]: the WIT types and raw bindings, re-exported.
 //!
 //! ## Example: a notifier
@@ -79,7 +81,7 @@
 //!     },
 //!     trigger: "push".into(), url: None, duration_ms: Some(1500),
 //! };
-//! Hook::notify(&host, Event { kind: EventKind::BuildFinished, build, job: None }).unwrap();
+//! Hook::notify(&host, Event { kind: EventKind::BuildFinished, build, job: None, previous_status: None }).unwrap();
 //! assert_eq!(host.requests()[0].body, b"build #3 of web: success");
 //! assert_eq!(host.log_text(), "sent: build #3 of web: success\n");
 //! ```
@@ -89,6 +91,7 @@ pub mod config;
 pub mod host;
 pub mod http;
 mod kinds;
+pub mod scm;
 pub mod testing;
 
 pub use bindings::chengis::plugin::{log, outputs, sandbox, types};

@@ -5,7 +5,7 @@
 //!
 //! Grants are written as text, the form the CLI and the allowlist store:
 //! `http:https://hooks.slack.com:443`, `http:https://*.example.com:*`, `secret:SLACK_TOKEN`,
-//! `workspace:read`, `workspace:write`, `exec`.
+//! `workspace:read`, `workspace:write`, `exec`, `tcp:smtp.example.com:587`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +13,9 @@ use std::str::FromStr;
 use crate::types;
 
 /// An outbound HTTP destination pattern: `scheme://host:port`, where the host may start with
-/// `*.` (any subdomain) and the port may be `*` or left out (the scheme's default port).
+/// `*.` (any subdomain) or be `*` (any host: a plugin whose URL is configuration requests it,
+/// and the operator's grants say which hosts), and the port may be `*` or left out (the
+/// scheme's default port).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
     scheme: String,
@@ -29,6 +31,9 @@ impl HostPattern {
         }
         if self.port.is_some_and(|p| p != port) {
             return false;
+        }
+        if self.host == "*" {
+            return true;
         }
         let host = host.to_ascii_lowercase();
         match self.host.strip_prefix("*.") {
@@ -56,11 +61,19 @@ impl FromStr for HostPattern {
             None => (rest, Some(default_port)),
         };
         let bare = host.strip_prefix("*.").unwrap_or(host);
-        let valid = !bare.is_empty() && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        let valid =
+            host == "*" || !bare.is_empty() && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if !valid {
             return Err(bad("the host must be a DNS name or IP address, optionally starting with *."));
         }
         Ok(HostPattern { scheme, host: host.to_ascii_lowercase(), port })
+    }
+}
+
+impl HostPattern {
+    /// Whether the pattern names any host (`scheme://*:port`).
+    pub fn is_any_host(&self) -> bool {
+        self.host == "*"
     }
 }
 
@@ -69,6 +82,64 @@ impl fmt::Display for HostPattern {
         match self.port {
             Some(port) => write!(f, "{}://{}:{port}", self.scheme, self.host),
             None => write!(f, "{}://{}:*", self.scheme, self.host),
+        }
+    }
+}
+
+/// An outbound TCP destination: `host:port`. In a manifest the host may be `*` and the port
+/// `*` (a plugin whose server is configuration); the operator's grants name real destinations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpTarget {
+    /// The DNS name or IP address, lowercase, or `*` for any host.
+    pub host: String,
+    /// The port, or `None` for any port.
+    pub port: Option<u16>,
+}
+
+impl TcpTarget {
+    /// Whether a connection to `host:port` matches.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        (self.host == "*" || self.host.eq_ignore_ascii_case(host)) && self.port.is_none_or(|p| p == port)
+    }
+
+    /// Whether it names one destination (no `*`).
+    pub fn is_concrete(&self) -> bool {
+        self.host != "*" && self.port.is_some()
+    }
+}
+
+impl FromStr for TcpTarget {
+    type Err = CapabilityParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| CapabilityParseError(format!("{text:?}: {why}"));
+        let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?;
+        let port = match port {
+            "*" => None,
+            _ => {
+                Some(port.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("the port must be 1-65535 or *"))?)
+            }
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let valid = host == "*"
+            || !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'));
+        if !valid {
+            return Err(bad("the host must be a DNS name, an IP address or *"));
+        }
+        Ok(TcpTarget { host: host.to_ascii_lowercase(), port })
+    }
+}
+
+impl fmt::Display for TcpTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:", self.host)?;
+        } else {
+            write!(f, "{}:", self.host)?;
+        }
+        match self.port {
+            Some(port) => write!(f, "{port}"),
+            None => f.write_str("*"),
         }
     }
 }
@@ -86,6 +157,8 @@ pub enum Capability {
     WorkspaceWrite,
     /// Running commands in the job's sandbox.
     SandboxExec,
+    /// Outbound TCP (`wasi:sockets`) to one `host:port`.
+    OutboundTcp(TcpTarget),
 }
 
 /// A capability or grant that could not be parsed.
@@ -102,10 +175,11 @@ impl FromStr for Capability {
             Some(("secret", name)) if !name.is_empty() => Ok(Capability::Secret(name.to_string())),
             Some(("workspace", "read")) => Ok(Capability::WorkspaceRead),
             Some(("workspace", "write")) => Ok(Capability::WorkspaceWrite),
+            Some(("tcp", target)) => Ok(Capability::OutboundTcp(target.parse()?)),
             None if text == "exec" => Ok(Capability::SandboxExec),
             _ => Err(CapabilityParseError(format!(
                 "{text:?}: expected http:SCHEME://HOST:PORT, secret:NAME, workspace:read, \
-                 workspace:write or exec"
+                 workspace:write, exec or tcp:HOST:PORT"
             ))),
         }
     }
@@ -119,6 +193,7 @@ impl fmt::Display for Capability {
             Capability::WorkspaceRead => f.write_str("workspace:read"),
             Capability::WorkspaceWrite => f.write_str("workspace:write"),
             Capability::SandboxExec => f.write_str("exec"),
+            Capability::OutboundTcp(target) => write!(f, "tcp:{target}"),
         }
     }
 }
@@ -135,6 +210,7 @@ impl Capability {
             types::Capability::WorkspaceRead => Capability::WorkspaceRead,
             types::Capability::WorkspaceWrite => Capability::WorkspaceWrite,
             types::Capability::SandboxExec => Capability::SandboxExec,
+            types::Capability::OutboundTcp(target) => Capability::OutboundTcp(target.parse()?),
         })
     }
 
@@ -146,6 +222,7 @@ impl Capability {
             Capability::WorkspaceRead => "workspace-read".into(),
             Capability::WorkspaceWrite => "workspace-write".into(),
             Capability::SandboxExec => "sandbox-exec".into(),
+            Capability::OutboundTcp(target) => format!("outbound-tcp(\"{target}\")"),
         }
     }
 }
@@ -236,6 +313,31 @@ impl Checker {
         self.decide("running a command in the sandbox".into(), has(&self.requested), has(&self.granted), &wanted)
     }
 
+    /// Checks an outbound TCP connection to `host:port`.
+    pub fn check_tcp(&self, host: &str, port: u16) -> Result<(), Denial> {
+        let wanted = TcpTarget { host: host.to_ascii_lowercase(), port: Some(port) };
+        let matches =
+            |caps: &[Capability]| caps.iter().any(|c| matches!(c, Capability::OutboundTcp(t) if t.matches(host, port)));
+        let what = format!("outbound TCP to {wanted}");
+        self.decide(what, matches(&self.requested), matches(&self.granted), &Capability::OutboundTcp(wanted))
+    }
+
+    /// The granted TCP destinations that a request covers (only concrete grants: the host must
+    /// know which addresses to open).
+    pub fn tcp_targets(&self) -> Vec<TcpTarget> {
+        self.granted
+            .iter()
+            .filter_map(|c| match c {
+                Capability::OutboundTcp(t)
+                    if t.is_concrete() && t.port.is_some_and(|port| self.check_tcp(&t.host, port).is_ok()) =>
+                {
+                    Some(t.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The workspace access the plugin has, if any.
     pub fn workspace_access(&self) -> Option<WorkspaceAccess> {
         let level = |caps: &[Capability]| {
@@ -296,6 +398,15 @@ mod tests {
     }
 
     #[test]
+    fn any_host_patterns_still_need_a_grant() {
+        let c = checker(&["http:https://*:*"], &["http:https://git.example.com:443"]);
+        assert!(c.check_http("https", "git.example.com", 443).is_ok());
+        assert!(c.check_http("https", "evil.example", 443).unwrap_err().why.contains("has not granted"));
+        assert!("https://*:*".parse::<HostPattern>().unwrap().is_any_host());
+        assert!("https://*x:*".parse::<HostPattern>().is_err());
+    }
+
+    #[test]
     fn wildcard_host_needs_a_subdomain() {
         let pattern: HostPattern = "https://*.example.com:*".parse().unwrap();
         assert!(pattern.matches("https", "a.example.com", 1));
@@ -316,11 +427,32 @@ mod tests {
 
     #[test]
     fn grants_parse_and_print_back() {
-        for text in ["http:https://a.example:443", "http:http://*.b.example:*", "secret:X", "workspace:read", "exec"] {
+        for text in [
+            "http:https://a.example:443",
+            "http:http://*.b.example:*",
+            "secret:X",
+            "workspace:read",
+            "exec",
+            "tcp:smtp.a.example:587",
+        ] {
             assert_eq!(text.parse::<Capability>().unwrap().to_string(), text);
         }
         assert_eq!("http:https://a.example".parse::<Capability>().unwrap().to_string(), "http:https://a.example:443");
         assert!("http:ftp://a:1".parse::<Capability>().unwrap_err().to_string().contains("http or https"));
         assert!("net".parse::<Capability>().is_err());
+        assert!("tcp:a.example".parse::<Capability>().unwrap_err().to_string().contains("host:port"));
+        assert!("tcp:a.example:0".parse::<Capability>().is_err());
+    }
+
+    #[test]
+    fn tcp_needs_request_and_grant() {
+        let c = checker(&["tcp:smtp.example.com:587", "tcp:other.example:25"], &["tcp:SMTP.example.com:587"]);
+        assert!(c.check_tcp("smtp.example.com", 587).is_ok());
+        assert!(c.check_tcp("other.example", 25).unwrap_err().why.contains("grant `tcp:other.example:25`"));
+        assert!(c.check_tcp("smtp.example.com", 25).unwrap_err().why.contains("outbound-tcp(\"smtp.example.com:25\")"));
+        assert_eq!(c.tcp_targets(), vec![TcpTarget { host: "smtp.example.com".into(), port: Some(587) }]);
+        let any = checker(&["tcp:*:*"], &["tcp:127.0.0.1:2525", "tcp:*:25"]);
+        assert!(any.check_tcp("127.0.0.1", 2525).is_ok());
+        assert_eq!(any.tcp_targets(), vec![TcpTarget { host: "127.0.0.1".into(), port: Some(2525) }]);
     }
 }

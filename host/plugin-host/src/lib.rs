@@ -39,6 +39,7 @@
 //!         trigger: "push".into(), url: None, duration_ms: Some(1200),
 //!     },
 //!     job: None,
+//!     previous_status: None,
 //! };
 //! plugin.notify(&CallContext::default(), &event)?;
 //! # Ok(())
@@ -57,7 +58,7 @@ mod state;
 pub mod trust;
 
 pub use bindings::{outputs, sandbox as wit_sandbox, types};
-pub use capability::{Capability, CapabilityParseError, Checker, Denial, Grants, HostPattern};
+pub use capability::{Capability, CapabilityParseError, Checker, Denial, Grants, HostPattern, TcpTarget};
 pub use error::{ErrorKind, PluginError, PluginLabel};
 pub use limits::Limits;
 pub use plugin::{CallContext, Plugin, Session, StepOutcome, World};

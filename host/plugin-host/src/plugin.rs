@@ -331,7 +331,7 @@ impl Session {
         arm_deadline(&mut self.store);
         let mut result = f(&mut self.store, &self.instance);
         self.store.data_mut().end_call();
-        if result.is_ok() && self.store.data().overslept {
+        if result.is_ok() && self.store.data().slept_to_deadline() {
             // The guest slept past its deadline and was woken at it: a timeout even if it
             // finished before the epoch deadline caught it.
             result = Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
@@ -404,7 +404,9 @@ fn manifest_size(manifest: &types::Manifest) -> usize {
         .capabilities
         .iter()
         .map(|c| match c {
-            types::Capability::OutboundHttp(text) | types::Capability::Secret(text) => text.len() + 1,
+            types::Capability::OutboundHttp(text)
+            | types::Capability::Secret(text)
+            | types::Capability::OutboundTcp(text) => text.len() + 1,
             _ => 1,
         })
         .sum();

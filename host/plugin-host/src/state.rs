@@ -165,7 +165,8 @@ pub(crate) struct CallState {
     stderr: MemoryOutputPipe,
     printed: (usize, usize),
     clock_origin: Instant,
-    /// Whether the guest asked to sleep past the call's deadline (and was woken at it).
+    /// Whether the guest asked to sleep past the call's deadline (its sleep was cut there);
+    /// see [`CallState::slept_to_deadline`].
     pub(crate) overslept: bool,
     output_bytes: usize,
     pub(crate) step: StepOutcome,
@@ -189,6 +190,7 @@ impl CallState {
         }
         let deadline = Arc::new(Mutex::new(Instant::now() + limits.timeout));
         let denials = Arc::new(Mutex::new(Vec::new()));
+        allow_tcp_targets(&mut wasi, &checker, &denials);
         let mut config = ctx.config.clone();
         config.sort();
         Ok(CallState {
@@ -314,6 +316,13 @@ impl CallState {
         self.sleep(Duration::from_nanos(when).saturating_sub(now))
     }
 
+    /// Whether the call slept until its deadline: a sleep was cut at the deadline and the
+    /// deadline has passed. (A cut sleep that ended early, because what the guest polled
+    /// with it became ready first, e.g. a socket with a timeout, is no timeout.)
+    pub(crate) fn slept_to_deadline(&self) -> bool {
+        self.overslept && self.remaining().is_zero()
+    }
+
     fn deny(&mut self, denial: Denial) -> wasmtime::Error {
         self.denials.lock().unwrap_or_else(PoisonError::into_inner).push(denial.clone());
         wasmtime::Error::new(denial)
@@ -333,6 +342,41 @@ impl CallState {
         }
         Ok(())
     }
+}
+
+/// Lets the guest connect to the addresses of its granted `tcp:HOST:PORT` destinations (and
+/// look names up, which it needs to find them); every other address is refused and recorded as
+/// a denial naming the grant that would allow it. Without such grants the sockets stay off.
+fn allow_tcp_targets(wasi: &mut WasiCtxBuilder, checker: &Checker, denials: &Arc<Mutex<Vec<Denial>>>) {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    use wasmtime_wasi::sockets::SocketAddrUse;
+    let targets = checker.tcp_targets();
+    if targets.is_empty() {
+        return;
+    }
+    let allowed: Vec<SocketAddr> = targets
+        .iter()
+        .filter_map(|t| Some((t.host.as_str(), t.port?)))
+        .flat_map(|target| target.to_socket_addrs().map(Iterator::collect::<Vec<_>>).unwrap_or_default())
+        .collect();
+    let allowed = Arc::new(allowed);
+    let denials = denials.clone();
+    wasi.allow_tcp(true).allow_ip_name_lookup(true).socket_addr_check(move |addr, usage| {
+        let ok = match usage {
+            // The implicit bind before a connect uses the wildcard address and port 0.
+            SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
+            SocketAddrUse::TcpConnect => allowed.contains(&addr),
+            _ => false,
+        };
+        if !ok {
+            let denial = Denial {
+                what: format!("outbound TCP to {addr} ({usage:?})"),
+                why: "only the addresses of granted tcp:HOST:PORT destinations are reachable".into(),
+            };
+            denials.lock().unwrap_or_else(PoisonError::into_inner).push(denial);
+        }
+        Box::pin(async move { ok })
+    });
 }
 
 fn preopen_workspace(wasi: &mut WasiCtxBuilder, workspace: &Path, access: WorkspaceAccess) -> Result<(), ErrorKind> {

@@ -33,7 +33,12 @@ fn the_python_notifier_runs_in_the_host() {
         image: None,
         duration_ms: None,
     };
-    plugin.notify(&ctx, &Event { kind: EventKind::JobFinished, build: fixtures::build(), job: Some(job) }).unwrap();
+    plugin
+        .notify(
+            &ctx,
+            &Event { kind: EventKind::JobFinished, build: fixtures::build(), job: Some(job), previous_status: None },
+        )
+        .unwrap();
     assert_eq!(log.lines(), ["[ci] build-finished: web #42 success", "[ci] job-finished: web #42 success (job test)"]);
 
     // A failure raised in Python is the plugin's error, named, and the host keeps serving.

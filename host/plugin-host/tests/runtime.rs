@@ -187,6 +187,11 @@ fn a_policy_decides_and_stays_pure() {
         image: Some(image.into()),
         needs: Vec::new(),
         uses: Vec::new(),
+        services: Vec::new(),
+        step_images: Vec::new(),
+        privileged: false,
+        docker_socket: false,
+        approval: false,
     };
     let plan = Plan {
         pipeline: "web".into(),

@@ -10,6 +10,7 @@ use crate::engine::events::RunEvent;
 use crate::engine::job::{ContainerSpec, JobEnv, JobSpec, run_job};
 use crate::exec::docker::{DockerRuntime, SandboxLabels};
 use crate::exec::{CancelSignal, LogLine, SecretMasker};
+use crate::plugins::dispatch::Change;
 use crate::status::Status;
 use crate::store::builds::StepRecord;
 use crate::store::queue::{Lease, LeaseRequest, Renewal};
@@ -105,13 +106,13 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
     store.start_leased_job(lease).await?;
     if build.status == Status::Queued {
         store.transition_build(build.id, Status::Running, None).await?;
-        ctx.announce(build.id, None);
+        ctx.announce(build.id, Change::Build);
     }
     store
         .add_event(build.id, "job_status", &json!({"job": spec.id, "status": "running", "attempt": lease.attempt}))
         .await?;
     let _ = ctx.bus.send(Notice::Build(build.id));
-    ctx.announce(build.id, Some((spec.id.clone(), Status::Running)));
+    ctx.announce(build.id, Change::Job(spec.id.clone(), Status::Running));
 
     // Contexts and the job's condition, as the local engine decides them.
     let siblings = store.build_jobs(bj.build_id).await?;
@@ -263,7 +264,7 @@ async fn finish(
 ) -> Result<(), StoreError> {
     ctx.store.complete(lease, status, reason).await?;
     ctx.store.add_event(build_id, "job_status", &json!({"job": spec.id, "status": status, "reason": reason})).await?;
-    ctx.announce(build_id, Some((spec.id.clone(), status)));
+    ctx.announce(build_id, Change::Job(spec.id.clone(), status));
     ctx.schedule(build_id).await
 }
 
@@ -337,6 +338,14 @@ async fn pump_events(
                     finished_ms: Some(now_ms()),
                 };
                 let _ = ctx.store.record_step(&lease, &rec).await;
+            }
+            Ok(Some(RunEvent::Tests { job, step, suites })) => {
+                let (passed, failed, skipped) = crate::engine::events::test_counts(&suites);
+                let event = json!({"job": job, "step": step, "passed": passed, "failed": failed, "skipped": skipped});
+                let _ = ctx.store.add_event(build_id, "tests", &event).await;
+                if let Err(e) = ctx.store.record_tests(&lease, build_id, step as i64, &suites).await {
+                    tracing::warn!(build = build_id, job = %job, step, "storing test results: {e}");
+                }
             }
             Ok(Some(_)) | Ok(None) | Err(_) => {}
         }

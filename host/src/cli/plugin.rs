@@ -124,7 +124,7 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
             PluginCommand::List => {
                 for p in store.plugins().await? {
                     println!(
-                        "{:<16} {:<10} {:<14} {:<8} {}{}\n    requested: {}\n    granted:   {}",
+                        "{:<18} {:<8} {:<14} {:<8} {}{}\n    requested: {}\n    granted:   {}",
                         p.name,
                         p.version,
                         p.world,
@@ -298,7 +298,7 @@ mod tests {
         let host = FakeHost::new();
         let commit = Commit { sha: "abc".into(), repository: "r".into(), branch: None, tag: None, message: String::new(), author: String::new() };
         let build = Build { id: 1, number: 7, pipeline: "web".into(), status: Status::Success, commit, trigger: "push".into(), url: None, duration_ms: None };
-        Ident::notify(&host, Event { kind: EventKind::BuildFinished, build, job: None }).unwrap();
+        Ident::notify(&host, Event { kind: EventKind::BuildFinished, build, job: None, previous_status: None }).unwrap();
         assert_eq!(host.log_text(), "web #7: success\n");
     }
 }
@@ -421,7 +421,17 @@ mod tests {
     #[test]
     fn denies_jobs_without_an_image() {
         let commit = Commit { sha: "abc".into(), repository: "r".into(), branch: None, tag: None, message: String::new(), author: String::new() };
-        let job = PlannedJob { name: "build".into(), image: None, needs: Vec::new(), uses: Vec::new() };
+        let job = PlannedJob {
+            name: "build".into(),
+            image: None,
+            needs: Vec::new(),
+            uses: Vec::new(),
+            services: Vec::new(),
+            step_images: Vec::new(),
+            privileged: false,
+            docker_socket: false,
+            approval: false,
+        };
         let plan = Plan { pipeline: "web".into(), commit, trigger: "push".into(), actor: None, jobs: vec![job] };
         assert!(matches!(Ident::check(&FakeHost::new(), plan).unwrap(), Decision::Deny(d) if d.len() == 1));
     }

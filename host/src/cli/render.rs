@@ -101,6 +101,11 @@ impl Renderer {
                     self.paint("2", &format!("({})", fmt_duration(*duration)))
                 )
             }
+            RunEvent::Tests { job, suites, .. } => {
+                let (passed, failed, skipped) = crate::engine::events::test_counts(suites);
+                let text = format!("tests: {passed} passed, {failed} failed, {skipped} skipped");
+                format!("{}{} {}\n", self.tag(job), self.paint("34", "│"), self.paint("2", &text))
+            }
             RunEvent::JobFinished { job, name, status, reason, duration } => {
                 self.finished.push((name.clone(), *status, reason.clone(), *duration));
                 let why = reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();

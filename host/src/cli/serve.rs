@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Times a job is run again after its agent was lost before it is marked `error`.
     #[arg(long, env = "CHENGIS_MAX_ATTEMPTS")]
     pub max_attempts: Option<i64>,
+    /// The URL people reach this server at, for links in notifications and commit statuses
+    /// [default: http:// + the listen address].
+    #[arg(long, env = "CHENGIS_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// A TOML file with any of these settings (snake_case keys).
     #[arg(long, env = "CHENGIS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -61,6 +65,7 @@ const CONFIG_KEYS: &[&str] = &[
     "agents",
     "lease_ttl",
     "max_attempts",
+    "public_url",
     "docker_allow_privileged",
     "docker_allow_socket",
     "docker_memory",
@@ -85,6 +90,8 @@ pub struct ServeConfig {
     pub lease_ttl: Option<String>,
     /// Attempts.
     pub max_attempts: Option<i64>,
+    /// Public URL for links.
+    pub public_url: Option<String>,
     /// Container settings.
     #[serde(flatten)]
     pub docker: DockerArgs,
@@ -117,8 +124,17 @@ impl ServeArgs {
             .or(file.database_url)
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("chengis.db").display()));
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let listen = self.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
         Ok(ServeConfig {
-            listen: Some(self.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into())),
+            listen: Some(listen.clone()),
+            public_url: Some(
+                self.public_url
+                    .clone()
+                    .or(file.public_url)
+                    .unwrap_or_else(|| format!("http://{listen}"))
+                    .trim_end_matches('/')
+                    .to_string(),
+            ),
             data_dir: Some(data_dir),
             database_url: Some(database_url),
             executors: Some(self.executors.or(file.executors).unwrap_or(cores)),
@@ -176,6 +192,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let keys = Arc::new(master_keys(&data_dir)?);
         let (bus, _) = tokio::sync::broadcast::channel(1024);
         let plugins = Arc::new(PluginService::new(store.clone(), &data_dir)?);
+        plugins.set_public_url(cfg.public_url.clone().unwrap_or_default());
         for p in plugins.install_builtins().await? {
             tracing::debug!(plugin = %p.name, version = %p.version, digest = %p.digest, "builtin plugin pinned");
         }

@@ -171,6 +171,7 @@ impl BuildContext {
             let spec = serde_json::to_string(job).unwrap_or_default();
             self.store.add_build_job(build_id, &job.id, &spec, &job.needs).await?;
         }
+        self.announce(build_id, crate::plugins::dispatch::Change::Queued);
         self.schedule(build_id).await
     }
 
@@ -181,20 +182,16 @@ impl BuildContext {
             .add_event(build_id, "build_status", &serde_json::json!({"status": "error", "reason": reason}))
             .await?;
         self.notify(Notice::Build(build_id));
-        self.announce(build_id, None);
+        self.announce(build_id, crate::plugins::dispatch::Change::Build);
         Ok(())
     }
 
     /// Tells the notifier and SCM status plugins about a status change of the build (or of one
-    /// of its jobs), in the background: plugins never hold up a build.
-    pub fn announce(&self, build_id: i64, job: Option<(String, Status)>) {
-        let Some(service) = self.plugins.clone() else { return };
-        let ctx = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::plugins::dispatch::announce(&ctx.store, &ctx.keys, service, build_id, job).await {
-                tracing::warn!(build = build_id, "telling plugins about a status change: {e}");
-            }
-        });
+    /// of its jobs), in the background and in order: plugins never hold up a build.
+    pub fn announce(&self, build_id: i64, change: crate::plugins::dispatch::Change) {
+        if let Some(service) = &self.plugins {
+            service.announce(self.keys.clone(), build_id, change);
+        }
     }
 
     /// Enqueues every queued job whose needs have all finished (the agent then decides with
@@ -231,7 +228,7 @@ impl BuildContext {
             }
             self.store.transition_build(build_id, status, None).await?;
             self.store.add_event(build_id, "build_status", &serde_json::json!({"status": status})).await?;
-            self.announce(build_id, None);
+            self.announce(build_id, crate::plugins::dispatch::Change::Build);
         }
         self.notify(Notice::Build(build_id));
         Ok(())

@@ -3,6 +3,7 @@
 //! for the commands it runs; what it sets becomes the step's outputs and env.
 
 use super::context::{self, Contexts, set_var};
+use super::events::{RunEvent, TestCaseReport, TestOutcome, TestSuiteReport, test_counts};
 use super::job::{JobEnv, Written};
 use crate::exec::docker::JobSandbox;
 use crate::plugins::PluginService;
@@ -164,19 +165,40 @@ pub(super) async fn run(
             for (k, v) in outcome.outputs {
                 set_var(&mut written.outputs, &k, v);
             }
-            let failed: usize = outcome
-                .tests
-                .iter()
-                .flat_map(|s| &s.cases)
-                .filter(|c| matches!(c.outcome, outputs::TestOutcome::Failed | outputs::TestOutcome::Errored))
-                .count();
+            let suites: Vec<TestSuiteReport> = outcome.tests.iter().map(suite_report).collect();
+            let (passed, failed, skipped) = test_counts(&suites);
+            if !suites.is_empty() {
+                let event = RunEvent::Tests { job: job_id.to_string(), step: index, suites };
+                let _ = env.events.send(event).await;
+            }
             if failed > 0 {
-                let total: usize = outcome.tests.iter().map(|s| s.cases.len()).sum();
+                let total = passed + failed + skipped;
                 return (Status::Failure, Some(format!("{failed} of {total} tests failed")), written);
             }
             (Status::Success, None, written)
         }
     }
+}
+
+/// A reported WIT test suite as the engine's own event type.
+fn suite_report(suite: &outputs::TestSuite) -> TestSuiteReport {
+    let cases = suite
+        .cases
+        .iter()
+        .map(|c| TestCaseReport {
+            name: c.name.clone(),
+            classname: c.classname.clone(),
+            outcome: match c.outcome {
+                outputs::TestOutcome::Passed => TestOutcome::Passed,
+                outputs::TestOutcome::Failed => TestOutcome::Failed,
+                outputs::TestOutcome::Skipped => TestOutcome::Skipped,
+                outputs::TestOutcome::Errored => TestOutcome::Errored,
+            },
+            duration_ms: c.duration_ms,
+            message: c.message.clone(),
+        })
+        .collect();
+    TestSuiteReport { name: suite.name.clone(), cases }
 }
 
 #[cfg(test)]

@@ -44,8 +44,8 @@ pub fn wit_build(b: &BuildSummary, pipeline: &str, repository: &str) -> types::B
         commit: types::Commit {
             sha: b.commit_sha.clone(),
             repository: repository.to_string(),
-            branch: Some(b.branch.clone()).filter(|s| !s.is_empty()),
-            tag: None,
+            branch: Some(b.branch.clone()).filter(|s| !s.is_empty() && !s.starts_with("refs/tags/")),
+            tag: b.branch.strip_prefix("refs/tags/").map(str::to_string),
             message: String::new(),
             author: b.who.clone(),
         },
@@ -139,8 +139,13 @@ pub async fn run_step(service: Arc<PluginService>, call: StepCall) -> (Result<St
     (outcome, log.next_line())
 }
 
+/// Server-side config key of a notifier: which events the host sends it without a pipeline's
+/// `notify:` (`always`/`all`: every build and job event; `finished`; `success`; `failure`).
+/// The plugin's own keys (e.g. slack's `on`) filter further.
+pub const NOTIFY_KEY: &str = "chengis.notify";
+
 /// Sends `event` to the notifiers of the pipeline's `notify:` entries whose `on:` matches, and
-/// to every allowed notifier that has a server-side configuration with a matching `on`.
+/// to every allowed notifier whose server-side `chengis.notify` matches.
 pub async fn notify(
     service: Arc<PluginService>,
     entries: &[Notify],
@@ -164,10 +169,10 @@ pub async fn notify(
     if let Ok(allowed) = service.allowed(World::Notifier).await {
         for (record, _) in allowed {
             let config = service.store().plugin_config(&record.name).await.unwrap_or_default();
-            let on = config.get("on").and_then(|v| v.as_str()).map(str::to_string);
+            let on = config.get(NOTIFY_KEY).and_then(|v| v.as_str()).map(str::to_string);
             let Some(on) = on else { continue };
             let matches = match on.as_str() {
-                "always" => true,
+                "always" | "all" => true,
                 "finished" => finished,
                 "success" => finished && success,
                 "failure" => finished && !success,
@@ -237,13 +242,20 @@ pub struct PolicyVerdict {
     pub warnings: Vec<String>,
 }
 
-/// Asks every allowed policy about `plan`; a policy that fails denies (fail closed).
+/// Asks every allowed policy about `plan` (builtin ones once configured); a policy that fails
+/// denies (fail closed).
 pub async fn check_policies(
     service: Arc<PluginService>,
     plan: policy::Plan,
 ) -> Result<PolicyVerdict, PluginServiceError> {
     let mut verdict = PolicyVerdict::default();
     for (record, plugin) in service.allowed(World::Policy).await? {
+        let config = server_config(&service, &record.name).await;
+        // The builtin policies ship allowed but have nothing to enforce until an operator
+        // writes their rules; an installed policy runs as soon as it is allowed.
+        if record.builtin && config.is_empty() {
+            continue;
+        }
         let plugin = match plugin {
             Ok(p) => p,
             Err(e) => {
@@ -251,7 +263,6 @@ pub async fn check_policies(
                 continue;
             }
         };
-        let config = server_config(&service, &record.name).await;
         let ctx = server_call(&record.name, config, HashMap::new());
         let plan = plan.clone();
         let label = format!("policy `{}` {}", record.name, record.version);
@@ -265,7 +276,8 @@ pub async fn check_policies(
                 }
                 verdict.denials.extend(diags.iter().map(|d| {
                     let field = d.field.as_deref().map(|f| format!(" at `{f}`")).unwrap_or_default();
-                    format!("{label}: [{}]{field} {}", d.code, d.message)
+                    let help = d.help.as_deref().map(|h| format!(" (help: {h})")).unwrap_or_default();
+                    format!("{label}: [{}]{field} {}{help}", d.code, d.message)
                 }));
             }
             Ok(Err(e)) => verdict.denials.push(format!("{e} (a failing policy denies)")),
@@ -287,14 +299,34 @@ pub fn policy_plan(plan: &chengis_pipeline::Plan, build: &BuildSummary, sha: &st
         jobs: plan
             .jobs
             .iter()
-            .map(|j| policy::PlannedJob {
-                name: j.id.clone(),
-                image: j.image.as_ref().map(|i| i.as_literal().unwrap_or_else(|| "(expression)".into())),
-                needs: j.needs.clone(),
-                uses: j.steps.iter().filter_map(|s| s.uses.clone()).collect(),
+            .map(|j| {
+                let image = |i: &chengis_pipeline::Text| i.as_literal().unwrap_or_else(|| "(expression)".into());
+                policy::PlannedJob {
+                    name: j.id.clone(),
+                    image: j.image.as_ref().map(image),
+                    needs: j.needs.clone(),
+                    uses: j.steps.iter().filter_map(|s| s.uses.clone()).collect(),
+                    services: j.services.values().map(|s| s.image.clone()).collect(),
+                    step_images: j.steps.iter().filter_map(|s| s.image.as_ref().map(image)).collect(),
+                    privileged: j.container.privileged,
+                    docker_socket: j.container.docker_socket,
+                    approval: j.approval.is_some(),
+                }
             })
             .collect(),
     }
+}
+
+/// What a status change is about: the build, or one job of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The build was queued: SCM status reporters mark the build and every job pending
+    /// (notifiers are not told; their first event is the build starting).
+    Queued,
+    /// The build's own status changed.
+    Build,
+    /// A job changed to this status.
+    Job(String, Status),
 }
 
 /// Tells notifiers and SCM status reporters that the build (or one of its jobs) changed status.
@@ -303,7 +335,7 @@ pub async fn announce(
     keys: &crate::store::secrets::MasterKeys,
     service: Arc<PluginService>,
     build_id: i64,
-    job: Option<(String, Status)>,
+    change: Change,
 ) -> Result<(), PluginServiceError> {
     let plan: Option<chengis_pipeline::Plan> =
         store.build_plan(build_id).await?.and_then(|text| serde_json::from_str(&text).ok());
@@ -314,37 +346,66 @@ pub async fn announce(
     let summary = store.build_summary(build_id).await?;
     let record = store.job(&summary.job).await?;
     let pipeline = plan.as_ref().map_or_else(|| summary.job.clone(), |p| p.name.clone());
-    let build = wit_build(&summary, &pipeline, &record.repo_url);
+    let mut build = wit_build(&summary, &pipeline, &record.repo_url);
+    build.url = service.build_url(build_id);
     let secrets: HashMap<String, String> = store.secrets_for_job(keys, &record.name).await?.into_iter().collect();
-    let (kind, wit_job, state, context) = match &job {
-        Some((key, status)) => {
+    let image_of = |key: &str| {
+        plan.as_ref()
+            .and_then(|p| p.jobs.iter().find(|j| j.id == key))
+            .and_then(|j| j.image.as_ref())
+            .and_then(|i| i.as_literal())
+    };
+    let wit_job = |key: &str, status: Status| types::Job {
+        id: 0,
+        name: key.to_string(),
+        status: wit_status(status),
+        image: image_of(key),
+        duration_ms: None,
+    };
+    if change == Change::Queued {
+        build.status = types::Status::Pending;
+        let description = format!("build #{} queued", summary.number);
+        let update = |job, context, description| scm_status::StatusUpdate {
+            build: build.clone(),
+            job,
+            state: types::Status::Pending,
+            context,
+            description,
+        };
+        report_status(service.clone(), update(None, "chengis/build".into(), description), secrets.clone()).await;
+        for job in plan.iter().flat_map(|p| &p.jobs) {
+            let update = update(
+                Some(wit_job(&job.id, Status::Queued)),
+                format!("chengis/{}", job.id),
+                format!("{}: queued", job.id),
+            );
+            report_status(service.clone(), update, secrets.clone()).await;
+        }
+        return Ok(());
+    }
+    let (kind, job, state, context) = match &change {
+        Change::Job(key, status) => {
             let kind = if *status == Status::Running {
                 notifier::EventKind::JobStarted
             } else {
                 notifier::EventKind::JobFinished
             };
-            let image = plan
-                .as_ref()
-                .and_then(|p| p.jobs.iter().find(|j| &j.id == key))
-                .and_then(|j| j.image.as_ref())
-                .and_then(|i| i.as_literal());
-            let wit_job =
-                types::Job { id: 0, name: key.clone(), status: wit_status(*status), image, duration_ms: None };
-            (kind, Some(wit_job), wit_status(*status), format!("chengis/{key}"))
+            (kind, Some(wit_job(key, *status)), wit_status(*status), format!("chengis/{key}"))
         }
-        None if summary.status.is_finished() => {
+        _ if summary.status.is_finished() => {
             (notifier::EventKind::BuildFinished, None, wit_status(summary.status), "chengis/build".to_string())
         }
-        None => (notifier::EventKind::BuildStarted, None, wit_status(summary.status), "chengis/build".to_string()),
+        _ => (notifier::EventKind::BuildStarted, None, wit_status(summary.status), "chengis/build".to_string()),
     };
-    let description = match &job {
-        Some((key, status)) => format!("{key}: {status}"),
-        None => format!("build #{} {}", summary.number, summary.status),
+    let (description, job_key) = match &change {
+        Change::Job(key, status) => (format!("{key}: {status}"), Some(key.as_str())),
+        _ => (format!("build #{} {}", summary.number, summary.status), None),
     };
-    let event = notifier::Event { kind, build: build.clone(), job: wit_job.clone() };
+    let previous_status = store.previous_status(build_id, job_key).await?.map(wit_status);
+    let event = notifier::Event { kind, build: build.clone(), job: job.clone(), previous_status };
     let entries = plan.map(|p| p.notify).unwrap_or_default();
     notify(service.clone(), &entries, event, secrets.clone()).await;
-    let update = scm_status::StatusUpdate { build, job: wit_job, state, context, description };
+    let update = scm_status::StatusUpdate { build, job, state, context, description };
     report_status(service, update, secrets).await;
     Ok(())
 }

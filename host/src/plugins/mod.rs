@@ -25,6 +25,17 @@ use thiserror::Error;
 pub const BUILTINS: &[(&str, &[u8])] = &[
     ("console.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_console.wasm"))),
     ("script.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_script.wasm"))),
+    ("slack.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_slack.wasm"))),
+    ("webhook.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_webhook.wasm"))),
+    ("email.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_email.wasm"))),
+    ("github-status.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_github_status.wasm"))),
+    ("gitlab-status.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_gitlab_status.wasm"))),
+    ("gitea-status.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_gitea_status.wasm"))),
+    ("bitbucket-status.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_bitbucket_status.wasm"))),
+    ("image-policy.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_image_policy.wasm"))),
+    ("branch-protection.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_branch_protection.wasm"))),
+    ("junit.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_junit.wasm"))),
+    ("http.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_http.wasm"))),
 ];
 
 /// Server-side config key: the per-call time limit of a plugin.
@@ -98,6 +109,15 @@ pub struct PluginService {
     dir: PathBuf,
     loaded: Mutex<HashMap<String, Plugin>>,
     limits: Limits,
+    announcer: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Announcement>>,
+    public_url: std::sync::OnceLock<String>,
+}
+
+/// One status change to tell notifiers and SCM status reporters about.
+struct Announcement {
+    keys: std::sync::Arc<crate::store::secrets::MasterKeys>,
+    build_id: i64,
+    change: dispatch::Change,
 }
 
 impl std::fmt::Debug for PluginService {
@@ -137,7 +157,52 @@ impl PluginService {
         let dir = data_dir.join("plugins");
         std::fs::create_dir_all(&dir)
             .map_err(|source| PluginServiceError::Io { path: dir.display().to_string(), source })?;
-        Ok(PluginService { runtime, store, dir, loaded: Mutex::new(HashMap::new()), limits: Limits::default() })
+        Ok(PluginService {
+            runtime,
+            store,
+            dir,
+            loaded: Mutex::new(HashMap::new()),
+            limits: Limits::default(),
+            announcer: std::sync::OnceLock::new(),
+            public_url: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Queues a status change for the notifiers and SCM status reporters. One background task
+    /// tells them in the order the changes happened (a forge must not see `pending` after
+    /// `success`); plugins never hold up a build.
+    pub fn announce(
+        self: &std::sync::Arc<Self>,
+        keys: std::sync::Arc<crate::store::secrets::MasterKeys>,
+        build_id: i64,
+        change: dispatch::Change,
+    ) {
+        let sender = self.announcer.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Announcement>();
+            let service = std::sync::Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(a) = rx.recv().await {
+                    let Some(service) = service.upgrade() else { return };
+                    let store = service.store.clone();
+                    if let Err(e) = dispatch::announce(&store, &a.keys, service, a.build_id, a.change).await {
+                        tracing::warn!(build = a.build_id, "telling plugins about a status change: {e}");
+                    }
+                }
+            });
+            tx
+        });
+        let _ = sender.send(Announcement { keys, build_id, change });
+    }
+
+    /// Sets the URL people reach the server at (once; later calls are ignored): build links in
+    /// notifications and commit statuses start with it.
+    pub fn set_public_url(&self, url: String) {
+        let _ = self.public_url.set(url.trim_end_matches('/').to_string());
+    }
+
+    /// The link to a build, when the public URL is known.
+    pub fn build_url(&self, build_id: i64) -> Option<String> {
+        self.public_url.get().filter(|u| !u.is_empty()).map(|u| format!("{u}/api/v1/builds/{build_id}"))
     }
 
     /// The store.
@@ -194,13 +259,26 @@ impl PluginService {
         Ok(self.store.add_plugin(&record).await?)
     }
 
-    /// Records the builtin plugins (allowed, with what they request granted) unless already
+    /// Records the builtin plugins (allowed, with what they request granted, but for
+    /// outbound HTTP or TCP to `*` destinations, which the operator narrows by granting) unless already
     /// recorded: done at every start, so a new binary pins its new builtins.
     pub async fn install_builtins(&self) -> Result<Vec<PluginRecord>, PluginServiceError> {
         let mut out = Vec::new();
         for (_, bytes) in BUILTINS {
             let inspection = self.inspect(bytes)?;
-            let grants = requested(&inspection.manifest);
+            // What they request, except destinations the operator must name (`*` hosts).
+            let grants: Vec<String> = inspection
+                .manifest
+                .capabilities
+                .iter()
+                .filter_map(|c| Capability::from_wit(c).ok())
+                .filter(|c| match c {
+                    Capability::OutboundHttp(p) => !p.is_any_host(),
+                    Capability::OutboundTcp(t) => t.is_concrete(),
+                    _ => true,
+                })
+                .map(|c| c.to_string())
+                .collect();
             out.push(self.install(bytes, true, &grants, "chengis (builtin)", true).await?);
         }
         Ok(out)
@@ -261,7 +339,13 @@ impl PluginService {
     /// run for as long as their commands do (the step's own `timeout:` stops them).
     pub async fn resolve_step_executor(&self, reference: &str) -> Result<(PluginRecord, Plugin), PluginServiceError> {
         let (record, _) = self.resolve(reference, World::StepExecutor).await?;
-        let base = Limits { timeout: std::time::Duration::from_secs(24 * 3600), ..self.limits };
+        // A step is bounded by its own `timeout:`; its outputs and test reports (thousands of
+        // cases from a junit step) may be larger than a notification's.
+        let base = Limits {
+            timeout: std::time::Duration::from_secs(24 * 3600),
+            output_bytes: 32 * 1024 * 1024,
+            ..self.limits
+        };
         let limits = self.limits_for(&record, base).await;
         let plugin = self.load_with(&record, limits)?;
         Ok((record, plugin))
@@ -296,7 +380,7 @@ impl PluginService {
             }
             let config = self.store.plugin_config(&p.name).await?;
             let listens = match p.world.as_str() {
-                "notifier" => config.contains_key("on"),
+                "notifier" => config.contains_key(dispatch::NOTIFY_KEY),
                 "scm-status" => config.keys().any(|k| !k.starts_with("chengis.")),
                 _ => false,
             };

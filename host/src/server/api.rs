@@ -41,6 +41,31 @@ pub struct BuildJobDetail {
 pub struct BuildDetail {
     build: BuildSummary,
     jobs: Vec<BuildJobDetail>,
+    /// What the policies said about the plan (every reason), when any policy denied or warned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<PolicyResult>,
+}
+
+/// The policies' reasons for a build.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PolicyResult {
+    /// Why the build was refused, one entry per reason.
+    denials: Vec<String>,
+    /// Warnings of policies that allowed it.
+    warnings: Vec<String>,
+}
+
+/// `GET /api/v1/builds/{id}/tests`: the test cases the build's steps reported.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestResults {
+    /// Cases that passed.
+    passed: usize,
+    /// Cases that failed or errored.
+    failed: usize,
+    /// Cases that were skipped.
+    skipped: usize,
+    /// Every case, by job and step.
+    tests: Vec<crate::store::tests_results::TestResult>,
 }
 
 /// `GET /api/v1/secrets`: names only; values are never returned.
@@ -250,7 +275,25 @@ pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> 
         let steps = store.steps(j.id).await?;
         jobs.push(BuildJobDetail { job: j, steps });
     }
-    Ok(Json(BuildDetail { build, jobs }))
+    let policy = store
+        .events_after(id, 0)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|e| e.kind == "policy")
+        .and_then(|e| serde_json::from_value(e.payload).ok());
+    Ok(Json(BuildDetail { build, jobs, policy }))
+}
+
+/// The test cases a build's steps reported (e.g. with the `junit` plugin).
+#[utoipa::path(get, path = "/api/v1/builds/{id}/tests", params(("id" = i64, Path, description = "build id")), responses((status = 200, body = TestResults), (status = 404, body = ErrorBody)))]
+pub async fn build_tests(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<TestResults>, ApiError> {
+    let store = &s.builds.store;
+    store.build_summary(id).await?;
+    let tests = store.test_results(id).await?;
+    let count = |what: &[&str]| tests.iter().filter(|t| what.contains(&t.outcome.as_str())).count();
+    let (passed, failed, skipped) = (count(&["passed"]), count(&["failed", "errored"]), count(&["skipped"]));
+    Ok(Json(TestResults { passed, failed, skipped, tests }))
 }
 
 /// Cancels a build: queued jobs at once, running ones through their lease (within a second).

@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{name}/builds", post(api::trigger))
         .route("/api/v1/builds", get(api::list_builds))
         .route("/api/v1/builds/{id}", get(api::get_build))
+        .route("/api/v1/builds/{id}/tests", get(api::build_tests))
         .route("/api/v1/builds/{id}/cancel", post(api::cancel))
         .route("/api/v1/builds/{id}/retry", post(api::retry))
         .route("/api/v1/builds/{id}/events", get(stream::build_events))

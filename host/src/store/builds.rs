@@ -345,6 +345,30 @@ impl Store {
         summary_from_row(&row.ok_or_else(|| StoreError::NotFound(format!("build {id}")))?)
     }
 
+    /// The status of the newest finished build of the same Chengis job before `build_id`, or
+    /// with `job_key`, of that job in it: what notifiers compare with to say "fixed".
+    pub async fn previous_status(&self, build_id: i64, job_key: Option<&str>) -> Result<Option<Status>, StoreError> {
+        const FINISHED: &str = "('success', 'failure', 'cancelled', 'skipped', 'error')";
+        let text: Option<String> = match job_key {
+            None => {
+                let sql = format!(
+                    "SELECT p.status FROM builds b JOIN builds p ON p.job_id = b.job_id AND p.id < b.id \
+                     WHERE b.id = $1 AND p.status IN {FINISHED} ORDER BY p.id DESC LIMIT 1"
+                );
+                sqlx::query_scalar(&sql).bind(build_id).fetch_optional(self.pool()).await?
+            }
+            Some(key) => {
+                let sql = format!(
+                    "SELECT pj.status FROM builds b JOIN builds p ON p.job_id = b.job_id AND p.id < b.id \
+                     JOIN build_jobs pj ON pj.build_id = p.id AND pj.job_key = $2 \
+                     WHERE b.id = $1 AND pj.status IN {FINISHED} ORDER BY p.id DESC LIMIT 1"
+                );
+                sqlx::query_scalar(&sql).bind(build_id).bind(key).fetch_optional(self.pool()).await?
+            }
+        };
+        text.map(|t| super::parse_status(&t)).transpose()
+    }
+
     /// Builds, newest first, filtered, one page.
     pub async fn list_builds(&self, f: &BuildFilter) -> Result<Vec<BuildSummary>, StoreError> {
         let sql = format!(

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod plugins;
 pub mod queue;
 pub mod secrets;
+pub mod tests_results;
 
 use crate::status::Status;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

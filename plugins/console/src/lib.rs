@@ -36,7 +36,9 @@ impl Notifier for Console {
         let short_sha = commit.sha.get(..7).unwrap_or(&commit.sha);
         let mut line = format!("{} #{} ({reference}@{short_sha}) {what}", build.pipeline, build.number);
         if let Some(ms) = event.job.as_ref().map_or(build.duration_ms, |job| job.duration_ms) {
-            line.push_str(&format!(" in {:.1} s", ms as f64 / 1000.0));
+            // Tenths of a second, rounded, in integer arithmetic (no float formatting).
+            let tenths = ms.saturating_add(50) / 100;
+            line.push_str(&format!(" in {}.{} s", tenths / 10, tenths % 10));
         }
         if let Some(prefix) = prefix {
             line = format!("{prefix} {line}");
@@ -77,9 +79,17 @@ mod tests {
     #[test]
     fn writes_one_line_per_event() {
         let host = FakeHost::new().with_config("prefix", "[ci]");
-        Console::notify(&host, Event { kind: EventKind::BuildFinished, build: build(), job: None }).unwrap();
+        Console::notify(
+            &host,
+            Event { kind: EventKind::BuildFinished, build: build(), job: None, previous_status: None },
+        )
+        .unwrap();
         let job = Job { id: 3, name: "test".into(), status: Status::Success, image: None, duration_ms: None };
-        Console::notify(&host, Event { kind: EventKind::JobFinished, build: build(), job: Some(job) }).unwrap();
+        Console::notify(
+            &host,
+            Event { kind: EventKind::JobFinished, build: build(), job: Some(job), previous_status: None },
+        )
+        .unwrap();
         assert_eq!(
             host.log_text(),
             "[ci] web #42 (main@0123456) finished: failure in 61.5 s\n[ci] web #42 (main@0123456) job test finished: success\n"
@@ -88,7 +98,10 @@ mod tests {
 
     #[test]
     fn job_event_without_job_fails() {
-        let error = Console::notify(&FakeHost::new(), Event { kind: EventKind::JobStarted, build: build(), job: None });
+        let error = Console::notify(
+            &FakeHost::new(),
+            Event { kind: EventKind::JobStarted, build: build(), job: None, previous_status: None },
+        );
         assert_eq!(error.unwrap_err().message, "a job event without a job");
     }
 }

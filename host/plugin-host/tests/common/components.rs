@@ -4,12 +4,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The crates built as components, by package name.
 const PACKAGES: &[&str] = &[
     "chengis-plugin-console",
     "chengis-plugin-script",
+    "chengis-plugin-slack",
+    "chengis-plugin-webhook",
+    "chengis-plugin-email",
+    "chengis-plugin-github-status",
+    "chengis-plugin-gitlab-status",
+    "chengis-plugin-gitea-status",
+    "chengis-plugin-bitbucket-status",
+    "chengis-plugin-image-policy",
+    "chengis-plugin-branch-protection",
+    "chengis-plugin-junit",
+    "chengis-plugin-http",
     "chengis-test-hostile",
     "chengis-test-bad-manifest",
     "chengis-test-unknown-world",
@@ -21,42 +32,50 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn build_all() -> PathBuf {
-    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-components");
-    let cargo = option_env!("CARGO").unwrap_or("cargo");
+fn has_wasm_std() -> bool {
     let libdir = Command::new("rustc").args(["--print", "target-libdir", "--target", "wasm32-wasip2"]).output();
-    let has_std = libdir.ok().is_some_and(|out| {
+    libdir.ok().is_some_and(|out| {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         std::fs::read_dir(dir)
             .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
             .unwrap_or(false)
-    });
+    })
+}
+
+/// Builds `package` for wasm32-wasip2 (once per test process) and returns the `.wasm` path.
+/// One cargo run per package: each enables a different world feature of the SDK, and a
+/// component must carry exactly one world.
+fn build(package: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasm-components");
+    let path = target_dir.join("wasm32-wasip2/release").join(format!("{}.wasm", package.replace('-', "_")));
+    let mut built = BUILT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if built.iter().any(|p| p == package) {
+        return path;
+    }
     assert!(
-        has_std,
+        has_wasm_std(),
         "the Rust standard library for wasm32-wasip2 is not installed; plugins cannot be built. \
          Install it with `rustup target add wasm32-wasip2` (or ../shared/tools/ensure-wasm-target.sh)"
     );
-    // One cargo run per package: each enables a different world feature of the SDK, and a
-    // component must carry exactly one world.
-    for package in PACKAGES {
-        let status = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "-p", package, "--target-dir"])
-            .arg(&target_dir)
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-            .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
-        assert!(status.success(), "building {package} for wasm32-wasip2 failed ({status})");
-    }
-    target_dir.join("wasm32-wasip2/release")
+    let cargo = option_env!("CARGO").unwrap_or("cargo");
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "-p", package, "--target-dir"])
+        .arg(&target_dir)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+    assert!(status.success(), "building {package} for wasm32-wasip2 failed ({status})");
+    built.push(package.to_string());
+    path
 }
 
 /// The bytes of the component built from `package` (e.g. `chengis-plugin-console`).
 pub fn component(package: &str) -> Vec<u8> {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
     assert!(PACKAGES.contains(&package), "{package} is not a component crate");
-    let path = DIR.get_or_init(build_all).join(format!("{}.wasm", package.replace('-', "_")));
+    let path = build(package);
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 

@@ -37,7 +37,7 @@ pub fn build() -> Build {
 }
 
 pub fn event() -> Event {
-    Event { kind: EventKind::BuildFinished, build: build(), job: None }
+    Event { kind: EventKind::BuildFinished, build: build(), job: None, previous_status: None }
 }
 
 pub fn invocation() -> Invocation {

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
 pub mod components;
+pub mod fake_http;
 pub mod fixtures;
 
 use std::io::{BufRead, BufReader};
