@@ -677,6 +677,7 @@ fn openapi_describes_every_api_route() {
         ("/api/v1/builds/{id}", &["get"]),
         ("/api/v1/builds/{id}/cancel", &["post"]),
         ("/api/v1/builds/{id}/retry", &["post"]),
+        ("/api/v1/builds/{id}/tests", &["get"]),
         ("/api/v1/builds/{id}/events", &["get"]),
         ("/api/v1/builds/{id}/jobs/{job}/logs", &["get"]),
         ("/api/v1/builds/{id}/jobs/{job}/logs/stream", &["get"]),

@@ -13,9 +13,14 @@
 //! - [`Host`]: logging, configuration, secrets, sandbox exec, outputs, HTTP.
 //! - [`Config`]: typed configuration with errors that name the key.
 //! - [`HttpRequest`] / [`HttpResponse`]: HTTP over `wasi:http`, where granted.
-//! - [`testing::FakeHost`]: a fake host for native `cargo test`.
+//! - [`testing::FakeHost`]: a fake host for native `cargo test`, with sample builds, jobs,
+//!   events, status updates and plans to start tests from.
 //! - [`scm`]: helpers for SCM status reporters (clone URL parsing, path encoding, description
 //!   limits, the API token from a granted secret, error answers without the token).
+//! - `notify` (feature `notifier`): the `on:` filter of notifiers (`success`, `failure`,
+//!   `fixed`, `always`, with the previous run's status).
+//! - [`rules`]: rule lists in configuration (one rule per line or `;`, `#` comments, line
+//!   numbers) and the `invalid-rule` failure, as the builtin policies use them.
 //! - [`types`] and [`bindings`]: the WIT types and raw bindings, re-exported.
 //!
 //! ## Example: a notifier
@@ -91,6 +96,9 @@ pub mod config;
 pub mod host;
 pub mod http;
 mod kinds;
+#[cfg(feature = "notifier")]
+pub mod notify;
+pub mod rules;
 pub mod scm;
 pub mod testing;
 

@@ -1,6 +1,10 @@
 //! A fake host for native unit tests of plugins: give it configuration, secrets, canned HTTP
 //! responses and a fake sandbox, call your plugin's trait methods with it, then assert on the
-//! log lines, outputs, commands and requests it recorded.
+//! log lines, outputs, commands and requests it recorded. Also the sample values those tests
+//! start from ([`sample_build`], [`sample_job`], and per world [`sample_event`],
+//! [`sample_status_update`], [`planned_job`] and [`sample_plan`]; a test changes the fields it
+//! is about) and small helpers to read what a plugin produced ([`config`], [`header`],
+//! [`capability_grants`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -11,6 +15,7 @@ use crate::http::{HttpError, HttpRequest, HttpResponse};
 use crate::log::Level;
 use crate::outputs::TestSuite;
 use crate::sandbox::{Command, Exit};
+use crate::types::{Build, Capability, Commit, Job, Manifest, Status};
 
 type ExecFn = Box<dyn Fn(&Command, &dyn Fn(&str)) -> Result<Exit, String>>;
 
@@ -154,4 +159,119 @@ impl Host for FakeHost {
             .map(|(_, response)| response.clone())
             .ok_or_else(|| HttpError(format!("{} {}: no canned response in the FakeHost", request.method, request.url)))
     }
+}
+
+/// A configuration of these `(key, value)` pairs, for tests of a plugin's settings parsing.
+pub fn config(pairs: &[(&str, &str)]) -> Config {
+    Config::new(pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())))
+}
+
+/// The commit id of [`sample_build`]'s commit (short form `0123456`).
+pub const SAMPLE_SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// The sample build that plugin tests start from: build 9, number 42 of pipeline `web`,
+/// status success, triggered by `push` for commit [`SAMPLE_SHA`] of
+/// `https://git.example/web.git` on branch `main` (no tag) with message `Fix` by
+/// `A <a@example.com>`, linked at `https://ci.example/builds/9`, running for 61.5 s.
+pub fn sample_build() -> Build {
+    Build {
+        id: 9,
+        number: 42,
+        pipeline: "web".into(),
+        status: Status::Success,
+        commit: Commit {
+            sha: SAMPLE_SHA.into(),
+            repository: "https://git.example/web.git".into(),
+            branch: Some("main".into()),
+            tag: None,
+            message: "Fix".into(),
+            author: "A <a@example.com>".into(),
+        },
+        trigger: "push".into(),
+        url: Some("https://ci.example/builds/9".into()),
+        duration_ms: Some(61_500),
+    }
+}
+
+/// A sample job: id 3, this name and status, no image, no duration yet.
+pub fn sample_job(name: &str, status: Status) -> Job {
+    Job { id: 3, name: name.into(), status, image: None, duration_ms: None }
+}
+
+/// A sample notifier event of `kind` about [`sample_build`] with this status; a job event
+/// carries `sample_job("test", status)`. No previous status.
+#[cfg(feature = "notifier")]
+pub fn sample_event(kind: crate::notifier::EventKind, status: Status) -> crate::notifier::Event {
+    use crate::notifier::{Event, EventKind};
+    let job = matches!(kind, EventKind::JobStarted | EventKind::JobFinished).then(|| sample_job("test", status));
+    Event { kind, build: Build { status, ..sample_build() }, job, previous_status: None }
+}
+
+/// A sample status update for the job `test (os=linux)` of [`sample_build`] (running) in
+/// `repository`, in state `state`, with context `chengis/test (os=linux)` and description
+/// `Tests passed`.
+#[cfg(feature = "scm-status")]
+pub fn sample_status_update(state: Status, repository: &str) -> crate::scm_status::StatusUpdate {
+    let mut build = Build { status: Status::Running, ..sample_build() };
+    build.commit.repository = repository.into();
+    crate::scm_status::StatusUpdate {
+        build,
+        job: Some(sample_job("test (os=linux)", state)),
+        state,
+        context: "chengis/test (os=linux)".into(),
+        description: "Tests passed".into(),
+    }
+}
+
+/// A planned job with this name and image, and nothing else: no needs, steps, services or
+/// step images, not privileged, no Docker socket, no approval gate.
+#[cfg(feature = "policy")]
+pub fn planned_job(name: &str, image: Option<&str>) -> crate::policy::PlannedJob {
+    crate::policy::PlannedJob {
+        name: name.into(),
+        image: image.map(Into::into),
+        needs: Vec::new(),
+        uses: Vec::new(),
+        services: Vec::new(),
+        step_images: Vec::new(),
+        privileged: false,
+        docker_socket: false,
+        approval: false,
+    }
+}
+
+/// A plan of these jobs for pipeline `web`, pushed, for [`sample_build`]'s commit, no actor.
+#[cfg(feature = "policy")]
+pub fn sample_plan(jobs: Vec<crate::policy::PlannedJob>) -> crate::policy::Plan {
+    crate::policy::Plan {
+        pipeline: "web".into(),
+        commit: sample_build().commit,
+        trigger: "push".into(),
+        actor: None,
+        jobs,
+    }
+}
+
+/// The value of the first header of `request` named exactly `name` (same case, so that a test
+/// also checks how the plugin spells it), if it has one.
+pub fn header<'r>(request: &'r HttpRequest, name: &str) -> Option<&'r str> {
+    request.headers.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
+}
+
+/// A manifest's capabilities as an operator grants them (`chengis plugin allow NAME --grant
+/// ...`): `http:https://api.github.com:443`, `tcp:smtp.example.com:587`, `secret:TOKEN`,
+/// `workspace:read`, `workspace:write`, `exec`.
+pub fn capability_grants(manifest: &Manifest) -> Vec<String> {
+    manifest
+        .capabilities
+        .iter()
+        .map(|capability| match capability {
+            Capability::OutboundHttp(pattern) => format!("http:{pattern}"),
+            Capability::OutboundTcp(target) => format!("tcp:{target}"),
+            Capability::Secret(name) => format!("secret:{name}"),
+            Capability::WorkspaceRead => "workspace:read".into(),
+            Capability::WorkspaceWrite => "workspace:write".into(),
+            Capability::SandboxExec => "exec".into(),
+        })
+        .collect()
 }

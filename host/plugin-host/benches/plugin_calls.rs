@@ -14,7 +14,7 @@ use common::{components, fixtures};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use chengis_plugin_host::bindings::policy::{Plan, PlannedJob};
+use chengis_plugin_host::bindings::policy::PlannedJob;
 use chengis_plugin_host::bindings::scm_status::StatusUpdate;
 use chengis_plugin_host::{Allowlist, CallContext, Digest, Grants, Limits, Plugin, Runtime, RuntimeOptions};
 use chengis_plugin_sdk::Notifier;
@@ -213,23 +213,14 @@ fn catalogue() {
     }
 
     let job = |name: &str, image: &str| PlannedJob {
-        name: name.into(),
-        image: Some(image.into()),
-        needs: Vec::new(),
-        uses: Vec::new(),
         services: vec!["postgres:16".into()],
-        step_images: Vec::new(),
-        privileged: false,
-        docker_socket: false,
-        approval: false,
+        ..fixtures::planned_job(name, Some(image))
     };
-    let plan = Plan {
-        pipeline: "web".into(),
-        commit: fixtures::build().commit,
-        trigger: "push".into(),
-        actor: None,
-        jobs: vec![job("build", "rust:1.95"), job("test", "node:22"), job("deploy", "registry.example/app:1")],
-    };
+    let plan = fixtures::plan(vec![
+        job("build", "rust:1.95"),
+        job("test", "node:22"),
+        job("deploy", "registry.example/app:1"),
+    ]);
     let plugin = load("chengis-plugin-image-policy", &[]);
     let ctx = CallContext {
         config: pairs(&[("rules", "deny *:latest\nallow-registry registry.example\nallow docker.io/library/*")]),

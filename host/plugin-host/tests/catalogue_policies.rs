@@ -9,6 +9,7 @@ use chengis_plugin_host::types::{Diagnostic, Kind, Severity};
 use chengis_plugin_host::{Allowlist, CallContext, Digest, ErrorKind, Grants, Limits, Plugin, World};
 use common::MemoryLog;
 use common::components::component;
+use common::fixtures::{self, planned_job as job};
 
 fn load(package: &str) -> Plugin {
     let bytes = component(package);
@@ -21,25 +22,11 @@ fn load(package: &str) -> Plugin {
     plugin
 }
 
-fn job(name: &str, image: Option<&str>) -> PlannedJob {
-    PlannedJob {
-        name: name.into(),
-        image: image.map(Into::into),
-        needs: Vec::new(),
-        uses: Vec::new(),
-        services: Vec::new(),
-        step_images: Vec::new(),
-        privileged: false,
-        docker_socket: false,
-        approval: false,
-    }
-}
-
 fn plan(branch: Option<&str>, tag: Option<&str>, jobs: Vec<PlannedJob>) -> Plan {
-    let mut commit = common::fixtures::build().commit;
-    commit.branch = branch.map(Into::into);
-    commit.tag = tag.map(Into::into);
-    Plan { pipeline: "web".into(), commit, trigger: "push".into(), actor: None, jobs }
+    let mut plan = fixtures::plan(jobs);
+    plan.commit.branch = branch.map(Into::into);
+    plan.commit.tag = tag.map(Into::into);
+    plan
 }
 
 /// Calls `check` with `config`; returns the decision and the log lines.

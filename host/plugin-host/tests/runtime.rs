@@ -176,30 +176,18 @@ fn a_session_serves_many_calls_on_one_instance() {
 
 #[test]
 fn a_policy_decides_and_stays_pure() {
-    use chengis_plugin_host::bindings::policy::{Decision, Plan, PlannedJob};
+    use chengis_plugin_host::bindings::policy::Decision;
 
     let runtime = runtime_with(true);
     let bytes = component("chengis-test-policy");
     let plugin = runtime.load(&bytes, &trusting(&bytes), Grants::none(), Limits::default()).unwrap();
     assert_eq!(plugin.world(), World::Policy);
-    let job = |name: &str, image: &str| PlannedJob {
-        name: name.into(),
-        image: Some(image.into()),
-        needs: Vec::new(),
-        uses: Vec::new(),
-        services: Vec::new(),
-        step_images: Vec::new(),
-        privileged: false,
-        docker_socket: false,
-        approval: false,
-    };
-    let plan = Plan {
-        pipeline: "web".into(),
-        commit: common::fixtures::build().commit,
-        trigger: "push".into(),
-        actor: None,
-        jobs: vec![job("build", "rust:1.95"), job("test", "registry.example:5000/app"), job("lint", "node:latest")],
-    };
+    let job = |name: &str, image: &str| common::fixtures::planned_job(name, Some(image));
+    let plan = common::fixtures::plan(vec![
+        job("build", "rust:1.95"),
+        job("test", "registry.example:5000/app"),
+        job("lint", "node:latest"),
+    ]);
     let log = MemoryLog::new();
     let ctx = CallContext { log: Some(log.clone()), ..Default::default() };
     let Decision::Deny(reasons) = plugin.check_policy(&ctx, &plan).unwrap() else { panic!("expected a deny") };

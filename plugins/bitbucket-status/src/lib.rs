@@ -180,37 +180,10 @@ export!(BitbucketStatus as scm_status);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chengis_plugin_sdk::testing::FakeHost;
-    use chengis_plugin_sdk::types::{Build, Capability, Commit, Job};
-
-    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+    use chengis_plugin_sdk::testing::{
+        FakeHost, SAMPLE_SHA as SHA, capability_grants, header, sample_status_update as update,
+    };
     const TOKEN: &str = "ATCTT3xFfGN0s3cretT0ken";
-
-    fn update(state: Status, repository: &str) -> StatusUpdate {
-        StatusUpdate {
-            build: Build {
-                id: 9,
-                number: 42,
-                pipeline: "web".into(),
-                status: Status::Running,
-                commit: Commit {
-                    sha: SHA.into(),
-                    repository: repository.into(),
-                    branch: Some("main".into()),
-                    tag: None,
-                    message: "Fix".into(),
-                    author: "A <a@example.com>".into(),
-                },
-                trigger: "push".into(),
-                url: Some("https://ci.example/builds/9".into()),
-                duration_ms: None,
-            },
-            job: Some(Job { id: 3, name: "test (os=linux)".into(), status: state, image: None, duration_ms: None }),
-            state,
-            context: "chengis/test (os=linux)".into(),
-            description: "Tests passed".into(),
-        }
-    }
 
     fn host(status: u16, body: &str) -> FakeHost {
         FakeHost::new()
@@ -238,11 +211,10 @@ mod tests {
             request.url,
             format!("https://api.bitbucket.org/2.0/repositories/acme/web/commit/{SHA}/statuses/build")
         );
-        let header = |name: &str| request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        assert_eq!(header("Authorization"), Some("Bearer ATCTT3xFfGN0s3cretT0ken"));
-        assert_eq!(header("Accept"), Some("application/json"));
-        assert_eq!(header("Content-Type"), Some("application/json"));
-        assert_eq!(header("User-Agent"), Some("chengis"));
+        assert_eq!(header(request, "Authorization"), Some("Bearer ATCTT3xFfGN0s3cretT0ken"));
+        assert_eq!(header(request, "Accept"), Some("application/json"));
+        assert_eq!(header(request, "Content-Type"), Some("application/json"));
+        assert_eq!(header(request, "User-Agent"), Some("chengis"));
         assert_eq!(
             body(&host),
             json!({
@@ -265,7 +237,7 @@ mod tests {
         let host = created().with_config("username", "jdoe@example.com");
         BitbucketStatus::report(&host, update(Status::Success, "git@bitbucket.org:acme/web.git")).unwrap();
         let request = &host.requests()[0];
-        let auth = request.headers.iter().find(|(k, _)| k == "Authorization").map(|(_, v)| v.clone()).unwrap();
+        let auth = header(request, "Authorization").unwrap();
         let encoded = auth.strip_prefix("Basic ").unwrap();
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
         assert_eq!(decoded, format!("jdoe@example.com:{TOKEN}").as_bytes());
@@ -406,23 +378,19 @@ mod tests {
     fn manifest_requests_the_public_api_any_configured_host_and_the_token() {
         let manifest = BitbucketStatus::manifest();
         assert_eq!(manifest.kinds, [Kind::ScmStatus]);
-        let capabilities: Vec<String> = manifest
-            .capabilities
-            .iter()
-            .map(|c| match c {
-                Capability::OutboundHttp(pattern) => format!("http:{pattern}"),
-                Capability::Secret(name) => format!("secret:{name}"),
-                other => format!("{other:?}"),
-            })
-            .collect();
         assert_eq!(
-            capabilities,
+            capability_grants(&manifest),
             ["http:https://api.bitbucket.org:443", "http:https://*:*", "http:http://*:*", "secret:BITBUCKET_TOKEN"]
         );
         let keys: Vec<_> = manifest.config.iter().map(|c| (c.name.as_str(), c.default.as_deref())).collect();
         assert_eq!(
             keys,
-            [("api-url", Some(DEFAULT_API_URL)), ("token-secret", Some(DEFAULT_TOKEN_SECRET)), ("username", None)]
+            [
+                ("api-url", Some(DEFAULT_API_URL)),
+                ("repository", None),
+                ("token-secret", Some(DEFAULT_TOKEN_SECRET)),
+                ("username", None)
+            ]
         );
     }
 }

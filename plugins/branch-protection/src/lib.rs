@@ -10,9 +10,9 @@ pub mod rules;
 
 use chengis_plugin_sdk::policy::{Decision, Plan, PlannedJob};
 use chengis_plugin_sdk::types::Commit;
-use chengis_plugin_sdk::{ConfigError, Diagnostic, Failure, Host, Kind, Manifest, Policy, Severity, export};
+use chengis_plugin_sdk::{Diagnostic, Failure, Host, Kind, Manifest, Policy, Severity, export};
 
-use crate::rules::{Rule, RuleError, RuleKind};
+use crate::rules::{Rule, RuleKind};
 
 /// The `branch-protection` plugin.
 pub struct BranchProtection;
@@ -29,11 +29,8 @@ impl Policy for BranchProtection {
 
     fn check(host: &dyn Host, plan: Plan) -> Result<Decision, Failure> {
         let config = host.config();
-        // The raw text, untrimmed, so that line numbers are those the operator wrote.
-        let text = config
-            .get("rules")
-            .ok_or_else(|| ConfigError { key: "rules".into(), message: "is required but not set".into() })?;
-        let rules = rules::parse(text).map_err(invalid_rules)?;
+        let text = chengis_plugin_sdk::rules::required_text(&config, "rules")?;
+        let rules = rules::parse(text).map_err(|errors| chengis_plugin_sdk::rules::invalid("rules", errors))?;
         let build_refs = build_refs(&plan.commit);
         let on = describe_refs(&plan.commit);
         let reasons: Vec<Diagnostic> = plan
@@ -120,47 +117,16 @@ fn violation(rule: &Rule, job: &PlannedJob, build_refs: &[String], on: &str) -> 
     })
 }
 
-/// The failure for invalid `rules`: one diagnostic per invalid line.
-fn invalid_rules(errors: Vec<RuleError>) -> Failure {
-    let count = errors.len();
-    Failure {
-        message: format!(
-            "invalid configuration: config key \"rules\": {count} invalid rule{}",
-            if count == 1 { "" } else { "s" }
-        ),
-        diagnostics: errors
-            .into_iter()
-            .map(|error| Diagnostic {
-                severity: Severity::Error,
-                code: "invalid-rule".into(),
-                message: error.to_string(),
-                field: Some("with.rules".into()),
-                help: None,
-            })
-            .collect(),
-    }
-}
-
 export!(BranchProtection as policy);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chengis_plugin_sdk::Level;
-    use chengis_plugin_sdk::testing::FakeHost;
+    use chengis_plugin_sdk::testing::{self, FakeHost};
 
     fn job(name: &str) -> PlannedJob {
-        PlannedJob {
-            name: name.into(),
-            image: None,
-            needs: Vec::new(),
-            uses: Vec::new(),
-            services: Vec::new(),
-            step_images: Vec::new(),
-            privileged: false,
-            docker_socket: false,
-            approval: false,
-        }
+        testing::planned_job(name, None)
     }
 
     fn with(mut job: PlannedJob, change: impl FnOnce(&mut PlannedJob)) -> PlannedJob {
@@ -169,20 +135,10 @@ mod tests {
     }
 
     fn plan(branch: Option<&str>, tag: Option<&str>, jobs: Vec<PlannedJob>) -> Plan {
-        Plan {
-            pipeline: "web".into(),
-            commit: Commit {
-                sha: "0123456789abcdef0123456789abcdef01234567".into(),
-                repository: "https://git.example/web.git".into(),
-                branch: branch.map(Into::into),
-                tag: tag.map(Into::into),
-                message: "Fix".into(),
-                author: "A <a@example.com>".into(),
-            },
-            trigger: "push".into(),
-            actor: None,
-            jobs,
-        }
+        let mut plan = testing::sample_plan(jobs);
+        plan.commit.branch = branch.map(Into::into);
+        plan.commit.tag = tag.map(Into::into);
+        plan
     }
 
     fn check(rules: &str, plan: Plan) -> (Result<Decision, Failure>, FakeHost) {

@@ -1,6 +1,7 @@
 //! The `rules` configuration: parsing `only <job-glob> on <refs>`, `approval <job-glob> on
 //! <refs>` and `privileged on <refs>` lines, and matching job names and build refs.
 
+use chengis_plugin_sdk::rules;
 use globset::{GlobBuilder, GlobMatcher};
 
 /// What a rule restricts.
@@ -67,52 +68,21 @@ impl Rule {
 
     /// `line 2 `only deploy* on main``: how messages name the rule.
     pub fn describe(&self) -> String {
-        format!("line {} `{}`", self.line, self.text)
+        rules::describe(self.line, &self.text)
     }
 }
 
-/// A line of `rules` that is not a valid rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
-    /// Its line number, from 1.
-    pub line: usize,
-    /// The line as written, trimmed.
-    pub text: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl std::fmt::Display for RuleError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {} `{}`: {}", self.line, self.text, self.message)
-    }
-}
+pub use chengis_plugin_sdk::rules::RuleError;
 
 const SYNTAX: &str = "a rule is `only <job-glob> on <ref-glob>, ...`, `approval <job-glob> on <ref-glob>, ...` or `privileged on <ref-glob>, ...`";
 
 /// Parses the `rules` text: one rule per line or per `;`-separated part; blank lines and lines
 /// starting with `#` are skipped. Every invalid line is reported, with its number.
 pub fn parse(text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
-    let mut rules = Vec::new();
-    let mut errors = Vec::new();
-    for (index, raw) in text.split(['\n', ';']).enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match parse_line(line) {
-            Ok((kind, jobs, refs)) => rules.push(Rule { line: index + 1, text: line.into(), kind, jobs, refs }),
-            Err(message) => errors.push(RuleError { line: index + 1, text: line.into(), message }),
-        }
-    }
-    if rules.is_empty() && errors.is_empty() {
-        errors.push(RuleError {
-            line: 1,
-            text: text.trim().into(),
-            message: format!("there are no rules, only blank lines and comments; {SYNTAX}"),
-        });
-    }
-    if errors.is_empty() { Ok(rules) } else { Err(errors) }
+    rules::parse(text, SYNTAX, |line| {
+        let (kind, jobs, refs) = parse_line(line.text)?;
+        Ok(Rule { line: line.line, text: line.text.into(), kind, jobs, refs })
+    })
 }
 
 type Parsed = (RuleKind, Option<Pattern>, Vec<Pattern>);

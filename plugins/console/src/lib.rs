@@ -53,43 +53,16 @@ export!(Console as notifier);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chengis_plugin_sdk::testing::FakeHost;
-    use chengis_plugin_sdk::types::{Build, Commit, Job, Status};
-
-    fn build() -> Build {
-        Build {
-            id: 1,
-            number: 42,
-            pipeline: "web".into(),
-            status: Status::Failure,
-            commit: Commit {
-                sha: "0123456789abcdef0123456789abcdef01234567".into(),
-                repository: "https://git.example/web.git".into(),
-                branch: Some("main".into()),
-                tag: None,
-                message: "Fix".into(),
-                author: "A <a@example.com>".into(),
-            },
-            trigger: "push".into(),
-            url: None,
-            duration_ms: Some(61_500),
-        }
-    }
+    use chengis_plugin_sdk::testing::{FakeHost, sample_event, sample_job};
+    use chengis_plugin_sdk::types::Status;
 
     #[test]
     fn writes_one_line_per_event() {
         let host = FakeHost::new().with_config("prefix", "[ci]");
-        Console::notify(
-            &host,
-            Event { kind: EventKind::BuildFinished, build: build(), job: None, previous_status: None },
-        )
-        .unwrap();
-        let job = Job { id: 3, name: "test".into(), status: Status::Success, image: None, duration_ms: None };
-        Console::notify(
-            &host,
-            Event { kind: EventKind::JobFinished, build: build(), job: Some(job), previous_status: None },
-        )
-        .unwrap();
+        Console::notify(&host, sample_event(EventKind::BuildFinished, Status::Failure)).unwrap();
+        let mut job_finished = sample_event(EventKind::JobFinished, Status::Failure);
+        job_finished.job = Some(sample_job("test", Status::Success));
+        Console::notify(&host, job_finished).unwrap();
         assert_eq!(
             host.log_text(),
             "[ci] web #42 (main@0123456) finished: failure in 61.5 s\n[ci] web #42 (main@0123456) job test finished: success\n"
@@ -98,10 +71,8 @@ mod tests {
 
     #[test]
     fn job_event_without_job_fails() {
-        let error = Console::notify(
-            &FakeHost::new(),
-            Event { kind: EventKind::JobStarted, build: build(), job: None, previous_status: None },
-        );
+        let job_started = Event { job: None, ..sample_event(EventKind::JobStarted, Status::Failure) };
+        let error = Console::notify(&FakeHost::new(), job_started);
         assert_eq!(error.unwrap_err().message, "a job event without a job");
     }
 }

@@ -385,7 +385,6 @@ pub(crate) mod tests_support {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chengis_plugin_sdk::Config;
     use chengis_plugin_sdk::notifier::EventKind;
     use chengis_plugin_sdk::types::{Build, Commit, Job};
 
@@ -400,8 +399,7 @@ mod tests {
             ("to", "a@example.com,b@example.com"),
         ];
         pairs.extend_from_slice(extra);
-        let config = Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Settings::read(&config, |_| None).unwrap()
+        Settings::read(&chengis_plugin_sdk::testing::config(&pairs), |_| None).unwrap()
     }
 
     fn stamp() -> Stamp {

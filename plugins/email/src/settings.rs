@@ -4,6 +4,7 @@
 //! event is mailed at all ([`Settings::wants`]).
 
 use chengis_plugin_sdk::notifier::{Event, EventKind};
+use chengis_plugin_sdk::notify::{self, When};
 use chengis_plugin_sdk::{Config, ConfigError, Status};
 
 /// The default SMTP port (message submission, RFC 6409).
@@ -28,19 +29,6 @@ pub enum StartTls {
     IfAvailable,
     /// Always: fail when the server does not offer it.
     Required,
-}
-
-/// Which finished events are mailed (the `on` key).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Triggers {
-    /// `success`: every success.
-    pub success: bool,
-    /// `failure`: every failure or error.
-    pub failure: bool,
-    /// `fixed`: a success after a failure, error or cancellation.
-    pub fixed: bool,
-    /// `always`: every finished event, whatever its status.
-    pub always: bool,
 }
 
 /// The SMTP login: user name and the password read from the granted secret.
@@ -77,8 +65,8 @@ pub struct Settings {
     pub subject: Option<String>,
     /// The login, when `username` is set.
     pub login: Option<Login>,
-    /// Which statuses are mailed.
-    pub on: Triggers,
+    /// Which statuses are mailed (the `on` key).
+    pub on: When,
     /// Whether job events are mailed (build events always are).
     pub job_events: bool,
     /// The name this client gives in `EHLO`.
@@ -189,14 +177,9 @@ impl Settings {
                 return Err("only finished builds and jobs are mailed".into());
             }
         };
-        let fixed = status == Status::Success
-            && matches!(event.previous_status, Some(Status::Failure | Status::Error | Status::Cancelled));
-        let on = self.on;
-        let wanted = on.always
-            || (on.success && status == Status::Success)
-            || (on.fixed && fixed)
-            || (on.failure && matches!(status, Status::Failure | Status::Error));
-        if wanted {
+        let outcome = notify::Outcome::of(status, event.previous_status);
+        let fixed = outcome == notify::Outcome::Fixed;
+        if self.on.wants(outcome) {
             Ok(Outcome { status, fixed })
         } else {
             Err(format!("status {}{} is not in `on`", status.as_str(), if fixed { " (fixed)" } else { "" }))
@@ -213,24 +196,15 @@ pub struct Outcome {
     pub fixed: bool,
 }
 
-fn parse_on(text: &str) -> Result<Triggers, ConfigError> {
-    let mut on = Triggers::default();
+fn parse_on(text: &str) -> Result<When, ConfigError> {
+    let mut on = When::default();
     for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-        match word {
-            "success" => on.success = true,
-            "failure" => on.failure = true,
-            "fixed" => on.fixed = true,
-            "always" => on.always = true,
-            other => {
-                return Err(bad(
-                    "on",
-                    format!("expected a comma list of success, failure, fixed, always; got {other:?}"),
-                ));
-            }
+        if !on.set(word) {
+            return Err(bad("on", format!("expected a comma list of {}; got {word:?}", When::WORDS)));
         }
     }
-    if on == Triggers::default() {
-        return Err(bad("on", "expected one or more of success, failure, fixed, always; got none"));
+    if on.is_empty() {
+        return Err(bad("on", format!("expected one or more of {}; got none", When::WORDS)));
     }
     Ok(on)
 }
@@ -277,11 +251,7 @@ pub fn mailbox_address(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chengis_plugin_sdk::types::{Build, Commit, Job};
-
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-    }
+    use chengis_plugin_sdk::testing::{config, sample_event};
 
     fn minimal() -> Vec<(&'static str, &'static str)> {
         vec![
@@ -303,7 +273,7 @@ mod tests {
         assert_eq!(settings.starttls, StartTls::Required);
         assert_eq!(settings.from_address, "ci@example.com");
         assert_eq!(settings.to, ["a@example.com", "b@example.com"]);
-        assert_eq!(settings.on, Triggers { failure: true, fixed: true, ..Default::default() });
+        assert_eq!(settings.on, When { failure: true, fixed: true, ..Default::default() });
         assert!(!settings.job_events);
         assert_eq!(settings.login, None);
         assert_eq!(settings.helo, "localhost");
@@ -357,31 +327,7 @@ mod tests {
     }
 
     fn event(kind: EventKind, status: Status, previous: Option<Status>) -> Event {
-        let build = Build {
-            id: 1,
-            number: 2,
-            pipeline: "web".into(),
-            status,
-            commit: Commit {
-                sha: "a".repeat(40),
-                repository: "web".into(),
-                branch: None,
-                tag: None,
-                message: "m".into(),
-                author: "A <a@b.c>".into(),
-            },
-            trigger: "push".into(),
-            url: None,
-            duration_ms: None,
-        };
-        let job = matches!(kind, EventKind::JobFinished | EventKind::JobStarted).then(|| Job {
-            id: 3,
-            name: "test".into(),
-            status,
-            image: None,
-            duration_ms: None,
-        });
-        Event { kind, build, job, previous_status: previous }
+        Event { previous_status: previous, ..sample_event(kind, status) }
     }
 
     #[test]

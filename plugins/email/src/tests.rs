@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use base64::Engine as _;
 use chengis_plugin_sdk::Level;
 use chengis_plugin_sdk::notifier::EventKind;
-use chengis_plugin_sdk::testing::FakeHost;
-use chengis_plugin_sdk::types::{Build, Commit, Job, Status};
+use chengis_plugin_sdk::testing::{FakeHost, sample_event, sample_job};
+use chengis_plugin_sdk::types::Status;
 
 use super::*;
 use crate::message::tests_support::sample_facts;
@@ -405,29 +405,11 @@ fn loopback_server() -> (u16, mpsc::Receiver<Seen>) {
     (port, rx)
 }
 
+/// A finished build of the SDK's sample, with a commit message that needs escaping.
 fn event(status: Status, previous: Option<Status>) -> Event {
-    Event {
-        kind: EventKind::BuildFinished,
-        build: Build {
-            id: 9,
-            number: 42,
-            pipeline: "web".into(),
-            status,
-            commit: Commit {
-                sha: "0123456789abcdef0123456789abcdef01234567".into(),
-                repository: "https://git.example/web.git".into(),
-                branch: Some("main".into()),
-                tag: None,
-                message: "Fix <the> thing\n\nmore".into(),
-                author: "A <a@example.com>".into(),
-            },
-            trigger: "push".into(),
-            url: Some("https://ci.example/builds/9".into()),
-            duration_ms: Some(61_500),
-        },
-        job: None,
-        previous_status: previous,
-    }
+    let mut event = Event { previous_status: previous, ..sample_event(EventKind::BuildFinished, status) };
+    event.build.commit.message = "Fix <the> thing\n\nmore".into();
+    event
 }
 
 fn host(port: u16) -> FakeHost {
@@ -504,7 +486,7 @@ fn notify_skips_unwanted_events_without_connecting() {
     assert!(host.log_text().contains("no e-mail for web #42: status success is not in `on`"));
     let job_event = Event {
         kind: EventKind::JobFinished,
-        job: Some(Job { id: 1, name: "test".into(), status: Status::Failure, image: None, duration_ms: None }),
+        job: Some(sample_job("test", Status::Failure)),
         ..event(Status::Running, None)
     };
     Email::notify(&host, job_event).unwrap();

@@ -141,37 +141,10 @@ export!(GiteaStatus as scm_status);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chengis_plugin_sdk::testing::FakeHost;
-    use chengis_plugin_sdk::types::{Build, Capability, Commit, Job};
-
-    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+    use chengis_plugin_sdk::testing::{
+        FakeHost, SAMPLE_SHA as SHA, capability_grants, header, sample_status_update as update,
+    };
     const TOKEN: &str = "gitea_s3cretT0ken";
-
-    fn update(state: Status, repository: &str) -> StatusUpdate {
-        StatusUpdate {
-            build: Build {
-                id: 9,
-                number: 42,
-                pipeline: "web".into(),
-                status: Status::Running,
-                commit: Commit {
-                    sha: SHA.into(),
-                    repository: repository.into(),
-                    branch: Some("main".into()),
-                    tag: None,
-                    message: "Fix".into(),
-                    author: "A <a@example.com>".into(),
-                },
-                trigger: "push".into(),
-                url: Some("https://ci.example/builds/9".into()),
-                duration_ms: None,
-            },
-            job: Some(Job { id: 3, name: "test (os=linux)".into(), status: state, image: None, duration_ms: None }),
-            state,
-            context: "chengis/test (os=linux)".into(),
-            description: "Tests passed".into(),
-        }
-    }
 
     fn host(status: u16, body: &str) -> FakeHost {
         FakeHost::new()
@@ -196,11 +169,10 @@ mod tests {
         let request = &requests[0];
         assert_eq!(request.method, "POST");
         assert_eq!(request.url, format!("https://gitea.com/api/v1/repos/acme/web/statuses/{SHA}"));
-        let header = |name: &str| request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-        assert_eq!(header("Authorization"), Some("token gitea_s3cretT0ken"));
-        assert_eq!(header("Accept"), Some("application/json"));
-        assert_eq!(header("Content-Type"), Some("application/json"));
-        assert_eq!(header("User-Agent"), Some("chengis"));
+        assert_eq!(header(request, "Authorization"), Some("token gitea_s3cretT0ken"));
+        assert_eq!(header(request, "Accept"), Some("application/json"));
+        assert_eq!(header(request, "Content-Type"), Some("application/json"));
+        assert_eq!(header(request, "User-Agent"), Some("chengis"));
         assert_eq!(
             body(&host),
             json!({
@@ -328,20 +300,14 @@ mod tests {
     fn manifest_requests_the_public_api_any_configured_host_and_the_token() {
         let manifest = GiteaStatus::manifest();
         assert_eq!(manifest.kinds, [Kind::ScmStatus]);
-        let capabilities: Vec<String> = manifest
-            .capabilities
-            .iter()
-            .map(|c| match c {
-                Capability::OutboundHttp(pattern) => format!("http:{pattern}"),
-                Capability::Secret(name) => format!("secret:{name}"),
-                other => format!("{other:?}"),
-            })
-            .collect();
         assert_eq!(
-            capabilities,
+            capability_grants(&manifest),
             ["http:https://gitea.com:443", "http:https://*:*", "http:http://*:*", "secret:GITEA_TOKEN"]
         );
         let keys: Vec<_> = manifest.config.iter().map(|c| (c.name.as_str(), c.default.as_deref())).collect();
-        assert_eq!(keys, [("api-url", Some(DEFAULT_API_URL)), ("token-secret", Some(DEFAULT_TOKEN_SECRET))]);
+        assert_eq!(
+            keys,
+            [("api-url", Some(DEFAULT_API_URL)), ("repository", None), ("token-secret", Some(DEFAULT_TOKEN_SECRET))]
+        );
     }
 }

@@ -15,7 +15,7 @@ use chengis_plugin_sdk::policy::{Decision, Plan};
 use chengis_plugin_sdk::{ConfigError, Diagnostic, Failure, Host, Kind, Manifest, Policy, Severity, export};
 
 use crate::reference::{ImageRef, normalise};
-use crate::rules::{Action, Rule, RuleError};
+use crate::rules::{Action, Rule};
 
 /// The `image-policy` plugin.
 pub struct ImagePolicy;
@@ -41,11 +41,8 @@ impl Policy for ImagePolicy {
 
     fn check(host: &dyn Host, plan: Plan) -> Result<Decision, Failure> {
         let config = host.config();
-        // The raw text, untrimmed, so that line numbers are those the operator wrote.
-        let text = config
-            .get("rules")
-            .ok_or_else(|| ConfigError { key: "rules".into(), message: "is required but not set".into() })?;
-        let rules = rules::parse(text).map_err(invalid_rules)?;
+        let text = chengis_plugin_sdk::rules::required_text(&config, "rules")?;
+        let rules = rules::parse(text).map_err(|errors| chengis_plugin_sdk::rules::invalid("rules", errors))?;
         let default = match config.optional::<String>("default")?.as_deref() {
             None | Some("deny") => Unmatched::Deny,
             Some("allow") => Unmatched::Allow,
@@ -144,27 +141,6 @@ fn suggested_glob(image: &ImageRef) -> String {
     format!("{}/{}{pin}", image.registry, image.repository)
 }
 
-/// The failure for invalid `rules`: one diagnostic per invalid line.
-fn invalid_rules(errors: Vec<RuleError>) -> Failure {
-    let count = errors.len();
-    Failure {
-        message: format!(
-            "invalid configuration: config key \"rules\": {count} invalid rule{}",
-            if count == 1 { "" } else { "s" }
-        ),
-        diagnostics: errors
-            .into_iter()
-            .map(|error| Diagnostic {
-                severity: Severity::Error,
-                code: "invalid-rule".into(),
-                message: error.to_string(),
-                field: Some("with.rules".into()),
-                help: None,
-            })
-            .collect(),
-    }
-}
-
 export!(ImagePolicy as policy);
 
 #[cfg(test)]
@@ -172,39 +148,7 @@ mod tests {
     use super::*;
     use chengis_plugin_sdk::Level;
     use chengis_plugin_sdk::policy::PlannedJob;
-    use chengis_plugin_sdk::testing::FakeHost;
-    use chengis_plugin_sdk::types::Commit;
-
-    fn job(name: &str, image: Option<&str>) -> PlannedJob {
-        PlannedJob {
-            name: name.into(),
-            image: image.map(Into::into),
-            needs: Vec::new(),
-            uses: Vec::new(),
-            services: Vec::new(),
-            step_images: Vec::new(),
-            privileged: false,
-            docker_socket: false,
-            approval: false,
-        }
-    }
-
-    fn plan(jobs: Vec<PlannedJob>) -> Plan {
-        Plan {
-            pipeline: "web".into(),
-            commit: Commit {
-                sha: "0123456789abcdef0123456789abcdef01234567".into(),
-                repository: "https://git.example/web.git".into(),
-                branch: Some("main".into()),
-                tag: None,
-                message: "Fix".into(),
-                author: "A <a@example.com>".into(),
-            },
-            trigger: "push".into(),
-            actor: None,
-            jobs,
-        }
-    }
+    use chengis_plugin_sdk::testing::{FakeHost, planned_job as job, sample_plan as plan};
 
     fn check(rules: &str, default: Option<&str>, jobs: Vec<PlannedJob>) -> (Result<Decision, Failure>, FakeHost) {
         let mut host = FakeHost::new().with_config("rules", rules);

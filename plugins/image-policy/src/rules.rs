@@ -1,6 +1,7 @@
 //! The `rules` configuration: parsing `allow <glob>`, `deny <glob>` and `allow-registry <glob>`
 //! lines into ordered glob rules, and finding the first rule that matches an image.
 
+use chengis_plugin_sdk::rules;
 use globset::{GlobBuilder, GlobMatcher};
 
 use crate::reference::ImageRef;
@@ -39,52 +40,21 @@ impl Rule {
 
     /// `line 2 `deny docker.io/*``: how messages name the rule.
     pub fn describe(&self) -> String {
-        format!("line {} `{}`", self.line, self.text)
+        rules::describe(self.line, &self.text)
     }
 }
 
-/// A line of `rules` that is not a valid rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
-    /// Its line number, from 1.
-    pub line: usize,
-    /// The line as written, trimmed.
-    pub text: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl std::fmt::Display for RuleError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {} `{}`: {}", self.line, self.text, self.message)
-    }
-}
+pub use chengis_plugin_sdk::rules::RuleError;
 
 const SYNTAX: &str = "a rule is `allow <glob>`, `deny <glob>` or `allow-registry <glob>`";
 
 /// Parses the `rules` text: one rule per line or per `;`-separated part; blank lines and lines
 /// starting with `#` are skipped. Every invalid line is reported, with its number.
 pub fn parse(text: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
-    let mut rules = Vec::new();
-    let mut errors = Vec::new();
-    for (index, raw) in text.split(['\n', ';']).enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match parse_line(line) {
-            Ok((action, matcher)) => rules.push(Rule { line: index + 1, text: line.into(), action, matcher }),
-            Err(message) => errors.push(RuleError { line: index + 1, text: line.into(), message }),
-        }
-    }
-    if rules.is_empty() && errors.is_empty() {
-        errors.push(RuleError {
-            line: 1,
-            text: text.trim().into(),
-            message: format!("there are no rules, only blank lines and comments; {SYNTAX}"),
-        });
-    }
-    if errors.is_empty() { Ok(rules) } else { Err(errors) }
+    rules::parse(text, SYNTAX, |line| {
+        let (action, matcher) = parse_line(line.text)?;
+        Ok(Rule { line: line.line, text: line.text.into(), action, matcher })
+    })
 }
 
 fn parse_line(line: &str) -> Result<(Action, GlobMatcher), String> {

@@ -2,7 +2,8 @@
 //! decides whether an event is worth a message.
 
 use chengis_plugin_sdk::notifier::{Event, EventKind};
-use chengis_plugin_sdk::{Config, ConfigError, Status};
+use chengis_plugin_sdk::notify::When;
+use chengis_plugin_sdk::{Config, ConfigError};
 
 /// The secret that holds the incoming-webhook URL when `webhook-secret` is not set.
 pub const DEFAULT_SECRET: &str = "SLACK_WEBHOOK_URL";
@@ -14,45 +15,15 @@ pub const DEFAULT_ON: &str = "failure,fixed";
 pub const DEFAULT_EVENTS: &str = "build";
 
 /// How a finished build or job turned out, as `on` sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// It succeeded, and so did the previous one (or there was none).
-    Success,
-    /// It succeeded, and the previous one failed, errored or was cancelled.
-    Fixed,
-    /// It failed or errored.
-    Failure,
-    /// It was cancelled or skipped (or is not finished).
-    Other,
-}
-
-impl Outcome {
-    /// The outcome of `status` after a previous finished run that ended as `previous`.
-    pub fn of(status: Status, previous: Option<Status>) -> Outcome {
-        match status {
-            Status::Success if matches!(previous, Some(Status::Failure | Status::Error | Status::Cancelled)) => {
-                Outcome::Fixed
-            }
-            Status::Success => Outcome::Success,
-            Status::Failure | Status::Error => Outcome::Failure,
-            Status::Pending | Status::Running | Status::Cancelled | Status::Skipped => Outcome::Other,
-        }
-    }
-}
+pub use chengis_plugin_sdk::notify::Outcome;
 
 /// The parsed configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The name of the secret holding the webhook URL.
     pub secret: String,
-    /// `on: success`.
-    pub on_success: bool,
-    /// `on: failure`.
-    pub on_failure: bool,
-    /// `on: fixed`.
-    pub on_fixed: bool,
-    /// `on: always`.
-    pub always: bool,
+    /// The `on` list.
+    pub on: When,
     /// `events` includes `build`.
     pub builds: bool,
     /// `events` includes `job`.
@@ -66,31 +37,17 @@ impl Settings {
         if secret.trim().is_empty() {
             return Err(ConfigError { key: "webhook-secret".into(), message: "must name a secret, got \"\"".into() });
         }
-        let mut settings = Settings {
-            secret: secret.trim().to_string(),
-            on_success: false,
-            on_failure: false,
-            on_fixed: false,
-            always: false,
-            builds: false,
-            jobs: false,
-        };
+        let mut settings =
+            Settings { secret: secret.trim().to_string(), on: When::default(), builds: false, jobs: false };
         for word in list(config, "on", DEFAULT_ON)? {
-            match word.as_str() {
-                "success" => settings.on_success = true,
-                "failure" => settings.on_failure = true,
-                "fixed" => settings.on_fixed = true,
-                // `finished` is the host's server-side `on` value for the same thing: this plugin
-                // only ever posts finished builds and jobs.
-                "always" | "finished" => settings.always = true,
-                other => {
-                    return Err(ConfigError {
-                        key: "on".into(),
-                        message: format!(
-                            "unknown value {other:?}: expected a comma list of success, failure, fixed, always"
-                        ),
-                    });
-                }
+            // `finished` is the host's server-side `on` value for `always`: this plugin only ever
+            // posts finished builds and jobs.
+            let word = if word == "finished" { "always" } else { word.as_str() };
+            if !settings.on.set(word) {
+                return Err(ConfigError {
+                    key: "on".into(),
+                    message: format!("unknown value {word:?}: expected a comma list of {}", When::WORDS),
+                });
             }
         }
         for word in list(config, "events", DEFAULT_EVENTS)? {
@@ -117,13 +74,7 @@ impl Settings {
             _ => return None,
         };
         let outcome = Outcome::of(status, event.previous_status);
-        let wanted = self.always
-            || match outcome {
-                Outcome::Success => self.on_success,
-                Outcome::Fixed => self.on_fixed || self.on_success,
-                Outcome::Failure => self.on_failure,
-                Outcome::Other => false,
-            };
+        let wanted = self.on.wants(outcome);
         wanted.then_some(outcome)
     }
 }
@@ -144,29 +95,14 @@ fn list(config: &Config, key: &str, default: &str) -> Result<Vec<String>, Config
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-    }
+    use chengis_plugin_sdk::testing::config;
 
     #[test]
     fn defaults() {
         let settings = Settings::from_config(&Config::default()).unwrap();
         assert_eq!(settings.secret, "SLACK_WEBHOOK_URL");
-        assert!(settings.on_failure && settings.on_fixed && !settings.on_success && !settings.always);
+        assert_eq!(settings.on, When { failure: true, fixed: true, ..When::default() });
         assert!(settings.builds && !settings.jobs);
-    }
-
-    #[test]
-    fn outcomes() {
-        assert_eq!(Outcome::of(Status::Success, None), Outcome::Success);
-        assert_eq!(Outcome::of(Status::Success, Some(Status::Success)), Outcome::Success);
-        assert_eq!(Outcome::of(Status::Success, Some(Status::Failure)), Outcome::Fixed);
-        assert_eq!(Outcome::of(Status::Success, Some(Status::Error)), Outcome::Fixed);
-        assert_eq!(Outcome::of(Status::Success, Some(Status::Cancelled)), Outcome::Fixed);
-        assert_eq!(Outcome::of(Status::Success, Some(Status::Skipped)), Outcome::Success);
-        assert_eq!(Outcome::of(Status::Error, None), Outcome::Failure);
-        assert_eq!(Outcome::of(Status::Cancelled, Some(Status::Failure)), Outcome::Other);
     }
 
     #[test]
@@ -187,9 +123,9 @@ mod tests {
     #[test]
     fn lists_are_case_and_space_insensitive() {
         let settings = Settings::from_config(&config(&[("on", " Success ,ALWAYS"), ("events", "job, build")])).unwrap();
-        assert!(settings.on_success && settings.always && !settings.on_failure);
+        assert_eq!(settings.on, When { success: true, always: true, ..When::default() });
         assert!(settings.builds && settings.jobs);
         let settings = Settings::from_config(&config(&[("on", "finished")])).unwrap();
-        assert!(settings.always && !settings.on_success && !settings.on_failure && !settings.on_fixed);
+        assert_eq!(settings.on, When { always: true, ..When::default() });
     }
 }

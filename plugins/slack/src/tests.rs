@@ -2,8 +2,8 @@
 //! and `events` filters, and Slack's error answers (which must never echo the webhook URL).
 
 use chengis_plugin_sdk::notifier::{Event, EventKind};
-use chengis_plugin_sdk::testing::FakeHost;
-use chengis_plugin_sdk::types::{Build, Commit, Job, Status};
+use chengis_plugin_sdk::testing::{FakeHost, capability_grants, sample_event, sample_job};
+use chengis_plugin_sdk::types::{Job, Status};
 use chengis_plugin_sdk::{HttpResponse, Notifier};
 use serde_json::{Value, json};
 
@@ -11,28 +11,14 @@ use super::*;
 
 const URL: &str = "https://hooks.slack.com/services/T000/B000/XXXXSECRETXXXX";
 
-fn build(status: Status) -> Build {
-    Build {
-        id: 9,
-        number: 42,
-        pipeline: "web".into(),
-        status,
-        commit: Commit {
-            sha: "0123456789abcdef0123456789abcdef01234567".into(),
-            repository: "https://git.example/web.git".into(),
-            branch: Some("main".into()),
-            tag: None,
-            message: "Fix <the> thing & more\n\nLonger body".into(),
-            author: "Ada Lovelace <ada@example.com>".into(),
-        },
-        trigger: "push".into(),
-        url: Some("https://ci.example.com/builds/9".into()),
-        duration_ms: Some(185_000),
-    }
-}
-
+/// A finished build of the SDK's sample, with a commit message that needs escaping, a full
+/// author name and a duration of minutes.
 fn finished(status: Status, previous: Option<Status>) -> Event {
-    Event { kind: EventKind::BuildFinished, build: build(status), job: None, previous_status: previous }
+    let mut event = Event { previous_status: previous, ..sample_event(EventKind::BuildFinished, status) };
+    event.build.commit.message = "Fix <the> thing & more\n\nLonger body".into();
+    event.build.commit.author = "Ada Lovelace <ada@example.com>".into();
+    event.build.duration_ms = Some(185_000);
+    event
 }
 
 fn host() -> FakeHost {
@@ -47,15 +33,9 @@ fn body(host: &FakeHost) -> Value {
 fn manifest_requests_slack_and_the_default_secret() {
     let manifest = Slack::manifest();
     assert_eq!((manifest.name.as_str(), manifest.version.as_str()), ("slack", "0.1.0"));
-    let capabilities: Vec<String> = manifest.capabilities.iter().map(|c| format!("{c:?}")).collect();
     assert_eq!(
-        capabilities,
-        [
-            r#"Capability::OutboundHttp("https://hooks.slack.com:443")"#,
-            r#"Capability::OutboundHttp("https://*:*")"#,
-            r#"Capability::OutboundHttp("http://*:*")"#,
-            r#"Capability::Secret("SLACK_WEBHOOK_URL")"#,
-        ]
+        capability_grants(&manifest),
+        ["http:https://hooks.slack.com:443", "http:https://*:*", "http:http://*:*", "secret:SLACK_WEBHOOK_URL"]
     );
     let keys: Vec<_> = manifest.config.iter().map(|f| (f.name.as_str(), f.default.as_deref())).collect();
     assert_eq!(
@@ -86,7 +66,7 @@ fn a_failed_build_posts_the_block_kit_message() {
             "attachments": [{
                 "color": "#e01e5a",
                 "blocks": [
-                    {"type": "section", "text": {"type": "mrkdwn", "text": "*<https://ci.example.com/builds/9|web #42>* failed"}},
+                    {"type": "section", "text": {"type": "mrkdwn", "text": "*<https://ci.example/builds/9|web #42>* failed"}},
                     {"type": "section", "fields": [
                         {"type": "mrkdwn", "text": "*Status*\nFailed"},
                         {"type": "mrkdwn", "text": "*Job*\nweb"},
@@ -96,7 +76,7 @@ fn a_failed_build_posts_the_block_kit_message() {
                         {"type": "mrkdwn", "text": "*Duration*\n3 m 5 s"},
                     ]},
                     {"type": "context", "elements": [{"type": "mrkdwn", "text": "Triggered by push · Ada Lovelace"}]},
-                    {"type": "context", "elements": [{"type": "mrkdwn", "text": "<https://ci.example.com/builds/9|View build #42>"}]},
+                    {"type": "context", "elements": [{"type": "mrkdwn", "text": "<https://ci.example/builds/9|View build #42>"}]},
                 ],
             }],
         })
@@ -112,7 +92,7 @@ fn a_job_message_names_pipeline_and_job_and_a_tag_without_url() {
     event.build.url = None;
     event.build.commit.branch = None;
     event.build.commit.tag = Some("v1.2.0".into());
-    event.job = Some(Job { id: 3, name: "test".into(), status: Status::Error, image: None, duration_ms: Some(850) });
+    event.job = Some(Job { duration_ms: Some(850), ..sample_job("test", Status::Error) });
     Slack::notify(&host, event).unwrap();
     let body = body(&host);
     assert_eq!(body["text"], "web #42: job test errored (v1.2.0 @ 0123456)");
@@ -173,7 +153,7 @@ fn events_filters_by_kind() {
     Slack::notify(&host, started).unwrap();
     let mut job = finished(Status::Failure, None);
     job.kind = EventKind::JobFinished;
-    job.job = Some(Job { id: 3, name: "test".into(), status: Status::Failure, image: None, duration_ms: None });
+    job.job = Some(sample_job("test", Status::Failure));
     Slack::notify(&host, job.clone()).unwrap();
     assert!(host.requests().is_empty(), "started builds and (by default) jobs are not posted");
     assert!(host.log_text().contains("slack: nothing to post for web #42 job test"), "{}", host.log_text());

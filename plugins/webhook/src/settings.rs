@@ -88,10 +88,7 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-    }
+    use chengis_plugin_sdk::testing::config;
 
     #[test]
     fn defaults() {

@@ -10,8 +10,8 @@ use chengis_plugin_sdk::log::Level;
 use chengis_plugin_sdk::notifier::{Event, EventKind};
 use chengis_plugin_sdk::outputs::TestSuite;
 use chengis_plugin_sdk::sandbox::{Command, Exit};
-use chengis_plugin_sdk::testing::FakeHost;
-use chengis_plugin_sdk::types::{Build, Commit, Job, Status};
+use chengis_plugin_sdk::testing::{FakeHost, capability_grants, header, sample_event, sample_job};
+use chengis_plugin_sdk::types::{Job, Status};
 use chengis_plugin_sdk::{Config, HttpError, HttpResponse};
 use hmac::{Hmac, Mac};
 use serde_json::json;
@@ -23,28 +23,13 @@ const URL: &str = "https://hooks.example.com/chengis";
 const KEY: &str = "s3cret-key";
 const NOW: u64 = 1_700_000_000;
 
-fn build() -> Build {
-    Build {
-        id: 9,
-        number: 42,
-        pipeline: "web".into(),
-        status: Status::Failure,
-        commit: Commit {
-            sha: "0123456789abcdef0123456789abcdef01234567".into(),
-            repository: "https://git.example/web.git".into(),
-            branch: Some("main".into()),
-            tag: None,
-            message: "Fix the thing\n\nBody \"quoted\"".into(),
-            author: "A <a@example.com>".into(),
-        },
-        trigger: "push".into(),
-        url: Some("https://ci.example.com/builds/9".into()),
-        duration_ms: Some(1500),
-    }
-}
-
+/// A failed build of the SDK's sample after a success, with a commit message that needs
+/// escaping in JSON.
 fn event() -> Event {
-    Event { kind: EventKind::BuildFinished, build: build(), job: None, previous_status: Some(Status::Success) }
+    let mut event =
+        Event { previous_status: Some(Status::Success), ..sample_event(EventKind::BuildFinished, Status::Failure) };
+    event.build.commit.message = "Fix the thing\n\nBody \"quoted\"".into();
+    event
 }
 
 /// A fake host whose HTTP answers come from a queue, one per request (the SDK's `FakeHost`
@@ -110,23 +95,11 @@ fn run(
     (host, result, waits)
 }
 
-fn header<'r>(request: &'r HttpRequest, name: &str) -> &'r str {
-    request.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("no {name}"))
-}
-
 #[test]
 fn manifest_requests_any_host_and_the_default_secret() {
     let manifest = Webhook::manifest();
     assert_eq!((manifest.name.as_str(), manifest.version.as_str()), ("webhook", "0.1.0"));
-    let capabilities: Vec<String> = manifest.capabilities.iter().map(|c| format!("{c:?}")).collect();
-    assert_eq!(
-        capabilities,
-        [
-            r#"Capability::OutboundHttp("https://*:*")"#,
-            r#"Capability::OutboundHttp("http://*:*")"#,
-            r#"Capability::Secret("WEBHOOK_SECRET")"#
-        ]
-    );
+    assert_eq!(capability_grants(&manifest), ["http:https://*:*", "http:http://*:*", "secret:WEBHOOK_SECRET"]);
     let keys: Vec<_> = manifest.config.iter().map(|f| (f.name.as_str(), f.required, f.default.as_deref())).collect();
     assert_eq!(
         keys,
@@ -153,7 +126,7 @@ fn posts_the_signed_document() {
     // The exact bytes: fields in their documented order, null for what is absent.
     assert_eq!(
         body,
-        r#"{"kind":"build-finished","build":{"id":9,"number":42,"pipeline":"web","status":"failure","trigger":"push","url":"https://ci.example.com/builds/9","duration_ms":1500,"commit":{"sha":"0123456789abcdef0123456789abcdef01234567","repository":"https://git.example/web.git","branch":"main","tag":null,"message":"Fix the thing\n\nBody \"quoted\"","author":"A <a@example.com>"}},"job":null,"previous_status":"success"}"#
+        r#"{"kind":"build-finished","build":{"id":9,"number":42,"pipeline":"web","status":"failure","trigger":"push","url":"https://ci.example/builds/9","duration_ms":61500,"commit":{"sha":"0123456789abcdef0123456789abcdef01234567","repository":"https://git.example/web.git","branch":"main","tag":null,"message":"Fix the thing\n\nBody \"quoted\"","author":"A <a@example.com>"}},"job":null,"previous_status":"success"}"#
     );
     let names: Vec<&str> = request.headers.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
@@ -167,16 +140,16 @@ fn posts_the_signed_document() {
             "X-Chengis-Delivery"
         ]
     );
-    assert_eq!(header(request, "Content-Type"), "application/json");
-    assert_eq!(header(request, "User-Agent"), "chengis-webhook/0.1.0");
-    assert_eq!(header(request, "X-Chengis-Event"), "build-finished");
-    assert_eq!(header(request, "X-Chengis-Timestamp"), "1700000000");
-    assert_eq!(header(request, "X-Chengis-Delivery"), signature::delivery_id(9, "build-finished", None, NOW));
+    assert_eq!(header(request, "Content-Type").unwrap(), "application/json");
+    assert_eq!(header(request, "User-Agent").unwrap(), "chengis-webhook/0.1.0");
+    assert_eq!(header(request, "X-Chengis-Event").unwrap(), "build-finished");
+    assert_eq!(header(request, "X-Chengis-Timestamp").unwrap(), "1700000000");
+    assert_eq!(header(request, "X-Chengis-Delivery").unwrap(), signature::delivery_id(9, "build-finished", None, NOW));
     // The receiver's check: HMAC-SHA256(key, "<timestamp>.<body>") in lowercase hex.
     let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).unwrap();
     mac.update(format!("{NOW}.{body}").as_bytes());
     let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    assert_eq!(header(request, "X-Chengis-Signature"), expected);
+    assert_eq!(header(request, "X-Chengis-Signature").unwrap(), expected);
     assert_eq!(
         host.inner.log_text(),
         "webhook: delivered build-finished to https://hooks.example.com/chengis (200 OK)\n"
@@ -188,13 +161,7 @@ fn a_job_event_carries_the_job() {
     let mut event = event();
     event.kind = EventKind::JobStarted;
     event.previous_status = None;
-    event.job = Some(Job {
-        id: 3,
-        name: "test".into(),
-        status: Status::Running,
-        image: Some("rust:1".into()),
-        duration_ms: None,
-    });
+    event.job = Some(Job { image: Some("rust:1".into()), ..sample_job("test", Status::Running) });
     let (host, result, _) = run(host(), &event, vec![ok()]);
     result.unwrap();
     let request = &host.inner.requests()[0];
@@ -205,8 +172,11 @@ fn a_job_event_carries_the_job() {
         json!({"id": 3, "name": "test", "status": "running", "image": "rust:1", "duration_ms": null})
     );
     assert_eq!(body["previous_status"], json!(null));
-    assert_eq!(header(request, "X-Chengis-Event"), "job-started");
-    assert_eq!(header(request, "X-Chengis-Delivery"), signature::delivery_id(9, "job-started", Some("test"), NOW));
+    assert_eq!(header(request, "X-Chengis-Event").unwrap(), "job-started");
+    assert_eq!(
+        header(request, "X-Chengis-Delivery").unwrap(),
+        signature::delivery_id(9, "job-started", Some("test"), NOW)
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports, reason = "each test binary and the benchmark use a different part")]
 
 use chengis_plugin_host::bindings::notifier::{Event, EventKind};
+use chengis_plugin_host::bindings::policy::{Plan, PlannedJob};
 use chengis_plugin_host::bindings::step_executor::Invocation;
 use chengis_plugin_host::types::{Build, Job, KeyValue, Status, Step};
 
@@ -47,4 +48,25 @@ pub fn invocation() -> Invocation {
         step: Step { index: 0, name: "run".into(), uses: "script@0.1.0".into() },
         env: vec![KeyValue { key: "GREETING".into(), value: "hello".into() }],
     }
+}
+
+/// A planned job with this name and image, and nothing else: no needs, steps, services or step
+/// images, not privileged, no Docker socket, no approval gate.
+pub fn planned_job(name: &str, image: Option<&str>) -> PlannedJob {
+    PlannedJob {
+        name: name.into(),
+        image: image.map(Into::into),
+        needs: Vec::new(),
+        uses: Vec::new(),
+        services: Vec::new(),
+        step_images: Vec::new(),
+        privileged: false,
+        docker_socket: false,
+        approval: false,
+    }
+}
+
+/// A plan of these jobs for pipeline `web`, pushed, for the sample build's commit, no actor.
+pub fn plan(jobs: Vec<PlannedJob>) -> Plan {
+    Plan { pipeline: "web".into(), commit: build().commit, trigger: "push".into(), actor: None, jobs }
 }
