@@ -46,7 +46,9 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 export CHENGIS_SERVER="http://127.0.0.1:$port"
 "$CHENGIS" serve --listen "127.0.0.1:$port" --data-dir "$data" > "$work/serve.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do curl -fs "$CHENGIS_SERVER/health" >/dev/null 2>&1 && break; sleep 0.1; done
+# The first start compiles and pins the builtin plugins (seconds in a debug build).
+for _ in $(seq 600); do curl -fs "$CHENGIS_SERVER/health" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fs "$CHENGIS_SERVER/health" >/dev/null || { echo "chengis serve did not start:"; cat "$work/serve.log"; exit 1; }
 plugin() { "$CHENGIS" plugin --data-dir "$data" "$@"; }
 
 say "configuring the plugins (the builtins are already allowed by digest)"

@@ -4,7 +4,7 @@
 //! then each builtin plugin's component size and the time of its typical call (against local
 //! stand-ins for the services they talk to).
 //!
-//! Run: `cargo bench -p chengis-plugin-host --bench plugin_calls`
+//! Run: `cargo bench -p chengis-plugin-host --bench plugin_calls [-- FILTER]`
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,7 +23,19 @@ use common::fake_http::{FakeServer, json_answer};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// `cargo bench --bench plugin_calls -- TEXT` measures only the figures whose name contains TEXT.
+fn selected(name: &str) -> bool {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with("--"));
+    filter.is_none_or(|f| name.contains(&f))
+}
+
 fn measure(name: &str, iterations: usize, mut f: impl FnMut()) {
+    if !selected(name) {
+        return;
+    }
+    // CHENGIS_BENCH_SCALE=N runs N times the iterations (for profiling one figure).
+    let scale: usize = std::env::var("CHENGIS_BENCH_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let iterations = iterations * scale.max(1);
     for _ in 0..iterations.div_ceil(10) {
         f();
     }
@@ -105,25 +117,43 @@ fn main() {
     });
 
     // The same notifier world in Python (componentize-py): an interpreter inside the component.
+    if selected("python: notify on a live instance") || selected("python: new store + instantiate + notify (pooling)") {
+        python(&ctx, &event);
+    }
+    // The catalogue loads every builtin: only without a filter.
+    if std::env::args().skip(1).all(|a| a.starts_with("--")) {
+        catalogue();
+    }
+}
+
+/// The Python notifier.
+fn python(ctx: &CallContext, event: &chengis_plugin_host::bindings::notifier::Event) {
     let py = components::python_notifier();
     println!("python notifier component (componentize-py): {} bytes", py.len());
     let py_allowlist = Allowlist::from_iter([Digest::of(&py)]);
-    let runtime = Runtime::new(None).unwrap();
+    // CHENGIS_BENCH_KEEP_RESIDENT=BYTES tries another resident size (see RuntimeOptions).
+    let keep = std::env::var("CHENGIS_BENCH_KEEP_RESIDENT").ok().and_then(|v| v.parse().ok());
+    let options = RuntimeOptions {
+        keep_resident_bytes: keep.unwrap_or(RuntimeOptions::default().keep_resident_bytes),
+        ..Default::default()
+    };
+    let runtime = Runtime::with_options(options).unwrap();
     let plugin = runtime.load(&py, &py_allowlist, Grants::none(), Limits::default()).unwrap();
-    measure("python: new store + instantiate + notify (pooling)", 500, || {
-        plugin.notify(&ctx, &event).unwrap();
+    measure("python: new store + instantiate (pooling)", 500, || {
+        black_box(plugin.session(ctx).unwrap());
     });
-    let mut session = plugin.session(&ctx).unwrap();
+    measure("python: new store + instantiate + notify (pooling)", 500, || {
+        plugin.notify(ctx, event).unwrap();
+    });
+    let mut session = plugin.session(ctx).unwrap();
     measure("python: notify on a live instance", 5000, || {
-        session.notify(&event).unwrap();
+        session.notify(event).unwrap();
     });
     let on_demand = Runtime::with_options(RuntimeOptions { pooling: false, ..Default::default() }).unwrap();
     let plugin = on_demand.load(&py, &py_allowlist, Grants::none(), Limits::default()).unwrap();
     measure("python: new store + instantiate + notify (on-demand)", 500, || {
-        plugin.notify(&ctx, &event).unwrap();
+        plugin.notify(ctx, event).unwrap();
     });
-
-    catalogue();
 }
 
 fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
