@@ -113,7 +113,8 @@ impl BuildContext {
         let pipeline_path = job.pipeline_path.clone();
         let creds =
             super::checkout::GitCredentials::from_secrets(&self.store.secrets_for_job(&self.keys, &job.name).await?);
-        let fetched = tokio::task::spawn_blocking(move || -> Result<(String, String, String), String> {
+        type Fetched = (String, String, String, (String, String));
+        let fetched = tokio::task::spawn_blocking(move || -> Result<Fetched, String> {
             let mirror = Mirror::update(&mirror_dir, &url, creds.as_ref()).map_err(|e| e.to_string())?;
             let sha = if commit.is_empty() { mirror.branch_tip(&branch).map_err(|e| e.to_string())? } else { commit };
             let paths: Vec<&str> = match &pipeline_path {
@@ -121,19 +122,23 @@ impl BuildContext {
                 None => PIPELINE_PATHS.to_vec(),
             };
             let (path, text) = mirror.read_first(&sha, &paths).map_err(|e| e.to_string())?;
-            Ok((sha, path, text))
+            let info = mirror.commit_info(&sha).unwrap_or_default();
+            Ok((sha, path, text, info))
         })
         .await
         .map_err(|e| StoreError::Crypto(format!("planning task: {e}")))?;
-        let (sha, path, text) = match fetched {
+        let (sha, path, text, (message, author)) = match fetched {
             Ok(v) => v,
             Err(reason) => return self.fail_build(build_id, &reason).await,
         };
-        sqlx::query("UPDATE builds SET commit_sha = $1 WHERE id = $2")
+        sqlx::query("UPDATE builds SET commit_sha = $1, commit_message = $2, commit_author = $3 WHERE id = $4")
             .bind(&sha)
+            .bind(&message)
+            .bind(&author)
             .bind(build_id)
             .execute(self.store.pool())
             .await?;
+        let summary = BuildSummary { commit_message: message, commit_author: author, ..summary };
         let planned = {
             // Server-side `${VAR}` reads parameters and matrix values only, never the server's
             // own environment.

@@ -331,6 +331,18 @@ impl Mirror {
             .map_err(|_| CheckoutError::NotFound { what: format!("branch `{branch}`"), url: self.url.clone() })
     }
 
+    /// The message and author (`Name <email>`) of `commit`.
+    pub fn commit_info(&self, commit: &str) -> Result<(String, String), CheckoutError> {
+        let oid = Oid::from_str(commit).map_err(git_err("parse commit", &self.url))?;
+        let c = self
+            .repo
+            .find_commit(oid)
+            .map_err(|_| CheckoutError::NotFound { what: format!("commit {commit}"), url: self.url.clone() })?;
+        let author = c.author();
+        let who = format!("{} <{}>", author.name().unwrap_or_default(), author.email().unwrap_or_default());
+        Ok((c.message().unwrap_or_default().trim_end().to_string(), who))
+    }
+
     /// The first of `paths` that exists at `commit`, with its text.
     pub fn read_first(&self, commit: &str, paths: &[&str]) -> Result<(String, String), CheckoutError> {
         let oid = Oid::from_str(commit).map_err(git_err("parse commit", &self.url))?;

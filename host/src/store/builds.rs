@@ -274,6 +274,10 @@ pub struct BuildSummary {
     pub started_ms: Option<i64>,
     /// End time.
     pub finished_ms: Option<i64>,
+    /// The commit's message (its first line is the subject), once planned.
+    pub commit_message: String,
+    /// The commit's author as `Name <email>`, once planned.
+    pub commit_author: String,
 }
 
 /// Filters of a build listing; `before` is the cursor (an id: builds older than it).
@@ -292,7 +296,8 @@ pub struct BuildFilter {
 }
 
 const SUMMARY: &str = "SELECT b.id, j.name AS job, b.number, b.status, b.trigger, b.who, b.commit_sha, b.branch, b.attempt, \
-    b.root_build_id, b.reason, b.queued_ms, b.started_ms, b.finished_ms FROM builds b JOIN jobs j ON j.id = b.job_id";
+    b.root_build_id, b.reason, b.queued_ms, b.started_ms, b.finished_ms, b.commit_message, b.commit_author \
+    FROM builds b JOIN jobs j ON j.id = b.job_id";
 
 fn summary_from_row(row: &sqlx::any::AnyRow) -> Result<BuildSummary, StoreError> {
     let status: String = row.try_get("status")?;
@@ -311,6 +316,8 @@ fn summary_from_row(row: &sqlx::any::AnyRow) -> Result<BuildSummary, StoreError>
         queued_ms: row.try_get("queued_ms")?,
         started_ms: row.try_get("started_ms")?,
         finished_ms: row.try_get("finished_ms")?,
+        commit_message: row.try_get("commit_message")?,
+        commit_author: row.try_get("commit_author")?,
     })
 }
 
