@@ -322,6 +322,11 @@ impl Checker {
         self.decide(what, matches(&self.requested), matches(&self.granted), &Capability::OutboundTcp(wanted))
     }
 
+    /// Whether the manifest requests any outbound TCP.
+    pub fn requests_tcp(&self) -> bool {
+        self.requested.iter().any(|c| matches!(c, Capability::OutboundTcp(_)))
+    }
+
     /// The granted TCP destinations that a request covers (only concrete grants: the host must
     /// know which addresses to open).
     pub fn tcp_targets(&self) -> Vec<TcpTarget> {

@@ -345,15 +345,16 @@ impl CallState {
 }
 
 /// Lets the guest connect to the addresses of its granted `tcp:HOST:PORT` destinations (and
-/// look names up, which it needs to find them); every other address is refused and recorded as
-/// a denial naming the grant that would allow it. Without such grants the sockets stay off.
+/// look names up, which it needs to find them). A plugin that requests outbound TCP gets the
+/// sockets, but every other address is refused and recorded as a denial naming the grant that
+/// would allow it; a plugin that requests none has no sockets at all.
 fn allow_tcp_targets(wasi: &mut WasiCtxBuilder, checker: &Checker, denials: &Arc<Mutex<Vec<Denial>>>) {
     use std::net::{SocketAddr, ToSocketAddrs};
     use wasmtime_wasi::sockets::SocketAddrUse;
-    let targets = checker.tcp_targets();
-    if targets.is_empty() {
+    if !checker.requests_tcp() {
         return;
     }
+    let targets = checker.tcp_targets();
     let allowed: Vec<SocketAddr> = targets
         .iter()
         .filter_map(|t| Some((t.host.as_str(), t.port?)))
@@ -361,17 +362,22 @@ fn allow_tcp_targets(wasi: &mut WasiCtxBuilder, checker: &Checker, denials: &Arc
         .collect();
     let allowed = Arc::new(allowed);
     let denials = denials.clone();
-    wasi.allow_tcp(true).allow_ip_name_lookup(true).socket_addr_check(move |addr, usage| {
+    wasi.allow_tcp(true).allow_ip_name_lookup(!targets.is_empty()).socket_addr_check(move |addr, usage| {
         let ok = match usage {
             // The implicit bind before a connect uses the wildcard address and port 0.
             SocketAddrUse::TcpBind => addr.ip().is_unspecified() && addr.port() == 0,
             SocketAddrUse::TcpConnect => allowed.contains(&addr),
             _ => false,
         };
-        if !ok {
+        if !ok && !matches!(usage, SocketAddrUse::TcpBind) {
             let denial = Denial {
-                what: format!("outbound TCP to {addr} ({usage:?})"),
-                why: "only the addresses of granted tcp:HOST:PORT destinations are reachable".into(),
+                what: format!("outbound TCP to {addr}"),
+                why: format!(
+                    "the operator has not granted it (grant `tcp:{}:{}` or `tcp:HOST:{}` to allow it)",
+                    addr.ip(),
+                    addr.port(),
+                    addr.port()
+                ),
             };
             denials.lock().unwrap_or_else(PoisonError::into_inner).push(denial);
         }

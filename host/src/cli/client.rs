@@ -384,8 +384,14 @@ fn show_text(v: &Value) -> String {
         s(&b["branch"]),
         s(&b["commit_sha"]).chars().take(8).collect::<String>()
     );
+    if let Some(subject) = b["commit_message"].as_str().and_then(|m| m.lines().next()).filter(|m| !m.is_empty()) {
+        out.push_str(&format!("  {subject} ({})\n", s(&b["commit_author"])));
+    }
     if let Some(r) = b["reason"].as_str() {
         out.push_str(&format!("  {r}\n"));
+    }
+    for w in v["policy"]["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  policy warning: {}\n", s(w)));
     }
     for j in v["jobs"].as_array().into_iter().flatten() {
         out.push_str(&format!(
