@@ -683,6 +683,7 @@ fn openapi_describes_every_api_route() {
         ("/api/v1/builds/{id}/jobs/{job}/logs/stream", &["get"]),
         ("/api/v1/secrets", &["get"]),
         ("/api/v1/secrets/{name}", &["put", "delete"]),
+        ("/api/v1/webhooks", &["get"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());
@@ -1057,4 +1058,170 @@ fn policies_deny_builds_and_a_tampered_plugin_is_refused() {
         plugin_cli(&data, &db, &["install", &component("chengis-test-unknown-world").display().to_string()]);
     assert_eq!(code, 2);
     assert!(err.contains("world"), "{err}");
+}
+
+/// Posts a webhook body with `headers`; answers status and JSON.
+fn hook(url: &str, headers: &[(&str, String)], body: &str) -> (u16, Value) {
+    let mut req = http().post(url);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let mut resp = req.content_type("application/json").send(body.as_bytes()).unwrap();
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn github_signature(secret: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[test]
+fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let url = repo(&dir, "jobs:\n  build:\n    steps:\n      - run: echo built $GIT_SHORT_COMMIT\n");
+    let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&dir).output().unwrap();
+    let sha = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let db = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
+    let s = start(&tmp.path().join("data"), &db, &[]);
+    let secret = "first-webhook-secret-0123";
+    let (st, _) = call(
+        "POST",
+        &format!("{}/api/v1/jobs", s.url),
+        Some(json!({"name": "app", "repo_url": url, "webhook_secret": secret})),
+    );
+    assert_eq!(st, 201);
+    let (st, e) = call(
+        "POST",
+        &format!("{}/api/v1/jobs", s.url),
+        Some(json!({"name": "b", "repo_url": url, "webhook_secret": "short"})),
+    );
+    assert_eq!((st, e["error"]["code"].as_str()), (400, Some("bad_request")), "{e}");
+    let hook_url = format!("{}/hooks/github/app", s.url);
+    let push = |after: &str, deleted: bool| {
+        json!({
+            "ref": "refs/heads/main", "before": "0".repeat(40), "after": after, "created": false,
+            "deleted": deleted, "forced": false, "compare": "https://github.com/acme/app/compare/x",
+            "commits": [{"id": after, "message": "pipeline", "author": {"name": "A", "email": "a@example.com"},
+                         "added": ["chengis.yml"], "removed": [], "modified": []}],
+            "head_commit": {"id": after, "message": "pipeline", "author": {"name": "A", "email": "a@example.com"}},
+            "repository": {"full_name": "acme/app", "clone_url": "https://github.com/acme/app.git"},
+            "pusher": {"name": "a"}, "sender": {"login": "a"}
+        })
+        .to_string()
+    };
+    let headers = |event: &str, delivery: &str, signature: String| {
+        vec![
+            ("X-GitHub-Event", event.to_string()),
+            ("X-GitHub-Delivery", delivery.to_string()),
+            ("X-Hub-Signature-256", signature),
+        ]
+    };
+    // A correct delivery starts a build of the commit it names.
+    let body = push(&sha, false);
+    let (st, v) = hook(&hook_url, &headers("push", "d-1", github_signature(secret, &body)), &body);
+    assert_eq!((st, v["status"].as_str()), (202, Some("accepted")), "{v}");
+    let b = wait_build(&s, v["build"].as_i64().unwrap(), finished);
+    assert_eq!(b["build"]["status"], "success", "{b}");
+    assert_eq!(b["build"]["commit_sha"], sha.as_str());
+    assert_eq!(b["build"]["trigger"], "push");
+    // The same delivery again starts nothing.
+    let (st, v) = hook(&hook_url, &headers("push", "d-1", github_signature(secret, &body)), &body);
+    assert_eq!((st, v["status"].as_str()), (200, Some("duplicate")), "{v}");
+    // Wrong or missing signatures are 401 and start nothing.
+    let (st, v) = hook(&hook_url, &headers("push", "d-2", github_signature("not-the-secret-xx", &body)), &body);
+    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("unauthorized")), "{v}");
+    let (st, _) = hook(&hook_url, &[("X-GitHub-Event", "push".into()), ("X-GitHub-Delivery", "d-3".into())], &body);
+    assert_eq!(st, 401);
+    // A branch delete never builds; an unknown event is ignored; a ping pongs.
+    let deleted = push(&"0".repeat(40), true);
+    let (st, v) = hook(&hook_url, &headers("push", "d-4", github_signature(secret, &deleted)), &deleted);
+    assert_eq!((st, v["status"].as_str()), (202, Some("skipped")), "{v}");
+    let star = json!({"action": "created", "repository": {"full_name": "acme/app"}}).to_string();
+    let (st, v) = hook(&hook_url, &headers("star", "d-5", github_signature(secret, &star)), &star);
+    assert_eq!((st, v["status"].as_str()), (202, Some("ignored")), "{v}");
+    // Rotation: after a new secret the old one still works, after another it does not.
+    let (st, _) = call(
+        "PUT",
+        &format!("{}/api/v1/jobs/app", s.url),
+        Some(json!({"webhook_secret": "second-webhook-secret-456"})),
+    );
+    assert_eq!(st, 200);
+    let (st, v) = hook(&hook_url, &headers("ping", "d-6", github_signature(secret, "{}")), "{}");
+    assert_eq!((st, v["status"].as_str()), (200, Some("pong")), "{v}");
+    let (st, _) = call(
+        "PUT",
+        &format!("{}/api/v1/jobs/app", s.url),
+        Some(json!({"webhook_secret": "third-webhook-secret-7890"})),
+    );
+    assert_eq!(st, 200);
+    let (st, _) = hook(&hook_url, &headers("ping", "d-7", github_signature(secret, "{}")), "{}");
+    assert_eq!(st, 401);
+    let (st, v) = hook(&hook_url, &headers("ping", "d-8", github_signature("second-webhook-secret-456", "{}")), "{}");
+    assert_eq!(st, 200, "{v}");
+    // The CLI sets it too.
+    let (code, out, err) =
+        cli(&s.url, &["job", "update", "app", "--webhook-secret", "fourth-webhook-secret-000"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let (st, v) = hook(&hook_url, &headers("ping", "d-9", github_signature("fourth-webhook-secret-000", "{}")), "{}");
+    assert_eq!(st, 200, "{v}");
+    // Unknown provider or job: 404 JSON.
+    let (st, v) = hook(&format!("{}/hooks/sourceforge/app", s.url), &[], "{}");
+    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+    let (st, _) = hook(&format!("{}/hooks/github/nope", s.url), &[], "{}");
+    assert_eq!(st, 404);
+    // Every verified delivery is recorded: one build, the rest duplicate-free.
+    let (_, list) = call("GET", &format!("{}/api/v1/webhooks?job=app", s.url), None);
+    let statuses: Vec<&str> =
+        list["deliveries"].as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["ignored", "ignored", "ignored", "ignored", "skipped", "accepted"], "{list}");
+    let (_, builds) = call("GET", &format!("{}/api/v1/builds?job=app", s.url), None);
+    assert_eq!(builds["builds"].as_array().unwrap().len(), 1, "{builds}");
+
+    // The pipeline's `on:` decides: branch and path filters.
+    let dir = tmp.path().join("filtered");
+    let url = repo(
+        &dir,
+        "on:\n  push:\n    branches: [main]\n    paths: ['src/**']\njobs:\n  build:\n    steps:\n      - run: echo built\n",
+    );
+    let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&dir).output().unwrap();
+    let sha = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (st, _) = call(
+        "POST",
+        &format!("{}/api/v1/jobs", s.url),
+        Some(json!({"name": "filtered", "repo_url": url, "webhook_secret": secret})),
+    );
+    assert_eq!(st, 201);
+    let filtered = format!("{}/hooks/github/filtered", s.url);
+    let push_to = |git_ref: &str, file: &str| {
+        json!({"ref": git_ref, "before": "0".repeat(40), "after": sha, "created": false, "deleted": false,
+               "commits": [{"id": sha, "message": "m", "added": [file], "removed": [], "modified": []}],
+               "repository": {"full_name": "acme/filtered", "clone_url": "https://github.com/acme/filtered.git"}})
+        .to_string()
+    };
+    let mut outcomes = Vec::new();
+    for (n, (git_ref, file)) in
+        [("refs/heads/dev", "src/a.rs"), ("refs/heads/main", "docs/a.md"), ("refs/heads/main", "src/a.rs")]
+            .iter()
+            .enumerate()
+    {
+        let body = push_to(git_ref, file);
+        let (st, v) = hook(&filtered, &headers("push", &format!("f-{n}"), github_signature(secret, &body)), &body);
+        assert_eq!(st, 202, "{v}");
+        let b = wait_build(&s, v["build"].as_i64().unwrap(), finished);
+        outcomes.push((
+            b["build"]["status"].as_str().unwrap().to_string(),
+            b["build"]["reason"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    assert_eq!(outcomes[0].0, "skipped", "{outcomes:?}");
+    assert!(outcomes[0].1.contains("branch `dev` is not in on.push.branches"), "{outcomes:?}");
+    assert_eq!(outcomes[1].0, "skipped", "{outcomes:?}");
+    assert!(outcomes[1].1.contains("no changed file matches on.push.paths"), "{outcomes:?}");
+    assert_eq!(outcomes[2].0, "success", "{outcomes:?}");
 }

@@ -29,6 +29,7 @@ pub mod model;
 pub mod plan;
 pub mod schema;
 pub mod subst;
+pub mod triggers;
 pub mod yaml;
 
 pub use check::LintOptions;

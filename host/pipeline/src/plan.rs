@@ -70,6 +70,9 @@ pub struct Plan {
     /// Notifications sent by the server when the build finishes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<model::Notify>,
+    /// The `on:` block: which pushes, tags and pull requests run the pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<model::Triggers>,
 }
 
 /// One job of the plan (one combination of a matrix job).
@@ -219,6 +222,7 @@ pub fn plan(
         post_on_success,
         post_on_failure,
         notify: pipeline.notify.clone(),
+        on: pipeline.on.clone(),
     })
 }
 

@@ -38,6 +38,23 @@ pub enum JobCommand {
         /// Check out git submodules too.
         #[arg(long)]
         submodules: bool,
+        /// The secret its SCM webhooks are signed with (POST /hooks/PROVIDER/NAME).
+        #[arg(long, env = "CHENGIS_WEBHOOK_SECRET")]
+        webhook_secret: Option<String>,
+    },
+    /// Change a job.
+    Update {
+        /// Job name.
+        name: String,
+        /// Repository URL.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Default branch.
+        #[arg(long)]
+        branch: Option<String>,
+        /// A new webhook secret; the previous one keeps working until the next change.
+        #[arg(long, env = "CHENGIS_WEBHOOK_SECRET")]
+        webhook_secret: Option<String>,
     },
     /// List jobs.
     List,
@@ -227,12 +244,23 @@ fn s(v: &Value) -> String {
 pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
     let c = Client::new(args);
     match cmd {
-        JobCommand::Create { name, repo, branch, pipeline, submodules } => {
-            let v = c.post(
-                "/api/v1/jobs",
-                json!({"name": name, "repo_url": repo, "default_branch": branch, "pipeline_path": pipeline, "submodules": submodules}),
-            )?;
+        JobCommand::Create { name, repo, branch, pipeline, submodules, webhook_secret } => {
+            let mut body = json!({"name": name, "repo_url": repo, "default_branch": branch, "pipeline_path": pipeline, "submodules": submodules});
+            if let Some(secret) = webhook_secret {
+                body["webhook_secret"] = json!(secret);
+            }
+            let v = c.post("/api/v1/jobs", body)?;
             print(args.format, &v, |v| format!("created job {} ({})\n", s(&v["name"]), s(&v["repo_url"])));
+        }
+        JobCommand::Update { name, repo, branch, webhook_secret } => {
+            let mut body = json!({});
+            for (key, value) in [("repo_url", repo), ("default_branch", branch), ("webhook_secret", webhook_secret)] {
+                if let Some(v) = value {
+                    body[key] = json!(v);
+                }
+            }
+            let v = c.put(&format!("/api/v1/jobs/{}", enc(&name)), body)?;
+            print(args.format, &v, |v| format!("updated job {}\n", s(&v["name"])));
         }
         JobCommand::List => {
             let v = c.get("/api/v1/jobs")?;

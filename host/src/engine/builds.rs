@@ -57,6 +57,50 @@ pub struct TriggerRequest {
     /// Queue priority of the build's jobs: `high`, `normal` (default) or `low`.
     #[serde(default)]
     pub priority: Option<Priority>,
+    /// What a webhook said about the event (for trigger matching); not part of the API.
+    #[serde(skip)]
+    pub context: Option<TriggerContext>,
+}
+
+/// The repository event behind a webhook-triggered build, recorded as its `trigger` build
+/// event; planning checks it against the pipeline's `on:` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TriggerContext {
+    /// `push`, `tag` or `pull_request`.
+    pub event: String,
+    /// The pushed branch, or the pull request's head branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The pushed tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The branch a pull request targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// The pull request's number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_number: Option<u64>,
+    /// The files the event changed, when the payload lists them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_files: Option<Vec<String>>,
+    /// The recorded webhook delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<i64>,
+}
+
+impl TriggerContext {
+    /// The event as the trigger matcher sees it.
+    fn as_event(&self) -> Option<chengis_pipeline::triggers::TriggerEvent> {
+        use chengis_pipeline::triggers::TriggerEvent;
+        Some(match self.event.as_str() {
+            "push" => TriggerEvent::Push { branch: self.branch.clone()?, changed_files: self.changed_files.clone() },
+            "tag" => TriggerEvent::Tag { tag: self.tag.clone()? },
+            "pull_request" => {
+                TriggerEvent::PullRequest { base: self.base.clone()?, changed_files: self.changed_files.clone() }
+            }
+            _ => return None,
+        })
+    }
 }
 
 impl BuildContext {
@@ -92,6 +136,10 @@ impl BuildContext {
             )
             .await?;
         self.store.add_event(build.id, "build_status", &serde_json::json!({"status": "queued"})).await?;
+        if let Some(context) = &req.context {
+            let payload = serde_json::to_value(context).unwrap_or_default();
+            self.store.add_event(build.id, "trigger", &payload).await?;
+        }
         let ctx = self.clone();
         let id = build.id;
         tokio::spawn(async move {
@@ -116,7 +164,11 @@ impl BuildContext {
         type Fetched = (String, String, String, (String, String));
         let fetched = tokio::task::spawn_blocking(move || -> Result<Fetched, String> {
             let mirror = Mirror::update(&mirror_dir, &url, creds.as_ref()).map_err(|e| e.to_string())?;
-            let sha = if commit.is_empty() { mirror.branch_tip(&branch).map_err(|e| e.to_string())? } else { commit };
+            let sha = if commit.is_empty() {
+                mirror.branch_tip(&branch).map_err(|e| e.to_string())?
+            } else {
+                mirror.resolve_commit(&commit).map_err(|e| e.to_string())?
+            };
             let paths: Vec<&str> = match &pipeline_path {
                 Some(p) => vec![p.as_str()],
                 None => PIPELINE_PATHS.to_vec(),
@@ -154,6 +206,15 @@ impl BuildContext {
                 return self.fail_build(build_id, &format!("the pipeline does not plan:\n{}", text.join("\n"))).await;
             }
         };
+        if let Some(reason) = self.not_triggered(build_id, &plan).await? {
+            tracing::info!(build = build_id, "not triggered: {reason}");
+            let reason = format!("not triggered: {reason}");
+            self.store.transition_build(build_id, Status::Skipped, Some(&reason)).await?;
+            let event = serde_json::json!({"status": "skipped", "reason": reason});
+            self.store.add_event(build_id, "build_status", &event).await?;
+            self.notify(Notice::Build(build_id));
+            return Ok(());
+        }
         if let Some(service) = &self.plugins {
             let policy_plan = crate::plugins::dispatch::policy_plan(&plan, &summary, &sha, &job.repo_url);
             match crate::plugins::dispatch::check_policies(service.clone(), policy_plan).await {
@@ -178,6 +239,18 @@ impl BuildContext {
         }
         self.announce(build_id, crate::plugins::dispatch::Change::Queued);
         self.schedule(build_id).await
+    }
+
+    /// Why the pipeline's `on:` does not run for the webhook event behind this build, if it
+    /// does not (builds started by hand or through the API always run).
+    async fn not_triggered(&self, build_id: i64, plan: &chengis_pipeline::Plan) -> Result<Option<String>, StoreError> {
+        let events = self.store.events_after(build_id, 0).await?;
+        let context = events
+            .into_iter()
+            .find(|e| e.kind == "trigger")
+            .and_then(|e| serde_json::from_value::<TriggerContext>(e.payload).ok());
+        let Some(event) = context.as_ref().and_then(TriggerContext::as_event) else { return Ok(None) };
+        Ok(chengis_pipeline::triggers::decide(plan.on.as_ref(), &event).err())
     }
 
     async fn fail_build(&self, build_id: i64, reason: &str) -> Result<(), StoreError> {

@@ -331,6 +331,18 @@ impl Mirror {
             .map_err(|_| CheckoutError::NotFound { what: format!("branch `{branch}`"), url: self.url.clone() })
     }
 
+    /// The full id of the commit `commit` names: a full id, or an abbreviated one (Bitbucket's
+    /// pull request events carry 12 hex digits).
+    pub fn resolve_commit(&self, commit: &str) -> Result<String, CheckoutError> {
+        let not_found = || CheckoutError::NotFound { what: format!("commit {commit}"), url: self.url.clone() };
+        if !(7..=64).contains(&commit.len()) || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(not_found());
+        }
+        let object = self.repo.revparse_single(commit).map_err(|_| not_found())?;
+        let commit_obj = object.peel_to_commit().map_err(|_| not_found())?;
+        Ok(commit_obj.id().to_string())
+    }
+
     /// The message and author (`Name <email>`) of `commit`.
     pub fn commit_info(&self, commit: &str) -> Result<(String, String), CheckoutError> {
         let oid = Oid::from_str(commit).map_err(git_err("parse commit", &self.url))?;

@@ -86,6 +86,9 @@ pub struct CreateJob {
     pipeline_path: Option<String>,
     #[serde(default)]
     submodules: bool,
+    /// The secret SCM webhooks of this job are signed with (write-only).
+    #[serde(default)]
+    webhook_secret: Option<String>,
 }
 
 fn valid_name(name: &str) -> Result<(), ApiError> {
@@ -112,6 +115,9 @@ pub async fn create_job(
     if body.repo_url.trim().is_empty() {
         return Err(ApiError::bad_request("`repo_url` must not be empty"));
     }
+    if let Some(secret) = &body.webhook_secret {
+        valid_webhook_secret(secret)?;
+    }
     let job = s
         .builds
         .store
@@ -123,6 +129,9 @@ pub async fn create_job(
             submodules: body.submodules,
         })
         .await?;
+    if let Some(secret) = &body.webhook_secret {
+        s.builds.store.set_webhook_secret(&s.builds.keys, &job.name, secret).await?;
+    }
     Ok((StatusCode::CREATED, Json(job)))
 }
 
@@ -151,6 +160,16 @@ pub struct UpdateJob {
     pipeline_path: Option<Option<String>>,
     #[serde(default)]
     submodules: Option<bool>,
+    /// A new webhook secret; the previous one stays valid until the next change (rotation).
+    #[serde(default)]
+    webhook_secret: Option<String>,
+}
+
+fn valid_webhook_secret(secret: &str) -> Result<(), ApiError> {
+    if secret.len() < 16 || secret.len() > 256 || secret.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("`webhook_secret` must be 16 to 256 characters without control characters"));
+    }
+    Ok(())
 }
 
 /// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -172,6 +191,9 @@ pub async fn update_job(
     if body.repo_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
         return Err(ApiError::bad_request("`repo_url` must not be empty"));
     }
+    if let Some(secret) = &body.webhook_secret {
+        valid_webhook_secret(secret)?;
+    }
     let job = s
         .builds
         .store
@@ -185,6 +207,9 @@ pub async fn update_job(
             },
         )
         .await?;
+    if let Some(secret) = &body.webhook_secret {
+        s.builds.store.set_webhook_secret(&s.builds.keys, &job.name, secret).await?;
+    }
     Ok(Json(job))
 }
 

@@ -3,8 +3,10 @@
 
 mod api;
 pub mod error;
+mod hooks;
 mod openapi;
 mod stream;
+pub mod webhooks;
 
 use crate::engine::builds::BuildContext;
 use crate::store::secrets::MasterKeys;
@@ -47,8 +49,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{id}/jobs/{job}/logs/stream", get(stream::log_stream))
         .route("/api/v1/secrets", get(api::list_secrets))
         .route("/api/v1/secrets/{name}", axum::routing::put(api::set_secret).delete(api::delete_secret))
+        .route("/api/v1/webhooks", get(hooks::list))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .merge(
+            Router::new()
+                .route("/hooks/{provider}/{job}", post(hooks::receive))
+                .layer(DefaultBodyLimit::max(hooks::HOOK_BODY_LIMIT)),
+        )
         .with_state(state)
 }
 

@@ -1,7 +1,7 @@
 //! The OpenAPI description of the API, generated from the handlers' annotations and the
 //! request/response types by utoipa, served at `/api/v1/openapi.json`.
 
-use super::{api, error, stream};
+use super::{api, error, hooks, stream};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use utoipa::OpenApi;
         stream::logs,
         stream::log_stream,
         stream::build_events,
+        hooks::list,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
 )]

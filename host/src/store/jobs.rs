@@ -129,10 +129,18 @@ impl Store {
 
     /// Deletes a job and everything built for it.
     pub async fn delete_job(&self, name: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM jobs WHERE name = $1").bind(name).execute(self.pool()).await?;
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query("DELETE FROM jobs WHERE name = $1").bind(name).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("job `{name}`")));
         }
+        // Its secrets and webhook secrets go with it: a new job of the same name starts clean.
+        sqlx::query("DELETE FROM secrets WHERE scope = $1 OR scope = $2")
+            .bind(super::secrets::SecretScope::Job(name.to_string()).column())
+            .bind(super::secrets::SecretScope::Webhook(name.to_string()).column())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 }

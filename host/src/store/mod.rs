@@ -13,6 +13,7 @@ pub mod plugins;
 pub mod queue;
 pub mod secrets;
 pub mod tests_results;
+pub mod webhooks;
 
 use crate::status::Status;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

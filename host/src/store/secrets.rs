@@ -20,13 +20,17 @@ pub enum SecretScope {
     Global,
     /// Readable by the job of this name only.
     Job(String),
+    /// The webhook secrets of the job of this name: never given to builds, only to the
+    /// webhook receiver.
+    Webhook(String),
 }
 
 impl SecretScope {
-    fn column(&self) -> String {
+    pub(crate) fn column(&self) -> String {
         match self {
             SecretScope::Global => String::new(),
             SecretScope::Job(name) => format!("job:{name}"),
+            SecretScope::Webhook(name) => format!("hook:{name}"),
         }
     }
 }
@@ -136,7 +140,7 @@ impl MasterKeys {
         Ok((self.current.clone(), nonce.to_vec(), ct))
     }
 
-    fn open(&self, aad: &str, id: &str, nonce: &[u8], ct: &[u8]) -> Result<String, StoreError> {
+    pub(crate) fn open(&self, aad: &str, id: &str, nonce: &[u8], ct: &[u8]) -> Result<String, StoreError> {
         if nonce.len() != 12 {
             return Err(StoreError::Corrupt { what: "secret nonce", detail: format!("{} bytes", nonce.len()) });
         }
@@ -162,7 +166,7 @@ fn write_key_file(path: &Path, lines: &[String]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-fn aad(scope: &str, name: &str) -> String {
+pub(crate) fn aad(scope: &str, name: &str) -> String {
     format!("chengis-secret\0{scope}\0{name}")
 }
 

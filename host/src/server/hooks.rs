@@ -1,0 +1,196 @@
+//! `POST /hooks/{provider}/{job}`: the HTTP side of the SCM webhook receivers. A delivery is
+//! verified against the job's webhook secrets (constant time, two secrets during a rotation),
+//! recorded with its delivery id (a repeat is answered `duplicate` and starts nothing), parsed,
+//! and turned into a build of the commit it names; planning happens after the answer and checks
+//! the event against the pipeline's `on:` (a push the pipeline does not want ends `skipped`).
+//! `GET /api/v1/webhooks` lists recorded deliveries.
+
+use super::AppState;
+use super::error::ApiError;
+use super::webhooks::{self, Event, PrAction, Provider};
+use crate::engine::builds::{TriggerContext, TriggerRequest};
+use crate::store::webhooks::{DeliveryOutcome, DeliveryRecord, NewDelivery};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::time::Instant;
+
+/// Largest webhook body accepted (forges send push payloads of a few hundred KB at most).
+pub const HOOK_BODY_LIMIT: usize = 5 * 1024 * 1024;
+
+/// Receives one delivery.
+pub async fn receive(
+    State(s): State<AppState>,
+    Path((provider, job)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let started = Instant::now();
+    let provider: Provider = provider.parse().map_err(|_| {
+        ApiError::not_found(format!("no webhook provider `{provider}` (github, gitlab, gitea, bitbucket, generic)"))
+    })?;
+    let body = body.map_err(|e| ApiError {
+        status: e.status(),
+        code: "payload_too_large",
+        message: format!("the webhook body could not be read: {e}"),
+        details: json!({"limit_bytes": HOOK_BODY_LIMIT}),
+    })?;
+    let store = &s.builds.store;
+    let record = store.job(&job).await?;
+    let secrets = store.webhook_secrets(&s.builds.keys, &record.name).await?;
+    let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    if let Err(e) = webhooks::verify(provider, &headers, &body, &secret_refs, now) {
+        tracing::warn!(job = %record.name, provider = provider.as_str(), "webhook refused: {e}");
+        return Err(ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: format!("the {} webhook could not be verified: {e}", provider.as_str()),
+            details: json!(null),
+        });
+    }
+    let event = webhooks::event_name(provider, &headers).unwrap_or_else(|| "unknown".into());
+    let delivery_id = webhooks::delivery_id(provider, &headers, &body);
+    let new = NewDelivery {
+        job: &record.name,
+        provider: provider.as_str(),
+        event: &event,
+        delivery_id: delivery_id.as_deref(),
+        payload: &body,
+    };
+    let Some(id) = store.record_delivery(&new).await? else {
+        return Ok((StatusCode::OK, Json(json!({"status": "duplicate", "delivery": delivery_id}))));
+    };
+    let mut outcome = DeliveryOutcome { status: "accepted", ..DeliveryOutcome::default() };
+    let answer = match webhooks::parse(provider, &headers, &body) {
+        Err(e) => {
+            outcome.status = "invalid";
+            outcome.detail = Some(e.to_string());
+            Err(ApiError::bad_request(format!("the {} `{event}` payload is not valid: {e}", provider.as_str())))
+        }
+        Ok(Event::Ping) => {
+            outcome.status = "ignored";
+            outcome.detail = Some("ping".into());
+            Ok((StatusCode::OK, Json(json!({"status": "pong", "id": id}))))
+        }
+        Ok(Event::Ignored { event }) => {
+            outcome.status = "ignored";
+            outcome.detail = Some(format!("event `{event}` does not start builds"));
+            Ok((StatusCode::ACCEPTED, Json(json!({"status": "ignored", "event": event, "id": id}))))
+        }
+        Ok(Event::Push(push)) => {
+            outcome.repository = push.repository.clone();
+            outcome.git_ref = push.git_ref.clone();
+            outcome.commit_sha = push.after.clone();
+            if push.deleted {
+                outcome.status = "skipped";
+                outcome.detail = Some("a deleted branch or tag never builds".into());
+                Ok((StatusCode::ACCEPTED, Json(json!({"status": "skipped", "reason": "deleted", "id": id}))))
+            } else {
+                let branch = match (&push.branch, &push.tag) {
+                    (Some(b), _) => b.clone(),
+                    (None, Some(t)) => format!("refs/tags/{t}"),
+                    (None, None) => push.git_ref.clone(),
+                };
+                let context = TriggerContext {
+                    event: if push.tag.is_some() { "tag" } else { "push" }.into(),
+                    branch: push.branch.clone(),
+                    tag: push.tag.clone(),
+                    changed_files: push.changed_files.clone(),
+                    delivery: Some(id),
+                    ..TriggerContext::default()
+                };
+                let req = TriggerRequest {
+                    branch: Some(branch),
+                    commit: Some(push.after.clone()),
+                    context: Some(context),
+                    ..Default::default()
+                };
+                start(&s, &record.name, req, "push", provider, id, &mut outcome).await
+            }
+        }
+        Ok(Event::PullRequest(pr)) => {
+            outcome.repository = pr.repository.clone();
+            outcome.git_ref = pr.head_ref.clone();
+            outcome.commit_sha = pr.head_sha.clone();
+            match pr.action {
+                PrAction::Opened | PrAction::Synchronize | PrAction::Reopened => {
+                    let context = TriggerContext {
+                        event: "pull_request".into(),
+                        branch: Some(pr.head_ref.clone()),
+                        base: Some(pr.base_ref.clone()),
+                        pr_number: Some(pr.number),
+                        delivery: Some(id),
+                        ..TriggerContext::default()
+                    };
+                    let req = TriggerRequest {
+                        branch: Some(pr.head_ref.clone()),
+                        commit: Some(pr.head_sha.clone()),
+                        context: Some(context),
+                        ..Default::default()
+                    };
+                    start(&s, &record.name, req, "pull_request", provider, id, &mut outcome).await
+                }
+                other => {
+                    outcome.status = "ignored";
+                    outcome.detail = Some(format!("pull request action {other:?} does not build"));
+                    Ok((StatusCode::ACCEPTED, Json(json!({"status": "ignored", "id": id}))))
+                }
+            }
+        }
+    };
+    outcome.processing_ms = started.elapsed().as_millis() as i64;
+    store.finish_delivery(id, &outcome).await?;
+    answer
+}
+
+/// Starts the build a delivery asks for.
+async fn start(
+    s: &AppState,
+    job: &str,
+    req: TriggerRequest,
+    trigger: &str,
+    provider: Provider,
+    id: i64,
+    outcome: &mut DeliveryOutcome,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match s.builds.trigger(job, req, trigger, &format!("webhook:{}", provider.as_str())).await {
+        Ok(build) => {
+            outcome.build_id = Some(build.id);
+            Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "build": build.id, "id": id}))))
+        }
+        Err(e) => {
+            outcome.status = "failed";
+            outcome.detail = Some(e.to_string());
+            Err(e.into())
+        }
+    }
+}
+
+/// Query of `GET /api/v1/webhooks`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryQuery {
+    /// Only this job's deliveries.
+    job: Option<String>,
+    /// How many (default 50).
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/webhooks`: recorded deliveries, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryList {
+    /// The deliveries.
+    deliveries: Vec<DeliveryRecord>,
+}
+
+/// Lists recorded webhook deliveries, newest first (`?job=NAME`, `?limit=N`, at most 500).
+#[utoipa::path(get, path = "/api/v1/webhooks", params(DeliveryQuery), responses((status = 200, body = DeliveryList)))]
+pub async fn list(State(s): State<AppState>, Query(q): Query<DeliveryQuery>) -> Result<Json<DeliveryList>, ApiError> {
+    let deliveries = s.builds.store.deliveries(q.job.as_deref(), q.limit.unwrap_or(50)).await?;
+    Ok(Json(DeliveryList { deliveries }))
+}

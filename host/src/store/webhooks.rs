@@ -1,0 +1,202 @@
+//! Webhook state: each job's webhook secrets (the current one and, during a rotation, the
+//! previous one, encrypted like every other secret) and the log of deliveries with their
+//! compressed payloads, which also tells a repeated delivery from a new one.
+
+use super::secrets::{MasterKeys, SecretScope, aad};
+use super::{Store, StoreError, now_ms};
+use flate2::Compression;
+use flate2::write::DeflateEncoder;
+use serde::Serialize;
+use sqlx::Row;
+use std::io::Write;
+
+/// The name of the current webhook secret in the job's webhook scope.
+const CURRENT: &str = "current";
+/// The name of the secret it replaced, still accepted until the next change.
+const PREVIOUS: &str = "previous";
+
+/// A delivery to record.
+#[derive(Debug, Clone)]
+pub struct NewDelivery<'a> {
+    /// The job it was sent to.
+    pub job: &'a str,
+    /// `github`, `gitlab`, ...
+    pub provider: &'a str,
+    /// The forge's event name (`push`, `Merge Request Hook`, ...).
+    pub event: &'a str,
+    /// The forge's delivery id, when it sent one.
+    pub delivery_id: Option<&'a str>,
+    /// The raw body.
+    pub payload: &'a [u8],
+}
+
+/// One recorded delivery, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct DeliveryRecord {
+    /// Its id (for replay).
+    pub id: i64,
+    /// The job.
+    pub job: String,
+    /// The provider.
+    pub provider: String,
+    /// The forge's event name.
+    pub event: String,
+    /// The forge's delivery id.
+    pub delivery_id: Option<String>,
+    /// The repository the event named.
+    pub repository: String,
+    /// The ref it named.
+    pub git_ref: String,
+    /// The commit it named.
+    pub commit_sha: String,
+    /// `accepted`, `ignored`, `invalid`, `skipped` or `failed`.
+    pub status: String,
+    /// Why, for anything but `accepted`.
+    pub detail: Option<String>,
+    /// The build it started.
+    pub build_id: Option<i64>,
+    /// Milliseconds from receiving it to answering.
+    pub processing_ms: i64,
+    /// When it arrived.
+    pub received_ms: i64,
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryOutcome {
+    /// The repository the event named.
+    pub repository: String,
+    /// The ref it named.
+    pub git_ref: String,
+    /// The commit it named.
+    pub commit_sha: String,
+    /// `accepted`, `ignored`, `invalid`, `skipped` or `failed`.
+    pub status: &'static str,
+    /// Why.
+    pub detail: Option<String>,
+    /// The build it started.
+    pub build_id: Option<i64>,
+    /// Milliseconds from receiving it to answering.
+    pub processing_ms: i64,
+}
+
+impl Store {
+    /// Sets the job's webhook secret; the one it replaces stays valid as the previous secret
+    /// (two active secrets during a rotation), the one before that is dropped.
+    pub async fn set_webhook_secret(&self, keys: &MasterKeys, job: &str, secret: &str) -> Result<(), StoreError> {
+        let scope = SecretScope::Webhook(job.to_string());
+        let column = scope.column();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM secrets WHERE scope = $1 AND name = $2")
+            .bind(&column)
+            .bind(PREVIOUS)
+            .execute(&mut *tx)
+            .await?;
+        // The old current becomes the previous one: re-encrypted, since the name is bound to
+        // the ciphertext.
+        let old = sqlx::query("SELECT key_id, nonce, ciphertext FROM secrets WHERE scope = $1 AND name = $2")
+            .bind(&column)
+            .bind(CURRENT)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        if let Some(row) = old {
+            let (id, nonce, ct): (String, Vec<u8>, Vec<u8>) =
+                (row.try_get("key_id")?, row.try_get("nonce")?, row.try_get("ciphertext")?);
+            let previous = keys.open(&aad(&column, CURRENT), &id, &nonce, &ct)?;
+            self.set_secret(keys, &scope, PREVIOUS, &previous).await?;
+        }
+        self.set_secret(keys, &scope, CURRENT, secret).await
+    }
+
+    /// The job's active webhook secrets, current first (none when it has none).
+    pub async fn webhook_secrets(&self, keys: &MasterKeys, job: &str) -> Result<Vec<String>, StoreError> {
+        let column = SecretScope::Webhook(job.to_string()).column();
+        let rows = sqlx::query("SELECT name, key_id, nonce, ciphertext FROM secrets WHERE scope = $1 ORDER BY name")
+            .bind(&column)
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let (id, nonce, ct): (String, Vec<u8>, Vec<u8>) =
+                (row.try_get("key_id")?, row.try_get("nonce")?, row.try_get("ciphertext")?);
+            out.push((name.clone(), keys.open(&aad(&column, &name), &id, &nonce, &ct)?));
+        }
+        // "current" sorts before "previous".
+        Ok(out.into_iter().map(|(_, v)| v).collect())
+    }
+
+    /// Records a delivery; `None` when the job already has one with the same provider and
+    /// delivery id (a repeat: it must start nothing).
+    pub async fn record_delivery(&self, d: &NewDelivery<'_>) -> Result<Option<i64>, StoreError> {
+        let mut enc = DeflateEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(d.payload).and_then(|()| enc.flush()).map_err(|e| StoreError::Crypto(e.to_string()))?;
+        let payload = enc.finish().map_err(|e| StoreError::Crypto(e.to_string()))?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO webhook_deliveries (job_id, provider, event, delivery_id, status, payload, received_ms) \
+             SELECT j.id, $2, $3, $4, 'received', $5, $6 FROM jobs j WHERE j.name = $1 \
+             ON CONFLICT (job_id, provider, delivery_id) DO NOTHING RETURNING id",
+        )
+        .bind(d.job)
+        .bind(d.provider)
+        .bind(d.event)
+        .bind(d.delivery_id)
+        .bind(payload)
+        .bind(now_ms())
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// Records what became of a delivery.
+    pub async fn finish_delivery(&self, id: i64, outcome: &DeliveryOutcome) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET repository = $1, git_ref = $2, commit_sha = $3, status = $4, detail = $5, \
+             build_id = $6, processing_ms = $7 WHERE id = $8",
+        )
+        .bind(&outcome.repository)
+        .bind(&outcome.git_ref)
+        .bind(&outcome.commit_sha)
+        .bind(outcome.status)
+        .bind(&outcome.detail)
+        .bind(outcome.build_id)
+        .bind(outcome.processing_ms)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The newest deliveries (of one job, or of all), at most `limit`.
+    pub async fn deliveries(&self, job: Option<&str>, limit: i64) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT d.id, j.name, d.provider, d.event, d.delivery_id, d.repository, d.git_ref, d.commit_sha, d.status, \
+             d.detail, d.build_id, d.processing_ms, d.received_ms FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
+             WHERE ($1 = '' OR j.name = $1) ORDER BY d.id DESC LIMIT $2",
+        )
+        .bind(job.unwrap_or_default())
+        .bind(limit.clamp(1, 500))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliveryRecord {
+                    id: r.try_get(0)?,
+                    job: r.try_get(1)?,
+                    provider: r.try_get(2)?,
+                    event: r.try_get(3)?,
+                    delivery_id: r.try_get(4)?,
+                    repository: r.try_get(5)?,
+                    git_ref: r.try_get(6)?,
+                    commit_sha: r.try_get(7)?,
+                    status: r.try_get(8)?,
+                    detail: r.try_get(9)?,
+                    build_id: r.try_get(10)?,
+                    processing_ms: r.try_get(11)?,
+                    received_ms: r.try_get(12)?,
+                })
+            })
+            .collect()
+    }
+}
