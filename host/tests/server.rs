@@ -1087,8 +1087,9 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
     let url = repo(&dir, "jobs:\n  build:\n    steps:\n      - run: echo built $GIT_SHORT_COMMIT\n");
     let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&dir).output().unwrap();
     let sha = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let sha_app = sha.clone();
     let db = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
-    let s = start(&tmp.path().join("data"), &db, &[]);
+    let s = start(&tmp.path().join("data"), &db, &["--webhook-rate-limit", "25"]);
     let secret = "first-webhook-secret-0123";
     let (st, _) = call(
         "POST",
@@ -1224,4 +1225,71 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
     assert_eq!(outcomes[1].0, "skipped", "{outcomes:?}");
     assert!(outcomes[1].1.contains("no changed file matches on.push.paths"), "{outcomes:?}");
     assert_eq!(outcomes[2].0, "success", "{outcomes:?}");
+
+    // Replay of a recorded delivery: processed again as a new delivery.
+    let first = list["deliveries"].as_array().unwrap().last().unwrap()["id"].as_i64().unwrap();
+    let (st, v) = call("POST", &format!("{}/api/v1/webhooks/{first}/replay", s.url), None);
+    assert_eq!((st, v["status"].as_str()), (202, Some("accepted")), "{v}");
+    let b = wait_build(&s, v["build"].as_i64().unwrap(), finished);
+    assert_eq!(b["build"]["commit_sha"], sha_app.as_str(), "{b}");
+    let (st, v) = call("POST", &format!("{}/api/v1/webhooks/999999/replay", s.url), None);
+    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+
+    // A new push to the branch cancels the running build of the older commit.
+    let dir = tmp.path().join("slow");
+    let url = repo(&dir, "jobs:\n  build:\n    steps:\n      - run: sleep 30\n");
+    let old =
+        String::from_utf8(Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&dir).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+    git(&dir, &["commit", "-q", "--allow-empty", "-m", "second"]);
+    let new =
+        String::from_utf8(Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&dir).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+    let (st, _) = call(
+        "POST",
+        &format!("{}/api/v1/jobs", s.url),
+        Some(json!({"name": "slow", "repo_url": url, "webhook_secret": secret})),
+    );
+    assert_eq!(st, 201);
+    let slow = format!("{}/hooks/github/slow", s.url);
+    let mut ids = Vec::new();
+    for (n, commit) in [&old, &new].iter().enumerate() {
+        let body = push(commit, false);
+        let (st, v) = hook(&slow, &headers("push", &format!("s-{n}"), github_signature(secret, &body)), &body);
+        assert_eq!(st, 202, "{v}");
+        ids.push(v["build"].as_i64().unwrap());
+        if n == 0 {
+            wait_build(&s, ids[0], |b| b["build"]["status"] == "running" || finished(b));
+        }
+    }
+    let b = wait_build(&s, ids[0], finished);
+    assert_eq!(b["build"]["status"], "cancelled", "{b}");
+    call("POST", &format!("{}/api/v1/builds/{}/cancel", s.url, ids[1]), None);
+
+    // The rate limit: past it, 429 with Retry-After.
+    let mut limited = None;
+    for n in 0..40 {
+        let mut resp = http()
+            .post(&hook_url)
+            .header("X-GitHub-Event", "ping")
+            .header("X-GitHub-Delivery", format!("r-{n}"))
+            .header("X-Hub-Signature-256", github_signature("fourth-webhook-secret-000", "{}"))
+            .send("{}")
+            .unwrap();
+        if resp.status().as_u16() == 429 {
+            let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            let mut text = String::new();
+            resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
+            limited = Some((n, retry, text));
+            break;
+        }
+    }
+    let (n, retry, text) = limited.expect("no 429 within 40 deliveries");
+    assert!(n > 5, "limited after {n}");
+    assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1), "{text}");
+    assert!(text.contains("rate_limited"), "{text}");
 }

@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// [default: http:// + the listen address].
     #[arg(long, env = "CHENGIS_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Webhook deliveries accepted per job and minute; more are answered 429 [default: 120].
+    #[arg(long, env = "CHENGIS_WEBHOOK_RATE_LIMIT")]
+    pub webhook_rate_limit: Option<usize>,
     /// A TOML file with any of these settings (snake_case keys).
     #[arg(long, env = "CHENGIS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -66,6 +69,7 @@ const CONFIG_KEYS: &[&str] = &[
     "lease_ttl",
     "max_attempts",
     "public_url",
+    "webhook_rate_limit",
     "docker_allow_privileged",
     "docker_allow_socket",
     "docker_memory",
@@ -92,6 +96,8 @@ pub struct ServeConfig {
     pub max_attempts: Option<i64>,
     /// Public URL for links.
     pub public_url: Option<String>,
+    /// Webhook deliveries per job and minute.
+    pub webhook_rate_limit: Option<usize>,
     /// Container settings.
     #[serde(flatten)]
     pub docker: DockerArgs,
@@ -141,6 +147,7 @@ impl ServeArgs {
             agents: Some(self.agents.or(file.agents).unwrap_or(1)),
             lease_ttl: Some(self.lease_ttl.clone().or(file.lease_ttl).unwrap_or_else(|| "10s".into())),
             max_attempts: Some(self.max_attempts.or(file.max_attempts).unwrap_or(2)),
+            webhook_rate_limit: Some(self.webhook_rate_limit.or(file.webhook_rate_limit).unwrap_or(120)),
             docker: self.docker.over(&file.docker),
         })
     }
@@ -231,7 +238,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let addr = listener.local_addr()?;
         println!("chengis listening on http://{addr}");
         tracing::info!(%addr, database = %redact_url(cfg.database_url.as_deref().unwrap_or_default()), "serving");
-        let app = router(AppState { builds: ctx, keys });
+        let hook_limiter = Arc::new(crate::server::hooks::RateLimiter::new(cfg.webhook_rate_limit.unwrap_or(120)));
+        let app = router(AppState { builds: ctx, keys, hook_limiter });
         let stop = shutdown.clone();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

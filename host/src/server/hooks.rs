@@ -15,9 +15,50 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::Instant;
+
+/// Counts each job's verified webhook deliveries over the last minute; past the limit they are
+/// answered 429 with `Retry-After` until the oldest leaves the window.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: usize,
+    seen: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
+}
+
+impl RateLimiter {
+    /// At most `per_minute` deliveries per job and minute (0: no limit).
+    pub fn new(per_minute: usize) -> Self {
+        RateLimiter { per_minute, seen: std::sync::Mutex::new(std::collections::HashMap::new()) }
+    }
+
+    /// The limit.
+    pub fn per_minute(&self) -> usize {
+        self.per_minute
+    }
+
+    /// Counts a delivery for `job`; `Some(seconds)` to wait when it is over the limit.
+    pub fn check(&self, job: &str) -> Option<u64> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let window = std::time::Duration::from_secs(60);
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let times = seen.entry(job.to_string()).or_default();
+        while times.front().is_some_and(|t| now.duration_since(*t) >= window) {
+            times.pop_front();
+        }
+        if times.len() >= self.per_minute {
+            let oldest = times.front().copied().unwrap_or(now);
+            return Some(window.saturating_sub(now.duration_since(oldest)).as_secs().max(1));
+        }
+        times.push_back(now);
+        None
+    }
+}
 
 /// Largest webhook body accepted (forges send push payloads of a few hundred KB at most).
 pub const HOOK_BODY_LIMIT: usize = 5 * 1024 * 1024;
@@ -28,7 +69,7 @@ pub async fn receive(
     Path((provider, job)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let provider: Provider = provider.parse().map_err(|_| {
         ApiError::not_found(format!("no webhook provider `{provider}` (github, gitlab, gitea, bitbucket, generic)"))
@@ -53,6 +94,22 @@ pub async fn receive(
             details: json!(null),
         });
     }
+    if let Some(retry_after) = s.hook_limiter.check(&record.name) {
+        tracing::warn!(job = %record.name, "webhook rate limit reached; retry after {retry_after} s");
+        let error = ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            message: format!(
+                "job `{}` received more than {} webhook deliveries in a minute; retry after {retry_after} s",
+                record.name,
+                s.hook_limiter.per_minute()
+            ),
+            details: json!({"retry_after_seconds": retry_after}),
+        };
+        let mut response = error.into_response();
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after));
+        return Ok(response);
+    }
     let event = webhooks::event_name(provider, &headers).unwrap_or_else(|| "unknown".into());
     let delivery_id = webhooks::delivery_id(provider, &headers, &body);
     let new = NewDelivery {
@@ -63,10 +120,26 @@ pub async fn receive(
         payload: &body,
     };
     let Some(id) = store.record_delivery(&new).await? else {
-        return Ok((StatusCode::OK, Json(json!({"status": "duplicate", "delivery": delivery_id}))));
+        return Ok((StatusCode::OK, Json(json!({"status": "duplicate", "delivery": delivery_id}))).into_response());
     };
+    process(&s, &record.name, provider, &event, &headers, &body, id, started).await.map(IntoResponse::into_response)
+}
+
+/// Parses a recorded delivery and does what it asks; records the outcome.
+#[allow(clippy::too_many_arguments, reason = "the parts of one delivery")]
+async fn process(
+    s: &AppState,
+    job: &str,
+    provider: Provider,
+    event: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    id: i64,
+    started: Instant,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let store = &s.builds.store;
     let mut outcome = DeliveryOutcome { status: "accepted", ..DeliveryOutcome::default() };
-    let answer = match webhooks::parse(provider, &headers, &body) {
+    let answer = match webhooks::parse(provider, headers, body) {
         Err(e) => {
             outcome.status = "invalid";
             outcome.detail = Some(e.to_string());
@@ -110,7 +183,7 @@ pub async fn receive(
                     context: Some(context),
                     ..Default::default()
                 };
-                start(&s, &record.name, req, "push", provider, id, &mut outcome).await
+                start(s, job, req, "push", provider, id, &mut outcome).await
             }
         }
         Ok(Event::PullRequest(pr)) => {
@@ -133,7 +206,7 @@ pub async fn receive(
                         context: Some(context),
                         ..Default::default()
                     };
-                    start(&s, &record.name, req, "pull_request", provider, id, &mut outcome).await
+                    start(s, job, req, "pull_request", provider, id, &mut outcome).await
                 }
                 other => {
                     outcome.status = "ignored";
@@ -161,6 +234,7 @@ async fn start(
     match s.builds.trigger(job, req, trigger, &format!("webhook:{}", provider.as_str())).await {
         Ok(build) => {
             outcome.build_id = Some(build.id);
+            cancel_superseded(s, job, &build).await;
             Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "build": build.id, "id": id}))))
         }
         Err(e) => {
@@ -169,6 +243,69 @@ async fn start(
             Err(e.into())
         }
     }
+}
+
+/// A new push to a branch (or a new commit of a pull request) supersedes the job's unfinished
+/// webhook builds of that branch at other commits: they are cancelled.
+async fn cancel_superseded(s: &AppState, job: &str, build: &crate::store::builds::BuildSummary) {
+    let filter = crate::store::builds::BuildFilter {
+        job: Some(job.to_string()),
+        branch: Some(build.branch.clone()),
+        limit: 200,
+        ..Default::default()
+    };
+    let Ok(builds) = s.builds.store.list_builds(&filter).await else { return };
+    for old in builds {
+        let superseded = old.id < build.id
+            && !old.status.is_finished()
+            && old.who.starts_with("webhook:")
+            && old.commit_sha != build.commit_sha;
+        if superseded {
+            match s.builds.cancel(old.id).await {
+                Ok(()) => tracing::info!(job, build = old.id, "superseded by build {}: cancelled", build.id),
+                Err(e) => tracing::debug!(job, build = old.id, "superseded, not cancelled: {e}"),
+            }
+        }
+    }
+}
+
+/// Replays a recorded delivery: its payload is processed again as a new delivery (same job,
+/// provider and event; no signature check, it was verified when it arrived).
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/replay", params(("id" = i64, Path, description = "delivery id")), responses((status = 202, body = Object), (status = 404, body = super::error::ErrorBody)))]
+pub async fn replay(
+    State(s): State<AppState>,
+    super::error::ApiPath(id): super::error::ApiPath<i64>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let started = Instant::now();
+    let (record, payload) = s.builds.store.delivery_payload(id).await?;
+    let provider: Provider = record
+        .provider
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("unknown provider `{}`", record.provider)))?;
+    let mut headers = HeaderMap::new();
+    let header = match provider {
+        Provider::Github => Some("x-github-event"),
+        Provider::Gitlab => Some("x-gitlab-event"),
+        Provider::Gitea => Some("x-gitea-event"),
+        Provider::Bitbucket => Some("x-event-key"),
+        Provider::Generic => None,
+    };
+    if let (Some(name), Ok(value)) = (header, record.event.parse()) {
+        headers.insert(name, value);
+    }
+    headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    let replay_id = format!("replay-{id}-{}", crate::store::now_ms());
+    let new = NewDelivery {
+        job: &record.job,
+        provider: provider.as_str(),
+        event: &record.event,
+        delivery_id: Some(&replay_id),
+        payload: &payload,
+    };
+    let new_id =
+        s.builds.store.record_delivery(&new).await?.ok_or_else(|| ApiError::bad_request("replayed twice at once"))?;
+    tracing::info!(job = %record.job, delivery = id, replay = new_id, "webhook delivery replayed");
+    process(&s, &record.job, provider, &record.event, &headers, &payload, new_id, started).await
 }
 
 /// Query of `GET /api/v1/webhooks`.

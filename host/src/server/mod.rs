@@ -3,7 +3,7 @@
 
 mod api;
 pub mod error;
-mod hooks;
+pub mod hooks;
 mod openapi;
 mod stream;
 pub mod webhooks;
@@ -27,6 +27,8 @@ pub struct AppState {
     pub builds: BuildContext,
     /// Secret encryption keys.
     pub keys: Arc<MasterKeys>,
+    /// Webhook deliveries per job and minute.
+    pub hook_limiter: Arc<hooks::RateLimiter>,
 }
 
 /// The whole router.
@@ -50,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/secrets", get(api::list_secrets))
         .route("/api/v1/secrets/{name}", axum::routing::put(api::set_secret).delete(api::delete_secret))
         .route("/api/v1/webhooks", get(hooks::list))
+        .route("/api/v1/webhooks/{id}/replay", post(hooks::replay))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(

@@ -26,6 +26,7 @@ use utoipa::OpenApi;
         stream::log_stream,
         stream::build_events,
         hooks::list,
+        hooks::replay,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
 )]

@@ -168,17 +168,45 @@ impl Store {
         Ok(())
     }
 
+    /// A recorded delivery with its payload (decompressed).
+    pub async fn delivery_payload(&self, id: i64) -> Result<(DeliveryRecord, Vec<u8>), StoreError> {
+        use std::io::Read;
+        let record = self
+            .deliveries_where("d.id = $1", id, 1)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("webhook delivery {id}")))?;
+        let compressed: Vec<u8> = sqlx::query_scalar("SELECT payload FROM webhook_deliveries WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?;
+        let mut payload = Vec::new();
+        flate2::read::DeflateDecoder::new(&compressed[..])
+            .read_to_end(&mut payload)
+            .map_err(|e| StoreError::Corrupt { what: "webhook payload", detail: e.to_string() })?;
+        Ok((record, payload))
+    }
+
     /// The newest deliveries (of one job, or of all), at most `limit`.
     pub async fn deliveries(&self, job: Option<&str>, limit: i64) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let rows = sqlx::query(
+        self.deliveries_where("($1 = '' OR j.name = $1)", job.unwrap_or_default().to_string(), limit).await
+    }
+
+    async fn deliveries_where<T>(
+        &self,
+        condition: &str,
+        value: T,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+    {
+        let sql = format!(
             "SELECT d.id, j.name, d.provider, d.event, d.delivery_id, d.repository, d.git_ref, d.commit_sha, d.status, \
              d.detail, d.build_id, d.processing_ms, d.received_ms FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
-             WHERE ($1 = '' OR j.name = $1) ORDER BY d.id DESC LIMIT $2",
-        )
-        .bind(job.unwrap_or_default())
-        .bind(limit.clamp(1, 500))
-        .fetch_all(self.pool())
-        .await?;
+             WHERE {condition} ORDER BY d.id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(&sql).bind(value).bind(limit.clamp(1, 500)).fetch_all(self.pool()).await?;
         rows.iter()
             .map(|r| {
                 Ok(DeliveryRecord {
