@@ -684,6 +684,9 @@ fn openapi_describes_every_api_route() {
         ("/api/v1/secrets", &["get"]),
         ("/api/v1/secrets/{name}", &["put", "delete"]),
         ("/api/v1/webhooks", &["get"]),
+        ("/api/v1/webhooks/{id}/replay", &["post"]),
+        ("/api/v1/schedules", &["get", "post"]),
+        ("/api/v1/schedules/{id}", &["delete"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());
@@ -1225,6 +1228,30 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
     assert_eq!(outcomes[1].0, "skipped", "{outcomes:?}");
     assert!(outcomes[1].1.contains("no changed file matches on.push.paths"), "{outcomes:?}");
     assert_eq!(outcomes[2].0, "success", "{outcomes:?}");
+    // Without file lists in the payload, the changed files come from the repository.
+    let head = |dir: &Path| {
+        String::from_utf8(Command::new("git").args(["rev-parse", "HEAD"]).current_dir(dir).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let mut verdicts = Vec::new();
+    for (n, file) in ["src/lib.rs", "docs/guide.md"].iter().enumerate() {
+        let before = head(&dir);
+        std::fs::create_dir_all(dir.join(file).parent().unwrap()).unwrap();
+        std::fs::write(dir.join(file), "x\n").unwrap();
+        git(&dir, &["add", "."]);
+        git(&dir, &["commit", "-qm", file]);
+        let after = head(&dir);
+        let body = json!({"ref": "refs/heads/main", "before": before, "after": after, "created": false, "deleted": false,
+                          "repository": {"full_name": "acme/filtered", "clone_url": "https://github.com/acme/filtered.git"}})
+        .to_string();
+        let (st, v) = hook(&filtered, &headers("push", &format!("g-{n}"), github_signature(secret, &body)), &body);
+        assert_eq!(st, 202, "{v}");
+        let b = wait_build(&s, v["build"].as_i64().unwrap(), finished);
+        verdicts.push(b["build"]["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(verdicts, ["success", "skipped"]);
 
     // Replay of a recorded delivery: processed again as a new delivery.
     let first = list["deliveries"].as_array().unwrap().last().unwrap()["id"].as_i64().unwrap();

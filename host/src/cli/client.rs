@@ -1,4 +1,4 @@
-//! The API client behind `chengis job|build|secret`: plain HTTP+JSON to `--server`, errors
+//! The API client behind `chengis job|build|secret|schedule`: plain HTTP+JSON to `--server`, errors
 //! shown as the server's JSON error message, `--format json` for tools.
 
 use super::Format;
@@ -164,6 +164,35 @@ pub enum SecretCommand {
         /// A job's scope.
         #[arg(long)]
         job: Option<String>,
+    },
+}
+
+/// `chengis schedule ...`.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Add a server-side cron schedule to a job.
+    Add {
+        /// Job name.
+        job: String,
+        /// Cron expression: 5 fields, or 6 with seconds first (quote it).
+        cron: String,
+        /// Branch to build (default: the job's default branch).
+        #[arg(long)]
+        branch: Option<String>,
+        /// IANA time zone the expression is read in, such as Europe/Berlin.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+    },
+    /// List schedules (the pipelines' `on.schedule` and server-side ones) with their next run.
+    List {
+        /// Only this job's schedules.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Delete a server-side schedule.
+    Rm {
+        /// Schedule id.
+        id: i64,
     },
 }
 
@@ -514,6 +543,48 @@ pub fn secret(args: &ClientArgs, cmd: SecretCommand) -> anyhow::Result<i32> {
         SecretCommand::Rm { name, job } => {
             c.delete(&format!("/api/v1/secrets/{}{}", enc(&name), scope(&job)))?;
             print(args.format, &json!({"deleted": name}), |_| format!("secret {name} deleted\n"));
+        }
+    }
+    Ok(0)
+}
+
+fn schedule_line(v: &Value) -> String {
+    let at = |ms: &Value| match ms.as_i64().and_then(|ms| u64::try_from(ms).ok()) {
+        Some(ms) if ms < u64::MAX / 2 => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+        }
+        _ => "-".into(),
+    };
+    format!(
+        "{:<5} {:<20} {:<18} {:<16} {:<12} {:<9} next {}  last {}\n",
+        s(&v["id"]),
+        s(&v["job"]),
+        s(&v["cron"]),
+        s(&v["timezone"]),
+        v["branch"].as_str().unwrap_or("(default)"),
+        s(&v["source"]),
+        at(&v["next_run_ms"]),
+        at(&v["last_run_ms"]),
+    )
+}
+
+/// Runs `chengis schedule ...`.
+pub fn schedule(args: &ClientArgs, cmd: ScheduleCommand) -> anyhow::Result<i32> {
+    let c = Client::new(args);
+    match cmd {
+        ScheduleCommand::Add { job, cron, branch, timezone } => {
+            let v =
+                c.post("/api/v1/schedules", json!({"job": job, "cron": cron, "branch": branch, "timezone": timezone}))?;
+            print(args.format, &v, |v| format!("schedule {} added\n{}", s(&v["id"]), schedule_line(v)));
+        }
+        ScheduleCommand::List { job } => {
+            let query = job.map(|j| format!("?job={}", enc(&j))).unwrap_or_default();
+            let v = c.get(&format!("/api/v1/schedules{query}"))?;
+            print(args.format, &v, |v| v["schedules"].as_array().into_iter().flatten().map(schedule_line).collect());
+        }
+        ScheduleCommand::Rm { id } => {
+            c.delete(&format!("/api/v1/schedules/{id}"))?;
+            print(args.format, &json!({"deleted": id}), |_| format!("schedule {id} deleted\n"));
         }
     }
     Ok(0)

@@ -84,6 +84,15 @@ pub enum Command {
         #[command(subcommand)]
         command: client::SecretCommand,
     },
+    /// Add, list and delete cron schedules on a server.
+    Schedule {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: client::ScheduleCommand,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -115,6 +124,7 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Job { client, command } => client::job(&client, command),
         Command::Build { client, command } => client::build(&client, command),
         Command::Secret { client, command } => client::secret(&client, command),
+        Command::Schedule { client, command } => client::schedule(&client, command),
         Command::EnsureWasmTarget => {
             let how = crate::toolchain::ensure_wasm_target()?;
             eprintln!("{how}");

@@ -233,6 +233,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             };
             tokio::spawn(run_agent(ctx.clone(), keys.clone(), agent, shutdown.clone()));
         }
+        tokio::spawn(crate::engine::cron::run_scheduler(ctx.clone(), shutdown.clone()));
         let listen = cfg.listen.clone().unwrap_or_default();
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;

@@ -80,12 +80,22 @@ pub struct TriggerContext {
     /// The pull request's number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pr_number: Option<u64>,
+    /// The commit a push moved the branch from (all zeros or absent for a new branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
     /// The files the event changed, when the payload lists them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_files: Option<Vec<String>>,
     /// The recorded webhook delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<i64>,
+}
+
+/// Why the pipeline's `on:` does not run for the webhook event behind a build, if it does not
+/// (builds started by hand or through the API always run).
+fn not_triggered(context: Option<&TriggerContext>, plan: &chengis_pipeline::Plan) -> Option<String> {
+    let event = context.and_then(TriggerContext::as_event)?;
+    chengis_pipeline::triggers::decide(plan.on.as_ref(), &event).err()
 }
 
 impl TriggerContext {
@@ -161,7 +171,15 @@ impl BuildContext {
         let pipeline_path = job.pipeline_path.clone();
         let creds =
             super::checkout::GitCredentials::from_secrets(&self.store.secrets_for_job(&self.keys, &job.name).await?);
-        type Fetched = (String, String, String, (String, String));
+        // A webhook event without its changed files: they come from the mirror (the push's
+        // `before`, or for a new branch or a force push, where it left the default branch).
+        let mut context = self.trigger_context(build_id).await?;
+        let diff_from = context
+            .as_ref()
+            .filter(|c| c.changed_files.is_none() && matches!(c.event.as_str(), "push" | "pull_request"))
+            .map(|c| c.before.clone().filter(|b| !b.trim_matches('0').is_empty()).unwrap_or_default());
+        let default_branch = job.default_branch.clone();
+        type Fetched = (String, String, String, (String, String), Option<Vec<String>>);
         let fetched = tokio::task::spawn_blocking(move || -> Result<Fetched, String> {
             let mirror = Mirror::update(&mirror_dir, &url, creds.as_ref()).map_err(|e| e.to_string())?;
             let sha = if commit.is_empty() {
@@ -175,14 +193,18 @@ impl BuildContext {
             };
             let (path, text) = mirror.read_first(&sha, &paths).map_err(|e| e.to_string())?;
             let info = mirror.commit_info(&sha).unwrap_or_default();
-            Ok((sha, path, text, info))
+            let changed = diff_from.and_then(|before| mirror.changed_files(&before, &sha, &default_branch).ok());
+            Ok((sha, path, text, info, changed))
         })
         .await
         .map_err(|e| StoreError::Crypto(format!("planning task: {e}")))?;
-        let (sha, path, text, (message, author)) = match fetched {
+        let (sha, path, text, (message, author), changed) = match fetched {
             Ok(v) => v,
             Err(reason) => return self.fail_build(build_id, &reason).await,
         };
+        if let (Some(c), Some(files)) = (context.as_mut(), changed) {
+            c.changed_files = Some(files);
+        }
         sqlx::query("UPDATE builds SET commit_sha = $1, commit_message = $2, commit_author = $3 WHERE id = $4")
             .bind(&sha)
             .bind(&message)
@@ -206,7 +228,15 @@ impl BuildContext {
                 return self.fail_build(build_id, &format!("the pipeline does not plan:\n{}", text.join("\n"))).await;
             }
         };
-        if let Some(reason) = self.not_triggered(build_id, &plan).await? {
+        // The default branch's pipeline decides the job's `on.schedule` entries.
+        if summary.branch == job.default_branch {
+            let crons: Vec<String> =
+                plan.on.as_ref().map(|o| o.schedule.iter().map(|s| s.cron.clone()).collect()).unwrap_or_default();
+            if let Err(e) = super::cron::sync_pipeline_schedules(&self.store, &job.name, &crons).await {
+                tracing::warn!(build = build_id, "pipeline schedules not synced: {e}");
+            }
+        }
+        if let Some(reason) = not_triggered(context.as_ref(), &plan) {
             tracing::info!(build = build_id, "not triggered: {reason}");
             let reason = format!("not triggered: {reason}");
             self.store.transition_build(build_id, Status::Skipped, Some(&reason)).await?;
@@ -241,16 +271,13 @@ impl BuildContext {
         self.schedule(build_id).await
     }
 
-    /// Why the pipeline's `on:` does not run for the webhook event behind this build, if it
-    /// does not (builds started by hand or through the API always run).
-    async fn not_triggered(&self, build_id: i64, plan: &chengis_pipeline::Plan) -> Result<Option<String>, StoreError> {
+    /// The webhook event behind this build, if one started it.
+    async fn trigger_context(&self, build_id: i64) -> Result<Option<TriggerContext>, StoreError> {
         let events = self.store.events_after(build_id, 0).await?;
-        let context = events
+        Ok(events
             .into_iter()
             .find(|e| e.kind == "trigger")
-            .and_then(|e| serde_json::from_value::<TriggerContext>(e.payload).ok());
-        let Some(event) = context.as_ref().and_then(TriggerContext::as_event) else { return Ok(None) };
-        Ok(chengis_pipeline::triggers::decide(plan.on.as_ref(), &event).err())
+            .and_then(|e| serde_json::from_value::<TriggerContext>(e.payload).ok()))
     }
 
     async fn fail_build(&self, build_id: i64, reason: &str) -> Result<(), StoreError> {

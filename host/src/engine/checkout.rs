@@ -343,6 +343,40 @@ impl Mirror {
         Ok(commit_obj.id().to_string())
     }
 
+    /// The paths that differ between `before` and `head`. Without `before` (a new branch), or
+    /// when `before` is not an ancestor of `head` (a force push), the comparison starts where
+    /// `head` left `default_branch`.
+    pub fn changed_files(&self, before: &str, head: &str, default_branch: &str) -> Result<Vec<String>, CheckoutError> {
+        let err = git_err("compare commits", &self.url);
+        let head_oid = Oid::from_str(&self.resolve_commit(head)?).map_err(&err)?;
+        let ancestor = (!before.is_empty())
+            .then(|| self.resolve_commit(before).ok())
+            .flatten()
+            .and_then(|b| Oid::from_str(&b).ok())
+            .filter(|b| self.repo.graph_descendant_of(head_oid, *b).unwrap_or(false));
+        let base = match ancestor {
+            Some(b) => b,
+            None => {
+                let tip = Oid::from_str(&self.branch_tip(default_branch)?).map_err(&err)?;
+                self.repo.merge_base(tip, head_oid).map_err(&err)?
+            }
+        };
+        let old = self.repo.find_commit(base).and_then(|c| c.tree()).map_err(&err)?;
+        let new = self.repo.find_commit(head_oid).and_then(|c| c.tree()).map_err(&err)?;
+        let diff = self.repo.diff_tree_to_tree(Some(&old), Some(&new), None).map_err(&err)?;
+        let mut files = Vec::new();
+        for delta in diff.deltas() {
+            for file in [delta.old_file(), delta.new_file()] {
+                if let Some(p) = file.path().and_then(|p| p.to_str())
+                    && !files.iter().any(|f| f == p)
+                {
+                    files.push(p.to_string());
+                }
+            }
+        }
+        Ok(files)
+    }
+
     /// The message and author (`Name <email>`) of `commit`.
     pub fn commit_info(&self, commit: &str) -> Result<(String, String), CheckoutError> {
         let oid = Oid::from_str(commit).map_err(git_err("parse commit", &self.url))?;

@@ -4,6 +4,7 @@
 pub mod builds;
 pub mod checkout;
 pub mod context;
+pub mod cron;
 pub mod envfile;
 pub mod events;
 pub mod hashfiles;

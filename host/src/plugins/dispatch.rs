@@ -11,7 +11,7 @@ use crate::status::Status;
 use crate::store::builds::BuildSummary;
 use chengis_pipeline::model::{Notify, When};
 use chengis_plugin_host::bindings::{notifier, policy, scm_status, step_executor};
-use chengis_plugin_host::{CallContext, StepOutcome, World, types};
+use chengis_plugin_host::{CallContext, ErrorKind, StepOutcome, World, types};
 use indexmap::IndexMap;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -223,15 +223,36 @@ pub async fn report_status(
                 continue;
             }
         };
-        let ctx = server_call(&record.name, config, secrets.clone());
-        let update = update.clone();
-        match tokio::task::spawn_blocking(move || plugin.report_status(&ctx, &update)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(reporter = %record.name, "{e}"),
-            Err(e) => tracing::warn!(reporter = %record.name, "status task: {e}"),
+        // A failed report is logged and tried again with backoff (the forge may be briefly
+        // down); it never changes the build. Denials and broken plugins are not retried.
+        for attempt in 0..REPORT_ATTEMPTS {
+            let ctx = server_call(&record.name, config.clone(), secrets.clone());
+            let (plugin, update) = (plugin.clone(), update.clone());
+            let error = match tokio::task::spawn_blocking(move || plugin.report_status(&ctx, &update)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => e,
+                Err(e) => {
+                    tracing::warn!(reporter = %record.name, "status task: {e}");
+                    break;
+                }
+            };
+            let retry = attempt + 1 < REPORT_ATTEMPTS
+                && matches!(error.kind, ErrorKind::Failed(_) | ErrorKind::TimedOut(_) | ErrorKind::Host(_));
+            if !retry {
+                tracing::warn!(reporter = %record.name, "{error}");
+                break;
+            }
+            let wait = REPORT_BACKOFF * 2u32.pow(attempt);
+            tracing::warn!(reporter = %record.name, "{error}; trying again in {} ms", wait.as_millis());
+            tokio::time::sleep(wait).await;
         }
     }
 }
+
+/// Attempts at reporting one status.
+const REPORT_ATTEMPTS: u32 = 3;
+/// The wait before the second attempt; it doubles after each.
+const REPORT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What the policies said about a plan.
 #[derive(Debug, Default)]

@@ -174,6 +174,7 @@ async fn process(
                     branch: push.branch.clone(),
                     tag: push.tag.clone(),
                     changed_files: push.changed_files.clone(),
+                    before: push.before.clone(),
                     delivery: Some(id),
                     ..TriggerContext::default()
                 };

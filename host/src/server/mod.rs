@@ -5,6 +5,7 @@ mod api;
 pub mod error;
 pub mod hooks;
 mod openapi;
+mod schedules;
 mod stream;
 pub mod webhooks;
 
@@ -52,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/secrets", get(api::list_secrets))
         .route("/api/v1/secrets/{name}", axum::routing::put(api::set_secret).delete(api::delete_secret))
         .route("/api/v1/webhooks", get(hooks::list))
+        .route("/api/v1/schedules", get(schedules::list).post(schedules::create))
+        .route("/api/v1/schedules/{id}", axum::routing::delete(schedules::delete))
         .route("/api/v1/webhooks/{id}/replay", post(hooks::replay))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -1,7 +1,7 @@
 //! The OpenAPI description of the API, generated from the handlers' annotations and the
 //! request/response types by utoipa, served at `/api/v1/openapi.json`.
 
-use super::{api, error, hooks, stream};
+use super::{api, error, hooks, schedules, stream};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -26,6 +26,9 @@ use utoipa::OpenApi;
         stream::log_stream,
         stream::build_events,
         hooks::list,
+        schedules::list,
+        schedules::create,
+        schedules::delete,
         hooks::replay,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))

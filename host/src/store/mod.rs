@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod logs;
 pub mod plugins;
 pub mod queue;
+pub mod schedules;
 pub mod secrets;
 pub mod tests_results;
 pub mod webhooks;

@@ -261,9 +261,13 @@ mod tests {
         for (store, _dir) in stores().await {
             job(&store, "a").await;
             job(&store, "b").await;
-            let branch = NewSchedule { branch: Some("release"), timezone: "Europe/Berlin", ..api("a", "0 3 * * *", 10) };
+            let branch =
+                NewSchedule { branch: Some("release"), timezone: "Europe/Berlin", ..api("a", "0 3 * * *", 10) };
             let s = store.create_schedule(&branch).await.expect("create");
-            assert_eq!((s.job.as_str(), s.branch.as_deref(), s.timezone.as_str()), ("a", Some("release"), "Europe/Berlin"));
+            assert_eq!(
+                (s.job.as_str(), s.branch.as_deref(), s.timezone.as_str()),
+                ("a", Some("release"), "Europe/Berlin")
+            );
             store.create_schedule(&api("b", "0 4 * * *", 10)).await.expect("create b");
             assert!(matches!(store.create_schedule(&api("nope", "0 4 * * *", 10)).await, Err(StoreError::NotFound(_))));
             assert_eq!(store.schedules(None).await.expect("all").len(), 2);
