@@ -41,7 +41,7 @@ fn sign(body: &str) -> String {
 
 /// A push-shaped payload of about 25 KB.
 fn payload(event: &str) -> String {
-    let files: Vec<String> = (0..600).map(|i| format!("src/module_{i:04}/file.rs")).collect();
+    let files: Vec<String> = (0..950).map(|i| format!("src/module_{i:04}/file.rs")).collect();
     let sha = "a".repeat(40);
     let body = serde_json::json!({
         "action": if event == "star" { "created" } else { "" },

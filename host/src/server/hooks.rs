@@ -119,41 +119,43 @@ pub async fn receive(
         delivery_id: delivery_id.as_deref(),
         payload: &body,
     };
-    let Some(id) = store.record_delivery(&new).await? else {
+    let (mut outcome, action) = decide(provider, &event, webhooks::parse(provider, &headers, &body));
+    outcome.processing_ms = started.elapsed().as_millis() as i64;
+    // One write for what starts no build; a build adds its id afterwards.
+    let Some(id) = store.record_delivery(&new, &outcome).await? else {
         return Ok((StatusCode::OK, Json(json!({"status": "duplicate", "delivery": delivery_id}))).into_response());
     };
-    process(&s, &record.name, provider, &event, &headers, &body, id, started).await.map(IntoResponse::into_response)
+    act(&s, &record.name, provider, id, outcome, action, started).await.map(IntoResponse::into_response)
 }
 
-/// Parses a recorded delivery and does what it asks; records the outcome.
-#[allow(clippy::too_many_arguments, reason = "the parts of one delivery")]
-async fn process(
-    s: &AppState,
-    job: &str,
-    provider: Provider,
-    event: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-    id: i64,
-    started: Instant,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let store = &s.builds.store;
+/// What a delivery asks for, decided before it is recorded.
+enum Action {
+    /// Answer with this status and body (the delivery id is added).
+    Answer(StatusCode, Value),
+    /// The payload is not valid: 400 with this message.
+    Invalid(String),
+    /// Start this build (`push` or `pull_request`).
+    Build(Box<TriggerRequest>, &'static str),
+}
+
+/// The outcome to record and the action for a parsed delivery.
+fn decide(provider: Provider, event: &str, parsed: Result<Event, webhooks::ParseError>) -> (DeliveryOutcome, Action) {
     let mut outcome = DeliveryOutcome { status: "accepted", ..DeliveryOutcome::default() };
-    let answer = match webhooks::parse(provider, headers, body) {
+    let action = match parsed {
         Err(e) => {
             outcome.status = "invalid";
             outcome.detail = Some(e.to_string());
-            Err(ApiError::bad_request(format!("the {} `{event}` payload is not valid: {e}", provider.as_str())))
+            Action::Invalid(format!("the {} `{event}` payload is not valid: {e}", provider.as_str()))
         }
         Ok(Event::Ping) => {
             outcome.status = "ignored";
             outcome.detail = Some("ping".into());
-            Ok((StatusCode::OK, Json(json!({"status": "pong", "id": id}))))
+            Action::Answer(StatusCode::OK, json!({"status": "pong"}))
         }
         Ok(Event::Ignored { event }) => {
             outcome.status = "ignored";
             outcome.detail = Some(format!("event `{event}` does not start builds"));
-            Ok((StatusCode::ACCEPTED, Json(json!({"status": "ignored", "event": event, "id": id}))))
+            Action::Answer(StatusCode::ACCEPTED, json!({"status": "ignored", "event": event}))
         }
         Ok(Event::Push(push)) => {
             outcome.repository = push.repository.clone();
@@ -162,7 +164,7 @@ async fn process(
             if push.deleted {
                 outcome.status = "skipped";
                 outcome.detail = Some("a deleted branch or tag never builds".into());
-                Ok((StatusCode::ACCEPTED, Json(json!({"status": "skipped", "reason": "deleted", "id": id}))))
+                Action::Answer(StatusCode::ACCEPTED, json!({"status": "skipped", "reason": "deleted"}))
             } else {
                 let branch = match (&push.branch, &push.tag) {
                     (Some(b), _) => b.clone(),
@@ -175,7 +177,6 @@ async fn process(
                     tag: push.tag.clone(),
                     changed_files: push.changed_files.clone(),
                     before: push.before.clone(),
-                    delivery: Some(id),
                     ..TriggerContext::default()
                 };
                 let req = TriggerRequest {
@@ -184,7 +185,7 @@ async fn process(
                     context: Some(context),
                     ..Default::default()
                 };
-                start(s, job, req, "push", provider, id, &mut outcome).await
+                Action::Build(Box::new(req), "push")
             }
         }
         Ok(Event::PullRequest(pr)) => {
@@ -198,7 +199,6 @@ async fn process(
                         branch: Some(pr.head_ref.clone()),
                         base: Some(pr.base_ref.clone()),
                         pr_number: Some(pr.number),
-                        delivery: Some(id),
                         ..TriggerContext::default()
                     };
                     let req = TriggerRequest {
@@ -207,19 +207,45 @@ async fn process(
                         context: Some(context),
                         ..Default::default()
                     };
-                    start(s, job, req, "pull_request", provider, id, &mut outcome).await
+                    Action::Build(Box::new(req), "pull_request")
                 }
                 other => {
                     outcome.status = "ignored";
                     outcome.detail = Some(format!("pull request action {other:?} does not build"));
-                    Ok((StatusCode::ACCEPTED, Json(json!({"status": "ignored", "id": id}))))
+                    Action::Answer(StatusCode::ACCEPTED, json!({"status": "ignored"}))
                 }
             }
         }
     };
-    outcome.processing_ms = started.elapsed().as_millis() as i64;
-    store.finish_delivery(id, &outcome).await?;
-    answer
+    (outcome, action)
+}
+
+/// Carries out a recorded delivery's action.
+async fn act(
+    s: &AppState,
+    job: &str,
+    provider: Provider,
+    id: i64,
+    mut outcome: DeliveryOutcome,
+    action: Action,
+    started: Instant,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    match action {
+        Action::Answer(code, mut body) => {
+            body["id"] = json!(id);
+            Ok((code, Json(body)))
+        }
+        Action::Invalid(message) => Err(ApiError::bad_request(message)),
+        Action::Build(mut req, trigger) => {
+            if let Some(context) = req.context.as_mut() {
+                context.delivery = Some(id);
+            }
+            let answer = start(s, job, *req, trigger, provider, id, &mut outcome).await;
+            outcome.processing_ms = started.elapsed().as_millis() as i64;
+            s.builds.store.finish_delivery(id, &outcome).await?;
+            answer
+        }
+    }
 }
 
 /// Starts the build a delivery asks for.
@@ -303,10 +329,15 @@ pub async fn replay(
         delivery_id: Some(&replay_id),
         payload: &payload,
     };
-    let new_id =
-        s.builds.store.record_delivery(&new).await?.ok_or_else(|| ApiError::bad_request("replayed twice at once"))?;
+    let (outcome, action) = decide(provider, &record.event, webhooks::parse(provider, &headers, &payload));
+    let new_id = s
+        .builds
+        .store
+        .record_delivery(&new, &outcome)
+        .await?
+        .ok_or_else(|| ApiError::bad_request("replayed twice at once"))?;
     tracing::info!(job = %record.job, delivery = id, replay = new_id, "webhook delivery replayed");
-    process(&s, &record.job, provider, &record.event, &headers, &payload, new_id, started).await
+    act(&s, &record.job, provider, new_id, outcome, action, started).await
 }
 
 /// Query of `GET /api/v1/webhooks`.

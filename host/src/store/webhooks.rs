@@ -127,23 +127,34 @@ impl Store {
         Ok(out.into_iter().map(|(_, v)| v).collect())
     }
 
-    /// Records a delivery; `None` when the job already has one with the same provider and
-    /// delivery id (a repeat: it must start nothing).
-    pub async fn record_delivery(&self, d: &NewDelivery<'_>) -> Result<Option<i64>, StoreError> {
+    /// Records a delivery with what became of it so far; `None` when the job already has one
+    /// with the same provider and delivery id (a repeat: it must start nothing).
+    pub async fn record_delivery(
+        &self,
+        d: &NewDelivery<'_>,
+        outcome: &DeliveryOutcome,
+    ) -> Result<Option<i64>, StoreError> {
         let mut enc = DeflateEncoder::new(Vec::new(), Compression::fast());
         enc.write_all(d.payload).and_then(|()| enc.flush()).map_err(|e| StoreError::Crypto(e.to_string()))?;
         let payload = enc.finish().map_err(|e| StoreError::Crypto(e.to_string()))?;
         let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO webhook_deliveries (job_id, provider, event, delivery_id, status, payload, received_ms) \
-             SELECT j.id, $2, $3, $4, 'received', $5, $6 FROM jobs j WHERE j.name = $1 \
+            "INSERT INTO webhook_deliveries (job_id, provider, event, delivery_id, status, payload, received_ms, \
+             repository, git_ref, commit_sha, detail, processing_ms) \
+             SELECT j.id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM jobs j WHERE j.name = $1 \
              ON CONFLICT (job_id, provider, delivery_id) DO NOTHING RETURNING id",
         )
         .bind(d.job)
         .bind(d.provider)
         .bind(d.event)
         .bind(d.delivery_id)
+        .bind(outcome.status)
         .bind(payload)
         .bind(now_ms())
+        .bind(&outcome.repository)
+        .bind(&outcome.git_ref)
+        .bind(&outcome.commit_sha)
+        .bind(&outcome.detail)
+        .bind(outcome.processing_ms)
         .fetch_optional(self.pool())
         .await?;
         Ok(id)
