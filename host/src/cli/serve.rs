@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Webhook deliveries accepted per job and minute; more are answered 429 [default: 120].
     #[arg(long, env = "CHENGIS_WEBHOOK_RATE_LIMIT")]
     pub webhook_rate_limit: Option<usize>,
+    /// How long recorded webhook deliveries are kept, such as `30d` [default: 30d].
+    #[arg(long, env = "CHENGIS_WEBHOOK_RETENTION")]
+    pub webhook_retention: Option<String>,
     /// A TOML file with any of these settings (snake_case keys).
     #[arg(long, env = "CHENGIS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -70,6 +73,7 @@ const CONFIG_KEYS: &[&str] = &[
     "max_attempts",
     "public_url",
     "webhook_rate_limit",
+    "webhook_retention",
     "docker_allow_privileged",
     "docker_allow_socket",
     "docker_memory",
@@ -98,6 +102,8 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// Webhook deliveries per job and minute.
     pub webhook_rate_limit: Option<usize>,
+    /// How long webhook deliveries are kept.
+    pub webhook_retention: Option<String>,
     /// Container settings.
     #[serde(flatten)]
     pub docker: DockerArgs,
@@ -148,8 +154,27 @@ impl ServeArgs {
             lease_ttl: Some(self.lease_ttl.clone().or(file.lease_ttl).unwrap_or_else(|| "10s".into())),
             max_attempts: Some(self.max_attempts.or(file.max_attempts).unwrap_or(2)),
             webhook_rate_limit: Some(self.webhook_rate_limit.or(file.webhook_rate_limit).unwrap_or(120)),
+            webhook_retention: Some(
+                self.webhook_retention.clone().or(file.webhook_retention).unwrap_or_else(|| "30d".into()),
+            ),
             docker: self.docker.over(&file.docker),
         })
+    }
+}
+
+/// Deletes recorded webhook deliveries older than `retention`, at start and every hour.
+async fn prune_webhook_deliveries(store: Store, retention: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let before = crate::store::now_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        match store.prune_deliveries(before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!("deleted {n} webhook deliveries older than {}", humantime::format_duration(retention))
+            }
+            Err(e) => tracing::warn!("pruning webhook deliveries: {e}"),
+        }
     }
 }
 
@@ -188,6 +213,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let lease_ttl = duration(cfg.lease_ttl.as_deref().unwrap_or("10s"), "lease_ttl")?;
+    let webhook_retention = duration(cfg.webhook_retention.as_deref().unwrap_or("30d"), "webhook_retention")?;
     if lease_ttl < Duration::from_secs(2) {
         bail!("lease_ttl must be at least 2s: the agent renews every second");
     }
@@ -234,6 +260,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             tokio::spawn(run_agent(ctx.clone(), keys.clone(), agent, shutdown.clone()));
         }
         tokio::spawn(crate::engine::cron::run_scheduler(ctx.clone(), shutdown.clone()));
+        tokio::spawn(prune_webhook_deliveries(store.clone(), webhook_retention));
         let listen = cfg.listen.clone().unwrap_or_default();
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;

@@ -320,3 +320,43 @@ async fn the_plugin_allowlist_records_decisions_and_configs() {
         assert_eq!(store.plugins().await.unwrap().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn webhook_secrets_rotate_and_deliveries_deduplicate_and_expire() {
+    use super::webhooks::{DeliveryOutcome, NewDelivery};
+    let keys = MasterKeys::from_hex(&"ab".repeat(32)).unwrap();
+    for (store, _dir) in stores().await {
+        job_with_build_jobs(&store, "hooked", 0).await;
+        assert!(store.webhook_secrets(&keys, "hooked").await.unwrap().is_empty());
+        for secret in ["one-secret-0000000", "two-secret-0000000", "three-secret-00000"] {
+            store.set_webhook_secret(&keys, "hooked", secret).await.unwrap();
+        }
+        // The current one first, then the one it replaced; the oldest is gone.
+        assert_eq!(store.webhook_secrets(&keys, "hooked").await.unwrap(), ["three-secret-00000", "two-secret-0000000"]);
+        // Webhook secrets are never among the job's build secrets.
+        assert!(store.secrets_for_job(&keys, "hooked").await.unwrap().is_empty());
+
+        let outcome = DeliveryOutcome { status: "ignored", ..DeliveryOutcome::default() };
+        let d = |id: &'static str| NewDelivery {
+            job: "hooked",
+            provider: "github",
+            event: "ping",
+            delivery_id: Some(id),
+            payload: b"{\"zen\": \"Keep it logically awesome.\"}",
+        };
+        let first = store.record_delivery(&d("a"), &outcome).await.unwrap();
+        assert!(first.is_some());
+        assert_eq!(store.record_delivery(&d("a"), &outcome).await.unwrap(), None, "a repeat is refused");
+        assert!(store.record_delivery(&d("b"), &outcome).await.unwrap().is_some());
+        let (record, payload) = store.delivery_payload(first.unwrap()).await.unwrap();
+        assert_eq!((record.status.as_str(), record.delivery_id.as_deref()), ("ignored", Some("a")));
+        assert_eq!(payload, b"{\"zen\": \"Keep it logically awesome.\"}");
+        // Retention: nothing is older than a minute ago, everything is older than tomorrow.
+        assert_eq!(store.prune_deliveries(super::now_ms() - 60_000).await.unwrap(), 0);
+        assert_eq!(store.prune_deliveries(super::now_ms() + 86_400_000).await.unwrap(), 2);
+        assert!(store.deliveries(Some("hooked"), 10).await.unwrap().is_empty());
+        // Deleting the job deletes its webhook secrets.
+        store.delete_job("hooked").await.unwrap();
+        assert!(store.webhook_secrets(&keys, "hooked").await.unwrap().is_empty());
+    }
+}

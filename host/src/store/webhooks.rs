@@ -198,6 +198,15 @@ impl Store {
         Ok((record, payload))
     }
 
+    /// Deletes the deliveries received before `before_ms`; returns how many.
+    pub async fn prune_deliveries(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM webhook_deliveries WHERE received_ms < $1")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// The newest deliveries (of one job, or of all), at most `limit`.
     pub async fn deliveries(&self, job: Option<&str>, limit: i64) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.deliveries_where("($1 = '' OR j.name = $1)", job.unwrap_or_default().to_string(), limit).await
