@@ -1297,6 +1297,45 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
     assert_eq!(b["build"]["status"], "cancelled", "{b}");
     call("POST", &format!("{}/api/v1/builds/{}/cancel", s.url, ids[1]), None);
 
+    // `concurrency:` decides instead: one group cancels in progress (any trigger), and
+    // `cancel-in-progress: false` keeps older webhook builds running.
+    let dir = tmp.path().join("grouped");
+    let url = repo(
+        &dir,
+        "concurrency:\n  group: deploy\n  cancel-in-progress: true\njobs:\n  build:\n    steps:\n      - run: sleep 30\n",
+    );
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "grouped", "repo_url": url})));
+    let (_, first) = call("POST", &format!("{}/api/v1/jobs/grouped/builds", s.url), None);
+    let first = first["id"].as_i64().unwrap();
+    wait_build(&s, first, |b| b["build"]["status"] == "running" || finished(b));
+    let (_, second) = call("POST", &format!("{}/api/v1/jobs/grouped/builds", s.url), None);
+    let b = wait_build(&s, first, finished);
+    assert_eq!(b["build"]["status"], "cancelled", "{b}");
+    call("POST", &format!("{}/api/v1/builds/{}/cancel", s.url, second["id"]), None);
+    std::fs::write(
+        dir.join("chengis.yml"),
+        "concurrency:\n  group: deploy\njobs:\n  build:\n    steps:\n      - run: sleep 30\n",
+    )
+    .unwrap();
+    git(&dir, &["commit", "-qam", "no cancelling"]);
+    let keep = head(&dir);
+    git(&dir, &["commit", "-q", "--allow-empty", "-m", "next"]);
+    let next = head(&dir);
+    call("PUT", &format!("{}/api/v1/jobs/grouped", s.url), Some(json!({"webhook_secret": secret})));
+    let grouped = format!("{}/hooks/github/grouped", s.url);
+    let mut kept = Vec::new();
+    for (n, commit) in [&keep, &next].iter().enumerate() {
+        let body = push(commit, false);
+        let (_, v) = hook(&grouped, &headers("push", &format!("k-{n}"), github_signature(secret, &body)), &body);
+        kept.push(v["build"].as_i64().unwrap());
+        wait_build(&s, kept[n], |b| b["build"]["status"] == "running" || finished(b));
+    }
+    let (_, b) = call("GET", &format!("{}/api/v1/builds/{}", s.url, kept[0]), None);
+    assert_eq!(b["build"]["status"], "running", "{b}");
+    for id in kept {
+        call("POST", &format!("{}/api/v1/builds/{id}/cancel", s.url), None);
+    }
+
     // The rate limit: past it, 429 with Retry-After.
     let mut limited = None;
     for n in 0..40 {

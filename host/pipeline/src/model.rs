@@ -36,9 +36,24 @@ pub struct Pipeline {
     /// Steps that run after all jobs: `always`, `on-success`, `on-failure`. They never change the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post: Option<Post>,
+    /// Which builds of the job supersede each other. Without it, a new push (through a webhook)
+    /// cancels the job's unfinished webhook builds of the same branch at older commits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
     /// Notifications sent by the server when the build finishes (run by notifier plugins).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<Notify>,
+}
+
+/// `concurrency:`: builds of the same group, and whether a new one cancels those in progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Concurrency {
+    /// The group's name (text; builds of the same job with the same group belong together).
+    pub group: String,
+    /// Whether a new build cancels the group's unfinished builds (default false: they run).
+    #[serde(default)]
+    pub cancel_in_progress: bool,
 }
 
 /// The trigger configuration (`on:`).

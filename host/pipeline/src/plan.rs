@@ -73,6 +73,9 @@ pub struct Plan {
     /// The `on:` block: which pushes, tags and pull requests run the pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on: Option<model::Triggers>,
+    /// The `concurrency:` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<model::Concurrency>,
 }
 
 /// One job of the plan (one combination of a matrix job).
@@ -223,6 +226,7 @@ pub fn plan(
         post_on_failure,
         notify: pipeline.notify.clone(),
         on: pipeline.on.clone(),
+        concurrency: pipeline.concurrency.clone(),
     })
 }
 

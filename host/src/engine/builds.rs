@@ -212,7 +212,8 @@ impl BuildContext {
             .bind(build_id)
             .execute(self.store.pool())
             .await?;
-        let summary = BuildSummary { commit_message: message, commit_author: author, ..summary };
+        let summary =
+            BuildSummary { commit_sha: sha.clone(), commit_message: message, commit_author: author, ..summary };
         let planned = {
             // Server-side `${VAR}` reads parameters and matrix values only, never the server's
             // own environment.
@@ -245,6 +246,7 @@ impl BuildContext {
             self.notify(Notice::Build(build_id));
             return Ok(());
         }
+        self.cancel_superseded(&summary, context.is_some(), &plan).await;
         if let Some(service) = &self.plugins {
             let policy_plan = crate::plugins::dispatch::policy_plan(&plan, &summary, &sha, &job.repo_url);
             match crate::plugins::dispatch::check_policies(service.clone(), policy_plan).await {
@@ -269,6 +271,46 @@ impl BuildContext {
         }
         self.announce(build_id, crate::plugins::dispatch::Change::Queued);
         self.schedule(build_id).await
+    }
+
+    /// Cancels the builds this one supersedes. With `concurrency: {group, cancel-in-progress:
+    /// true}`: the job's unfinished builds planned in the same group; with `cancel-in-progress:
+    /// false`: none; without `concurrency:`, for a webhook build: the job's unfinished webhook
+    /// builds of the same branch at other commits.
+    async fn cancel_superseded(&self, build: &BuildSummary, from_webhook: bool, plan: &chengis_pipeline::Plan) {
+        let group = match &plan.concurrency {
+            Some(c) if !c.cancel_in_progress => return,
+            Some(c) => Some(c.group.as_str()),
+            None if from_webhook => None,
+            None => return,
+        };
+        let filter = crate::store::builds::BuildFilter {
+            job: Some(build.job.clone()),
+            branch: group.is_none().then(|| build.branch.clone()),
+            limit: 200,
+            ..Default::default()
+        };
+        let Ok(builds) = self.store.list_builds(&filter).await else { return };
+        for old in builds.into_iter().filter(|b| b.id < build.id && !b.status.is_finished()) {
+            let superseded = match group {
+                Some(group) => self
+                    .store
+                    .build_plan(old.id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|text| serde_json::from_str::<chengis_pipeline::Plan>(&text).ok())
+                    .and_then(|p| p.concurrency)
+                    .is_some_and(|c| c.group == group),
+                None => old.who.starts_with("webhook:") && old.commit_sha != build.commit_sha,
+            };
+            if superseded {
+                match self.cancel(old.id).await {
+                    Ok(()) => tracing::info!(build = old.id, "superseded by build {}: cancelled", build.id),
+                    Err(e) => tracing::debug!(build = old.id, "superseded, not cancelled: {e}"),
+                }
+            }
+        }
     }
 
     /// The webhook event behind this build, if one started it.

@@ -261,37 +261,12 @@ async fn start(
     match s.builds.trigger(job, req, trigger, &format!("webhook:{}", provider.as_str())).await {
         Ok(build) => {
             outcome.build_id = Some(build.id);
-            cancel_superseded(s, job, &build).await;
             Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "build": build.id, "id": id}))))
         }
         Err(e) => {
             outcome.status = "failed";
             outcome.detail = Some(e.to_string());
             Err(e.into())
-        }
-    }
-}
-
-/// A new push to a branch (or a new commit of a pull request) supersedes the job's unfinished
-/// webhook builds of that branch at other commits: they are cancelled.
-async fn cancel_superseded(s: &AppState, job: &str, build: &crate::store::builds::BuildSummary) {
-    let filter = crate::store::builds::BuildFilter {
-        job: Some(job.to_string()),
-        branch: Some(build.branch.clone()),
-        limit: 200,
-        ..Default::default()
-    };
-    let Ok(builds) = s.builds.store.list_builds(&filter).await else { return };
-    for old in builds {
-        let superseded = old.id < build.id
-            && !old.status.is_finished()
-            && old.who.starts_with("webhook:")
-            && old.commit_sha != build.commit_sha;
-        if superseded {
-            match s.builds.cancel(old.id).await {
-                Ok(()) => tracing::info!(job, build = old.id, "superseded by build {}: cancelled", build.id),
-                Err(e) => tracing::debug!(job, build = old.id, "superseded, not cancelled: {e}"),
-            }
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::yaml::{Node, NodeKind};
 use indexmap::IndexMap;
 use std::rc::Rc;
 
-const PIPELINE_KEYS: &[&str] = &["name", "on", "params", "env", "image", "jobs", "post", "notify"];
+const PIPELINE_KEYS: &[&str] = &["name", "on", "params", "env", "image", "jobs", "post", "concurrency", "notify"];
 const EVENTS: &[&str] = &["push", "pull_request", "tag", "schedule", "manual"];
 const FILTER_KEYS: &[&str] = &["branches", "branches-ignore", "tags", "tags-ignore", "paths", "paths-ignore"];
 const JOB_KEYS: &[&str] = &[
@@ -65,10 +65,26 @@ impl Decoder<'_> {
                 "jobs" => p.jobs = self.jobs(v),
                 "post" => p.post = self.post(v),
                 "notify" => p.notify = self.list(v, "notify", |d, n, path| d.notify(n, path)),
+                "concurrency" => p.concurrency = self.concurrency(v, "concurrency"),
                 _ => {}
             }
         }
         p
+    }
+
+    fn concurrency(&mut self, node: &Rc<Node>, path: &str) -> Option<Concurrency> {
+        let entries = self.map(node, path, &["group", "cancel-in-progress"])?;
+        self.require(node, path, &entries, &["group"]);
+        let mut c = Concurrency::default();
+        for e in entries {
+            let p = child(path, &e.key);
+            match e.key.as_str() {
+                "group" => c.group = self.string(&e.value, &p).unwrap_or_default(),
+                "cancel-in-progress" => c.cancel_in_progress = self.boolean(&e.value, &p).unwrap_or(false),
+                _ => {}
+            }
+        }
+        Some(c)
     }
 
     fn triggers(&mut self, node: &Rc<Node>) -> Option<Triggers> {
