@@ -1087,7 +1087,10 @@ fn github_signature(secret: &str, body: &str) -> String {
 fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_ignored() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("repo");
-    let url = repo(&dir, "jobs:\n  build:\n    steps:\n      - run: echo built $GIT_SHORT_COMMIT\n");
+    let url = repo(
+        &dir,
+        "jobs:\n  build:\n    steps:\n      - run: echo built $GIT_SHORT_COMMIT\n      - run: echo \"event=${{ git.event }} branch=${{ git.branch }} pr=${{ git.pr.number }} base=${{ git.pr.base }}\"\n",
+    );
     let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&dir).output().unwrap();
     let sha = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let sha_app = sha.clone();
@@ -1134,6 +1137,21 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
     assert_eq!(b["build"]["status"], "success", "{b}");
     assert_eq!(b["build"]["commit_sha"], sha.as_str());
     assert_eq!(b["build"]["trigger"], "push");
+    let lines = log_texts(&s, v["build"].as_i64().unwrap(), "build");
+    assert!(lines.iter().any(|l| l == "event=push branch=main pr= base="), "{lines:?}");
+    // A pull request builds its head commit; `git.pr` tells which.
+    let pr = json!({"action": "opened", "number": 7,
+        "pull_request": {"number": 7, "title": "Add x", "user": {"login": "a"},
+                         "head": {"sha": sha, "ref": "feature", "repo": {"clone_url": "https://github.com/acme/app.git"}},
+                         "base": {"ref": "main", "sha": sha}},
+        "repository": {"full_name": "acme/app", "clone_url": "https://github.com/acme/app.git"}})
+    .to_string();
+    let (st, v) = hook(&hook_url, &headers("pull_request", "d-pr", github_signature(secret, &pr)), &pr);
+    assert_eq!((st, v["status"].as_str()), (202, Some("accepted")), "{v}");
+    let b = wait_build(&s, v["build"].as_i64().unwrap(), finished);
+    assert_eq!(b["build"]["status"], "success", "{b}");
+    let lines = log_texts(&s, v["build"].as_i64().unwrap(), "build");
+    assert!(lines.iter().any(|l| l == "event=pull_request branch=feature pr=7 base=main"), "{lines:?}");
     // The same delivery again starts nothing.
     let (st, v) = hook(&hook_url, &headers("push", "d-1", github_signature(secret, &body)), &body);
     assert_eq!((st, v["status"].as_str()), (200, Some("duplicate")), "{v}");
@@ -1183,9 +1201,9 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
     let (_, list) = call("GET", &format!("{}/api/v1/webhooks?job=app", s.url), None);
     let statuses: Vec<&str> =
         list["deliveries"].as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["ignored", "ignored", "ignored", "ignored", "skipped", "accepted"], "{list}");
+    assert_eq!(statuses, ["ignored", "ignored", "ignored", "ignored", "skipped", "accepted", "accepted"], "{list}");
     let (_, builds) = call("GET", &format!("{}/api/v1/builds?job=app", s.url), None);
-    assert_eq!(builds["builds"].as_array().unwrap().len(), 1, "{builds}");
+    assert_eq!(builds["builds"].as_array().unwrap().len(), 2, "{builds}");
 
     // The pipeline's `on:` decides: branch and path filters.
     let dir = tmp.path().join("filtered");

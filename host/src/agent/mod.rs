@@ -138,6 +138,7 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         matrix: context::object(spec.matrix.iter()),
         needs: Value::Object(needs),
         build: json!({"id": build.id, "number": build.number, "job": build.job, "attempt": lease.attempt}),
+        git: git_context(store, &build).await,
         status: Some(if failed_need.is_some() {
             chengis_pipeline::expr::Status::Failure
         } else {
@@ -178,7 +179,14 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         }
         Err(e) => return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await,
     };
-    ctx_values.git = serde_json::to_value(&info).unwrap_or_default();
+    // What the checkout found, plus what only the server knows (the event, the pull request).
+    let mut git = serde_json::to_value(&info).unwrap_or_default();
+    if let (Some(found), Some(known)) = (git.as_object_mut(), ctx_values.git.as_object()) {
+        for (key, value) in known {
+            found.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    ctx_values.git = git;
     ctx_values.workspace = workspace.clone();
 
     let masker = match SecretMasker::new(secrets.values().cloned()) {
@@ -360,6 +368,36 @@ async fn pump_events(
             return;
         }
     }
+}
+
+/// The `git` context of a server build: the commit (`sha`, `short_sha`, `branch`, `tag`,
+/// `message`, `author`), the `event` that started it (`push`, `tag`, `pull_request`,
+/// `schedule`, `manual`, ...) and, for pull requests, `pr` (`number`, `head`, `base`).
+async fn git_context(store: &crate::store::Store, build: &crate::store::builds::BuildSummary) -> Value {
+    let trigger = store
+        .events_after(build.id, 0)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.kind == "trigger")
+        .and_then(|e| serde_json::from_value::<crate::engine::builds::TriggerContext>(e.payload).ok());
+    let (branch, tag) = match build.branch.strip_prefix("refs/tags/") {
+        Some(tag) => (String::new(), tag.to_string()),
+        None => (build.branch.clone(), String::new()),
+    };
+    let mut git = json!({
+        "sha": build.commit_sha,
+        "short_sha": build.commit_sha.chars().take(8).collect::<String>(),
+        "branch": branch,
+        "tag": tag,
+        "message": build.commit_message,
+        "author": build.commit_author,
+        "event": trigger.as_ref().map_or(build.trigger.as_str(), |t| t.event.as_str()),
+    });
+    if let Some(t) = trigger.filter(|t| t.event == "pull_request") {
+        git["pr"] = json!({"number": t.pr_number, "head": t.branch, "base": t.base});
+    }
+    git
 }
 
 /// Stores a batch, retrying transient database errors (a busy database) for up to a minute; a
