@@ -120,6 +120,8 @@ impl Checker<'_> {
             ("paths-ignore", &f.paths_ignore),
         ] {
             for (i, pattern) in list.iter().enumerate() {
+                // `!pattern` deselects; the pattern after it is checked like any other.
+                let pattern = pattern.strip_prefix('!').unwrap_or(pattern);
                 let p = index(&child(path, key), i);
                 let p = if self.decoded.spans.node(&p).is_some() { p } else { child(path, key) };
                 if let Some(re) = pattern.strip_prefix("re:") {

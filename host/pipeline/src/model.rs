@@ -106,6 +106,11 @@ pub struct Filters {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::string_or_list")]
     pub paths_ignore: Vec<String>,
+    /// Pull requests only: the actions that trigger (`opened`, `synchronize`, `reopened`;
+    /// default all three).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
+    pub types: Vec<String>,
 }
 
 /// One cron schedule.

@@ -1,6 +1,6 @@
 //! Trigger matching: whether a push or pull request event runs the pipeline, decided by its
-//! `on:` block (branch, tag and path filters, globs or `re:` regular expressions), with the
-//! reason when it does not.
+//! `on:` block (branch, tag and path filters, globs or `re:` regular expressions, `!` to
+//! deselect; pull request `types`), with the reason when it does not.
 
 use crate::model::{Filters, Triggers};
 
@@ -21,6 +21,8 @@ pub enum TriggerEvent {
     },
     /// A pull request opened or updated.
     PullRequest {
+        /// What happened: `opened`, `synchronize` or `reopened`.
+        action: String,
         /// The branch it targets.
         base: String,
         /// The files it changes, when known.
@@ -52,10 +54,13 @@ pub fn decide(on: Option<&Triggers>, event: &TriggerEvent) -> Result<(), String>
             };
             names(tag, at, &f.tags, &f.tags_ignore, "tag", "tags")
         }
-        TriggerEvent::PullRequest { base, changed_files } => {
+        TriggerEvent::PullRequest { action, base, changed_files } => {
             let Some(f) = &on.pull_request else {
                 return Err("the pipeline's `on:` has no `pull_request`".into());
             };
+            if !f.types.is_empty() && !f.types.iter().any(|t| t == action) {
+                return Err(format!("pull request action `{action}` is not in on.pull_request.types"));
+            }
             names(base, "on.pull_request", &f.branches, &f.branches_ignore, "target branch", "branches")?;
             paths(f, changed_files.as_deref(), "on.pull_request")
         }
@@ -63,7 +68,7 @@ pub fn decide(on: Option<&Triggers>, event: &TriggerEvent) -> Result<(), String>
 }
 
 fn names(name: &str, at: &str, include: &[String], exclude: &[String], what: &str, key: &str) -> Result<(), String> {
-    if !include.is_empty() && !include.iter().any(|p| matches(p, name)) {
+    if !include.is_empty() && !selected(include, name) {
         return Err(format!("{what} `{name}` is not in {at}.{key}"));
     }
     if let Some(p) = exclude.iter().find(|p| matches(p, name)) {
@@ -74,7 +79,7 @@ fn names(name: &str, at: &str, include: &[String], exclude: &[String], what: &st
 
 fn paths(f: &Filters, changed: Option<&[String]>, at: &str) -> Result<(), String> {
     let Some(changed) = changed else { return Ok(()) };
-    if !f.paths.is_empty() && !changed.iter().any(|file| f.paths.iter().any(|p| matches(p, file))) {
+    if !f.paths.is_empty() && !changed.iter().any(|file| selected(&f.paths, file)) {
         return Err(format!("no changed file matches {at}.paths"));
     }
     if !f.paths_ignore.is_empty()
@@ -84,6 +89,17 @@ fn paths(f: &Filters, changed: Option<&[String]>, at: &str) -> Result<(), String
         return Err(format!("every changed file matches {at}.paths-ignore"));
     }
     Ok(())
+}
+
+/// Whether a list of patterns selects `text`: patterns apply in order, a pattern starting with
+/// `!` deselects what it matches, and the last one that matches decides (`['release/*',
+/// '!release/old*']`).
+pub fn selected(patterns: &[String], text: &str) -> bool {
+    patterns.iter().fold(false, |chosen, p| match p.strip_prefix('!') {
+        Some(negated) if matches(negated, text) => false,
+        Some(_) => chosen,
+        None => chosen || matches(p, text),
+    })
 }
 
 /// Whether `pattern` (a glob, or a regular expression after `re:`) matches `text`. Invalid
@@ -136,6 +152,18 @@ mod tests {
     }
 
     #[test]
+    fn negated_patterns_deselect_and_the_last_match_wins() {
+        let t =
+            on(Filters { branches: list(&["release/*", "!release/old*", "release/old-keep"]), ..Filters::default() });
+        assert!(decide(Some(&t), &push("release/2", None)).is_ok());
+        assert!(decide(Some(&t), &push("release/old-1", None)).is_err());
+        assert!(decide(Some(&t), &push("release/old-keep", None)).is_ok());
+        let t = on(Filters { paths: list(&["src/**", "!src/generated/**"]), ..Filters::default() });
+        assert!(decide(Some(&t), &push("main", Some(&["src/generated/a.rs"]))).is_err());
+        assert!(decide(Some(&t), &push("main", Some(&["src/generated/a.rs", "src/lib.rs"]))).is_ok());
+    }
+
+    #[test]
     fn path_filters_include_and_exclude() {
         let t = on(Filters { paths: list(&["src/**", "Cargo.toml"]), ..Filters::default() });
         assert!(decide(Some(&t), &push("main", Some(&["src/a/b.rs"]))).is_ok());
@@ -158,9 +186,17 @@ mod tests {
         assert!(decide(Some(&t), &TriggerEvent::Tag { tag: "v1.0".into() }).is_ok());
         assert!(decide(Some(&t), &TriggerEvent::Tag { tag: "nightly".into() }).is_err());
         assert!(decide(Some(&t), &push("main", None)).unwrap_err().contains("tags only"));
-        let pr = |base: &str| TriggerEvent::PullRequest { base: base.into(), changed_files: None };
+        let pr =
+            |base: &str| TriggerEvent::PullRequest { action: "opened".into(), base: base.into(), changed_files: None };
         assert!(decide(Some(&t), &pr("main")).is_ok());
         assert_eq!(decide(Some(&t), &pr("dev")).unwrap_err(), "target branch `dev` is not in on.pull_request.branches");
+        let typed = Triggers {
+            pull_request: Some(Filters { types: list(&["opened", "reopened"]), ..Filters::default() }),
+            ..Triggers::default()
+        };
+        assert!(decide(Some(&typed), &pr("main")).is_ok());
+        let sync = TriggerEvent::PullRequest { action: "synchronize".into(), base: "main".into(), changed_files: None };
+        assert!(decide(Some(&typed), &sync).unwrap_err().contains("on.pull_request.types"));
         let only_push = on(Filters::default());
         assert!(decide(Some(&only_push), &pr("main")).unwrap_err().contains("no `pull_request`"));
     }

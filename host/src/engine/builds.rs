@@ -80,6 +80,9 @@ pub struct TriggerContext {
     /// The pull request's number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pr_number: Option<u64>,
+    /// What happened to the pull request: `opened`, `synchronize` or `reopened`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pr_action: Option<String>,
     /// The commit a push moved the branch from (all zeros or absent for a new branch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
@@ -105,9 +108,11 @@ impl TriggerContext {
         Some(match self.event.as_str() {
             "push" => TriggerEvent::Push { branch: self.branch.clone()?, changed_files: self.changed_files.clone() },
             "tag" => TriggerEvent::Tag { tag: self.tag.clone()? },
-            "pull_request" => {
-                TriggerEvent::PullRequest { base: self.base.clone()?, changed_files: self.changed_files.clone() }
-            }
+            "pull_request" => TriggerEvent::PullRequest {
+                action: self.pr_action.clone().unwrap_or_else(|| "opened".into()),
+                base: self.base.clone()?,
+                changed_files: self.changed_files.clone(),
+            },
             _ => return None,
         })
     }

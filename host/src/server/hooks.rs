@@ -199,6 +199,7 @@ fn decide(provider: Provider, event: &str, parsed: Result<Event, webhooks::Parse
                         branch: Some(pr.head_ref.clone()),
                         base: Some(pr.base_ref.clone()),
                         pr_number: Some(pr.number),
+                        pr_action: Some(pr.action.as_str().to_string()),
                         ..TriggerContext::default()
                     };
                     let req = TriggerRequest {

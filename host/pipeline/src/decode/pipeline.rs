@@ -8,7 +8,7 @@ use std::rc::Rc;
 
 const PIPELINE_KEYS: &[&str] = &["name", "on", "params", "env", "image", "jobs", "post", "concurrency", "notify"];
 const EVENTS: &[&str] = &["push", "pull_request", "tag", "schedule", "manual"];
-const FILTER_KEYS: &[&str] = &["branches", "branches-ignore", "tags", "tags-ignore", "paths", "paths-ignore"];
+const FILTER_KEYS: &[&str] = &["branches", "branches-ignore", "tags", "tags-ignore", "paths", "paths-ignore", "types"];
 const JOB_KEYS: &[&str] = &[
     "name",
     "image",
@@ -175,6 +175,7 @@ impl Decoder<'_> {
                 "tags-ignore" => f.tags_ignore = list,
                 "paths" => f.paths = list,
                 "paths-ignore" => f.paths_ignore = list,
+                "types" => f.types = list,
                 _ => {}
             }
         }
