@@ -1377,3 +1377,104 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
     assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1), "{text}");
     assert!(text.contains("rate_limited"), "{text}");
 }
+
+fn hmac_hex(secret: &str, data: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(data.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[test]
+fn every_forge_delivers_a_signed_push_from_its_documented_payload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let url = repo(&tmp.path().join("repo"), "jobs:\n  build:\n    steps:\n      - run: 'true'\n");
+    let db = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
+    let s = start(&tmp.path().join("data"), &db, &[]);
+    let secret = "forge-webhook-secret-0123";
+    let (st, _) = call(
+        "POST",
+        &format!("{}/api/v1/jobs", s.url),
+        Some(json!({"name": "forge", "repo_url": url, "webhook_secret": secret})),
+    );
+    assert_eq!(st, 201);
+    let fixture = |provider: &str, name: &str| {
+        let path = format!("{}/../tests/fixtures/webhooks/{provider}/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    type Headers = Vec<(&'static str, String)>;
+    let cases: Vec<(&str, String, Headers)> = {
+        let github = fixture("github", "push_branch");
+        let gitlab = fixture("gitlab", "push_branch");
+        let gitea = fixture("gitea", "push_branch");
+        let bitbucket = fixture("bitbucket", "repo_push_branch");
+        let generic = fixture("generic", "push_branch");
+        vec![
+            (
+                "github",
+                github.clone(),
+                vec![
+                    ("X-GitHub-Event", "push".into()),
+                    ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
+                    ("X-Hub-Signature-256", format!("sha256={}", hmac_hex(secret, &github))),
+                ],
+            ),
+            (
+                "gitlab",
+                gitlab.clone(),
+                vec![
+                    ("X-Gitlab-Event", "Push Hook".into()),
+                    ("X-Gitlab-Event-UUID", "13792a34-cac6-4fda-95a8-c58e00a3954e".into()),
+                    ("X-Gitlab-Token", secret.into()),
+                ],
+            ),
+            (
+                "gitea",
+                gitea.clone(),
+                vec![
+                    ("X-Gitea-Event", "push".into()),
+                    ("X-Gitea-Delivery", "f6266f16-1bf3-46a5-9ea4-602e06ead473".into()),
+                    ("X-Gitea-Signature", hmac_hex(secret, &gitea)),
+                ],
+            ),
+            (
+                "bitbucket",
+                bitbucket.clone(),
+                vec![
+                    ("X-Event-Key", "repo:push".into()),
+                    ("X-Request-UUID", "2d2d5c5a-8c1f-4a5b-9e3c-1f0e3a6b7c8d".into()),
+                    ("X-Hub-Signature", format!("sha256={}", hmac_hex(secret, &bitbucket))),
+                ],
+            ),
+            (
+                "generic",
+                generic.clone(),
+                vec![
+                    ("X-Chengis-Timestamp", now.clone()),
+                    ("X-Chengis-Signature", format!("sha256={}", hmac_hex(secret, &format!("{now}.{generic}")))),
+                ],
+            ),
+        ]
+    };
+    for (provider, body, headers) in cases {
+        let hook_url = format!("{}/hooks/{provider}/forge", s.url);
+        let (st, v) = hook(&hook_url, &headers, &body);
+        assert_eq!((st, v["status"].as_str()), (202, Some("accepted")), "{provider}: {v}");
+        assert!(v["build"].as_i64().is_some(), "{provider}: {v}");
+        // Delivered again: a duplicate, no second build.
+        let (st, v) = hook(&hook_url, &headers, &body);
+        assert_eq!((st, v["status"].as_str()), (200, Some("duplicate")), "{provider}: {v}");
+        // Signed with another secret: refused.
+        let forged: Vec<(&str, String)> = headers
+            .iter()
+            .map(|(k, v)| {
+                (*k, if k.contains("Signature") || k.contains("Token") { "sha256=00".to_string() } else { v.clone() })
+            })
+            .collect();
+        let (st, _) = hook(&hook_url, &forged, &body);
+        assert_eq!(st, 401, "{provider}");
+    }
+    let (_, builds) = call("GET", &format!("{}/api/v1/builds?job=forge", s.url), None);
+    assert_eq!(builds["builds"].as_array().unwrap().len(), 5, "{builds}");
+}
