@@ -1077,10 +1077,7 @@ fn hook(url: &str, headers: &[(&str, String)], body: &str) -> (u16, Value) {
 }
 
 fn github_signature(secret: &str, body: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!("sha256={}", hmac_hex(secret, body))
 }
 
 #[test]

@@ -198,6 +198,19 @@ pub fn sample_job(name: &str, status: Status) -> Job {
     Job { id: 3, name: name.into(), status, image: None, duration_ms: None }
 }
 
+/// A sample step invocation: step 0 named `s` of `uses`, in the running job `j` of
+/// [`sample_build`] (running), with an empty environment.
+#[cfg(feature = "step-executor")]
+pub fn sample_invocation(uses: &str) -> crate::step_executor::Invocation {
+    use crate::types::Step;
+    crate::step_executor::Invocation {
+        build: Build { status: Status::Running, ..sample_build() },
+        job: sample_job("j", Status::Running),
+        step: Step { index: 0, name: "s".into(), uses: uses.into() },
+        env: Vec::new(),
+    }
+}
+
 /// A sample notifier event of `kind` about [`sample_build`] with this status; a job event
 /// carries `sample_job("test", status)`. No previous status.
 #[cfg(feature = "notifier")]

@@ -286,14 +286,7 @@ pub async fn replay(
         .parse()
         .map_err(|_| ApiError::bad_request(format!("unknown provider `{}`", record.provider)))?;
     let mut headers = HeaderMap::new();
-    let header = match provider {
-        Provider::Github => Some("x-github-event"),
-        Provider::Gitlab => Some("x-gitlab-event"),
-        Provider::Gitea => Some("x-gitea-event"),
-        Provider::Bitbucket => Some("x-event-key"),
-        Provider::Generic => None,
-    };
-    if let (Some(name), Ok(value)) = (header, record.event.parse()) {
+    if let (Some(name), Ok(value)) = (webhooks::event_header(provider), record.event.parse()) {
         headers.insert(name, value);
     }
     headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));

@@ -28,7 +28,7 @@ pub struct NewBuild {
 
 /// The fencing condition of writes by a lease holder: the queue row and its token are bound as
 /// `$n` and `$n+1`.
-fn held_at(n: usize) -> String {
+pub(super) fn held_at(n: usize) -> String {
     format!("EXISTS (SELECT 1 FROM queue WHERE id = ${n} AND fencing_token = ${})", n + 1)
 }
 

@@ -140,7 +140,7 @@ impl MasterKeys {
         Ok((self.current.clone(), nonce.to_vec(), ct))
     }
 
-    pub(crate) fn open(&self, aad: &str, id: &str, nonce: &[u8], ct: &[u8]) -> Result<String, StoreError> {
+    fn open(&self, aad: &str, id: &str, nonce: &[u8], ct: &[u8]) -> Result<String, StoreError> {
         if nonce.len() != 12 {
             return Err(StoreError::Corrupt { what: "secret nonce", detail: format!("{} bytes", nonce.len()) });
         }
@@ -166,8 +166,19 @@ fn write_key_file(path: &Path, lines: &[String]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-pub(crate) fn aad(scope: &str, name: &str) -> String {
+fn aad(scope: &str, name: &str) -> String {
     format!("chengis-secret\0{scope}\0{name}")
+}
+
+/// Decrypts a `secrets` row selected with `scope, name, key_id, nonce, ciphertext`: its scope,
+/// name and value.
+pub(crate) fn open_row(keys: &MasterKeys, row: &sqlx::any::AnyRow) -> Result<(String, String, String), StoreError> {
+    let (scope, name): (String, String) = (row.try_get("scope")?, row.try_get("name")?);
+    let id: String = row.try_get("key_id")?;
+    let nonce: Vec<u8> = row.try_get("nonce")?;
+    let ct: Vec<u8> = row.try_get("ciphertext")?;
+    let value = keys.open(&aad(&scope, &name), &id, &nonce, &ct)?;
+    Ok((scope, name, value))
 }
 
 impl Store {
@@ -234,12 +245,8 @@ impl Store {
         .await?;
         let mut out = BTreeMap::new();
         for row in rows {
-            let scope: String = row.try_get("scope")?;
-            let name: String = row.try_get("name")?;
-            let id: String = row.try_get("key_id")?;
-            let nonce: Vec<u8> = row.try_get("nonce")?;
-            let ct: Vec<u8> = row.try_get("ciphertext")?;
-            out.insert(name.clone(), keys.open(&aad(&scope, &name), &id, &nonce, &ct)?);
+            let (_, name, value) = open_row(keys, &row)?;
+            out.insert(name, value);
         }
         Ok(out)
     }
@@ -252,11 +259,7 @@ impl Store {
             .await?;
         let mut tx = self.pool().begin().await?;
         for row in &rows {
-            let (scope, name): (String, String) = (row.try_get("scope")?, row.try_get("name")?);
-            let id: String = row.try_get("key_id")?;
-            let nonce: Vec<u8> = row.try_get("nonce")?;
-            let ct: Vec<u8> = row.try_get("ciphertext")?;
-            let value = keys.open(&aad(&scope, &name), &id, &nonce, &ct)?;
+            let (scope, name, value) = open_row(keys, row)?;
             let (new_id, new_nonce, new_ct) = keys.seal(&aad(&scope, &name), &value)?;
             sqlx::query("UPDATE secrets SET key_id = $1, nonce = $2, ciphertext = $3 WHERE id = $4")
                 .bind(new_id)

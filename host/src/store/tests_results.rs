@@ -37,7 +37,7 @@ impl Store {
         step: i64,
         suites: &[TestSuiteReport],
     ) -> Result<(), StoreError> {
-        let held = "EXISTS (SELECT 1 FROM queue WHERE id = $3 AND fencing_token = $4)";
+        let held = super::builds::held_at(3);
         let mut tx = self.pool().begin().await?;
         sqlx::query(&format!("DELETE FROM test_results WHERE build_job_id = $1 AND step_idx = $2 AND {held}"))
             .bind(lease.build_job_id)

@@ -2,7 +2,7 @@
 //! previous one, encrypted like every other secret) and the log of deliveries with their
 //! compressed payloads, which also tells a repeated delivery from a new one.
 
-use super::secrets::{MasterKeys, SecretScope, aad};
+use super::secrets::{MasterKeys, SecretScope, open_row};
 use super::{Store, StoreError, now_ms};
 use flate2::Compression;
 use flate2::write::DeflateEncoder;
@@ -94,16 +94,15 @@ impl Store {
             .await?;
         // The old current becomes the previous one: re-encrypted, since the name is bound to
         // the ciphertext.
-        let old = sqlx::query("SELECT key_id, nonce, ciphertext FROM secrets WHERE scope = $1 AND name = $2")
-            .bind(&column)
-            .bind(CURRENT)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let old =
+            sqlx::query("SELECT scope, name, key_id, nonce, ciphertext FROM secrets WHERE scope = $1 AND name = $2")
+                .bind(&column)
+                .bind(CURRENT)
+                .fetch_optional(&mut *tx)
+                .await?;
         tx.commit().await?;
         if let Some(row) = old {
-            let (id, nonce, ct): (String, Vec<u8>, Vec<u8>) =
-                (row.try_get("key_id")?, row.try_get("nonce")?, row.try_get("ciphertext")?);
-            let previous = keys.open(&aad(&column, CURRENT), &id, &nonce, &ct)?;
+            let (_, _, previous) = open_row(keys, &row)?;
             self.set_secret(keys, &scope, PREVIOUS, &previous).await?;
         }
         self.set_secret(keys, &scope, CURRENT, secret).await
@@ -112,19 +111,13 @@ impl Store {
     /// The job's active webhook secrets, current first (none when it has none).
     pub async fn webhook_secrets(&self, keys: &MasterKeys, job: &str) -> Result<Vec<String>, StoreError> {
         let column = SecretScope::Webhook(job.to_string()).column();
-        let rows = sqlx::query("SELECT name, key_id, nonce, ciphertext FROM secrets WHERE scope = $1 ORDER BY name")
-            .bind(&column)
-            .fetch_all(self.pool())
-            .await?;
-        let mut out = Vec::new();
-        for row in rows {
-            let name: String = row.try_get("name")?;
-            let (id, nonce, ct): (String, Vec<u8>, Vec<u8>) =
-                (row.try_get("key_id")?, row.try_get("nonce")?, row.try_get("ciphertext")?);
-            out.push((name.clone(), keys.open(&aad(&column, &name), &id, &nonce, &ct)?));
-        }
         // "current" sorts before "previous".
-        Ok(out.into_iter().map(|(_, v)| v).collect())
+        let rows =
+            sqlx::query("SELECT scope, name, key_id, nonce, ciphertext FROM secrets WHERE scope = $1 ORDER BY name")
+                .bind(&column)
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter().map(|row| open_row(keys, row).map(|(_, _, value)| value)).collect()
     }
 
     /// Records a delivery with what became of it so far; `None` when the job already has one

@@ -224,32 +224,10 @@ export!(Http as step_executor);
 mod tests {
     use super::*;
     use chengis_plugin_sdk::testing::FakeHost;
-    use chengis_plugin_sdk::types::{Build, Commit, Job, Status, Step};
     use chengis_plugin_sdk::{Capability, HttpResponse};
 
     fn invocation() -> Invocation {
-        Invocation {
-            build: Build {
-                id: 1,
-                number: 1,
-                pipeline: "p".into(),
-                status: Status::Running,
-                commit: Commit {
-                    sha: "0".repeat(40),
-                    repository: "r".into(),
-                    branch: None,
-                    tag: None,
-                    message: String::new(),
-                    author: String::new(),
-                },
-                trigger: "manual".into(),
-                url: None,
-                duration_ms: None,
-            },
-            job: Job { id: 1, name: "j".into(), status: Status::Running, image: None, duration_ms: None },
-            step: Step { index: 0, name: "s".into(), uses: "http@0.1.0".into() },
-            env: Vec::new(),
-        }
+        chengis_plugin_sdk::testing::sample_invocation("http@0.1.0")
     }
 
     fn fake(config: &[(&str, &str)], response: HttpResponse) -> FakeHost {

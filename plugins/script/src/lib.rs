@@ -255,30 +255,12 @@ mod tests {
     use super::*;
     use chengis_plugin_sdk::sandbox::Exit;
     use chengis_plugin_sdk::testing::FakeHost;
-    use chengis_plugin_sdk::types::{Build, Commit, Job, KeyValue, Status, Step};
+    use chengis_plugin_sdk::types::KeyValue;
 
     fn invocation() -> Invocation {
         Invocation {
-            build: Build {
-                id: 1,
-                number: 1,
-                pipeline: "p".into(),
-                status: Status::Running,
-                commit: Commit {
-                    sha: "0".repeat(40),
-                    repository: "r".into(),
-                    branch: None,
-                    tag: None,
-                    message: String::new(),
-                    author: String::new(),
-                },
-                trigger: "manual".into(),
-                url: None,
-                duration_ms: None,
-            },
-            job: Job { id: 1, name: "j".into(), status: Status::Running, image: None, duration_ms: None },
-            step: Step { index: 0, name: "s".into(), uses: "script@0.1.0".into() },
             env: vec![KeyValue { key: "CI".into(), value: "true".into() }],
+            ..chengis_plugin_sdk::testing::sample_invocation("script@0.1.0")
         }
     }
 

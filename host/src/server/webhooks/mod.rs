@@ -385,7 +385,7 @@ pub fn parse(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Result<Eve
 }
 
 /// The header naming the event type, or `None` for the generic format (always a push).
-fn event_header(provider: Provider) -> Option<&'static str> {
+pub fn event_header(provider: Provider) -> Option<&'static str> {
     match provider {
         Provider::Github => Some("x-github-event"),
         Provider::Gitlab => Some("x-gitlab-event"),
