@@ -4,100 +4,18 @@
 //! `CHENGIS_TEST_DATABASE_URL` is set, on PostgreSQL.
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod support;
+use support::*;
 
 /// Starts `chengis serve` on a free port; its log goes to `data/server.log`.
 fn start(data: &Path, db: &str) -> Server {
     std::fs::create_dir_all(data).unwrap();
     let log = std::fs::OpenOptions::new().create(true).append(true).open(data.join("server.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--executors", "2"])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--database-url", db])
-        .env_remove("CHENGIS_MASTER_KEY")
-        .env("CHENGIS_LOG", "warn,chengis::engine::cron=info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url =
-        line.trim().strip_prefix("chengis listening on ").unwrap_or_else(|| panic!("first line: {line}")).to_string();
-    Server { child, url }
-}
-
-/// A SQLite file, and a fresh PostgreSQL database if `CHENGIS_TEST_DATABASE_URL` is set.
-fn databases(dir: &Path) -> Vec<String> {
-    let mut out = vec![format!("sqlite://{}", dir.join("db.sqlite").display())];
-    match std::env::var("CHENGIS_TEST_DATABASE_URL") {
-        Ok(base) => {
-            use std::hash::{BuildHasher, RandomState};
-            let name = format!("chengis_cron_{}_{}", std::process::id(), RandomState::new().hash_one(0u8) % 1_000_000);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                sqlx::any::install_default_drivers();
-                let pool = sqlx::AnyPool::connect(&base).await.expect("CHENGIS_TEST_DATABASE_URL");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
-            });
-            let (head, _) = base.rsplit_once('/').unwrap();
-            out.push(format!("{head}/{name}"));
-        }
-        Err(_) => assert!(
-            !std::env::var("CHENGIS_TEST_REQUIRE").unwrap_or_default().contains("postgres"),
-            "CHENGIS_TEST_REQUIRE names postgres but CHENGIS_TEST_DATABASE_URL is not set"
-        ),
-    }
-    out
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Ada")
-        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-        .env("GIT_COMMITTER_NAME", "Ada")
-        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
-fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let resp = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("DELETE", _) => agent.delete(url).call(),
-        ("POST", Some(b)) => agent.post(url).send_json(b),
-        _ => unreachable!(),
-    };
-    let mut resp = resp.unwrap();
-    let status = resp.status().as_u16();
-    let mut text = String::new();
-    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    start_with(data, db, &[], &[("CHENGIS_LOG", "warn,chengis::engine::cron=info")], Stdio::from(log))
 }
 
 /// The job's builds, oldest first.

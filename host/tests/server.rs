@@ -10,154 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod docker_support;
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(data: &Path, db: &str, extra: &[&str]) -> Server {
-    start_with_stderr(data, db, extra, Stdio::inherit())
-}
-
-/// A server whose log (stderr) goes to `data/server.log`.
-fn start_logged(data: &Path, db: &str, extra: &[&str]) -> (Server, std::path::PathBuf) {
-    std::fs::create_dir_all(data).unwrap();
-    let log = data.join("server.log");
-    let file = std::fs::File::create(&log).unwrap();
-    (start_with_stderr(data, db, extra, Stdio::from(file)), log)
-}
-
-fn start_with_stderr(data: &Path, db: &str, extra: &[&str], stderr: Stdio) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--executors", "2"])
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--database-url", db])
-        .args(extra)
-        .env_remove("CHENGIS_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("chengis listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_string();
-    Server { child, url }
-}
-
-/// The databases to run against: a SQLite file, and a fresh PostgreSQL database if configured.
-fn databases(dir: &Path) -> Vec<String> {
-    let mut out = vec![format!("sqlite://{}", dir.join("db.sqlite").display())];
-    match std::env::var("CHENGIS_TEST_DATABASE_URL") {
-        Ok(base) => {
-            let name = format!(
-                "chengis_it_{}_{}",
-                std::process::id(),
-                Instant::now().elapsed().as_nanos() % 1000 + rand_suffix()
-            );
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                sqlx::any::install_default_drivers();
-                let pool = sqlx::AnyPool::connect(&base).await.expect("CHENGIS_TEST_DATABASE_URL");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
-            });
-            let (head, _) = base.rsplit_once('/').unwrap();
-            out.push(format!("{head}/{name}"));
-        }
-        Err(_) => assert!(
-            !std::env::var("CHENGIS_TEST_REQUIRE").unwrap_or_default().contains("postgres"),
-            "CHENGIS_TEST_REQUIRE names postgres but CHENGIS_TEST_DATABASE_URL is not set"
-        ),
-    }
-    out
-}
-
-fn rand_suffix() -> u128 {
-    use std::hash::{BuildHasher, RandomState};
-    u128::from(RandomState::new().hash_one(0u8) % 1_000_000)
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Ada")
-        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
-        .env("GIT_COMMITTER_NAME", "Ada")
-        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "git {args:?}");
-}
-
-fn repo(dir: &Path, pipeline: &str) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    git(dir, &["init", "-q", "-b", "main"]);
-    std::fs::write(dir.join("chengis.yml"), pipeline).unwrap();
-    git(dir, &["add", "."]);
-    git(dir, &["commit", "-qm", "pipeline"]);
-    format!("file://{}", dir.display())
-}
-
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
-fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
-    let agent = http();
-    let resp = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("DELETE", _) => agent.delete(url).call(),
-        ("POST", Some(b)) => agent.post(url).send_json(b),
-        ("POST", None) => agent.post(url).send_empty(),
-        ("PUT", Some(b)) => agent.put(url).send_json(b),
-        _ => unreachable!(),
-    };
-    let mut resp = resp.unwrap();
-    let status = resp.status().as_u16();
-    let mut text = String::new();
-    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-}
-
-fn wait_build(s: &Server, id: i64, until: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, b) = call("GET", &format!("{}/api/v1/builds/{id}", s.url), None);
-        if until(&b) {
-            return b;
-        }
-        assert!(Instant::now() < deadline, "build {id} never got there: {b}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn finished(b: &Value) -> bool {
-    !matches!(b["build"]["status"].as_str(), Some("queued" | "running") | None)
-}
-
-fn log_texts(s: &Server, id: i64, job: &str) -> Vec<String> {
-    let (status, v) = call("GET", &format!("{}/api/v1/builds/{id}/jobs/{job}/logs", s.url), None);
-    assert_eq!(status, 200, "{v}");
-    v["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_string()).collect()
-}
+mod support;
+use support::*;
 
 /// Reads SSE `line` events until `stop` of them or `end`; returns (id, text) pairs.
 fn read_sse(url: &str, last_event_id: Option<u64>, stop: usize) -> (Vec<(u64, String)>, bool) {
@@ -581,29 +435,6 @@ fn configuration_precedence_and_redaction() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
 }
 
-fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(args)
-        .args(["--server", server])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    } else {
-        drop(child.stdin.take());
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 #[test]
 fn the_cli_drives_the_server_and_rotates_keys() {
     let tmp = tempfile::tempdir().unwrap();
@@ -687,6 +518,13 @@ fn openapi_describes_every_api_route() {
         ("/api/v1/webhooks/{id}/replay", &["post"]),
         ("/api/v1/schedules", &["get", "post"]),
         ("/api/v1/schedules/{id}", &["delete"]),
+        ("/api/v1/builds/{id}/artifacts", &["get"]),
+        ("/api/v1/builds/{id}/artifacts/{name}", &["delete"]),
+        ("/api/v1/artifacts/{id}", &["get"]),
+        ("/api/v1/caches", &["get"]),
+        ("/api/v1/caches/{id}", &["delete"]),
+        ("/api/v1/storage", &["get"]),
+        ("/api/v1/storage/prune", &["post"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());
@@ -695,7 +533,18 @@ fn openapi_describes_every_api_route() {
             assert!(paths[path][m].is_object(), "{m} {path} is not described");
         }
     }
-    for schema in ["JobRecord", "BuildSummary", "BuildDetail", "LogLine", "ErrorBody", "TriggerRequest", "Status"] {
+    for schema in [
+        "JobRecord",
+        "BuildSummary",
+        "BuildDetail",
+        "LogLine",
+        "ErrorBody",
+        "TriggerRequest",
+        "Status",
+        "ArtifactFile",
+        "CacheEntry",
+        "StorageReport",
+    ] {
         assert!(doc["components"]["schemas"][schema].is_object(), "no schema {schema}");
     }
 }

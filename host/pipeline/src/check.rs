@@ -316,15 +316,28 @@ impl Checker<'_> {
                 self.value(r, &index(&child(&cp, "restore-keys"), j), &scope);
             }
             for (j, r) in c.paths.iter().enumerate() {
-                self.value(r, &index(&child(&cp, "paths"), j), &scope);
+                let pp = index(&child(&cp, "paths"), j);
+                self.value(r, &pp, &scope);
+                self.workspace_path(r, &pp, "cache");
             }
         }
         for (i, a) in job.artifacts.iter().enumerate() {
             let ap = index(&child(&path, "artifacts"), i);
             for (j, r) in a.paths.iter().enumerate() {
-                self.value(r, &index(&child(&ap, "paths"), j), &scope);
+                let pp = index(&child(&ap, "paths"), j);
+                self.value(r, &pp, &scope);
+                self.workspace_path(r, &pp, "artifact");
+            }
+            let name = a.name.as_deref().unwrap_or(id);
+            if job.artifacts[..i].iter().any(|b| b.name.as_deref().unwrap_or(id) == name) {
+                let np = if a.name.is_some() { child(&ap, "name") } else { ap.clone() };
+                let pos = self.pos(&np, None);
+                self.diags
+                    .error("duplicate-artifact", pos, &np, format!("the job has two artifacts named `{name}`"))
+                    .help("give each artifact its own `name`");
             }
         }
+        self.downloads(id, job);
         for (i, n) in job.needs.iter().enumerate() {
             if job.needs[..i].contains(n) {
                 let np = index(&child(&path, "needs"), i);
@@ -333,6 +346,72 @@ impl Checker<'_> {
             }
         }
         self.steps(&job.steps, &child(&path, "steps"), &job.needs, &matrix_keys, params);
+    }
+
+    /// A cache or artifact path pattern: relative to the workspace and staying inside it.
+    fn workspace_path(&mut self, pattern: &str, path: &str, what: &str) {
+        let p = pattern.strip_prefix('!').unwrap_or(pattern);
+        let problem = if p.trim().is_empty() {
+            Some("an empty path selects nothing".to_string())
+        } else if p.starts_with('/') || p.starts_with('~') {
+            Some(format!("`{pattern}` is absolute: {what} paths are relative to the workspace"))
+        } else if p.split(['/', '\\']).any(|c| c == "..") {
+            Some(format!("`{pattern}` uses `..`: {what} paths may not leave the workspace"))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            let pos = self.pos(path, None);
+            self.diags
+                .error("workspace-path", pos, path, message)
+                .help("write a path below the workspace, such as `target/release/app` or `dist/**`");
+        }
+    }
+
+    /// `download:` names artifacts of the jobs in `needs`.
+    fn downloads(&mut self, id: &str, job: &Job) {
+        if job.download.is_empty() {
+            return;
+        }
+        let path = child(&child("jobs", id), "download");
+        if job.needs.is_empty() {
+            let pos = self.pos(&path, None);
+            self.diags
+                .error(
+                    "download-without-needs",
+                    pos,
+                    &path,
+                    "`download` takes artifacts of needed jobs, and this job needs none",
+                )
+                .help("add the jobs that produce the artifacts to `needs`");
+            return;
+        }
+        let pipeline = &self.decoded.pipeline;
+        let known: Vec<String> = job
+            .needs
+            .iter()
+            .filter_map(|n| pipeline.jobs.get(n).map(|j| (n, j)))
+            .flat_map(|(n, j)| j.artifacts.iter().map(move |a| a.name.clone().unwrap_or_else(|| n.clone())))
+            .collect();
+        for (i, name) in job.download.iter().enumerate() {
+            if name == "all" || known.contains(name) {
+                continue;
+            }
+            let np = index(&path, i);
+            let np = if self.decoded.spans.node(&np).is_some() { np } else { path.clone() };
+            let pos = self.pos(&np, None);
+            let d = self.diags.error(
+                "unknown-artifact",
+                pos,
+                &np,
+                format!("no job in `needs` produces an artifact named `{name}`"),
+            );
+            match did_you_mean(name, known.iter().map(String::as_str)) {
+                Some(sug) => d.help(format!("did you mean `{sug}`?")),
+                None if known.is_empty() => d.help("the needed jobs declare no `artifacts`"),
+                None => d.help(format!("valid: {}, or `all`", known.join(", "))),
+            };
+        }
     }
 
     fn steps(&mut self, steps: &[Step], path: &str, needs: &[String], matrix_keys: &[String], params: &[String]) {

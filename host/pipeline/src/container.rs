@@ -78,21 +78,27 @@ pub struct ContainerOptions {
     pub cache_volumes: Vec<(String, String)>,
 }
 
-/// Parses a memory size: a number of bytes, or a number with `k`, `m`, `g` (binary units,
-/// optionally followed by `b`/`i`/`ib`), at least 4 MiB.
-pub fn parse_memory(s: &str) -> Result<u64, String> {
+/// Parses a size: a number of bytes, or a number with `k`, `m`, `g` or `t` (binary units,
+/// optionally followed by `b`/`i`/`ib`), such as `512m`, `2GiB` or `1.5t`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num.parse().map_err(|_| format!("`{s}` is not a size such as `512m` or `2g`"))?;
-    let mult: f64 = match unit.trim_end_matches("ib").trim_end_matches(['b', 'i']) {
+    let mult: f64 = match unit.trim().trim_end_matches("ib").trim_end_matches(['b', 'i']) {
         "" => 1.0,
         "k" => 1024.0,
         "m" => 1024.0 * 1024.0,
         "g" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("unknown unit in `{s}` (use k, m or g)")),
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("unknown unit in `{s}` (use k, m, g or t)")),
     };
-    let bytes = (value * mult) as u64;
+    Ok((value * mult) as u64)
+}
+
+/// Parses a memory size (see [`parse_size`]), at least 4 MiB.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
     if bytes < 4 << 20 {
         return Err(format!("`{s}` is below the smallest memory limit of 4m"));
     }

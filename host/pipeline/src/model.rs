@@ -214,6 +214,15 @@ pub struct Job {
     /// Files kept after the job.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<Artifact>,
+    /// Artifacts of the jobs in `needs` placed in the workspace before the first step: their
+    /// names, or `all`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::string_or_list")]
+    pub download: Vec<String>,
+    /// Reuse the result of an earlier successful run of this job when the commit tree, the
+    /// job's definition and its stable inputs are the same (the steps are skipped).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_result: bool,
     /// A person must approve before the job runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
@@ -365,8 +374,9 @@ pub struct Artifact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::duration")]
     pub expire_in: Option<String>,
-    /// When to upload: `on-success` (default), `on-failure` or `always`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When to upload: `on-success` (default), `on-failure` or `always` (`when:` is accepted
+    /// as another spelling).
+    #[serde(default, rename = "if", alias = "when", skip_serializing_if = "Option::is_none")]
     pub when: Option<When>,
 }
 

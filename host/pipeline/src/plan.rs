@@ -113,6 +113,12 @@ pub struct PlannedJob {
     pub cache: Vec<model::Cache>,
     /// Artifacts.
     pub artifacts: Vec<model::Artifact>,
+    /// Artifacts of needed jobs to download first (names, or `all`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub download: Vec<String>,
+    /// Reuse an earlier successful result with the same fingerprint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_result: bool,
     /// Approval gate.
     pub approval: Option<model::Approval>,
     /// For matrix jobs: a failed combination cancels its siblings (default true).
@@ -372,6 +378,8 @@ impl Planner<'_> {
             env,
             cache: job.cache.clone(),
             artifacts: job.artifacts.clone(),
+            download: job.download.clone(),
+            cache_result: job.cache_result,
             approval: job.approval.clone(),
             fail_fast: job.strategy.as_ref().and_then(|s| s.fail_fast).unwrap_or(true),
             max_parallel: job.strategy.as_ref().and_then(|s| s.max_parallel),

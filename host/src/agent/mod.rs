@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
+mod storage;
+use storage::{Storage, remove_workspace, resolve_artifacts, resolve_caches, reuse_result, wanted};
+
 /// How an agent runs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -50,12 +53,22 @@ pub struct AgentConfig {
 pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfig, shutdown: CancelSignal) {
     let slots = Arc::new(Semaphore::new(cfg.executors.max(1)));
     let mut notices = ctx.bus.subscribe();
+    let mut last_disk_warning = None;
     loop {
         if shutdown.is_cancelled() {
             return;
         }
         let free = slots.available_permits();
-        if free > 0 {
+        let disk_full = ctx.storage.disk_state() == crate::engine::storage::DiskState::Critical;
+        if disk_full && last_disk_warning.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(60)) {
+            tracing::error!(
+                agent = %cfg.name,
+                "disk critically low under {}: leasing no new jobs until space is freed",
+                ctx.storage.data_dir.display()
+            );
+            last_disk_warning = Some(Instant::now());
+        }
+        if free > 0 && !disk_full {
             let req = LeaseRequest {
                 agent: &cfg.name,
                 labels: &cfg.labels,
@@ -236,9 +249,58 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         kill_grace: cfg.kill_grace,
         output_cap: cfg.output_cap,
     };
+    let renewer = tokio::spawn(renew_loop(ctx.clone(), lease.clone(), cfg.lease_ttl, cfg.renew_every, cancel.clone()));
+    // Storage before the steps: a reused stage result ends the job here; otherwise upstream
+    // artifacts and caches go into the workspace.
+    let storage = Storage::new(ctx, &job_record, &build, lease, &env.masker).await;
+    let fingerprint = if spec.cache_result {
+        let stable = json!({"env": plan.env, "params": plan.params, "needs": ctx_values.needs});
+        match crate::engine::cache::tree_of(&workspace, &info.sha) {
+            Ok(tree) => Some(crate::engine::cache::fingerprint(
+                &tree,
+                &serde_json::to_value(&spec).unwrap_or_default(),
+                &stable,
+            )),
+            Err(e) => {
+                storage.log(&[format!("result cache: cannot read the commit's tree ({e}); running the job")]).await?;
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(fp) = &fingerprint
+        && let Some(hit) = store.result_find(job_record.id, &spec.id, fp).await?
+    {
+        drop(env);
+        renewer.abort();
+        return reuse_result(ctx, lease, &spec, &build, &storage, hit, fp, &workspace).await;
+    }
+    if let Err(reason) = storage.download(&spec, &plan, &siblings, &workspace).await? {
+        drop(env);
+        renewer.abort();
+        remove_workspace(&workspace).await;
+        return finish(ctx, lease, &spec, build.id, Status::Error, Some(&reason), Value::Null).await;
+    }
+    let caches = match resolve_caches(&spec, &ctx_values) {
+        Ok(c) => c,
+        Err(reason) => {
+            drop(env);
+            renewer.abort();
+            remove_workspace(&workspace).await;
+            return finish(ctx, lease, &spec, build.id, Status::Error, Some(&reason), Value::Null).await;
+        }
+    };
+    let mut exact = Vec::with_capacity(caches.len());
+    for c in &caches {
+        let r = crate::engine::cache::restore(store, &ctx.storage, &storage.scope, c, &workspace).await;
+        storage.log(&r.lines).await?;
+        exact.push(r.exact);
+    }
+    let artifact_specs = resolve_artifacts(&spec, &ctx_values, ctx.storage.artifact_retention);
+
     let first_line = store.next_log_offset(bj.id).await?;
     let pump = tokio::spawn(pump_events(ctx.clone(), lease.clone(), build.id, rx, first_line));
-    let renewer = tokio::spawn(renew_loop(ctx.clone(), lease.clone(), cfg.lease_ttl, cfg.renew_every, cancel.clone()));
     let job_spec = JobSpec {
         id: &spec.id,
         env: &spec.env,
@@ -247,10 +309,43 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         timeout: spec.timeout,
         container: ContainerSpec::of(&spec),
     };
-    let result = run_job(job_spec, &env, ctx_values).await;
+    let mut result = run_job(job_spec, &env, ctx_values).await;
     drop(env);
     let _ = pump.await;
+
+    // Storage after the steps: artifacts (by their `if`), caches and the stage result.
+    match artifact_specs {
+        Ok(specs) => {
+            let specs: Vec<_> =
+                specs.into_iter().filter(|(when, _)| wanted(*when, result.status)).map(|(_, s)| s).collect();
+            if let Err(reason) = storage.keep_artifacts(&specs, &workspace).await? {
+                result.status = Status::Failure;
+                result.reason = Some(reason);
+            }
+        }
+        Err(reason) if result.status == Status::Success => {
+            result.status = Status::Error;
+            result.reason = Some(reason);
+        }
+        Err(reason) => storage.log(&[format!("artifacts: {reason}")]).await?,
+    }
+    if result.status == Status::Success {
+        for (c, hit) in caches.iter().zip(exact) {
+            if hit {
+                storage.log(&[format!("cache `{}`: hit on the exact key, not saved again", c.key)]).await?;
+            } else {
+                let lines = crate::engine::cache::save(store, &ctx.storage, &storage.scope, c, &workspace).await;
+                storage.log(&lines).await?;
+            }
+        }
+        if let Some(fp) = &fingerprint
+            && storage.scope.writable
+        {
+            store.result_record(job_record.id, &spec.id, fp, bj.id).await?;
+        }
+    }
     renewer.abort();
+    remove_workspace(&workspace).await;
     let outputs = Value::Object(result.outputs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
     let sandbox = match &spec.image {
         Some(image) => format!("docker:{}", image.as_literal().unwrap_or_else(|| "(expression)".into())),

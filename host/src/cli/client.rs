@@ -55,6 +55,9 @@ pub enum JobCommand {
         /// A new webhook secret; the previous one keeps working until the next change.
         #[arg(long, env = "CHENGIS_WEBHOOK_SECRET")]
         webhook_secret: Option<String>,
+        /// Keep only the newest N finished builds (0 keeps all).
+        #[arg(long)]
+        keep_builds: Option<i64>,
     },
     /// List jobs.
     List,
@@ -196,19 +199,31 @@ pub enum ScheduleCommand {
     },
 }
 
-struct Client {
+/// A connection to the server's API.
+pub(super) struct Client {
     base: String,
     agent: ureq::Agent,
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> Client {
+    pub(super) fn new(args: &ClientArgs) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
         Client { base: args.server.trim_end_matches('/').to_string(), agent }
+    }
+
+    /// Streams the body of a GET into `out`; returns the bytes written.
+    pub(super) fn download(&self, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
+        let resp = self.agent.get(&format!("{}{path}", self.base)).call();
+        let mut resp = resp.map_err(|e| anyhow!("cannot reach the server at {} ({path}): {e}", self.base))?;
+        if !resp.status().is_success() {
+            return self.answer(path, Ok(resp)).map(|_| 0);
+        }
+        let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut body, out).with_context(|| format!("downloading {path}"))
     }
 
     fn answer(&self, what: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
@@ -228,24 +243,25 @@ impl Client {
         Ok(value)
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    pub(super) fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.answer(path, self.agent.get(&format!("{}{path}", self.base)).call())
     }
 
-    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(super) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.answer(path, self.agent.post(&format!("{}{path}", self.base)).send_json(body))
     }
 
-    fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+    pub(super) fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.answer(path, self.agent.put(&format!("{}{path}", self.base)).send_json(body))
     }
 
-    fn delete(&self, path: &str) -> anyhow::Result<Value> {
+    pub(super) fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.answer(path, self.agent.delete(&format!("{}{path}", self.base)).call())
     }
 }
 
-fn enc(s: &str) -> String {
+/// Percent-encodes a path segment or query value.
+pub(super) fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -254,14 +270,16 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-fn print(format: Format, value: &Value, text: impl FnOnce(&Value) -> String) {
+/// Prints JSON, or the text rendering.
+pub(super) fn print(format: Format, value: &Value, text: impl FnOnce(&Value) -> String) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
         Format::Text => print!("{}", text(value)),
     }
 }
 
-fn s(v: &Value) -> String {
+/// A JSON value as plain text (`-` for null).
+pub(super) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
@@ -281,8 +299,11 @@ pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
             let v = c.post("/api/v1/jobs", body)?;
             print(args.format, &v, |v| format!("created job {} ({})\n", s(&v["name"]), s(&v["repo_url"])));
         }
-        JobCommand::Update { name, repo, branch, webhook_secret } => {
+        JobCommand::Update { name, repo, branch, webhook_secret, keep_builds } => {
             let mut body = json!({});
+            if let Some(n) = keep_builds {
+                body["keep_builds"] = json!(n);
+            }
             for (key, value) in [("repo_url", repo), ("default_branch", branch), ("webhook_secret", webhook_secret)] {
                 if let Some(v) = value {
                     body[key] = json!(v);

@@ -7,6 +7,7 @@ mod plugin;
 mod render;
 mod run;
 mod serve;
+mod storage;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -84,6 +85,24 @@ pub enum Command {
         #[command(subcommand)]
         command: client::SecretCommand,
     },
+    /// List and delete build caches on a server, or run its maintenance pass now.
+    Cache {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: storage::CacheCommand,
+    },
+    /// List, download and delete build artifacts on a server.
+    Artifact {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: storage::ArtifactCommand,
+    },
     /// Add, list and delete cron schedules on a server.
     Schedule {
         /// Server options.
@@ -125,6 +144,8 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Build { client, command } => client::build(&client, command),
         Command::Secret { client, command } => client::secret(&client, command),
         Command::Schedule { client, command } => client::schedule(&client, command),
+        Command::Cache { client, command } => storage::cache(&client, command),
+        Command::Artifact { client, command } => storage::artifact(&client, command),
         Command::EnsureWasmTarget => {
             let how = crate::toolchain::ensure_wasm_target()?;
             eprintln!("{how}");

@@ -2,6 +2,7 @@
 //! `CHENGIS_*` variable, a TOML file (`--config`) or a default, in that order of precedence.
 
 use super::docker::DockerArgs;
+use super::storage::{STORAGE_KEYS, StorageArgs};
 use crate::agent::{AgentConfig, run_agent};
 use crate::engine::builds::BuildContext;
 use crate::exec::CancelSignal;
@@ -60,6 +61,9 @@ pub struct ServeArgs {
     /// Container settings.
     #[command(flatten)]
     pub docker: DockerArgs,
+    /// Cache, artifact and retention settings.
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 /// The keys of the config file (`ServeConfig` with the container settings flattened in).
@@ -107,6 +111,9 @@ pub struct ServeConfig {
     /// Container settings.
     #[serde(flatten)]
     pub docker: DockerArgs,
+    /// Cache, artifact and retention settings.
+    #[serde(flatten)]
+    pub storage: StorageArgs,
 }
 
 impl ServeArgs {
@@ -118,11 +125,13 @@ impl ServeArgs {
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
                 let table: toml::Table =
                     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
-                if let Some(key) = table.keys().find(|k| !CONFIG_KEYS.contains(&k.as_str())) {
+                let known = |k: &str| CONFIG_KEYS.contains(&k) || STORAGE_KEYS.contains(&k);
+                if let Some(key) = table.keys().find(|k| !known(k)) {
                     bail!(
-                        "config file {}: unknown key `{key}`; known keys: {}",
+                        "config file {}: unknown key `{key}`; known keys: {}, {}",
                         path.display(),
-                        CONFIG_KEYS.join(", ")
+                        CONFIG_KEYS.join(", "),
+                        STORAGE_KEYS.join(", ")
                     );
                 }
                 toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?
@@ -158,6 +167,7 @@ impl ServeArgs {
                 self.webhook_retention.clone().or(file.webhook_retention).unwrap_or_else(|| "30d".into()),
             ),
             docker: self.docker.over(&file.docker),
+            storage: self.storage.over(&file.storage),
         })
     }
 }
@@ -217,6 +227,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     if lease_ttl < Duration::from_secs(2) {
         bail!("lease_ttl must be at least 2s: the agent renews every second");
     }
+    cfg.storage.config(PathBuf::new())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let store = open_store(&cfg).await?;
@@ -229,6 +240,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         for p in plugins.install_builtins().await? {
             tracing::debug!(plugin = %p.name, version = %p.version, digest = %p.digest, "builtin plugin pinned");
         }
+        let mut storage = cfg.storage.config(data_dir.clone())?;
+        storage.local_agents = (0..cfg.agents.unwrap_or(1)).map(agent_name).collect();
+        let storage = Arc::new(storage);
         let ctx = BuildContext {
             store: store.clone(),
             data_dir: data_dir.clone(),
@@ -236,12 +250,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             max_matrix: chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS,
             keys: keys.clone(),
             plugins: Some(plugins),
+            storage: storage.clone(),
         };
         recover(&ctx).await;
         let shutdown = CancelSignal::new();
         let docker_settings = cfg.docker.settings()?;
         for n in 0..cfg.agents.unwrap_or(1) {
-            let name = format!("embedded-{n}@{}", hostname());
+            let name = agent_name(n);
             // Containers carry the agent name and the data directory, so that two servers on
             // one engine never reap each other's containers.
             let docker = DockerRuntime::new(format!("{name}:{}", short_digest(&data_dir)), docker_settings.clone());
@@ -261,6 +276,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
         tokio::spawn(crate::engine::cron::run_scheduler(ctx.clone(), shutdown.clone()));
         tokio::spawn(prune_webhook_deliveries(store.clone(), webhook_retention));
+        tokio::spawn(crate::engine::storage::run_maintenance(store.clone(), storage, shutdown.clone()));
         let listen = cfg.listen.clone().unwrap_or_default();
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
@@ -312,6 +328,11 @@ async fn reap_periodically(docker: Arc<DockerRuntime>, shutdown: CancelSignal) {
             Err(e) => tracing::debug!("reaper: {e}"),
         }
     }
+}
+
+/// The name of embedded agent `n`.
+fn agent_name(n: usize) -> String {
+    format!("embedded-{n}@{}", hostname())
 }
 
 fn short_digest(path: &std::path::Path) -> String {

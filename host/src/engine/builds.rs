@@ -38,6 +38,8 @@ pub struct BuildContext {
     pub keys: std::sync::Arc<crate::store::secrets::MasterKeys>,
     /// The plugin platform (step executors, notifiers, SCM status, policies).
     pub plugins: Option<std::sync::Arc<crate::plugins::PluginService>>,
+    /// Cache, artifact and retention settings.
+    pub storage: std::sync::Arc<super::storage::StorageConfig>,
 }
 
 /// What a trigger asks for.
@@ -92,6 +94,9 @@ pub struct TriggerContext {
     /// The recorded webhook delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<i64>,
+    /// A pull request whose head is in another repository (a fork): it writes no cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fork: bool,
 }
 
 /// Why the pipeline's `on:` does not run for the webhook event behind a build, if it does not

@@ -4,7 +4,8 @@
 //! branches and read the pipeline file at a commit before planning.
 
 use git2::{FetchOptions, Oid, Repository};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// A checkout that failed.
@@ -312,8 +313,15 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Opens (creating it) the mirror in `dir` and fetches every branch and tag.
+    /// Opens (creating it) the mirror in `dir` and fetches every branch and tag. Updates of one
+    /// mirror are serialised within the process: two builds planned at once would otherwise
+    /// race for the mirror's ref locks.
     pub fn update(dir: &Path, url: &str, creds: Option<&GitCredentials>) -> Result<Mirror, CheckoutError> {
+        static LOCKS: std::sync::LazyLock<
+            std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>,
+        > = std::sync::LazyLock::new(Default::default);
+        let lock = LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(dir.to_path_buf()).or_default().clone();
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let repo = match Repository::open_bare(dir) {
             Ok(r) => r,
             Err(_) => Repository::init_bare(dir).map_err(git_err("init mirror", url))?,

@@ -50,7 +50,7 @@ impl EvalContext for Contexts {
     }
 
     fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
-        super::hashfiles::hash_files(&self.workspace, patterns)
+        chengis_archive::hash::hash_files(&self.workspace, patterns).map_err(|e| format!("hashFiles: {e}"))
     }
 }
 

@@ -364,6 +364,8 @@ fn local_limits(job: &PlannedJob) -> Vec<String> {
     let unused = [
         ("cache", !job.cache.is_empty()),
         ("artifacts", !job.artifacts.is_empty()),
+        ("download", !job.download.is_empty()),
+        ("cache-result", job.cache_result),
         ("approval", job.approval.is_some()),
         ("runs-on", !job.runs_on.is_empty()),
     ];

@@ -163,6 +163,10 @@ pub struct UpdateJob {
     /// A new webhook secret; the previous one stays valid until the next change (rotation).
     #[serde(default)]
     webhook_secret: Option<String>,
+    /// Keep only this job's newest N finished builds (0: keep all); older ones are deleted by
+    /// the maintenance loop.
+    #[serde(default)]
+    keep_builds: Option<i64>,
 }
 
 fn valid_webhook_secret(secret: &str) -> Result<(), ApiError> {
@@ -191,6 +195,9 @@ pub async fn update_job(
     if body.repo_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
         return Err(ApiError::bad_request("`repo_url` must not be empty"));
     }
+    if body.keep_builds.is_some_and(|n| n < 0) {
+        return Err(ApiError::bad_request("`keep_builds` must be 0 (keep all) or a positive number"));
+    }
     if let Some(secret) = &body.webhook_secret {
         valid_webhook_secret(secret)?;
     }
@@ -209,6 +216,10 @@ pub async fn update_job(
         .await?;
     if let Some(secret) = &body.webhook_secret {
         s.builds.store.set_webhook_secret(&s.builds.keys, &job.name, secret).await?;
+    }
+    if let Some(keep) = body.keep_builds {
+        s.builds.store.set_keep_builds(&job.name, Some(keep).filter(|n| *n > 0)).await?;
+        return Ok(Json(s.builds.store.job(&job.name).await?));
     }
     Ok(Json(job))
 }

@@ -200,6 +200,7 @@ fn decide(provider: Provider, event: &str, parsed: Result<Event, webhooks::Parse
                         base: Some(pr.base_ref.clone()),
                         pr_number: Some(pr.number),
                         pr_action: Some(pr.action.as_str().to_string()),
+                        fork: pr.is_fork(),
                         ..TriggerContext::default()
                     };
                     let req = TriggerRequest {

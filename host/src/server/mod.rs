@@ -6,6 +6,7 @@ pub mod error;
 pub mod hooks;
 mod openapi;
 mod schedules;
+mod storage;
 mod stream;
 pub mod webhooks;
 
@@ -56,6 +57,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/schedules", get(schedules::list).post(schedules::create))
         .route("/api/v1/schedules/{id}", axum::routing::delete(schedules::delete))
         .route("/api/v1/webhooks/{id}/replay", post(hooks::replay))
+        .route("/api/v1/builds/{id}/artifacts", get(storage::list_artifacts))
+        .route("/api/v1/builds/{id}/artifacts/{name}", axum::routing::delete(storage::delete_artifact))
+        .route("/api/v1/artifacts/{id}", get(storage::download))
+        .route("/api/v1/caches", get(storage::list_caches))
+        .route("/api/v1/caches/{id}", axum::routing::delete(storage::delete_cache))
+        .route("/api/v1/storage", get(storage::report))
+        .route("/api/v1/storage/prune", post(storage::prune))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(

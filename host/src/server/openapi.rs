@@ -1,7 +1,7 @@
 //! The OpenAPI description of the API, generated from the handlers' annotations and the
 //! request/response types by utoipa, served at `/api/v1/openapi.json`.
 
-use super::{api, error, hooks, schedules, stream};
+use super::{api, error, hooks, schedules, storage, stream};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -30,6 +30,13 @@ use utoipa::OpenApi;
         schedules::create,
         schedules::delete,
         hooks::replay,
+        storage::list_artifacts,
+        storage::delete_artifact,
+        storage::download,
+        storage::list_caches,
+        storage::delete_cache,
+        storage::report,
+        storage::prune,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
 )]

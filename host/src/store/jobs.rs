@@ -20,6 +20,8 @@ pub struct JobRecord {
     pub pipeline_path: Option<String>,
     /// Check out git submodules too.
     pub submodules: bool,
+    /// Only the newest N finished builds are kept (None: all).
+    pub keep_builds: Option<i64>,
     /// Creation time (ms since the epoch).
     pub created_ms: i64,
 }
@@ -60,11 +62,12 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, sqlx::Error> {
         default_branch: row.try_get("default_branch")?,
         pipeline_path: row.try_get("pipeline_path")?,
         submodules: row.try_get::<i64, _>("submodules")? != 0,
+        keep_builds: row.try_get("keep_builds")?,
         created_ms: row.try_get("created_ms")?,
     })
 }
 
-const COLUMNS: &str = "id, name, repo_url, default_branch, pipeline_path, submodules, created_ms";
+const COLUMNS: &str = "id, name, repo_url, default_branch, pipeline_path, submodules, keep_builds, created_ms";
 
 /// True for a unique-constraint violation.
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {

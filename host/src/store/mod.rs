@@ -1,5 +1,5 @@
 //! Storage: sqlx over SQLite (default, one file, WAL) or PostgreSQL, the migrations of both,
-//! and one file per table family (`jobs`, `builds`, `queue`, `secrets`).
+//! and one file per table family (`jobs`, `builds`, `queue`, `secrets`, `storage`, ...).
 //!
 //! Queries are written once against sqlx's `Any` driver with `$N` placeholders, which both
 //! backends accept; where the backends differ (leasing), the code says so. Times are stored as
@@ -13,6 +13,7 @@ pub mod plugins;
 pub mod queue;
 pub mod schedules;
 pub mod secrets;
+pub mod storage;
 pub mod tests_results;
 pub mod webhooks;
 

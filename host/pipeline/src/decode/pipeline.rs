@@ -30,6 +30,8 @@ const JOB_KEYS: &[&str] = &[
     "steps",
     "cache",
     "artifacts",
+    "download",
+    "cache-result",
     "approval",
 ];
 const STEP_KEYS: &[&str] = &[
@@ -293,6 +295,8 @@ impl Decoder<'_> {
                 }
                 "cache" => job.cache = self.list(v, &p, |d, n, cp| d.cache(n, cp)),
                 "artifacts" => job.artifacts = self.list(v, &p, |d, n, ap| d.artifact(n, ap)),
+                "download" => job.download = self.strings(v, &p, true),
+                "cache-result" => job.cache_result = self.boolean(v, &p).unwrap_or(false),
                 "approval" => job.approval = self.approval(v, &p),
                 _ => {}
             }
@@ -532,7 +536,7 @@ impl Decoder<'_> {
     }
 
     fn artifact(&mut self, node: &Rc<Node>, path: &str) -> Option<Artifact> {
-        let entries = self.map(node, path, &["name", "paths", "expire-in", "when"])?;
+        let entries = self.map(node, path, &["name", "paths", "expire-in", "if", "when"])?;
         self.require(node, path, &entries, &["paths"]);
         let mut a = Artifact::default();
         for e in entries {
@@ -541,7 +545,13 @@ impl Decoder<'_> {
                 "name" => a.name = self.string(&e.value, &p),
                 "paths" => a.paths = self.strings(&e.value, &p, true),
                 "expire-in" => a.expire_in = self.duration(&e.value, &p),
-                "when" => a.when = self.when(&e.value, &p),
+                "if" => a.when = self.when(&e.value, &p),
+                "when" => {
+                    self.diags
+                        .warning("deprecated-key", e.value.pos, &p, "`when` is the old spelling of an artifact's `if`")
+                        .help("write `if: on-success`, `if: on-failure` or `if: always`");
+                    a.when = self.when(&e.value, &p);
+                }
                 _ => {}
             }
         }

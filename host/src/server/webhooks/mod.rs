@@ -291,6 +291,14 @@ pub struct PullRequest {
     pub author: Option<String>,
 }
 
+impl PullRequest {
+    /// True when the head branch lives in another repository than the base (a fork).
+    pub fn is_fork(&self) -> bool {
+        let norm = |u: &str| u.trim().trim_end_matches('/').trim_end_matches(".git").to_ascii_lowercase();
+        self.head_repository.as_deref().is_some_and(|h| norm(h) != norm(&self.repository))
+    }
+}
+
 /// Checks that a delivery comes from the forge: succeeds when ANY of `secrets` (the hook's
 /// active secrets, two during rotation) matches. Empty secrets are ignored; with none left the
 /// answer is [`VerifyError::NoSecret`]. Every comparison is constant-time. `now_unix` is the

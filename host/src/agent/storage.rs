@@ -1,0 +1,283 @@
+//! The agent's storage steps around a job: resolving `cache:` and `artifacts:` with the job's
+//! contexts, placing upstream artifacts, keeping this job's artifacts, reusing a stage result,
+//! and the log lines that say what happened (System lines, masked, in the job's log).
+
+use super::finish;
+use crate::engine::artifacts::{ArtifactSpec, collect, place};
+use crate::engine::builds::BuildContext;
+use crate::engine::cache::{CacheScope, ResolvedCache};
+use crate::engine::context::Contexts;
+use crate::exec::{LogLine, SecretMasker, Stream};
+use crate::status::Status;
+use crate::store::builds::{BuildJobRecord, BuildSummary};
+use crate::store::jobs::JobRecord;
+use crate::store::queue::Lease;
+use crate::store::storage::CachedResult;
+use crate::store::{StoreError, now_ms};
+use chengis_pipeline::model::When;
+use chengis_pipeline::{Plan, PlannedJob};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Storage work of one leased job.
+pub(super) struct Storage<'a> {
+    ctx: &'a BuildContext,
+    lease: &'a Lease,
+    masker: Arc<SecretMasker>,
+    /// Whose caches the job reads and writes.
+    pub scope: CacheScope,
+}
+
+impl<'a> Storage<'a> {
+    /// The storage of a leased job of `build`.
+    pub async fn new(
+        ctx: &'a BuildContext,
+        job: &JobRecord,
+        build: &BuildSummary,
+        lease: &'a Lease,
+        masker: &Arc<SecretMasker>,
+    ) -> Storage<'a> {
+        let fork = ctx
+            .store
+            .events_after(build.id, 0)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.kind == "trigger")
+            .is_some_and(|e| e.payload.get("fork").and_then(Value::as_bool).unwrap_or(false));
+        let branch = if build.branch.is_empty() { job.default_branch.clone() } else { build.branch.clone() };
+        Storage {
+            ctx,
+            lease,
+            masker: masker.clone(),
+            scope: CacheScope {
+                job_id: job.id,
+                branch,
+                default_branch: job.default_branch.clone(),
+                writable: !fork,
+                build_id: build.id,
+            },
+        }
+    }
+
+    /// Appends lines to the job's log (masked, as System lines).
+    pub async fn log(&self, lines: &[String]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let store = &self.ctx.store;
+        let first = store.next_log_offset(self.lease.build_job_id).await?;
+        let time_ms = u64::try_from(now_ms()).unwrap_or(0);
+        let lines: Vec<LogLine> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, text)| LogLine {
+                number: first + i as u64,
+                stream: Stream::System,
+                time_ms,
+                text: self.masker.mask_str(text),
+            })
+            .collect();
+        store.append_log(self.lease, &lines).await?;
+        let _ = self.ctx.bus.send(crate::engine::builds::Notice::Log(self.lease.build_job_id));
+        Ok(())
+    }
+
+    /// Places the artifacts named by `download:` (of the jobs in `needs`) into the workspace.
+    /// `Err` inside: the job cannot start (a missing name, a corrupt file).
+    pub async fn download(
+        &self,
+        spec: &PlannedJob,
+        plan: &Plan,
+        siblings: &[BuildJobRecord],
+        workspace: &Path,
+    ) -> Result<Result<(), String>, StoreError> {
+        if spec.download.is_empty() {
+            return Ok(Ok(()));
+        }
+        let needed: Vec<&str> = siblings
+            .iter()
+            .filter(|s| plan.jobs.iter().any(|p| p.id == s.job_key && spec.needs_keys.contains(&p.key)))
+            .map(|s| s.job_key.as_str())
+            .collect();
+        let all = spec.download.iter().any(|d| d == "all");
+        let files: Vec<_> = self
+            .ctx
+            .store
+            .artifacts_of_build(self.scope.build_id)
+            .await?
+            .into_iter()
+            .filter(|f| needed.contains(&f.job.as_str()) && (all || spec.download.contains(&f.name)))
+            .collect();
+        if let Some(missing) = spec.download.iter().find(|d| *d != "all" && !files.iter().any(|f| &f.name == *d)) {
+            let reason = format!("download: no job in `needs` kept an artifact named `{missing}`");
+            self.log(std::slice::from_ref(&reason)).await?;
+            return Ok(Err(reason));
+        }
+        let blobs = match self.ctx.storage.blobs() {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(format!("download: {e}"))),
+        };
+        let ws = workspace.to_path_buf();
+        let count = files.len();
+        let placed = tokio::task::spawn_blocking(move || place(&blobs, &ws, &files)).await;
+        let line = match placed {
+            Ok(Ok(bytes)) => Ok(format!("download: placed {count} artifact files ({bytes} bytes) in the workspace")),
+            Ok(Err(e)) => Err(format!("download: {e}")),
+            Err(e) => Err(format!("download: {e}")),
+        };
+        match line {
+            Ok(l) => {
+                self.log(&[l]).await?;
+                Ok(Ok(()))
+            }
+            Err(reason) => {
+                self.log(std::slice::from_ref(&reason)).await?;
+                Ok(Err(reason))
+            }
+        }
+    }
+
+    /// Keeps this job's artifacts. `Err` inside: the job fails (over the cap, or unreadable).
+    pub async fn keep_artifacts(
+        &self,
+        specs: &[ArtifactSpec],
+        workspace: &Path,
+    ) -> Result<Result<(), String>, StoreError> {
+        if specs.is_empty() {
+            return Ok(Ok(()));
+        }
+        let blobs = match self.ctx.storage.blobs() {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(format!("artifacts: {e}"))),
+        };
+        let (ws, specs_owned) = (workspace.to_path_buf(), specs.to_vec());
+        let (limit, fail) = (self.ctx.storage.artifact_max_job, self.ctx.storage.artifact_fail_over_cap);
+        let collected = tokio::task::spawn_blocking(move || collect(&blobs, &ws, &specs_owned, limit, fail)).await;
+        let collected = match collected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let reason = format!("artifacts: {e}");
+                self.log(std::slice::from_ref(&reason)).await?;
+                return Ok(Err(reason));
+            }
+            Err(e) => return Ok(Err(format!("artifacts: {e}"))),
+        };
+        let mut lines: Vec<String> = collected.warnings.iter().map(|w| format!("warning: {w}")).collect();
+        self.ctx.store.artifact_insert(self.lease, &collected.files).await?;
+        for s in specs {
+            let (n, bytes) =
+                collected.files.iter().filter(|f| f.name == s.name).fold((0, 0), |(n, b), f| (n + 1, b + f.size));
+            if n > 0 {
+                lines.push(format!("artifacts: kept `{}` ({n} files, {bytes} bytes)", s.name));
+            }
+        }
+        self.log(&lines).await?;
+        Ok(Ok(()))
+    }
+}
+
+/// Ends a job with an earlier build's successful result: its outputs and artifacts, a log line
+/// and a `job_status` event that say where they came from.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn reuse_result(
+    ctx: &BuildContext,
+    lease: &Lease,
+    spec: &PlannedJob,
+    build: &BuildSummary,
+    storage: &Storage<'_>,
+    hit: CachedResult,
+    fingerprint: &str,
+    workspace: &Path,
+) -> Result<(), StoreError> {
+    let short: String = fingerprint.chars().take(12).collect();
+    storage
+        .log(&[format!(
+            "result cache: build #{} ran this job on the same tree with the same definition and inputs (fingerprint {short}) and succeeded; its steps are skipped and its outputs and artifacts reused",
+            hit.build_number
+        )])
+        .await?;
+    let copied = ctx.store.artifact_copy(lease, hit.build_job_id).await?;
+    if copied > 0 {
+        storage.log(&[format!("result cache: reused {copied} artifact files")]).await?;
+    }
+    let outputs = Value::Object(hit.outputs);
+    ctx.store.set_build_job_result(lease, &outputs, "cached").await?;
+    ctx.store
+        .add_event(
+            build.id,
+            "result_cached",
+            &json!({"job": spec.id, "from_build": hit.build_id, "from_number": hit.build_number, "fingerprint": fingerprint}),
+        )
+        .await?;
+    remove_workspace(workspace).await;
+    let reason = format!("result reused from build #{}", hit.build_number);
+    finish(ctx, lease, spec, build.id, Status::Success, Some(&reason), outputs).await
+}
+
+/// Renders a text with `${{ }}` expressions against the job's contexts.
+fn render(s: &str, ctx: &Contexts, what: &str) -> Result<String, String> {
+    let t = chengis_pipeline::expr::parse_template(s).map_err(|e| format!("{what} `{s}`: {}", e.message))?;
+    t.render(ctx).map_err(|e| format!("{what} `{s}`: {e}"))
+}
+
+/// The job's `cache:` entries with their expressions evaluated (hashFiles sees the checkout).
+pub(super) fn resolve_caches(spec: &PlannedJob, ctx: &Contexts) -> Result<Vec<ResolvedCache>, String> {
+    spec.cache
+        .iter()
+        .map(|c| {
+            let key = render(&c.key, ctx, "cache key")?;
+            if key.trim().is_empty() {
+                return Err(format!("cache key `{}` is empty once evaluated", c.key));
+            }
+            Ok(ResolvedCache {
+                key,
+                restore_keys: c.restore_keys.iter().map(|r| render(r, ctx, "restore key")).collect::<Result<_, _>>()?,
+                paths: c.paths.iter().map(|p| render(p, ctx, "cache path")).collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
+}
+
+/// The job's `artifacts:` entries with their `if` and expiry.
+pub(super) fn resolve_artifacts(
+    spec: &PlannedJob,
+    ctx: &Contexts,
+    default_retention: Option<std::time::Duration>,
+) -> Result<Vec<(When, ArtifactSpec)>, String> {
+    spec.artifacts
+        .iter()
+        .map(|a| {
+            let name = match &a.name {
+                Some(n) => render(n, ctx, "artifact name")?,
+                None => spec.key.clone(),
+            };
+            let life = match &a.expire_in {
+                Some(e) => Some(
+                    chengis_pipeline::duration::parse_duration(e)
+                        .map_err(|err| format!("artifact `{name}`: expire-in `{e}`: {err}"))?,
+                ),
+                None => default_retention,
+            };
+            let expires_ms = life.map(|d| now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+            let paths = a.paths.iter().map(|p| render(p, ctx, "artifact path")).collect::<Result<_, _>>()?;
+            Ok((a.when.unwrap_or(When::OnSuccess), ArtifactSpec { name, paths, expires_ms }))
+        })
+        .collect()
+}
+
+/// Whether an artifact with this `if` is kept after a job that ended `status`.
+pub(super) fn wanted(when: When, status: Status) -> bool {
+    match when {
+        When::Always => true,
+        When::OnSuccess => status == Status::Success,
+        When::OnFailure => status != Status::Success && status != Status::Skipped,
+    }
+}
+
+/// Removes a job's workspace (in the background of the blocking pool).
+pub(super) async fn remove_workspace(workspace: &Path) {
+    let ws = workspace.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws)).await;
+}

@@ -1,0 +1,254 @@
+//! Build caches and stage results: restoring a job's `cache:` entries before its first step
+//! (exact key, then restore-key prefixes; own branch, then the default branch), saving them
+//! after a success when the key missed (own branch only, never from a fork), size limits, and
+//! the fingerprint behind `cache-result: true`.
+
+use super::storage::StorageConfig;
+use crate::store::Store;
+use crate::store::storage::{CacheEntry, NewCacheEntry};
+use chengis_archive::select::select;
+use chengis_archive::tarzst::{PackLimits, Persisted, pack, persist, unpack};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Whose entries a build may read and write.
+#[derive(Debug, Clone)]
+pub struct CacheScope {
+    /// The job's id.
+    pub job_id: i64,
+    /// The build's branch (or tag ref): entries are written here.
+    pub branch: String,
+    /// The job's default branch: read after the build's own.
+    pub default_branch: String,
+    /// False for pull requests from forks: they read, and write nothing.
+    pub writable: bool,
+    /// The build (recorded with a saved entry).
+    pub build_id: i64,
+}
+
+impl CacheScope {
+    /// Scopes read, in order.
+    pub fn reads(&self) -> Vec<&str> {
+        let mut out = vec![self.branch.as_str()];
+        if self.default_branch != self.branch {
+            out.push(&self.default_branch);
+        }
+        out
+    }
+}
+
+/// A `cache:` entry with its expressions evaluated.
+#[derive(Debug, Clone)]
+pub struct ResolvedCache {
+    /// The exact key.
+    pub key: String,
+    /// Prefixes tried when the key misses.
+    pub restore_keys: Vec<String>,
+    /// What to archive.
+    pub paths: Vec<String>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The key matched exactly (nothing to save afterwards).
+    pub exact: bool,
+    /// What the log should say.
+    pub lines: Vec<String>,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Restores one cache entry into `workspace`. Never fails the job: a miss, a corrupt archive
+/// (deleted, then a miss) or a database error is a line in the log.
+pub async fn restore(
+    store: &Store,
+    cfg: &StorageConfig,
+    scope: &CacheScope,
+    cache: &ResolvedCache,
+    workspace: &Path,
+) -> Restored {
+    let mut lines = Vec::new();
+    let _ = store.counter_add("cache_lookups", 1).await;
+    let found = match store.cache_find(scope.job_id, &scope.reads(), &cache.key, &cache.restore_keys).await {
+        Ok(f) => f,
+        Err(e) => {
+            lines.push(format!("cache `{}`: lookup failed ({e}); continuing without it", cache.key));
+            return Restored { exact: false, lines };
+        }
+    };
+    let Some(entry) = found else {
+        lines.push(format!("cache `{}`: miss", cache.key));
+        return Restored { exact: false, lines };
+    };
+    let archive = cfg.cache_dir().join(&entry.file);
+    let (dest, sha) = (workspace.to_path_buf(), entry.sha256.clone());
+    let unpacked = tokio::task::spawn_blocking(move || unpack(&archive, &sha, &dest)).await;
+    match unpacked {
+        Ok(Ok(u)) => {
+            let _ = store.counter_add("cache_hits", 1).await;
+            let _ = store.cache_touch(entry.id).await;
+            let exact = entry.key == cache.key;
+            let how = if entry.key == cache.key { "restored" } else { "restored (restore-key)" };
+            lines.push(format!(
+                "cache `{}`: {how} `{}` saved by {} ({} files, {})",
+                cache.key,
+                entry.key,
+                entry.scope,
+                u.files,
+                mib(entry.size as u64)
+            ));
+            Restored { exact, lines }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(job_id = scope.job_id, key = %entry.key, "cache entry unusable, deleting it: {e}");
+            lines.push(format!(
+                "warning: cache `{}`: entry `{}` is unusable ({e}); treated as a miss",
+                cache.key, entry.key
+            ));
+            drop_entry(store, cfg, &entry).await;
+            Restored { exact: false, lines }
+        }
+        Err(e) => {
+            lines.push(format!("cache `{}`: restore failed ({e}); continuing without it", cache.key));
+            Restored { exact: false, lines }
+        }
+    }
+}
+
+/// Deletes an entry's row and its archive.
+pub async fn drop_entry(store: &Store, cfg: &StorageConfig, entry: &CacheEntry) {
+    if let Ok(Some(e)) = store.cache_delete(entry.id).await {
+        let _ = std::fs::remove_file(cfg.cache_dir().join(&e.file));
+    }
+}
+
+/// Saves one cache entry from `workspace` after a success. The archive is written to a
+/// temporary file and renamed into place; the database row decides which of two concurrent
+/// saves of one key wins (the other's archive is removed).
+pub async fn save(
+    store: &Store,
+    cfg: &StorageConfig,
+    scope: &CacheScope,
+    cache: &ResolvedCache,
+    workspace: &Path,
+) -> Vec<String> {
+    if !scope.writable {
+        return vec![format!("cache `{}`: not saved (pull requests from forks write no cache)", cache.key)];
+    }
+    let dir = cfg.cache_dir();
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return vec![format!("cache `{}`: not saved: cannot create {}: {e}", cache.key, dir.display())];
+    }
+    let (ws, paths, limit) = (workspace.to_path_buf(), cache.paths.clone(), cfg.cache_max_entry);
+    let file = unique_name(scope, &cache.key);
+    let dest: PathBuf = dir.join(&file);
+    let packed = tokio::task::spawn_blocking(move || {
+        let selection = select(&ws, &paths).map_err(|e| e.to_string())?;
+        if selection.entries.is_empty() {
+            return Ok(None);
+        }
+        let packed = pack(&ws, &selection, &dir, PackLimits { max_bytes: Some(limit), ..PackLimits::default() })
+            .map_err(|e| e.to_string())?;
+        let (sha, size, files) = (packed.sha256.clone(), packed.size, packed.files);
+        match persist(packed, &dest).map_err(|e| e.to_string())? {
+            Persisted::Written => Ok(Some((sha, size, files))),
+            Persisted::AlreadyExists => Err("an archive of that name exists".to_string()),
+        }
+    })
+    .await;
+    let (sha, size, files) = match packed {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => {
+            return vec![format!("cache `{}`: not saved: no file matches {}", cache.key, cache.paths.join(", "))];
+        }
+        Ok(Err(e)) => return vec![format!("cache `{}`: not saved: {e}", cache.key)],
+        Err(e) => return vec![format!("cache `{}`: not saved: {e}", cache.key)],
+    };
+    let row = NewCacheEntry {
+        job_id: scope.job_id,
+        scope: &scope.branch,
+        key: &cache.key,
+        file: &file,
+        size: i64::try_from(size).unwrap_or(i64::MAX),
+        sha256: &sha,
+        build_id: scope.build_id,
+    };
+    match store.cache_insert(&row).await {
+        Ok(true) => {
+            let mut lines =
+                vec![format!("cache `{}`: saved for {} ({files} files, {})", cache.key, scope.branch, mib(size))];
+            lines.extend(evict_over_cap(store, cfg).await);
+            lines
+        }
+        Ok(false) => {
+            let _ = std::fs::remove_file(cfg.cache_dir().join(&file));
+            vec![format!("cache `{}`: another build saved this key first; kept that entry", cache.key)]
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(cfg.cache_dir().join(&file));
+            vec![format!("cache `{}`: not saved: {e}", cache.key)]
+        }
+    }
+}
+
+/// Least-recently-used eviction down to the total cap, right after a save.
+async fn evict_over_cap(store: &Store, cfg: &StorageConfig) -> Vec<String> {
+    let Ok((_, mut total)) = store.cache_totals().await else { return Vec::new() };
+    let cap = i64::try_from(cfg.cache_max_total).unwrap_or(i64::MAX);
+    if total <= cap {
+        return Vec::new();
+    }
+    let Ok(mut entries) = store.cache_list(None).await else { return Vec::new() };
+    entries.sort_by_key(|e| e.last_used_ms);
+    let mut lines = Vec::new();
+    for e in entries {
+        if total <= cap {
+            break;
+        }
+        drop_entry(store, cfg, &e).await;
+        total -= e.size;
+        let _ = store.counter_add("deleted_caches", 1).await;
+        tracing::info!(job = %e.job, "cache: evicted `{}` of {} (least recently used, over the size cap)", e.key, e.scope);
+        lines.push(format!("cache: evicted `{}` of {} to stay under the size cap", e.key, e.scope));
+    }
+    lines
+}
+
+/// A file name no other save uses: the scope, key, time and process hashed.
+fn unique_name(scope: &CacheScope, key: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = Sha256::new();
+    h.update(scope.job_id.to_le_bytes());
+    h.update(scope.branch.as_bytes());
+    h.update([0]);
+    h.update(key.as_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.update(crate::store::now_ms().to_le_bytes());
+    h.update(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    let digest: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("{digest}.tar.zst")
+}
+
+/// The fingerprint of a job run for `cache-result`: the commit's tree, the planned job (its
+/// steps, image, env, matrix values), the pipeline env, the build's parameters and the outputs
+/// of the jobs it needs. Build numbers, ids, times and secrets' values are not part of it.
+pub fn fingerprint(tree: &str, job: &serde_json::Value, stable: &serde_json::Value) -> String {
+    let mut h = Sha256::new();
+    h.update(b"chengis-result-v1\0");
+    h.update(tree.as_bytes());
+    h.update([0]);
+    h.update(job.to_string().as_bytes());
+    h.update([0]);
+    h.update(stable.to_string().as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The tree id of `commit` in the repository at `workspace`.
+pub fn tree_of(workspace: &Path, commit: &str) -> Result<String, git2::Error> {
+    let repo = git2::Repository::open(workspace)?;
+    let oid = git2::Oid::from_str(commit)?;
+    Ok(repo.find_commit(oid)?.tree_id().to_string())
+}
