@@ -389,7 +389,7 @@ mod tests {
                 expires_ms: None,
             })
             .collect();
-        assert_eq!(place(&blobs, &down, &rows).unwrap(), 16);
+        assert_eq!(place(&blobs, &down, &rows).unwrap(), 17, "app, inside (app's content) and readme");
         assert_eq!(std::fs::read(down.join("dist/sub/readme.txt")).unwrap(), b"hello");
 
         // A corrupted blob is refused on the way out, and the half-written file is removed.

@@ -142,6 +142,11 @@ fn github_pull_request_opened() {
     assert_eq!(pr.base_ref, "main");
     assert_eq!(pr.title, "Update the README with new information.");
     assert_eq!(pr.author.as_deref(), Some("octocat"));
+    // The head lives in octocat's fork: such a build reads caches and writes none.
+    assert!(pr.is_fork());
+    let same = PullRequest { head_repository: Some("https://github.com/codertocat/hello-world/".into()), ..pr.clone() };
+    assert!(!same.is_fork(), "the same repository, spelled differently, is not a fork");
+    assert!(!PullRequest { head_repository: None, ..pr }.is_fork());
 }
 
 #[test]
