@@ -75,7 +75,7 @@ fn run(base: &str, event: &str, total: usize) {
                         return latencies;
                     }
                     let t = Instant::now();
-                    let resp = agent
+                    let mut resp = agent
                         .post(url.as_str())
                         .header("X-GitHub-Event", event.as_str())
                         .header("X-GitHub-Delivery", format!("{event}-{n}"))
@@ -84,6 +84,9 @@ fn run(base: &str, event: &str, total: usize) {
                         .send(body.as_bytes())
                         .expect("post");
                     assert!(matches!(resp.status().as_u16(), 200 | 202), "status {}", resp.status());
+                    // Read the answer to its end, so that the connection goes back to the pool
+                    // (keep-alive) instead of being closed.
+                    let _ = resp.body_mut().read_to_vec();
                     latencies.push(t.elapsed());
                 }
             })

@@ -283,7 +283,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         println!("chengis listening on http://{addr}");
         tracing::info!(%addr, database = %redact_url(cfg.database_url.as_deref().unwrap_or_default()), "serving");
         let hook_limiter = Arc::new(crate::server::hooks::RateLimiter::new(cfg.webhook_rate_limit.unwrap_or(120)));
-        let app = router(AppState { builds: ctx, keys, hook_limiter });
+        let app = router(AppState { builds: ctx, keys, hook_limiter, hook_cache: Default::default() });
         let stop = shutdown.clone();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

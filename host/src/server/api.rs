@@ -131,6 +131,7 @@ pub async fn create_job(
         .await?;
     if let Some(secret) = &body.webhook_secret {
         s.builds.store.set_webhook_secret(&s.builds.keys, &job.name, secret).await?;
+        s.hook_cache.forget(&job.name);
     }
     Ok((StatusCode::CREATED, Json(job)))
 }
@@ -214,8 +215,10 @@ pub async fn update_job(
             },
         )
         .await?;
+    s.hook_cache.forget(&job.name);
     if let Some(secret) = &body.webhook_secret {
         s.builds.store.set_webhook_secret(&s.builds.keys, &job.name, secret).await?;
+        s.hook_cache.forget(&job.name);
     }
     if let Some(keep) = body.keep_builds {
         s.builds.store.set_keep_builds(&job.name, Some(keep).filter(|n| *n > 0)).await?;
@@ -228,6 +231,7 @@ pub async fn update_job(
 #[utoipa::path(delete, path = "/api/v1/jobs/{name}", params(("name" = String, Path, description = "job name")), responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_job(State(s): State<AppState>, ApiPath(name): ApiPath<String>) -> Result<StatusCode, ApiError> {
     s.builds.store.delete_job(&name).await?;
+    s.hook_cache.forget(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -60,6 +60,55 @@ impl RateLimiter {
     }
 }
 
+/// A job and its active webhook secrets (decrypted), as the receiver needs them.
+#[derive(Debug)]
+pub struct HookJob {
+    /// The job.
+    pub job: crate::store::jobs::JobRecord,
+    /// Its webhook secrets, current first.
+    pub secrets: Vec<String>,
+}
+
+/// Jobs and their webhook secrets kept for [`HookCache::TTL`], so that a burst of deliveries
+/// reads and decrypts them once. This server forgets a job as soon as it changes it; a change
+/// made through another server sharing the database is seen within the TTL (during a rotation
+/// the previous secret stays valid anyway).
+#[derive(Debug, Default)]
+pub struct HookCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Instant, std::sync::Arc<HookJob>)>>,
+}
+
+impl HookCache {
+    /// How long an entry is used.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// The job `name` with its secrets, from the cache or the store.
+    pub async fn get(&self, s: &AppState, name: &str) -> Result<std::sync::Arc<HookJob>, crate::store::StoreError> {
+        {
+            let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, job)) = entries.get(name)
+                && at.elapsed() < Self::TTL
+            {
+                return Ok(job.clone());
+            }
+        }
+        let job = s.builds.store.job(name).await?;
+        let secrets = s.builds.store.webhook_secrets(&s.builds.keys, &job.name).await?;
+        let entry = std::sync::Arc::new(HookJob { job, secrets });
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() > 10_000 {
+            entries.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+        }
+        entries.insert(name.to_string(), (Instant::now(), entry.clone()));
+        Ok(entry)
+    }
+
+    /// Forgets a job (it was changed or deleted).
+    pub fn forget(&self, name: &str) {
+        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
+    }
+}
+
 /// Largest webhook body accepted (forges send push payloads of a few hundred KB at most).
 pub const HOOK_BODY_LIMIT: usize = 5 * 1024 * 1024;
 
@@ -81,9 +130,9 @@ pub async fn receive(
         details: json!({"limit_bytes": HOOK_BODY_LIMIT}),
     })?;
     let store = &s.builds.store;
-    let record = store.job(&job).await?;
-    let secrets = store.webhook_secrets(&s.builds.keys, &record.name).await?;
-    let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let hook = s.hook_cache.get(&s, &job).await?;
+    let record = &hook.job;
+    let secret_refs: Vec<&str> = hook.secrets.iter().map(String::as_str).collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     if let Err(e) = webhooks::verify(provider, &headers, &body, &secret_refs, now) {
         tracing::warn!(job = %record.name, provider = provider.as_str(), "webhook refused: {e}");

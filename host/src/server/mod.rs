@@ -31,6 +31,8 @@ pub struct AppState {
     pub keys: Arc<MasterKeys>,
     /// Webhook deliveries per job and minute.
     pub hook_limiter: Arc<hooks::RateLimiter>,
+    /// Jobs and their webhook secrets, briefly kept for the receivers.
+    pub hook_cache: Arc<hooks::HookCache>,
 }
 
 /// The whole router.

@@ -108,6 +108,8 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The group-commit writer of webhook deliveries, started on first use.
+    deliveries: std::sync::Arc<std::sync::OnceLock<webhooks::DeliveryWriter>>,
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -163,7 +165,7 @@ impl Store {
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        let store = Store { pool, backend };
+        let store = Store { pool, backend, deliveries: Default::default() };
         store.migrate().await?;
         Ok(store)
     }

@@ -5,10 +5,8 @@
 use super::secrets::{MasterKeys, SecretScope, open_row};
 use super::{Store, StoreError, now_ms};
 use flate2::Compression;
-use flate2::write::DeflateEncoder;
 use serde::Serialize;
 use sqlx::Row;
-use std::io::Write;
 
 /// The name of the current webhook secret in the job's webhook scope.
 const CURRENT: &str = "current";
@@ -28,6 +26,71 @@ pub struct NewDelivery<'a> {
     pub delivery_id: Option<&'a str>,
     /// The raw body.
     pub payload: &'a [u8],
+}
+
+/// Raw deflate (fast level) with one compressor per thread, reset between payloads: a new
+/// compressor allocates and zeroes its tables every time.
+fn deflate(data: &[u8]) -> Result<Vec<u8>, flate2::CompressError> {
+    use flate2::{Compress, FlushCompress, Status};
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Compress> = std::cell::RefCell::new(Compress::new(Compression::fast(), false));
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        c.reset();
+        let mut out = Vec::with_capacity(data.len() / 2 + 128);
+        loop {
+            let consumed = usize::try_from(c.total_in()).unwrap_or(data.len()).min(data.len());
+            if c.compress_vec(&data[consumed..], &mut out, FlushCompress::Finish)? == Status::StreamEnd {
+                return Ok(out);
+            }
+            out.reserve(out.capacity().max(4096));
+        }
+    })
+}
+
+/// A delivery on its way to the database.
+#[derive(Debug)]
+struct DeliveryRow {
+    job: String,
+    provider: String,
+    event: String,
+    delivery_id: Option<String>,
+    /// Deflate-compressed.
+    payload: Vec<u8>,
+    received_ms: i64,
+    outcome: DeliveryOutcome,
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<Option<i64>, StoreError>>;
+
+/// Most deliveries written in one transaction.
+const BATCH: usize = 128;
+
+/// The one task that writes deliveries: it takes what is waiting (up to [`BATCH`]) and commits
+/// it at once.
+#[derive(Debug)]
+pub(super) struct DeliveryWriter {
+    tx: tokio::sync::mpsc::Sender<(DeliveryRow, Reply)>,
+}
+
+impl DeliveryWriter {
+    fn start(store: Store) -> DeliveryWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(DeliveryRow, Reply)>(4 * BATCH);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                store.write_deliveries(batch).await;
+            }
+        });
+        DeliveryWriter { tx }
+    }
 }
 
 /// One recorded delivery, without its payload.
@@ -121,36 +184,92 @@ impl Store {
     }
 
     /// Records a delivery with what became of it so far; `None` when the job already has one
-    /// with the same provider and delivery id (a repeat: it must start nothing).
+    /// with the same provider and delivery id (a repeat: it must start nothing). Deliveries
+    /// arriving together are written in one transaction by one writer (group commit), so
+    /// concurrent receivers neither wait for each other's commits nor fight for SQLite's write
+    /// lock; each answer still waits for its own row to be committed.
     pub async fn record_delivery(
         &self,
         d: &NewDelivery<'_>,
         outcome: &DeliveryOutcome,
     ) -> Result<Option<i64>, StoreError> {
-        let mut enc = DeflateEncoder::new(Vec::new(), Compression::fast());
-        enc.write_all(d.payload).and_then(|()| enc.flush()).map_err(|e| StoreError::Crypto(e.to_string()))?;
-        let payload = enc.finish().map_err(|e| StoreError::Crypto(e.to_string()))?;
+        let payload = deflate(d.payload).map_err(|e| StoreError::Crypto(format!("compressing the payload: {e}")))?;
+        let row = DeliveryRow {
+            job: d.job.to_string(),
+            provider: d.provider.to_string(),
+            event: d.event.to_string(),
+            delivery_id: d.delivery_id.map(str::to_string),
+            payload,
+            received_ms: now_ms(),
+            outcome: outcome.clone(),
+        };
+        let writer = self.deliveries.get_or_init(|| DeliveryWriter::start(self.clone()));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if writer.tx.send((row, reply)).await.is_err() {
+            return Err(StoreError::Crypto("the delivery writer stopped".into()));
+        }
+        answer.await.map_err(|_| StoreError::Crypto("the delivery writer stopped".into()))?
+    }
+
+    /// Inserts one delivery row on `conn`.
+    async fn insert_delivery(conn: &mut sqlx::AnyConnection, row: &DeliveryRow) -> Result<Option<i64>, StoreError> {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO webhook_deliveries (job_id, provider, event, delivery_id, status, payload, received_ms, \
              repository, git_ref, commit_sha, detail, processing_ms) \
              SELECT j.id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM jobs j WHERE j.name = $1 \
              ON CONFLICT (job_id, provider, delivery_id) DO NOTHING RETURNING id",
         )
-        .bind(d.job)
-        .bind(d.provider)
-        .bind(d.event)
-        .bind(d.delivery_id)
-        .bind(outcome.status)
-        .bind(payload)
-        .bind(now_ms())
-        .bind(&outcome.repository)
-        .bind(&outcome.git_ref)
-        .bind(&outcome.commit_sha)
-        .bind(&outcome.detail)
-        .bind(outcome.processing_ms)
-        .fetch_optional(self.pool())
+        .bind(&row.job)
+        .bind(&row.provider)
+        .bind(&row.event)
+        .bind(&row.delivery_id)
+        .bind(row.outcome.status)
+        .bind(&row.payload)
+        .bind(row.received_ms)
+        .bind(&row.outcome.repository)
+        .bind(&row.outcome.git_ref)
+        .bind(&row.outcome.commit_sha)
+        .bind(&row.outcome.detail)
+        .bind(row.outcome.processing_ms)
+        .fetch_optional(&mut *conn)
         .await?;
         Ok(id)
+    }
+
+    /// Writes a batch in one transaction; on any failure, each row on its own (so every
+    /// caller gets its own answer).
+    async fn write_deliveries(&self, batch: Vec<(DeliveryRow, Reply)>) {
+        let together = async {
+            let mut tx = self.pool().begin().await?;
+            let mut ids = Vec::with_capacity(batch.len());
+            for (row, _) in &batch {
+                ids.push(Self::insert_delivery(&mut tx, row).await?);
+            }
+            tx.commit().await?;
+            Ok::<_, StoreError>(ids)
+        }
+        .await;
+        match together {
+            Ok(ids) => {
+                for ((_, reply), id) in batch.into_iter().zip(ids) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "writing {} webhook deliveries together failed ({e}); writing them one by one",
+                    batch.len()
+                );
+                for (row, reply) in batch {
+                    let one = async {
+                        let mut conn = self.pool().acquire().await?;
+                        Self::insert_delivery(&mut conn, &row).await
+                    }
+                    .await;
+                    let _ = reply.send(one);
+                }
+            }
+        }
     }
 
     /// Records what became of a delivery.
@@ -239,5 +358,21 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod deflate_tests {
+    #[test]
+    fn the_reused_compressor_round_trips_every_payload() {
+        use std::io::Read;
+        for data in [Vec::new(), b"x".to_vec(), (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()] {
+            for _ in 0..2 {
+                let packed = super::deflate(&data).unwrap();
+                let mut back = Vec::new();
+                flate2::read::DeflateDecoder::new(&packed[..]).read_to_end(&mut back).unwrap();
+                assert_eq!(back, data);
+            }
+        }
     }
 }

@@ -18,29 +18,37 @@ pub(super) fn parse_bounded(body: &[u8]) -> Result<Value, ParseError> {
 /// decides whether the error is `TooDeep` or `Invalid`.
 pub(super) fn depth_exceeds(body: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    // Jump from structural byte to structural byte; inside a string, from quote or backslash
+    // to the next (memchr scans whole words at a time).
+    while let Some(found) = memchr::memchr3(b'"', b'[', b'{', &body[i..]).map(|k| i + k) {
+        // Closing brackets between `i` and `found` lower the depth.
+        depth = depth.saturating_sub(memchr::memchr2_iter(b']', b'}', &body[i..found]).count());
+        match body[found] {
+            b'"' => {
+                let mut j = found + 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &body[j..]) {
+                        Some(k) if body[j + k] == b'\\' => j += k + 2,
+                        Some(k) => {
+                            j += k + 1;
+                            break;
+                        }
+                        None => return false,
+                    }
+                    if j >= body.len() {
+                        return false;
+                    }
+                }
+                i = j;
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
+            _ => {
                 depth += 1;
                 if depth > limit {
                     return true;
                 }
+                i = found + 1;
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
         }
     }
     false

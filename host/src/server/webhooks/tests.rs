@@ -641,6 +641,12 @@ fn too_deep_json_is_refused() {
     // Brackets inside strings do not count.
     let quoted = format!(r#"{{"message": "{}\"{}"}}"#, "[".repeat(200), "{".repeat(200));
     assert!(!json::depth_exceeds(quoted.as_bytes(), MAX_JSON_DEPTH));
+    // Closed siblings do not add up; an escaped backslash ends before the closing quote.
+    let siblings = format!("[{}[]]", "[[]],".repeat(500));
+    assert!(!json::depth_exceeds(siblings.as_bytes(), 3));
+    assert!(json::depth_exceeds(siblings.as_bytes(), 2));
+    assert!(json::depth_exceeds(br#"{"a\\": [[["#, 3));
+    assert!(!json::depth_exceeds(br#"{"a\\\"[[[": 1}"#, 1));
 }
 
 #[test]
