@@ -13,6 +13,16 @@ pub(super) fn parse_bounded(body: &[u8]) -> Result<Value, ParseError> {
     serde_json::from_slice(body).map_err(|e| ParseError::Invalid { message: e.to_string() })
 }
 
+/// Checks that `body` is JSON nested at most [`MAX_JSON_DEPTH`] deep, without building it.
+pub(super) fn validate_bounded(body: &[u8]) -> Result<(), ParseError> {
+    if depth_exceeds(body, MAX_JSON_DEPTH) {
+        return Err(ParseError::TooDeep { limit: MAX_JSON_DEPTH });
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(|e| ParseError::Invalid { message: e.to_string() })
+}
+
 /// Whether the arrays and objects in `body` nest deeper than `limit`, counting brackets outside
 /// strings. Runs in one pass without allocating; on text that is not JSON its answer only
 /// decides whether the error is `TooDeep` or `Invalid`.

@@ -380,6 +380,13 @@ pub fn parse(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Result<Eve
     } else {
         body
     };
+    // An event no parser reads is checked to be JSON without building a document of it.
+    if let Some(event) = event
+        && !reads_payload(provider, event)
+    {
+        json::validate_bounded(body)?;
+        return Ok(Event::Ignored { event: event.to_owned() });
+    }
     let value = json::parse_bounded(body)?;
     let root = Node::root(&value);
     match (provider, event) {
@@ -389,6 +396,17 @@ pub fn parse(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Result<Eve
         (Provider::Bitbucket, Some(event)) => bitbucket::parse(event, &root),
         (Provider::Generic, _) => generic::parse(&root),
         (_, None) => Err(ParseError::Invalid { message: "no event type".to_owned() }),
+    }
+}
+
+/// Whether the provider's parser reads the payload of `event` (anything else is stored and
+/// ignored).
+pub fn reads_payload(provider: Provider, event: &str) -> bool {
+    match provider {
+        Provider::Github | Provider::Gitea => matches!(event, "push" | "pull_request" | "ping" | "delete"),
+        Provider::Gitlab => matches!(event, "Push Hook" | "Tag Push Hook" | "Merge Request Hook"),
+        Provider::Bitbucket => event == "repo:push" || event == "diagnostics:ping" || event.starts_with("pullrequest:"),
+        Provider::Generic => true,
     }
 }
 

@@ -772,3 +772,25 @@ fn every_fixture_parses() {
         json::parse_bounded(body.as_bytes()).expect("fixture parses");
     }
 }
+
+#[test]
+fn every_event_a_parser_reads_is_listed_and_others_are_only_validated() {
+    // A listed event reaches its parser (which finds the fields missing, or answers a ping);
+    // an unlisted one is ignored, but its payload must still be JSON.
+    let listed = [
+        (Provider::Github, ["push", "pull_request", "ping", "delete"].as_slice()),
+        (Provider::Gitea, &["push", "pull_request", "ping", "delete"]),
+        (Provider::Gitlab, &["Push Hook", "Tag Push Hook", "Merge Request Hook"]),
+        (Provider::Bitbucket, &["repo:push", "diagnostics:ping", "pullrequest:created", "pullrequest:updated"]),
+    ];
+    for (provider, events) in listed {
+        let name = event_header(provider).unwrap();
+        for e in events {
+            let got = parse(provider, &headers(&[(name, e)]), b"{}");
+            assert!(!matches!(got, Ok(Event::Ignored { .. })), "{provider:?} {e}: {got:?}");
+        }
+        let h = headers(&[(name, "star")]);
+        assert_eq!(parse(provider, &h, b"{\"a\": [1]}"), Ok(Event::Ignored { event: "star".into() }));
+        assert!(matches!(parse(provider, &h, b"{not json"), Err(ParseError::Invalid { .. })));
+    }
+}
