@@ -188,9 +188,13 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
     let info = match checked {
         Ok(Ok(info)) => info,
         Ok(Err(e)) => {
+            remove_workspace(&workspace).await;
             return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await;
         }
-        Err(e) => return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await,
+        Err(e) => {
+            remove_workspace(&workspace).await;
+            return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await;
+        }
     };
     // What the checkout found, plus what only the server knows (the event, the pull request).
     let mut git = serde_json::to_value(&info).unwrap_or_default();
@@ -204,7 +208,10 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
 
     let masker = match SecretMasker::new(secrets.values().cloned()) {
         Ok(m) => Arc::new(m),
-        Err(e) => return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await,
+        Err(e) => {
+            remove_workspace(&workspace).await;
+            return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await;
+        }
     };
     let host_env: Vec<(String, String)> = vec![
         ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),

@@ -2,6 +2,7 @@
 //! order), stage results for `cache-result`, artifact rows (files in the blob store), the
 //! storage counters (cache hits, deletions) and the retention queries of the maintenance loop.
 
+use super::builds::held_at;
 use super::queue::Lease;
 use super::{Backend, Store, StoreError, now_ms};
 use serde::Serialize;
@@ -315,10 +316,11 @@ impl Store {
     pub async fn artifact_insert(&self, lease: &Lease, files: &[NewArtifactFile]) -> Result<(), StoreError> {
         let now = now_ms();
         for f in files {
-            let done = sqlx::query(
+            let done = sqlx::query(&format!(
                 "INSERT INTO artifacts (build_job_id, name, path, size, sha256, created_ms, expires_ms) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM queue WHERE id = $8 AND fencing_token = $9)",
-            )
+                 SELECT $1, $2, $3, $4, $5, $6, $7 WHERE {}",
+                held_at(8)
+            ))
             .bind(lease.build_job_id)
             .bind(f.name.clone())
             .bind(f.path.clone())
@@ -339,11 +341,11 @@ impl Store {
 
     /// Gives a leased job the artifact rows of an earlier build job (a reused stage result).
     pub async fn artifact_copy(&self, lease: &Lease, from_build_job: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "INSERT INTO artifacts (build_job_id, name, path, size, sha256, created_ms, expires_ms) \
-             SELECT $1, name, path, size, sha256, created_ms, expires_ms FROM artifacts WHERE build_job_id = $2 \
-             AND EXISTS (SELECT 1 FROM queue WHERE id = $3 AND fencing_token = $4)",
-        )
+             SELECT $1, name, path, size, sha256, created_ms, expires_ms FROM artifacts WHERE build_job_id = $2 AND {}",
+            held_at(3)
+        ))
         .bind(lease.build_job_id)
         .bind(from_build_job)
         .bind(lease.entry)
