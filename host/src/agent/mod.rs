@@ -145,13 +145,21 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         needs.insert(key.clone(), json!({"result": result.as_str(), "outputs": outputs}));
     }
     let secrets = store.secrets_for_job(keys, &build.job).await?;
+    // The webhook event behind the build, if any (recorded as its `trigger` event).
+    let trigger = store
+        .events_after(build.id, 0)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.kind == "trigger")
+        .and_then(|e| serde_json::from_value::<crate::engine::builds::TriggerContext>(e.payload).ok());
     let mut ctx_values = Contexts {
         params: context::object(plan.params.iter()),
         secrets: Value::Object(secrets.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),
         matrix: context::object(spec.matrix.iter()),
         needs: Value::Object(needs),
         build: json!({"id": build.id, "number": build.number, "job": build.job, "attempt": lease.attempt}),
-        git: git_context(store, &build).await,
+        git: git_context(&build, trigger.as_ref()),
         status: Some(if failed_need.is_some() {
             chengis_pipeline::expr::Status::Failure
         } else {
@@ -259,7 +267,8 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
     let renewer = tokio::spawn(renew_loop(ctx.clone(), lease.clone(), cfg.lease_ttl, cfg.renew_every, cancel.clone()));
     // Storage before the steps: a reused stage result ends the job here; otherwise upstream
     // artifacts and caches go into the workspace.
-    let storage = Storage::new(ctx, &job_record, &build, lease, &env.masker).await;
+    let fork = trigger.as_ref().is_some_and(|t| t.fork);
+    let storage = Storage::new(ctx, &job_record, &build, lease, &env.masker, fork);
     let fingerprint = if spec.cache_result {
         let stable = json!({"env": plan.env, "params": plan.params, "needs": ctx_values.needs});
         match crate::engine::cache::tree_of(&workspace, &info.sha) {
@@ -475,14 +484,10 @@ async fn pump_events(
 /// The `git` context of a server build: the commit (`sha`, `short_sha`, `branch`, `tag`,
 /// `message`, `author`), the `event` that started it (`push`, `tag`, `pull_request`,
 /// `schedule`, `manual`, ...) and, for pull requests, `pr` (`number`, `head`, `base`).
-async fn git_context(store: &crate::store::Store, build: &crate::store::builds::BuildSummary) -> Value {
-    let trigger = store
-        .events_after(build.id, 0)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|e| e.kind == "trigger")
-        .and_then(|e| serde_json::from_value::<crate::engine::builds::TriggerContext>(e.payload).ok());
+fn git_context(
+    build: &crate::store::builds::BuildSummary,
+    trigger: Option<&crate::engine::builds::TriggerContext>,
+) -> Value {
     let (branch, tag) = match build.branch.strip_prefix("refs/tags/") {
         Some(tag) => (String::new(), tag.to_string()),
         None => (build.branch.clone(), String::new()),

@@ -30,22 +30,16 @@ pub(super) struct Storage<'a> {
 }
 
 impl<'a> Storage<'a> {
-    /// The storage of a leased job of `build`.
-    pub async fn new(
+    /// The storage of a leased job of `build` (`fork`: a pull request from a fork, which writes
+    /// no cache).
+    pub fn new(
         ctx: &'a BuildContext,
         job: &JobRecord,
         build: &BuildSummary,
         lease: &'a Lease,
         masker: &Arc<SecretMasker>,
+        fork: bool,
     ) -> Storage<'a> {
-        let fork = ctx
-            .store
-            .events_after(build.id, 0)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .find(|e| e.kind == "trigger")
-            .is_some_and(|e| e.payload.get("fork").and_then(Value::as_bool).unwrap_or(false));
         let branch = if build.branch.is_empty() { job.default_branch.clone() } else { build.branch.clone() };
         Storage {
             ctx,

@@ -104,10 +104,6 @@ fn blob_path(sha256: &str) -> String {
     format!("{}/{sha256}", &sha256[..2])
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Copies `src` to `dst` through a 1 MiB buffer, hashing; returns (sha256, bytes).
 fn copy_hashing(src: &mut dyn Read, dst: &mut dyn Write, path: &str) -> Result<(String, u64), ArtifactError> {
     let mut hasher = Sha256::new();
@@ -124,7 +120,7 @@ fn copy_hashing(src: &mut dyn Read, dst: &mut dyn Write, path: &str) -> Result<(
         dst.write_all(&buf[..n]).map_err(io("cannot write", path))?;
         total += n as u64;
     }
-    Ok((hex(&hasher.finalize()), total))
+    Ok((hex::encode(hasher.finalize()), total))
 }
 
 impl LocalBlobs {

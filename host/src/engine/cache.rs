@@ -4,8 +4,8 @@
 //! the fingerprint behind `cache-result: true`.
 
 use super::storage::StorageConfig;
-use crate::store::Store;
 use crate::store::storage::{CacheEntry, NewCacheEntry};
+use crate::store::{Store, StoreError};
 use chengis_archive::select::select;
 use chengis_archive::tarzst::{PackLimits, Persisted, pack, persist, unpack};
 use sha2::{Digest, Sha256};
@@ -180,7 +180,14 @@ pub async fn save(
         Ok(true) => {
             let mut lines =
                 vec![format!("cache `{}`: saved for {} ({files} files, {})", cache.key, scope.branch, mib(size))];
-            lines.extend(evict_over_cap(store, cfg).await);
+            if let Ok(evicted) = evict(store, cfg).await
+                && !evicted.is_empty()
+            {
+                let _ = store.counter_add("deleted_caches", evicted.len() as i64).await;
+                lines.extend(
+                    evicted.iter().map(|(e, why)| format!("cache: deleted `{}` of {} ({why})", e.key, e.scope)),
+                );
+            }
             lines
         }
         Ok(false) => {
@@ -194,27 +201,32 @@ pub async fn save(
     }
 }
 
-/// Least-recently-used eviction down to the total cap, right after a save.
-async fn evict_over_cap(store: &Store, cfg: &StorageConfig) -> Vec<String> {
-    let Ok((_, mut total)) = store.cache_totals().await else { return Vec::new() };
+/// Deletes the entries unused for longer than the cache age, then the least recently used
+/// while the total is over the size cap (each with its archive, logged); returns them with why.
+/// The maintenance loop runs it, and every save right after writing.
+pub async fn evict(store: &Store, cfg: &StorageConfig) -> Result<Vec<(CacheEntry, &'static str)>, StoreError> {
+    let now = crate::store::now_ms();
+    let max_age = i64::try_from(cfg.cache_max_age.as_millis()).unwrap_or(i64::MAX);
     let cap = i64::try_from(cfg.cache_max_total).unwrap_or(i64::MAX);
-    if total <= cap {
-        return Vec::new();
-    }
-    let Ok(mut entries) = store.cache_list(None).await else { return Vec::new() };
+    let mut entries = store.cache_list(None).await?;
+    let mut total: i64 = entries.iter().map(|e| e.size).sum();
     entries.sort_by_key(|e| e.last_used_ms);
-    let mut lines = Vec::new();
+    let mut out = Vec::new();
     for e in entries {
-        if total <= cap {
-            break;
+        let expired = now - e.last_used_ms > max_age;
+        if !expired && total <= cap {
+            continue;
         }
-        drop_entry(store, cfg, &e).await;
-        total -= e.size;
-        let _ = store.counter_add("deleted_caches", 1).await;
-        tracing::info!(job = %e.job, "cache: evicted `{}` of {} (least recently used, over the size cap)", e.key, e.scope);
-        lines.push(format!("cache: evicted `{}` of {} to stay under the size cap", e.key, e.scope));
+        if store.cache_delete(e.id).await?.is_some() {
+            let _ = std::fs::remove_file(cfg.cache_dir().join(&e.file));
+            total -= e.size;
+            let why =
+                if expired { "unused for longer than the cache age" } else { "least recently used over the size cap" };
+            tracing::info!(job = %e.job, "cache: deleted `{}` of {} ({why})", e.key, e.scope);
+            out.push((e, why));
+        }
     }
-    lines
+    Ok(out)
 }
 
 /// A file name no other save uses: the scope, key, time and process hashed.
@@ -228,7 +240,7 @@ fn unique_name(scope: &CacheScope, key: &str) -> String {
     h.update(std::process::id().to_le_bytes());
     h.update(crate::store::now_ms().to_le_bytes());
     h.update(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
-    let digest: String = h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let digest = hex::encode(&h.finalize()[..16]);
     format!("{digest}.tar.zst")
 }
 
@@ -243,7 +255,7 @@ pub fn fingerprint(tree: &str, job: &serde_json::Value, stable: &serde_json::Val
     h.update(job.to_string().as_bytes());
     h.update([0]);
     h.update(stable.to_string().as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h.finalize())
 }
 
 /// The tree id of `commit` in the repository at `workspace`.

@@ -285,24 +285,9 @@ pub async fn sweep(store: &Store, cfg: &StorageConfig) -> Result<Swept, StoreErr
     swept.artifacts += n;
 
     // Caches: age, then the total cap (least recently used first).
-    let entries = store.cache_list(None).await?;
-    let mut total: i64 = entries.iter().map(|e| e.size).sum();
-    let mut by_age = entries;
-    by_age.sort_by_key(|e| e.last_used_ms);
-    for e in by_age {
-        let expired = now - e.last_used_ms > ms(cfg.cache_max_age);
-        let over = total > i64::try_from(cfg.cache_max_total).unwrap_or(i64::MAX);
-        if !expired && !over {
-            continue;
-        }
-        if store.cache_delete(e.id).await?.is_some() {
-            swept.bytes += remove_file(&cfg.cache_dir().join(&e.file));
-            total -= e.size;
-            swept.caches += 1;
-            let why =
-                if expired { "unused for longer than the cache age" } else { "least recently used over the size cap" };
-            tracing::info!(job = %e.job, "retention: deleted cache `{}` of {} ({why})", e.key, e.scope);
-        }
+    for (e, _) in super::cache::evict(store, cfg).await? {
+        swept.caches += 1;
+        swept.bytes += u64::try_from(e.size).unwrap_or(0);
     }
     let known = store.cache_files().await?;
     let cache_dir = cfg.cache_dir();
