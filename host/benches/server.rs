@@ -56,6 +56,7 @@ async fn queue_throughput(label: &str, url: &str) {
                     capacity: 1,
                     ttl: Duration::from_secs(30),
                     max_attempts: 2,
+                    free: None,
                 };
                 let leases = store.lease(&req).await.unwrap();
                 if leases.is_empty() {
@@ -133,6 +134,7 @@ async fn log_ingestion(dir: &std::path::Path) {
             capacity: 1,
             ttl: Duration::from_secs(600),
             max_attempts: 2,
+            free: None,
         })
         .await
         .unwrap()

@@ -1,30 +1,33 @@
 //! The agent: leases jobs from the queue, runs each exactly as `chengis run` would (checkout at
 //! the build's commit, the engine's job runner), renews the lease every second (which carries
-//! cancellation), streams logs into the store in batches, and finishes with the fencing token.
-//! `chengis serve` runs one in-process; remote agents will speak the same calls over HTTP.
+//! cancellation), streams logs in batches, and finishes with the fencing token. `chengis serve`
+//! runs one in-process (it writes to the store); `chengis agent` makes the same calls over HTTP
+//! (`remote`), and the server's half of them lives in `server_side`.
 
-use crate::engine::builds::{BuildContext, Notice};
+use crate::engine::builds::BuildContext;
 use crate::engine::checkout::{CheckoutRequest, checkout};
-use crate::engine::context::{self, Contexts};
+use crate::engine::context;
 use crate::engine::events::RunEvent;
 use crate::engine::job::{ContainerSpec, JobEnv, JobSpec, run_job};
 use crate::exec::docker::{DockerRuntime, SandboxLabels};
-use crate::exec::{CancelSignal, LogLine, SecretMasker};
-use crate::plugins::dispatch::Change;
+use crate::exec::{CancelSignal, LogLine, SecretMasker, Stream};
 use crate::status::Status;
-use crate::store::builds::StepRecord;
-use crate::store::queue::{Lease, LeaseRequest, Renewal};
+use crate::store::now_ms;
+use crate::store::queue::{Lease, LeaseRequest};
 use crate::store::secrets::MasterKeys;
-use crate::store::{StoreError, now_ms};
-use chengis_pipeline::{Plan, PlannedJob};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
+pub mod link;
+pub mod remote;
+pub mod server_side;
 mod storage;
-use storage::{Storage, remove_workspace, resolve_artifacts, resolve_caches, reuse_result, wanted};
+use link::{Link, LinkError};
+use server_side::{Assignment, LocalParts, Update};
+use storage::{Storage, remove_workspace};
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -75,6 +78,7 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
                 capacity: free,
                 ttl: cfg.lease_ttl,
                 max_attempts: cfg.max_attempts,
+                free: None,
             };
             match ctx.store.lease(&req).await {
                 Ok(leases) => {
@@ -85,7 +89,16 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
                             tracing::info_span!("build_job", build_job = lease.build_job_id, attempt = lease.attempt);
                         tokio::spawn(
                             async move {
-                                if let Err(e) = run_leased(&ctx, &keys, &cfg, &lease).await {
+                                let prepared = match server_side::prepare(&ctx, &keys, &lease).await {
+                                    Ok(p) => p,
+                                    Err(e) => {
+                                        tracing::error!("preparing build job {}: {e}", lease.build_job_id);
+                                        return;
+                                    }
+                                };
+                                if let Some((a, local)) = prepared
+                                    && let Err(e) = execute(&Link::Local(ctx), &cfg, a, Some(local), None).await
+                                {
                                     tracing::error!("running build job {}: {e}", lease.build_job_id);
                                 }
                                 drop(permit);
@@ -107,119 +120,50 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
     }
 }
 
-async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, lease: &Lease) -> Result<(), StoreError> {
-    let store = &ctx.store;
-    let bj = store.build_job(lease.build_job_id).await?;
-    let build = store.build_summary(bj.build_id).await?;
-    let job_record = store.job(&build.job).await?;
-    let corrupt = |what: &'static str| move |e: serde_json::Error| StoreError::Corrupt { what, detail: e.to_string() };
-    let spec: PlannedJob = serde_json::from_str(&store.build_job_spec(bj.id).await?).map_err(corrupt("job spec"))?;
-    let plan: Plan =
-        serde_json::from_str(&store.build_plan(bj.build_id).await?.unwrap_or_default()).map_err(corrupt("plan"))?;
-    store.start_leased_job(lease).await?;
-    if build.status == Status::Queued {
-        store.transition_build(build.id, Status::Running, None).await?;
-        ctx.announce(build.id, Change::Build);
-    }
-    store
-        .add_event(build.id, "job_status", &json!({"job": spec.id, "status": "running", "attempt": lease.attempt}))
-        .await?;
-    let _ = ctx.bus.send(Notice::Build(build.id));
-    ctx.announce(build.id, Change::Job(spec.id.clone(), Status::Running));
-
-    // Contexts and the job's condition, as the local engine decides them.
-    let siblings = store.build_jobs(bj.build_id).await?;
-    let mut needs = serde_json::Map::new();
-    let mut failed_need = None;
-    for key in &spec.needs_keys {
-        let mine: Vec<_> =
-            siblings.iter().filter(|s| plan.jobs.iter().any(|p| p.id == s.job_key && &p.key == key)).collect();
-        let mut outputs = serde_json::Map::new();
-        for s in &mine {
-            outputs.extend(s.outputs.clone());
-            if s.status != Status::Success {
-                failed_need = Some((key.clone(), s.status));
-            }
-        }
-        let result = crate::engine::run::overall(mine.iter().map(|s| s.status), false);
-        needs.insert(key.clone(), json!({"result": result.as_str(), "outputs": outputs}));
-    }
-    let secrets = store.secrets_for_job(keys, &build.job).await?;
-    // The webhook event behind the build, if any (recorded as its `trigger` event).
-    let trigger = store
-        .events_after(build.id, 0)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|e| e.kind == "trigger")
-        .and_then(|e| serde_json::from_value::<crate::engine::builds::TriggerContext>(e.payload).ok());
-    let mut ctx_values = Contexts {
-        params: context::object(plan.params.iter()),
-        secrets: Value::Object(secrets.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),
-        matrix: context::object(spec.matrix.iter()),
-        needs: Value::Object(needs),
-        build: json!({"id": build.id, "number": build.number, "job": build.job, "attempt": lease.attempt}),
-        git: git_context(&build, trigger.as_ref()),
-        status: Some(if failed_need.is_some() {
-            chengis_pipeline::expr::Status::Failure
-        } else {
-            chengis_pipeline::expr::Status::Success
-        }),
-        ..Contexts::default()
-    };
-    let run = context::condition(spec.condition.as_deref(), &ctx_values);
-    if !matches!(run, Ok(true)) {
-        let (status, reason) = match (run, failed_need) {
-            (Err(e), _) => (Status::Error, e),
-            (_, Some((n, s))) if spec.condition.is_none() => {
-                (Status::Skipped, format!("needs `{n}`, which ended `{s}`"))
-            }
-            _ => (Status::Skipped, "its `if` condition is false".to_string()),
-        };
-        return finish(ctx, lease, &spec, build.id, status, Some(&reason), Value::Object(Default::default())).await;
-    }
-
-    // Workspace at the exact commit.
-    let workspace = ctx.data_dir.join("workspaces").join(bj.id.to_string());
+/// Runs a prepared job on this agent: checkout at the exact commit, the engine's job runner, the
+/// log and step reports through `link`, and the end with the fencing token. `local`: the
+/// embedded agent's extras (caches, artifacts, stage results); `stop`: cancels the job from
+/// outside (a remote agent's drain deadline).
+pub async fn execute(
+    link: &Link,
+    cfg: &AgentConfig,
+    a: Assignment,
+    local: Option<LocalParts>,
+    stop: Option<CancelSignal>,
+) -> Result<(), LinkError> {
+    let bj_id = a.lease.build_job_id;
+    let work = link.work_dir();
+    let workspace = work.join("workspaces").join(bj_id.to_string());
+    let state_dir = work.join("state").join(bj_id.to_string());
     let _ = std::fs::remove_dir_all(&workspace);
     let req = CheckoutRequest {
-        url: job_record.repo_url.clone(),
-        commit: Some(build.commit_sha.clone()),
-        branch: Some(build.branch.clone()).filter(|b| !b.is_empty()),
+        url: a.repo_url.clone(),
+        commit: Some(a.commit.clone()),
+        branch: Some(a.branch.clone()).filter(|b| !b.is_empty()),
         depth: 1,
-        submodules: job_record.submodules,
-        credentials: crate::engine::checkout::GitCredentials::from_secrets(&secrets),
+        submodules: a.submodules,
+        credentials: crate::engine::checkout::GitCredentials::from_secrets(&a.secrets),
         ..CheckoutRequest::default()
     };
     let ws = workspace.clone();
-    let checked = tokio::task::spawn_blocking(move || checkout(&req, &ws)).await;
-    let info = match checked {
+    let info = match tokio::task::spawn_blocking(move || checkout(&req, &ws)).await {
         Ok(Ok(info)) => info,
-        Ok(Err(e)) => {
-            remove_workspace(&workspace).await;
-            return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await;
-        }
-        Err(e) => {
-            remove_workspace(&workspace).await;
-            return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await;
-        }
+        Ok(Err(e)) => return fail(link, &a, &workspace, &e.to_string()).await,
+        Err(e) => return fail(link, &a, &workspace, &e.to_string()).await,
     };
     // What the checkout found, plus what only the server knows (the event, the pull request).
     let mut git = serde_json::to_value(&info).unwrap_or_default();
-    if let (Some(found), Some(known)) = (git.as_object_mut(), ctx_values.git.as_object()) {
+    if let (Some(found), Some(known)) = (git.as_object_mut(), a.contexts.get("git").and_then(Value::as_object)) {
         for (key, value) in known {
             found.entry(key.clone()).or_insert_with(|| value.clone());
         }
     }
-    ctx_values.git = git;
+    let mut ctx_values = a.contexts(Some(git));
     ctx_values.workspace = workspace.clone();
 
-    let masker = match SecretMasker::new(secrets.values().cloned()) {
+    let masker = match SecretMasker::new(a.secrets.values().cloned()) {
         Ok(m) => Arc::new(m),
-        Err(e) => {
-            remove_workspace(&workspace).await;
-            return finish(ctx, lease, &spec, build.id, Status::Error, Some(&e.to_string()), Value::Null).await;
-        }
+        Err(e) => return fail(link, &a, &workspace, &e.to_string()).await,
     };
     let host_env: Vec<(String, String)> = vec![
         ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
@@ -229,173 +173,159 @@ async fn run_leased(ctx: &BuildContext, keys: &MasterKeys, cfg: &AgentConfig, le
         ("CI".into(), "true".into()),
         ("CHENGIS".into(), "true".into()),
         ("CHENGIS_WORKSPACE".into(), workspace.display().to_string()),
-        ("CHENGIS_BUILD_NUMBER".into(), build.number.to_string()),
-        ("CHENGIS_BUILD_ID".into(), build.id.to_string()),
-        ("CHENGIS_JOB".into(), spec.id.clone()),
+        ("CHENGIS_BUILD_NUMBER".into(), a.build_number.to_string()),
+        ("CHENGIS_BUILD_ID".into(), a.build_id.to_string()),
+        ("CHENGIS_JOB".into(), a.spec.id.clone()),
         ("CHENGIS_AGENT_NAME".into(), cfg.name.clone()),
     ];
     base_env.extend(info.env());
-    for (k, text) in &plan.env {
+    for (k, text) in &a.plan_env {
         ctx_values.env = context::env_object(&base_env);
         if let Ok(v) = context::render(text, &ctx_values) {
             context::set_var(&mut base_env, k, v);
         }
     }
     let cancel = CancelSignal::new();
+    let stopper = stop.map(|stop| {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            cancel.cancel();
+        })
+    });
     let (tx, rx) = mpsc::channel(1024);
     let env = JobEnv {
         workspace: workspace.clone(),
-        state_dir: ctx.data_dir.join("state").join(bj.id.to_string()),
+        state_dir: state_dir.clone(),
         base_env,
         host_env,
         docker: cfg.docker.clone(),
         labels: SandboxLabels {
-            build: build.id.to_string(),
-            job: spec.id.clone(),
-            lease: format!("{}:{}", lease.build_job_id, lease.token),
+            build: a.build_id.to_string(),
+            job: a.spec.id.clone(),
+            lease: format!("{}:{}", bj_id, a.lease.token),
         },
-        allowance_name: build.job.clone(),
+        allowance_name: a.job.clone(),
         owns_workspace: true,
-        plugins: ctx.plugins.clone(),
-        plugin_build: Some(crate::plugins::dispatch::wit_build(&build, &plan.name, &job_record.repo_url)),
-        masker,
+        plugins: link.plugins(),
+        plugin_build: a.plugin_build.clone(),
+        masker: masker.clone(),
         cancel: cancel.clone(),
         events: tx,
         kill_grace: cfg.kill_grace,
         output_cap: cfg.output_cap,
     };
-    let renewer = tokio::spawn(renew_loop(ctx.clone(), lease.clone(), cfg.lease_ttl, cfg.renew_every, cancel.clone()));
-    // Storage before the steps: a reused stage result ends the job here; otherwise upstream
-    // artifacts and caches go into the workspace.
-    let fork = trigger.as_ref().is_some_and(|t| t.fork);
-    let storage = Storage::new(ctx, &job_record, &build, lease, &env.masker, fork);
-    let fingerprint = if spec.cache_result {
-        let stable = json!({"env": plan.env, "params": plan.params, "needs": ctx_values.needs});
-        match crate::engine::cache::tree_of(&workspace, &info.sha) {
-            Ok(tree) => Some(crate::engine::cache::fingerprint(
-                &tree,
-                &serde_json::to_value(&spec).unwrap_or_default(),
-                &stable,
-            )),
-            Err(e) => {
-                storage.log(&[format!("result cache: cannot read the commit's tree ({e}); running the job")]).await?;
-                None
+    let renewer = tokio::spawn(renew_loop(link.clone(), a.lease.clone(), cfg.lease_ttl, cfg.renew_every, cancel));
+    let stop_helpers = || {
+        renewer.abort();
+        if let Some(s) = &stopper {
+            s.abort();
+        }
+    };
+
+    // Storage before the steps (embedded agent); a remote agent says what it does not do yet.
+    let storage = match (link, &local) {
+        (Link::Local(ctx), Some(parts)) => {
+            let fork = parts.trigger.as_ref().is_some_and(|t| t.fork);
+            Some(Storage::new(ctx, &parts.job, &parts.build, &a.lease, &masker, fork))
+        }
+        _ => None,
+    };
+    let mut pending = None;
+    if let (Some(st), Some(parts)) = (&storage, &local) {
+        match st.before_steps(&a, parts, &workspace, &info.sha, &ctx_values).await? {
+            storage::Before::Reused => {
+                drop(env);
+                stop_helpers();
+                return Ok(());
             }
+            storage::Before::Fail(reason) => {
+                drop(env);
+                stop_helpers();
+                return fail(link, &a, &workspace, &reason).await;
+            }
+            storage::Before::Run(p) => pending = Some(p),
         }
     } else {
-        None
-    };
-    if let Some(fp) = &fingerprint
-        && let Some(hit) = store.result_find(job_record.id, &spec.id, fp).await?
-    {
-        drop(env);
-        renewer.abort();
-        return reuse_result(ctx, lease, &spec, &build, &storage, hit, fp, &workspace).await;
-    }
-    if let Err(reason) = storage.download(&spec, &plan, &siblings, &workspace).await? {
-        drop(env);
-        renewer.abort();
-        remove_workspace(&workspace).await;
-        return finish(ctx, lease, &spec, build.id, Status::Error, Some(&reason), Value::Null).await;
-    }
-    let caches = match resolve_caches(&spec, &ctx_values) {
-        Ok(c) => c,
-        Err(reason) => {
+        if !a.spec.download.is_empty() {
             drop(env);
-            renewer.abort();
-            remove_workspace(&workspace).await;
-            return finish(ctx, lease, &spec, build.id, Status::Error, Some(&reason), Value::Null).await;
+            stop_helpers();
+            let reason = "download: remote agents do not transfer artifacts yet; run this job on the server's embedded agent (`runs-on` labels)";
+            return fail(link, &a, &workspace, reason).await;
         }
-    };
-    let mut exact = Vec::with_capacity(caches.len());
-    for c in &caches {
-        let r = crate::engine::cache::restore(store, &ctx.storage, &storage.scope, c, &workspace).await;
-        storage.log(&r.lines).await?;
-        exact.push(r.exact);
+        let mut notes = Vec::new();
+        if !a.spec.cache.is_empty() {
+            notes.push("cache: remote agents do not restore or save caches yet; the job runs without them".to_string());
+        }
+        if !a.spec.artifacts.is_empty() {
+            notes.push("artifacts: remote agents do not upload artifacts yet; none are kept for this job".to_string());
+        }
+        if !notes.is_empty() {
+            system_lines(link, &a, &masker, &notes).await?;
+        }
     }
-    let artifact_specs = resolve_artifacts(&spec, &ctx_values, ctx.storage.artifact_retention);
 
-    let first_line = store.next_log_offset(bj.id).await?;
-    let pump = tokio::spawn(pump_events(ctx.clone(), lease.clone(), build.id, rx, first_line));
+    let first_line = link.next_line(&a.lease).await?;
+    let pump = tokio::spawn(pump_events(link.clone(), a.clone(), rx, first_line));
     let job_spec = JobSpec {
-        id: &spec.id,
-        env: &spec.env,
-        steps: &spec.steps,
+        id: &a.spec.id,
+        env: &a.spec.env,
+        steps: &a.spec.steps,
         first_index: 0,
-        timeout: spec.timeout,
-        container: ContainerSpec::of(&spec),
+        timeout: a.spec.timeout,
+        container: ContainerSpec::of(&a.spec),
     };
     let mut result = run_job(job_spec, &env, ctx_values).await;
     drop(env);
-    let _ = pump.await;
+    let pumped = pump.await;
 
-    // Storage after the steps: artifacts (by their `if`), caches and the stage result.
-    match artifact_specs {
-        Ok(specs) => {
-            let specs: Vec<_> =
-                specs.into_iter().filter(|(when, _)| wanted(*when, result.status)).map(|(_, s)| s).collect();
-            if let Err(reason) = storage.keep_artifacts(&specs, &workspace).await? {
-                result.status = Status::Failure;
-                result.reason = Some(reason);
-            }
-        }
-        Err(reason) if result.status == Status::Success => {
-            result.status = Status::Error;
-            result.reason = Some(reason);
-        }
-        Err(reason) => storage.log(&[format!("artifacts: {reason}")]).await?,
+    if let (Some(st), Some(parts), Some(p)) = (&storage, &local, pending) {
+        st.after_steps(p, parts, &a.spec, &mut result, &workspace).await?;
     }
-    if result.status == Status::Success {
-        for (c, hit) in caches.iter().zip(exact) {
-            if hit {
-                storage.log(&[format!("cache `{}`: hit on the exact key, not saved again", c.key)]).await?;
-            } else {
-                let lines = crate::engine::cache::save(store, &ctx.storage, &storage.scope, c, &workspace).await;
-                storage.log(&lines).await?;
-            }
-        }
-        if let Some(fp) = &fingerprint
-            && storage.scope.writable
-        {
-            store.result_record(job_record.id, &spec.id, fp, bj.id).await?;
-        }
-    }
-    renewer.abort();
+    stop_helpers();
     remove_workspace(&workspace).await;
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(state_dir)).await;
+    if let Ok(Err(e)) = pumped
+        && e.is_stale()
+    {
+        tracing::warn!("a newer attempt owns build job {bj_id}; this run's result is dropped");
+        return Err(e);
+    }
     let outputs = Value::Object(result.outputs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
-    let sandbox = match &spec.image {
+    let sandbox = match &a.spec.image {
         Some(image) => format!("docker:{}", image.as_literal().unwrap_or_else(|| "(expression)".into())),
         None => "local".into(),
     };
-    store.set_build_job_result(lease, &outputs, &sandbox).await?;
-    let _ = std::fs::remove_dir_all(ctx.data_dir.join("state").join(bj.id.to_string()));
-    finish(ctx, lease, &spec, build.id, result.status, result.reason.as_deref(), outputs).await
+    link.finish(&a, result.status, result.reason.as_deref(), Some((&outputs, &sandbox))).await
 }
 
-async fn finish(
-    ctx: &BuildContext,
-    lease: &Lease,
-    spec: &PlannedJob,
-    build_id: i64,
-    status: Status,
-    reason: Option<&str>,
-    _outputs: Value,
-) -> Result<(), StoreError> {
-    ctx.store.complete(lease, status, reason).await?;
-    ctx.store.add_event(build_id, "job_status", &json!({"job": spec.id, "status": status, "reason": reason})).await?;
-    ctx.announce(build_id, Change::Job(spec.id.clone(), status));
-    ctx.schedule(build_id).await
+/// Ends a job that could not start (`error`), after removing its workspace.
+async fn fail(link: &Link, a: &Assignment, workspace: &std::path::Path, reason: &str) -> Result<(), LinkError> {
+    remove_workspace(workspace).await;
+    link.finish(a, Status::Error, Some(reason), None).await
+}
+
+/// Appends masked System lines to the job's log.
+async fn system_lines(link: &Link, a: &Assignment, masker: &SecretMasker, texts: &[String]) -> Result<(), LinkError> {
+    let first = link.next_line(&a.lease).await?;
+    let time_ms = u64::try_from(now_ms()).unwrap_or(0);
+    let lines: Vec<LogLine> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| LogLine { number: first + i as u64, stream: Stream::System, time_ms, text: masker.mask_str(t) })
+        .collect();
+    link.append_log(&a.lease, &lines).await
 }
 
 /// Renews the lease every `every`; a cancel request or a lost lease cancels the job.
-async fn renew_loop(ctx: BuildContext, lease: Lease, ttl: Duration, every: Duration, cancel: CancelSignal) {
+async fn renew_loop(link: Link, lease: Lease, ttl: Duration, every: Duration, cancel: CancelSignal) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        match ctx.store.renew(&lease, ttl).await {
-            Ok(Renewal::Continue(_)) => {}
-            Ok(Renewal::Cancel(_)) => cancel.cancel(),
-            Err(StoreError::StaleLease { .. }) => {
+        match link.renew(&lease, ttl).await {
+            Ok(false) => {}
+            Ok(true) => cancel.cancel(),
+            Err(e) if e.is_stale() => {
                 tracing::warn!(build_job = lease.build_job_id, "lease lost: stopping the job");
                 cancel.cancel();
                 return;
@@ -405,129 +335,78 @@ async fn renew_loop(ctx: BuildContext, lease: Lease, ttl: Duration, every: Durat
     }
 }
 
-/// Moves engine events into the store: log lines in batches (every 50 ms or 64 KiB), steps as
-/// rows, and notices for live readers.
+/// Moves engine events to the server: log lines in batches (every 50 ms or 64 KiB), step and
+/// test updates as they come. Memory stays bounded: the channel holds 1024 events, and while a
+/// batch is being stored the job's output waits (backpressure). Returns the first stale-lease
+/// error (after which nothing more is sent).
 async fn pump_events(
-    ctx: BuildContext,
-    lease: Lease,
-    build_id: i64,
+    link: Link,
+    a: Assignment,
     mut rx: mpsc::Receiver<RunEvent>,
     first_line: u64,
-) {
+) -> Result<(), LinkError> {
     let mut batch: Vec<LogLine> = Vec::new();
     let mut bytes = 0usize;
     let mut last_flush = Instant::now();
     let mut step_started: std::collections::HashMap<usize, i64> = Default::default();
     let offset = first_line.saturating_sub(1);
+    let mut stale: Option<LinkError> = None;
     loop {
         let next = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
         let done = matches!(next, Ok(None));
-        match next {
+        let update = match next {
             Ok(Some(RunEvent::Log { mut line, .. })) => {
                 line.number += offset;
                 bytes += line.text.len();
                 batch.push(line);
+                None
             }
-            Ok(Some(RunEvent::StepStarted { job, step, name })) => {
+            Ok(Some(RunEvent::StepStarted { step, name, .. })) => {
                 step_started.insert(step, now_ms());
-                let event = json!({"job": job, "step": step, "name": name, "status": "running"});
-                let _ = ctx.store.add_event(build_id, "step_status", &event).await;
-                let rec = StepRecord {
-                    idx: step as i64,
-                    name,
-                    status: Status::Running,
-                    exit_code: None,
-                    reason: None,
-                    started_ms: Some(now_ms()),
-                    finished_ms: None,
-                };
-                let _ = ctx.store.record_step(&lease, &rec).await;
+                Some(Update::StepStarted { step, name, at_ms: now_ms() })
             }
-            Ok(Some(RunEvent::StepFinished { job, step, name, status, exit_code, reason, .. })) => {
-                let event = json!({"job": job, "step": step, "name": name, "status": status, "exit_code": exit_code});
-                let _ = ctx.store.add_event(build_id, "step_status", &event).await;
-                let _ = ctx.bus.send(Notice::Build(build_id));
-                let rec = StepRecord {
-                    idx: step as i64,
+            Ok(Some(RunEvent::StepFinished { step, name, status, exit_code, reason, .. })) => {
+                Some(Update::StepFinished {
+                    step,
                     name,
                     status,
-                    exit_code: exit_code.map(i64::from),
+                    exit_code,
                     reason,
-                    started_ms: step_started.get(&step).copied().or(Some(now_ms())),
-                    finished_ms: Some(now_ms()),
-                };
-                let _ = ctx.store.record_step(&lease, &rec).await;
+                    started_ms: step_started.get(&step).copied(),
+                    at_ms: now_ms(),
+                })
             }
-            Ok(Some(RunEvent::Tests { job, step, suites })) => {
-                let (passed, failed, skipped) = crate::engine::events::test_counts(&suites);
-                let event = json!({"job": job, "step": step, "passed": passed, "failed": failed, "skipped": skipped});
-                let _ = ctx.store.add_event(build_id, "tests", &event).await;
-                if let Err(e) = ctx.store.record_tests(&lease, build_id, step as i64, &suites).await {
-                    tracing::warn!(build = build_id, job = %job, step, "storing test results: {e}");
-                }
+            Ok(Some(RunEvent::Tests { step, suites, .. })) => Some(Update::Tests { step, suites }),
+            Ok(Some(_)) | Ok(None) | Err(_) => None,
+        };
+        // Lines before the update that follows them, so a reader sees them in order.
+        let flush = !batch.is_empty()
+            && (done || update.is_some() || bytes >= 64 * 1024 || last_flush.elapsed() >= Duration::from_millis(50));
+        if flush
+            && stale.is_none()
+            && let Err(e) = link.append_log(&a.lease, &batch).await
+        {
+            tracing::warn!("dropping {} log lines: {e}", batch.len());
+            if e.is_stale() {
+                stale = Some(e);
             }
-            Ok(Some(_)) | Ok(None) | Err(_) => {}
         }
-        if !batch.is_empty() && (done || bytes >= 64 * 1024 || last_flush.elapsed() >= Duration::from_millis(50)) {
-            store_batch(&ctx, &lease, &batch).await;
+        if flush {
             batch.clear();
             bytes = 0;
             last_flush = Instant::now();
-            let _ = ctx.bus.send(Notice::Log(lease.build_job_id));
+        }
+        if let Some(u) = update
+            && stale.is_none()
+            && let Err(e) = link.update(&a, u).await
+        {
+            tracing::warn!(build = a.build_id, job = %a.spec.id, "reporting a step: {e}");
+            if e.is_stale() {
+                stale = Some(e);
+            }
         }
         if done {
-            return;
-        }
-    }
-}
-
-/// The `git` context of a server build: the commit (`sha`, `short_sha`, `branch`, `tag`,
-/// `message`, `author`), the `event` that started it (`push`, `tag`, `pull_request`,
-/// `schedule`, `manual`, ...) and, for pull requests, `pr` (`number`, `head`, `base`).
-fn git_context(
-    build: &crate::store::builds::BuildSummary,
-    trigger: Option<&crate::engine::builds::TriggerContext>,
-) -> Value {
-    let (branch, tag) = match build.branch.strip_prefix("refs/tags/") {
-        Some(tag) => (String::new(), tag.to_string()),
-        None => (build.branch.clone(), String::new()),
-    };
-    let mut git = json!({
-        "sha": build.commit_sha,
-        "short_sha": build.commit_sha.chars().take(8).collect::<String>(),
-        "branch": branch,
-        "tag": tag,
-        "message": build.commit_message,
-        "author": build.commit_author,
-        "event": trigger.as_ref().map_or(build.trigger.as_str(), |t| t.event.as_str()),
-    });
-    if let Some(t) = trigger.filter(|t| t.event == "pull_request") {
-        git["pr"] = json!({"number": t.pr_number, "head": t.branch, "base": t.base});
-    }
-    git
-}
-
-/// Stores a batch, retrying transient database errors (a busy database) for up to a minute; a
-/// stale lease drops it, since a newer attempt owns the log now.
-async fn store_batch(ctx: &BuildContext, lease: &Lease, batch: &[LogLine]) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match ctx.store.append_log(lease, batch).await {
-            Ok(()) => return,
-            Err(e @ StoreError::StaleLease { .. }) => {
-                tracing::warn!("dropping log lines: {e}");
-                return;
-            }
-            Err(e) if Instant::now() >= deadline => {
-                tracing::error!("giving up storing {} log lines: {e}", batch.len());
-                return;
-            }
-            Err(e) => {
-                tracing::debug!("storing log lines, will retry: {e}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
+            return stale.map_or(Ok(()), Err);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! contexts, placing upstream artifacts, keeping this job's artifacts, reusing a stage result,
 //! and the log lines that say what happened (System lines, masked, in the job's log).
 
-use super::finish;
+use super::server_side::{Assignment, LocalParts, finish};
 use crate::engine::artifacts::{ArtifactSpec, collect, place};
 use crate::engine::builds::BuildContext;
 use crate::engine::cache::{CacheScope, ResolvedCache};
@@ -19,6 +19,24 @@ use chengis_pipeline::{Plan, PlannedJob};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
+
+/// What the storage steps before a job decided.
+pub(super) enum Before {
+    /// An earlier build's result was reused: the job has ended.
+    Reused,
+    /// The job cannot start (a missing artifact, an invalid cache key).
+    Fail(String),
+    /// Run the steps; then `after_steps` with this.
+    Run(Pending),
+}
+
+/// Storage work waiting for the steps to end.
+pub(super) struct Pending {
+    caches: Vec<ResolvedCache>,
+    exact: Vec<bool>,
+    artifacts: Result<Vec<(When, ArtifactSpec)>, String>,
+    fingerprint: Option<String>,
+}
 
 /// Storage work of one leased job.
 pub(super) struct Storage<'a> {
@@ -53,6 +71,100 @@ impl<'a> Storage<'a> {
                 build_id: build.id,
             },
         }
+    }
+
+    /// Before the steps: a reused stage result ends the job here; otherwise upstream artifacts
+    /// and caches go into the workspace.
+    pub async fn before_steps(
+        &self,
+        a: &Assignment,
+        parts: &LocalParts,
+        workspace: &Path,
+        sha: &str,
+        ctx_values: &Contexts,
+    ) -> Result<Before, StoreError> {
+        let (ctx, spec) = (self.ctx, &a.spec);
+        let fingerprint = if spec.cache_result {
+            let stable = json!({"env": parts.plan.env, "params": parts.plan.params, "needs": ctx_values.needs});
+            match crate::engine::cache::tree_of(workspace, sha) {
+                Ok(tree) => Some(crate::engine::cache::fingerprint(
+                    &tree,
+                    &serde_json::to_value(spec).unwrap_or_default(),
+                    &stable,
+                )),
+                Err(e) => {
+                    self.log(&[format!("result cache: cannot read the commit's tree ({e}); running the job")]).await?;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(fp) = &fingerprint
+            && let Some(hit) = ctx.store.result_find(parts.job.id, &spec.id, fp).await?
+        {
+            reuse_result(ctx, self.lease, spec, &parts.build, self, hit, fp, workspace).await?;
+            return Ok(Before::Reused);
+        }
+        if let Err(reason) = self.download(spec, &parts.plan, &parts.siblings, workspace).await? {
+            return Ok(Before::Fail(reason));
+        }
+        let caches = match resolve_caches(spec, ctx_values) {
+            Ok(c) => c,
+            Err(reason) => return Ok(Before::Fail(reason)),
+        };
+        let mut exact = Vec::with_capacity(caches.len());
+        for c in &caches {
+            let r = crate::engine::cache::restore(&ctx.store, &ctx.storage, &self.scope, c, workspace).await;
+            self.log(&r.lines).await?;
+            exact.push(r.exact);
+        }
+        let artifacts = resolve_artifacts(spec, ctx_values, ctx.storage.artifact_retention);
+        Ok(Before::Run(Pending { caches, exact, artifacts, fingerprint }))
+    }
+
+    /// After the steps: artifacts (by their `if`), caches and the stage result.
+    pub async fn after_steps(
+        &self,
+        pending: Pending,
+        parts: &LocalParts,
+        spec: &PlannedJob,
+        result: &mut crate::engine::job::JobResult,
+        workspace: &Path,
+    ) -> Result<(), StoreError> {
+        let ctx = self.ctx;
+        match pending.artifacts {
+            Ok(specs) => {
+                let specs: Vec<_> =
+                    specs.into_iter().filter(|(when, _)| wanted(*when, result.status)).map(|(_, s)| s).collect();
+                if let Err(reason) = self.keep_artifacts(&specs, workspace).await? {
+                    result.status = Status::Failure;
+                    result.reason = Some(reason);
+                }
+            }
+            Err(reason) if result.status == Status::Success => {
+                result.status = Status::Error;
+                result.reason = Some(reason);
+            }
+            Err(reason) => self.log(&[format!("artifacts: {reason}")]).await?,
+        }
+        if result.status == Status::Success {
+            for (c, hit) in pending.caches.iter().zip(pending.exact) {
+                if hit {
+                    self.log(&[format!("cache `{}`: hit on the exact key, not saved again", c.key)]).await?;
+                } else {
+                    let lines = crate::engine::cache::save(&ctx.store, &ctx.storage, &self.scope, c, workspace).await;
+                    self.log(&lines).await?;
+                }
+            }
+            if let Some(fp) = &pending.fingerprint
+                && self.scope.writable
+            {
+                let bj = self.lease.build_job_id;
+                ctx.store.result_record(parts.job.id, &spec.id, fp, bj).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Appends lines to the job's log (masked, as System lines).
@@ -207,7 +319,7 @@ pub(super) async fn reuse_result(
         .await?;
     remove_workspace(workspace).await;
     let reason = format!("result reused from build #{}", hit.build_number);
-    finish(ctx, lease, spec, build.id, Status::Success, Some(&reason), outputs).await
+    finish(ctx, lease, &spec.id, build.id, Status::Success, Some(&reason), None).await
 }
 
 /// Renders a text with `${{ }}` expressions against the job's contexts.

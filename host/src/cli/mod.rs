@@ -1,5 +1,6 @@
 //! The `chengis` command line: argument parsing and one function per subcommand.
 
+mod agent;
 mod client;
 mod docker;
 mod lint;
@@ -103,6 +104,17 @@ pub enum Command {
         #[command(subcommand)]
         command: storage::ArtifactCommand,
     },
+    /// Run a remote agent that pulls jobs from a server (`chengis agent list`: the server's agents).
+    Agent(Box<agent::AgentArgs>),
+    /// Create, list and revoke agent tokens on a server.
+    AgentToken {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: agent::TokenCommand,
+    },
     /// Add, list and delete cron schedules on a server.
     Schedule {
         /// Server options.
@@ -146,6 +158,8 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Schedule { client, command } => client::schedule(&client, command),
         Command::Cache { client, command } => storage::cache(&client, command),
         Command::Artifact { client, command } => storage::artifact(&client, command),
+        Command::Agent(args) => agent::agent(*args),
+        Command::AgentToken { client, command } => agent::token(&client, command),
         Command::EnsureWasmTarget => {
             let how = crate::toolchain::ensure_wasm_target()?;
             eprintln!("{how}");

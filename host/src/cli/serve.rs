@@ -272,8 +272,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 kill_grace: Duration::from_secs(10),
                 output_cap: 10 << 20,
             };
+            let info = crate::agent::remote::host_facts(
+                agent.name.clone(),
+                agent.labels.clone(),
+                agent.executors,
+                docker_settings_available(),
+            );
+            store.register_agent(&info, true, None).await?;
             tokio::spawn(run_agent(ctx.clone(), keys.clone(), agent, shutdown.clone()));
         }
+        tokio::spawn(watch_agents(store.clone(), lease_ttl, shutdown.clone()));
         tokio::spawn(crate::engine::cron::run_scheduler(ctx.clone(), shutdown.clone()));
         tokio::spawn(prune_webhook_deliveries(store.clone(), webhook_retention));
         tokio::spawn(crate::engine::storage::run_maintenance(store.clone(), storage, shutdown.clone()));
@@ -283,7 +291,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         println!("chengis listening on http://{addr}");
         tracing::info!(%addr, database = %redact_url(cfg.database_url.as_deref().unwrap_or_default()), "serving");
         let hook_limiter = Arc::new(crate::server::hooks::RateLimiter::new(cfg.webhook_rate_limit.unwrap_or(120)));
-        let app = router(AppState { builds: ctx, keys, hook_limiter, hook_cache: Default::default() });
+        let agents = crate::server::agent_api::AgentSettings {
+            lease_ttl,
+            renew_every: Duration::from_secs(1),
+            max_attempts: cfg.max_attempts.unwrap_or(2),
+        };
+        let app = router(AppState { builds: ctx, keys, hook_limiter, hook_cache: Default::default(), agents });
         let stop = shutdown.clone();
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -308,6 +321,39 @@ async fn recover(ctx: &BuildContext) {
         let result = if planned { ctx.schedule(id).await } else { ctx.plan(id).await };
         if let Err(e) = result {
             tracing::warn!(build = id, "recovering: {e}");
+        }
+    }
+}
+
+/// Whether a Docker engine socket is present (what an embedded agent registers).
+fn docker_settings_available() -> bool {
+    std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists()
+}
+
+/// Every few seconds: records, on queued jobs that no registered agent can ever take (labels,
+/// resources), why they wait, and logs agents that went silent.
+async fn watch_agents(store: crate::store::Store, lease_ttl: Duration, shutdown: CancelSignal) {
+    let silent = (lease_ttl.as_millis() as i64).max(3_000);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut offline: std::collections::HashSet<String> = Default::default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(e) = store.mark_unmatchable(silent).await {
+            tracing::debug!("agent watch: {e}");
+            continue;
+        }
+        if let Ok(agents) = store.agents(silent).await {
+            for a in agents {
+                let name = a.info.name.clone();
+                if a.status == "offline" && offline.insert(name.clone()) {
+                    tracing::warn!(agent = %name, "agent {name} lost: silent for over {silent} ms; its jobs are leased again when their leases expire");
+                } else if a.status != "offline" && offline.remove(&name) {
+                    tracing::info!(agent = %name, "agent {name} is back");
+                }
+            }
         }
     }
 }

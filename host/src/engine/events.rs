@@ -3,7 +3,7 @@
 
 use crate::exec::LogLine;
 use crate::status::Status;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// One thing that happened during a run.
@@ -107,7 +107,7 @@ pub enum RunEvent {
 }
 
 /// A named group of test cases a step reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestSuiteReport {
     /// The suite's name.
     pub name: String,
@@ -116,7 +116,7 @@ pub struct TestSuiteReport {
 }
 
 /// One test case a step reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TestCaseReport {
     /// The test's name.
     pub name: String,
@@ -132,7 +132,7 @@ pub struct TestCaseReport {
 }
 
 /// How a test case ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TestOutcome {
     /// It passed.

@@ -1,6 +1,7 @@
 //! The HTTP server: the JSON API under `/api/v1`, live logs and build events over SSE, and the
 //! health endpoints. Routes are grouped one file per family.
 
+pub mod agent_api;
 mod api;
 pub mod error;
 pub mod hooks;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub hook_limiter: Arc<hooks::RateLimiter>,
     /// Jobs and their webhook secrets, briefly kept for the receivers.
     pub hook_cache: Arc<hooks::HookCache>,
+    /// How remote agents lease.
+    pub agents: agent_api::AgentSettings,
 }
 
 /// The whole router.
@@ -66,6 +69,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/caches/{id}", axum::routing::delete(storage::delete_cache))
         .route("/api/v1/storage", get(storage::report))
         .route("/api/v1/storage/prune", post(storage::prune))
+        .route("/api/v1/agents", get(agent_api::list))
+        .route("/api/v1/agent-tokens", get(agent_api::list_tokens).post(agent_api::create_token))
+        .route("/api/v1/agent-tokens/{id}", axum::routing::delete(agent_api::revoke_token))
+        .route("/api/v1/agent/register", post(agent_api::register))
+        .route("/api/v1/agent/lease", post(agent_api::lease))
+        .route("/api/v1/agent/leases/{entry}/{action}", post(agent_api::lease_action))
+        .route("/api/v1/agent/drained", post(agent_api::drained))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(

@@ -1,7 +1,7 @@
 //! The OpenAPI description of the API, generated from the handlers' annotations and the
 //! request/response types by utoipa, served at `/api/v1/openapi.json`.
 
-use super::{api, error, hooks, schedules, storage, stream};
+use super::{agent_api, api, error, hooks, schedules, storage, stream};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -37,6 +37,14 @@ use utoipa::OpenApi;
         storage::delete_cache,
         storage::report,
         storage::prune,
+        agent_api::list,
+        agent_api::create_token,
+        agent_api::list_tokens,
+        agent_api::revoke_token,
+        agent_api::register,
+        agent_api::lease,
+        agent_api::lease_action,
+        agent_api::drained,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
 )]

@@ -5,6 +5,7 @@
 //! backends accept; where the backends differ (leasing), the code says so. Times are stored as
 //! milliseconds since the Unix epoch.
 
+pub mod agents;
 pub mod builds;
 pub mod events;
 pub mod jobs;

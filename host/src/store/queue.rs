@@ -13,6 +13,7 @@
 //! write carry the token and are refused once it is stale. An expired lease makes the row
 //! leasable again (at-least-once); after `max_attempts` claims the job is marked `error`.
 
+use super::agents::Needs;
 use super::{Backend, Store, StoreError, now_ms};
 use crate::status::Status;
 use sqlx::Row;
@@ -68,7 +69,7 @@ impl Priority {
 }
 
 /// A claim on a queue row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     /// The queue row.
     pub entry: i64,
@@ -80,6 +81,8 @@ pub struct Lease {
     pub expires_ms: i64,
     /// How many times the row has been leased, this one included.
     pub attempt: i64,
+    /// The agent whose expired lease this one replaces (it was lost), if any.
+    pub lost_from: Option<String>,
 }
 
 /// What an agent asks for.
@@ -95,6 +98,8 @@ pub struct LeaseRequest<'a> {
     pub ttl: Duration,
     /// Claims after which an expired job is marked `error` instead of run again.
     pub max_attempts: i64,
+    /// The agent's free resources; jobs needing more are left for others (`None`: no limit).
+    pub free: Option<Needs>,
 }
 
 /// The answer to a renewal.
@@ -111,22 +116,37 @@ struct Candidate {
     build_job_id: i64,
     labels: Vec<String>,
     attempts: i64,
-    leased: bool,
+    owner: Option<String>,
+    needs: Needs,
 }
 
 impl Store {
     /// Puts a build job in the queue.
     pub async fn enqueue(&self, build_job_id: i64, priority: Priority, labels: &[String]) -> Result<i64, StoreError> {
+        self.enqueue_with(build_job_id, priority, labels, Needs::default()).await
+    }
+
+    /// Puts a build job that needs `needs` of its agent in the queue.
+    pub async fn enqueue_with(
+        &self,
+        build_job_id: i64,
+        priority: Priority,
+        labels: &[String],
+        needs: Needs,
+    ) -> Result<i64, StoreError> {
         let now = now_ms();
         let labels = serde_json::to_string(labels).unwrap_or_else(|_| "[]".into());
         Ok(sqlx::query_scalar(
-            "INSERT INTO queue (build_job_id, priority, rank_ms, labels, enqueued_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO queue (build_job_id, priority, rank_ms, labels, enqueued_ms, cpu_millis, memory_mb) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
         )
         .bind(build_job_id)
         .bind(priority.code())
         .bind(now + priority.delay_ms())
         .bind(labels)
         .bind(now)
+        .bind(needs.cpu_millis)
+        .bind(needs.memory_mb)
         .fetch_one(self.pool())
         .await?)
     }
@@ -146,7 +166,11 @@ impl Store {
                 sqlx::query("COMMIT").execute(&mut *conn).await?;
                 drop(conn);
                 for c in exhausted {
-                    let reason = format!("the agent running it was lost {} times (max_attempts)", c.attempts);
+                    let reason = format!(
+                        "agent {} lost; the job was claimed {} times (max_attempts)",
+                        c.owner.as_deref().unwrap_or("?"),
+                        c.attempts
+                    );
                     tracing::warn!(build_job = c.build_job_id, "{reason}");
                     match self.transition_build_job(c.build_job_id, Status::Error, Some(&reason)).await {
                         Ok(()) | Err(StoreError::IllegalTransition { .. }) => {}
@@ -177,20 +201,20 @@ impl Store {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "SELECT id, build_job_id, labels, attempts, lease_owner FROM queue \
+            "SELECT id, build_job_id, labels, attempts, lease_owner, cpu_millis, memory_mb FROM queue \
              WHERE lease_owner IS NULL OR lease_expires_ms < $1 ORDER BY rank_ms, id LIMIT 64{lock}"
         );
         let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *conn).await?;
         let mut candidates = Vec::with_capacity(rows.len());
         for row in rows {
             let labels: String = row.try_get("labels")?;
-            let owner: Option<String> = row.try_get("lease_owner")?;
             candidates.push(Candidate {
                 id: row.try_get("id")?,
                 build_job_id: row.try_get("build_job_id")?,
                 labels: serde_json::from_str(&labels).unwrap_or_default(),
                 attempts: row.try_get("attempts")?,
-                leased: owner.is_some(),
+                owner: row.try_get("lease_owner")?,
+                needs: Needs { cpu_millis: row.try_get("cpu_millis")?, memory_mb: row.try_get("memory_mb")? },
             });
         }
         let mut leases = Vec::new();
@@ -202,7 +226,12 @@ impl Store {
             if !c.labels.iter().all(|l| req.labels.contains(l)) {
                 continue;
             }
-            if c.leased && c.attempts >= req.max_attempts {
+            if let Some(free) = req.free
+                && (c.needs.cpu_millis > free.cpu_millis || c.needs.memory_mb > free.memory_mb)
+            {
+                continue;
+            }
+            if c.owner.is_some() && c.attempts >= req.max_attempts {
                 sqlx::query("DELETE FROM queue WHERE id = $1").bind(c.id).execute(&mut *conn).await?;
                 exhausted.push(c);
                 continue;
@@ -224,6 +253,7 @@ impl Store {
                     token: row.try_get("fencing_token")?,
                     expires_ms: expires,
                     attempt: row.try_get("attempts")?,
+                    lost_from: c.owner.clone(),
                 });
             }
         }

@@ -1,0 +1,152 @@
+//! How an agent reaches the server while it runs a job: in-process (the embedded agent writes
+//! to the store) or over HTTP (a remote agent). One set of calls, so the job runner is the same.
+
+use super::remote::{Client, RemoteError};
+use super::server_side::{self, Assignment, Update};
+use crate::engine::builds::{BuildContext, Notice};
+use crate::exec::LogLine;
+use crate::status::Status;
+use crate::store::StoreError;
+use crate::store::queue::{Lease, Renewal};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What went wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The store refused or failed (embedded agent).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The server refused or could not be reached (remote agent).
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}
+
+impl LinkError {
+    /// True when a newer lease owns the job: stop writing and clean up.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, LinkError::Store(StoreError::StaleLease { .. }) | LinkError::Remote(RemoteError::Stale(_)))
+    }
+}
+
+/// The agent's way to the server.
+#[derive(Debug, Clone)]
+pub enum Link {
+    /// In the server's process.
+    Local(BuildContext),
+    /// Over HTTP, with the agent's working directory.
+    Remote(Arc<Client>, PathBuf),
+}
+
+impl Link {
+    /// Where workspaces and step state live.
+    pub fn work_dir(&self) -> PathBuf {
+        match self {
+            Link::Local(ctx) => ctx.data_dir.clone(),
+            Link::Remote(_, dir) => dir.clone(),
+        }
+    }
+
+    /// The plugin platform for `uses:` steps (the embedded agent's).
+    pub fn plugins(&self) -> Option<Arc<crate::plugins::PluginService>> {
+        match self {
+            Link::Local(ctx) => ctx.plugins.clone(),
+            Link::Remote(..) => None,
+        }
+    }
+
+    /// Extends the lease; `true` when cancellation was requested.
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, LinkError> {
+        match self {
+            Link::Local(ctx) => Ok(matches!(ctx.store.renew(lease, ttl).await?, Renewal::Cancel(_))),
+            Link::Remote(c, _) => {
+                let v: Value = c.lease_call(lease, "renew", json!({})).await?;
+                Ok(v["cancel"].as_bool().unwrap_or(false))
+            }
+        }
+    }
+
+    /// The next free line number of the job's log.
+    pub async fn next_line(&self, lease: &Lease) -> Result<u64, LinkError> {
+        match self {
+            Link::Local(ctx) => Ok(ctx.store.next_log_offset(lease.build_job_id).await?),
+            Link::Remote(c, _) => {
+                let v: Value = c.lease_call(lease, "log-offset", json!({})).await?;
+                Ok(v["next"].as_u64().unwrap_or(1))
+            }
+        }
+    }
+
+    /// Stores numbered log lines, retrying transient failures; a retried batch is stored once.
+    pub async fn append_log(&self, lease: &Lease, lines: &[LogLine]) -> Result<(), LinkError> {
+        match self {
+            Link::Local(ctx) => {
+                store_batch(ctx, lease, lines).await?;
+                let _ = ctx.bus.send(Notice::Log(lease.build_job_id));
+                Ok(())
+            }
+            Link::Remote(c, _) => {
+                let _: Value = c.lease_call(lease, "log", json!({ "lines": lines })).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Reports a step or test update.
+    pub async fn update(&self, a: &Assignment, update: Update) -> Result<(), LinkError> {
+        match self {
+            Link::Local(ctx) => Ok(server_side::apply(ctx, &a.lease, a.build_id, &a.spec.id, update).await?),
+            Link::Remote(c, _) => {
+                let _: Value =
+                    c.lease_call(&a.lease, "update", serde_json::to_value(&update).unwrap_or_default()).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the job (with its outputs and sandbox when it ran).
+    pub async fn finish(
+        &self,
+        a: &Assignment,
+        status: Status,
+        reason: Option<&str>,
+        ran: Option<(&Value, &str)>,
+    ) -> Result<(), LinkError> {
+        match self {
+            Link::Local(ctx) => {
+                Ok(server_side::finish(ctx, &a.lease, &a.spec.id, a.build_id, status, reason, ran).await?)
+            }
+            Link::Remote(c, _) => {
+                let body = json!({
+                    "status": status,
+                    "reason": reason,
+                    "outputs": ran.map(|r| r.0.clone()),
+                    "sandbox": ran.map(|r| r.1),
+                });
+                let _: Value = c.lease_call(&a.lease, "finish", body).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Stores a batch, retrying transient database errors (a busy database) for up to a minute; a
+/// stale lease is returned at once, since a newer attempt owns the log now.
+async fn store_batch(ctx: &BuildContext, lease: &Lease, batch: &[LogLine]) -> Result<(), StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match ctx.store.append_log(lease, batch).await {
+            Ok(()) => return Ok(()),
+            Err(e @ StoreError::StaleLease { .. }) => return Err(e),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!("storing log lines, will retry: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! A remote agent (`chengis agent --server URL --token T`): registers, long-polls for leases
+//! with its labels and free capacity, runs each job exactly as the embedded agent does, and
+//! reports over HTTP. Every call goes through one retry helper, so the agent lives through
+//! server restarts, 5xx answers and network cuts; `SIGTERM` drains it.
+
+use super::server_side::Assignment;
+use super::{AgentConfig, link::Link};
+use crate::exec::CancelSignal;
+use crate::store::agents::{AgentInfo, Needs};
+use crate::store::queue::Lease;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+/// What went wrong calling the server.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The token was refused (unknown or revoked).
+    #[error("the server refused the agent token ({0}); create a new one with `chengis agent-token create`")]
+    Unauthorized(String),
+    /// A newer lease owns the job.
+    #[error("stale lease: {0}")]
+    Stale(String),
+    /// The server refused the call for good.
+    #[error("{what}: {message} (HTTP {status})")]
+    Refused {
+        /// The call.
+        what: String,
+        /// The server's message.
+        message: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The server stayed unreachable (or kept failing) for the whole retry window.
+    #[error("{what}: gave up after {tries} tries over {window:?}: {last}")]
+    Unreachable {
+        /// The call.
+        what: String,
+        /// Attempts made.
+        tries: u32,
+        /// Time since the first failure.
+        window: Duration,
+        /// The last error.
+        last: String,
+    },
+    /// The agent's own setup failed (CA file, working directory).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One failed attempt, classified.
+enum Attempt {
+    /// Worth trying again (network error, 5xx, 429, 408), after at least this long.
+    Retry(String, Option<Duration>),
+    /// Final.
+    Fail(RemoteError),
+}
+
+/// The agent's HTTP client: base URL, token, TLS roots.
+#[derive(Debug)]
+pub struct Client {
+    base: String,
+    token: String,
+    name: String,
+    http: ureq::Agent,
+    /// Longest time a call keeps retrying after its first failure (lease polls retry forever).
+    pub retry_window: Duration,
+}
+
+impl Client {
+    /// A client for `server` (http:// or https://); `ca_file`: PEM roots to trust instead of the
+    /// built-in ones (for a private CA or a self-signed server certificate).
+    pub fn new(server: &str, token: &str, name: &str, ca_file: Option<&Path>) -> Result<Client, RemoteError> {
+        let mut builder = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .user_agent(format!("chengis-agent/{}", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| RemoteError::Setup(format!("cannot read the CA file {}: {e}", path.display())))?;
+            let mut certs = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(RemoteError::Setup(format!(
+                            "the CA file {} is not valid PEM: {e}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            if certs.is_empty() {
+                return Err(RemoteError::Setup(format!("the CA file {} holds no certificate", path.display())));
+            }
+            builder = builder.tls_config(
+                ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build(),
+            );
+        }
+        Ok(Client {
+            base: server.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            name: name.to_string(),
+            http: builder.build().into(),
+            retry_window: Duration::from_secs(300),
+        })
+    }
+
+    /// One attempt at `POST path` with a JSON body.
+    fn attempt(&self, what: &str, path: &str, body: &Value) -> Result<Value, Attempt> {
+        let resp = self
+            .http
+            .post(&format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Chengis-Agent", &self.name)
+            .send_json(body);
+        let mut resp = match resp {
+            Ok(r) => r,
+            Err(e) => return Err(Attempt::Retry(e.to_string(), None)),
+        };
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let mut text = String::new();
+        if let Err(e) = resp.body_mut().with_config().limit(64 << 20).reader().read_to_string(&mut text) {
+            return Err(Attempt::Retry(format!("reading the answer: {e}"), None));
+        }
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let message = || value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+        match status {
+            200..=299 => Ok(value),
+            401 | 403 => Err(Attempt::Fail(RemoteError::Unauthorized(message()))),
+            409 => Err(Attempt::Fail(RemoteError::Stale(message()))),
+            408 | 429 | 500..=599 => Err(Attempt::Retry(format!("HTTP {status}: {}", message()), retry_after)),
+            _ => Err(Attempt::Fail(RemoteError::Refused { what: what.to_string(), message: message(), status })),
+        }
+    }
+
+    /// `POST path`, retried with exponential backoff (100 ms doubling to 5 s, with jitter) while
+    /// the failure is transient and `window` (measured from the first failure) has not run out.
+    pub async fn call<T: DeserializeOwned>(
+        self: &Arc<Self>,
+        what: &str,
+        path: &str,
+        body: Value,
+        window: Option<Duration>,
+    ) -> Result<T, RemoteError> {
+        let window = window.unwrap_or(self.retry_window);
+        let mut first_failure: Option<Instant> = None;
+        let mut pause = Duration::from_millis(100);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let (me, w, p, b) = (self.clone(), what.to_string(), path.to_string(), body.clone());
+            let outcome = tokio::task::spawn_blocking(move || me.attempt(&w, &p, &b))
+                .await
+                .unwrap_or_else(|e| Err(Attempt::Retry(e.to_string(), None)));
+            let (last, at_least) = match outcome {
+                Ok(v) => {
+                    if tries > 1 {
+                        tracing::info!("{what}: succeeded after {tries} tries");
+                    }
+                    return serde_json::from_value(v).map_err(|e| RemoteError::Refused {
+                        what: what.to_string(),
+                        message: format!("unexpected answer: {e}"),
+                        status: 200,
+                    });
+                }
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry(last, at_least)) => (last, at_least),
+            };
+            let since = *first_failure.get_or_insert_with(Instant::now);
+            if since.elapsed() >= window {
+                return Err(RemoteError::Unreachable { what: what.to_string(), tries, window: since.elapsed(), last });
+            }
+            let wait = at_least.unwrap_or(jitter(pause));
+            tracing::warn!("{what}: {last}; retrying in {wait:?}");
+            tokio::time::sleep(wait).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// A call about a held lease (`renew`, `log`, `update`, `finish`, `log-offset`).
+    pub async fn lease_call<T: DeserializeOwned>(
+        self: &Arc<Self>,
+        lease: &Lease,
+        action: &str,
+        mut body: Value,
+    ) -> Result<T, RemoteError> {
+        body["lease"] = serde_json::to_value(lease).unwrap_or_default();
+        let what = format!("{action} (build job {})", lease.build_job_id);
+        self.call(&what, &format!("/api/v1/agent/leases/{}/{action}", lease.entry), body, None).await
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.0), so agents that failed together do not retry in
+/// lockstep.
+fn jitter(d: Duration) -> Duration {
+    use aes_gcm::aead::rand_core::RngCore;
+    let r = aes_gcm::aead::OsRng.next_u32() as f64 / u32::MAX as f64;
+    d.mul_f64(0.5 + r / 2.0)
+}
+
+/// How a remote agent runs.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// The server's URL.
+    pub server: String,
+    /// The agent token.
+    pub token: String,
+    /// PEM roots to trust for an https:// server.
+    pub ca_file: Option<PathBuf>,
+    /// Where workspaces live.
+    pub work_dir: PathBuf,
+    /// How long a drain (`SIGTERM`) waits for running jobs before cancelling them.
+    pub drain_deadline: Duration,
+    /// What it registers: labels, executors, resources.
+    pub info: AgentInfo,
+}
+
+/// What the server answers to a registration.
+#[derive(Debug, serde::Deserialize)]
+struct Registered {
+    lease_ttl_ms: u64,
+    renew_every_ms: u64,
+}
+
+/// What the server answers to a lease poll.
+#[derive(Debug, serde::Deserialize)]
+struct Leased {
+    assignments: Vec<Assignment>,
+}
+
+/// Runs the agent until `drain` is cancelled (then lets running jobs finish, up to the drain
+/// deadline) or the token is refused.
+pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal) -> Result<(), RemoteError> {
+    std::fs::create_dir_all(&cfg.work_dir)
+        .map_err(|e| RemoteError::Setup(format!("cannot create {}: {e}", cfg.work_dir.display())))?;
+    let client = Arc::new(Client::new(&cfg.server, &cfg.token, &cfg.info.name, cfg.ca_file.as_deref())?);
+    let reg: Registered = client
+        .call("register", "/api/v1/agent/register", serde_json::to_value(&cfg.info).unwrap_or_default(), None)
+        .await?;
+    let mut run = run;
+    run.lease_ttl = Duration::from_millis(reg.lease_ttl_ms.max(1000));
+    run.renew_every = Duration::from_millis(reg.renew_every_ms.clamp(200, reg.lease_ttl_ms.max(1000) / 2));
+    tracing::info!(
+        agent = %cfg.info.name,
+        server = %cfg.server,
+        labels = ?cfg.info.labels,
+        executors = run.executors,
+        "registered; polling for jobs"
+    );
+    let link = Link::Remote(client.clone(), cfg.work_dir.clone());
+    let slots = Arc::new(Semaphore::new(run.executors.max(1)));
+    let jobs = CancelSignal::new();
+    let mut running: Vec<(tokio::task::JoinHandle<()>, Needs)> = Vec::new();
+    let total = Needs { cpu_millis: cfg.info.cpus * 1000, memory_mb: cfg.info.memory_mb };
+    let outcome = loop {
+        running.retain(|(h, _)| !h.is_finished());
+        if drain.is_cancelled() {
+            break Ok(());
+        }
+        let free = slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = drain.cancelled() => {}
+            }
+            continue;
+        }
+        let used = running.iter().fold(Needs::default(), |a, (_, n)| Needs {
+            cpu_millis: a.cpu_millis + n.cpu_millis,
+            memory_mb: a.memory_mb + n.memory_mb,
+        });
+        let free_resources = (total.cpu_millis > 0 && total.memory_mb > 0).then(|| Needs {
+            cpu_millis: (total.cpu_millis - used.cpu_millis).max(0),
+            memory_mb: (total.memory_mb - used.memory_mb).max(0),
+        });
+        let body = json!({"capacity": free, "free": free_resources, "labels": cfg.info.labels, "wait_ms": 5000});
+        // A lease poll retries for as long as it takes: the agent outlives server restarts.
+        let poll = client.call::<Leased>("lease", "/api/v1/agent/lease", body, Some(Duration::MAX));
+        let leased = tokio::select! {
+            r = poll => r,
+            _ = drain.cancelled() => continue,
+        };
+        let leased = match leased {
+            Ok(l) => l,
+            Err(e @ RemoteError::Unauthorized(_)) => break Err(e),
+            Err(RemoteError::Stale(msg)) => {
+                // The server does not know this agent (a fresh database): register again.
+                tracing::warn!("lease: {msg}; registering again");
+                let info = serde_json::to_value(&cfg.info).unwrap_or_default();
+                if let Err(e) = client.call::<Registered>("register", "/api/v1/agent/register", info, None).await {
+                    tracing::error!("register: {e}");
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::error!("lease: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for a in leased.assignments {
+            let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            let needs = Needs {
+                cpu_millis: a.spec.container.nano_cpus.map_or(0, |n| (n / 1_000_000) as i64),
+                memory_mb: a.spec.container.memory.map_or(0, |m| (m >> 20) as i64),
+            };
+            let span = tracing::info_span!(
+                "build_job",
+                build = a.build_id,
+                build_job = a.lease.build_job_id,
+                job = %a.spec.id,
+                attempt = a.lease.attempt
+            );
+            let (link, run, stop) = (link.clone(), run.clone(), jobs.clone());
+            let handle = tokio::spawn(
+                async move {
+                    if let Err(e) = super::execute(&link, &run, a, None, Some(stop)).await {
+                        tracing::error!("running the job: {e}");
+                    }
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+            running.push((handle, needs));
+        }
+    };
+    // Drain: no new leases; running jobs get until the deadline, then are cancelled (and still
+    // report their end).
+    if !running.is_empty() {
+        tracing::info!("draining: waiting up to {:?} for {} running jobs", cfg.drain_deadline, running.len());
+        let deadline = Instant::now() + cfg.drain_deadline;
+        while running.iter().any(|(h, _)| !h.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if running.iter().any(|(h, _)| !h.is_finished()) {
+            tracing::warn!("drain deadline passed: cancelling the jobs still running");
+            jobs.cancel();
+            for (h, _) in running {
+                let _ = h.await;
+            }
+        }
+    }
+    let _: Result<Value, _> =
+        client.call("deregister", "/api/v1/agent/drained", json!({}), Some(Duration::from_secs(5))).await;
+    outcome
+}
+
+/// The facts an agent registers about its host: OS, architecture, cores, memory, Docker.
+pub fn host_facts(name: String, labels: Vec<String>, executors: usize, docker: bool) -> AgentInfo {
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024);
+    AgentInfo {
+        name,
+        labels,
+        executors: executors as i64,
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as i64),
+        memory_mb,
+        docker,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}

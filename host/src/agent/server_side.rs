@@ -1,0 +1,321 @@
+//! The server's half of running a leased job, shared by the embedded agent and the agent API:
+//! preparing the job (contexts, secrets, its `if`), applying what the agent reports (steps, test
+//! results) and finishing it with the fencing token.
+
+use crate::engine::builds::{BuildContext, Notice, TriggerContext};
+use crate::engine::context;
+use crate::engine::events::TestSuiteReport;
+use crate::plugins::dispatch::Change;
+use crate::status::Status;
+use crate::store::StoreError;
+use crate::store::builds::{BuildJobRecord, BuildSummary, StepRecord};
+use crate::store::jobs::JobRecord;
+use crate::store::queue::Lease;
+use crate::store::secrets::MasterKeys;
+use chengis_pipeline::{Plan, PlannedJob};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Everything an agent needs to run one leased job.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Assignment {
+    /// The lease (its fencing token goes with every write).
+    pub lease: Lease,
+    /// The build.
+    pub build_id: i64,
+    /// The build's number.
+    pub build_number: i64,
+    /// The job (server-side job name).
+    pub job: String,
+    /// The repository to check out.
+    pub repo_url: String,
+    /// Whether to check out submodules.
+    pub submodules: bool,
+    /// The commit to build.
+    pub commit: String,
+    /// The branch (or `refs/tags/...`), empty when unknown.
+    pub branch: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The pipeline-level `env:`.
+    pub plan_env: indexmap::IndexMap<String, chengis_pipeline::Text>,
+    /// The planned job.
+    pub spec: PlannedJob,
+    /// The job's secrets (masked in every log line).
+    pub secrets: BTreeMap<String, String>,
+    /// Expression contexts: `params`, `matrix`, `needs`, `build`, `git`.
+    pub contexts: BTreeMap<String, Value>,
+    /// Whether every needed job succeeded (what `success()` answers).
+    pub needs_ok: bool,
+    /// The build as step-executor plugins see it.
+    #[serde(skip)]
+    pub plugin_build: Option<chengis_plugin_host::types::Build>,
+}
+
+/// What only the embedded agent keeps from preparing a job (for caches and artifacts).
+#[derive(Debug, Clone)]
+pub struct LocalParts {
+    /// The job's record.
+    pub job: JobRecord,
+    /// The build.
+    pub build: BuildSummary,
+    /// The plan.
+    pub plan: Plan,
+    /// The build's jobs.
+    pub siblings: Vec<BuildJobRecord>,
+    /// The webhook event behind the build.
+    pub trigger: Option<TriggerContext>,
+}
+
+/// Marks the leased job running and prepares it; `None` when it ended here (its `if` is false,
+/// a needed job failed, or the condition is invalid).
+pub async fn prepare(
+    ctx: &BuildContext,
+    keys: &MasterKeys,
+    lease: &Lease,
+) -> Result<Option<(Assignment, LocalParts)>, StoreError> {
+    let store = &ctx.store;
+    let bj = store.build_job(lease.build_job_id).await?;
+    let build = store.build_summary(bj.build_id).await?;
+    let job_record = store.job(&build.job).await?;
+    let corrupt = |what: &'static str| move |e: serde_json::Error| StoreError::Corrupt { what, detail: e.to_string() };
+    let spec: PlannedJob = serde_json::from_str(&store.build_job_spec(bj.id).await?).map_err(corrupt("job spec"))?;
+    let plan: Plan =
+        serde_json::from_str(&store.build_plan(bj.build_id).await?.unwrap_or_default()).map_err(corrupt("plan"))?;
+    store.start_leased_job(lease).await?;
+    if build.status == Status::Queued {
+        store.transition_build(build.id, Status::Running, None).await?;
+        ctx.announce(build.id, Change::Build);
+    }
+    if let Some(lost) = &lease.lost_from {
+        let event =
+            json!({"job": spec.id, "agent": lost, "attempt": lease.attempt, "reason": format!("agent {lost} lost")});
+        store.add_event(build.id, "agent_lost", &event).await?;
+        tracing::warn!(build = build.id, job = %spec.id, "agent {lost} lost: running attempt {}", lease.attempt);
+    }
+    store
+        .add_event(build.id, "job_status", &json!({"job": spec.id, "status": "running", "attempt": lease.attempt}))
+        .await?;
+    let _ = ctx.bus.send(Notice::Build(build.id));
+    ctx.announce(build.id, Change::Job(spec.id.clone(), Status::Running));
+
+    // Contexts and the job's condition, as the local engine decides them.
+    let siblings = store.build_jobs(bj.build_id).await?;
+    let mut needs = serde_json::Map::new();
+    let mut failed_need = None;
+    for key in &spec.needs_keys {
+        let mine: Vec<_> =
+            siblings.iter().filter(|s| plan.jobs.iter().any(|p| p.id == s.job_key && &p.key == key)).collect();
+        let mut outputs = serde_json::Map::new();
+        for s in &mine {
+            outputs.extend(s.outputs.clone());
+            if s.status != Status::Success {
+                failed_need = Some((key.clone(), s.status));
+            }
+        }
+        let result = crate::engine::run::overall(mine.iter().map(|s| s.status), false);
+        needs.insert(key.clone(), json!({"result": result.as_str(), "outputs": outputs}));
+    }
+    let secrets = store.secrets_for_job(keys, &build.job).await?;
+    // The webhook event behind the build, if any (recorded as its `trigger` event).
+    let trigger = store
+        .events_after(build.id, 0)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.kind == "trigger")
+        .and_then(|e| serde_json::from_value::<TriggerContext>(e.payload).ok());
+    let mut contexts = BTreeMap::new();
+    contexts.insert("params".to_string(), context::object(plan.params.iter()));
+    contexts.insert("matrix".to_string(), context::object(spec.matrix.iter()));
+    contexts.insert("needs".to_string(), Value::Object(needs));
+    contexts.insert(
+        "build".to_string(),
+        json!({"id": build.id, "number": build.number, "job": build.job, "attempt": lease.attempt}),
+    );
+    contexts.insert("git".to_string(), git_context(&build, trigger.as_ref()));
+    let assignment = Assignment {
+        lease: lease.clone(),
+        build_id: build.id,
+        build_number: build.number,
+        job: build.job.clone(),
+        repo_url: job_record.repo_url.clone(),
+        submodules: job_record.submodules,
+        commit: build.commit_sha.clone(),
+        branch: build.branch.clone(),
+        pipeline: plan.name.clone(),
+        plan_env: plan.env.clone(),
+        spec,
+        secrets,
+        contexts,
+        needs_ok: failed_need.is_none(),
+        plugin_build: Some(crate::plugins::dispatch::wit_build(&build, &plan.name, &job_record.repo_url)),
+    };
+    let run = context::condition(assignment.spec.condition.as_deref(), &assignment.contexts(None));
+    if !matches!(run, Ok(true)) {
+        let (status, reason) = match (run, failed_need) {
+            (Err(e), _) => (Status::Error, e),
+            (_, Some((n, s))) if assignment.spec.condition.is_none() => {
+                (Status::Skipped, format!("needs `{n}`, which ended `{s}`"))
+            }
+            _ => (Status::Skipped, "its `if` condition is false".to_string()),
+        };
+        finish(ctx, lease, &assignment.spec.id, build.id, status, Some(&reason), None).await?;
+        return Ok(None);
+    }
+    let local = LocalParts { job: job_record, build, plan, siblings, trigger };
+    Ok(Some((assignment, local)))
+}
+
+impl Assignment {
+    /// The expression contexts of the job (`git` replaced when the checkout found more).
+    pub fn contexts(&self, git: Option<Value>) -> context::Contexts {
+        let get = |k: &str| self.contexts.get(k).cloned().unwrap_or(Value::Null);
+        context::Contexts {
+            params: get("params"),
+            secrets: Value::Object(self.secrets.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()),
+            matrix: get("matrix"),
+            needs: get("needs"),
+            build: get("build"),
+            git: git.unwrap_or_else(|| get("git")),
+            status: Some(if self.needs_ok {
+                chengis_pipeline::expr::Status::Success
+            } else {
+                chengis_pipeline::expr::Status::Failure
+            }),
+            ..context::Contexts::default()
+        }
+    }
+}
+
+/// What an agent reports about a running job besides log lines.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Update {
+    /// A step started.
+    StepStarted {
+        /// Step index.
+        step: usize,
+        /// Display name.
+        name: String,
+        /// When (ms since the epoch).
+        at_ms: i64,
+    },
+    /// A step finished.
+    StepFinished {
+        /// Step index.
+        step: usize,
+        /// Display name.
+        name: String,
+        /// Result.
+        status: Status,
+        /// Exit code, when the process exited.
+        exit_code: Option<i32>,
+        /// Why, when it did not succeed.
+        reason: Option<String>,
+        /// When it started (ms since the epoch).
+        started_ms: Option<i64>,
+        /// When it ended.
+        at_ms: i64,
+    },
+    /// A step reported test results.
+    Tests {
+        /// Step index.
+        step: usize,
+        /// The suites.
+        suites: Vec<TestSuiteReport>,
+    },
+}
+
+/// Records an update of the job `lease` holds (refused when the lease is stale).
+pub async fn apply(
+    ctx: &BuildContext,
+    lease: &Lease,
+    build_id: i64,
+    job: &str,
+    update: Update,
+) -> Result<(), StoreError> {
+    let store = &ctx.store;
+    match update {
+        Update::StepStarted { step, name, at_ms } => {
+            let event = json!({"job": job, "step": step, "name": name, "status": "running"});
+            let rec = StepRecord {
+                idx: step as i64,
+                name,
+                status: Status::Running,
+                exit_code: None,
+                reason: None,
+                started_ms: Some(at_ms),
+                finished_ms: None,
+            };
+            store.record_step(lease, &rec).await?;
+            store.add_event(build_id, "step_status", &event).await?;
+        }
+        Update::StepFinished { step, name, status, exit_code, reason, started_ms, at_ms } => {
+            let event = json!({"job": job, "step": step, "name": name, "status": status, "exit_code": exit_code});
+            let rec = StepRecord {
+                idx: step as i64,
+                name,
+                status,
+                exit_code: exit_code.map(i64::from),
+                reason,
+                started_ms: started_ms.or(Some(at_ms)),
+                finished_ms: Some(at_ms),
+            };
+            store.record_step(lease, &rec).await?;
+            store.add_event(build_id, "step_status", &event).await?;
+            let _ = ctx.bus.send(Notice::Build(build_id));
+        }
+        Update::Tests { step, suites } => {
+            let (passed, failed, skipped) = crate::engine::events::test_counts(&suites);
+            store.record_tests(lease, build_id, step as i64, &suites).await?;
+            let event = json!({"job": job, "step": step, "passed": passed, "failed": failed, "skipped": skipped});
+            store.add_event(build_id, "tests", &event).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends the job `lease` holds with `status` (and, when it ran, its outputs and sandbox), then
+/// schedules what comes next in the build. Refused when the lease is stale.
+pub async fn finish(
+    ctx: &BuildContext,
+    lease: &Lease,
+    job: &str,
+    build_id: i64,
+    status: Status,
+    reason: Option<&str>,
+    ran: Option<(&Value, &str)>,
+) -> Result<(), StoreError> {
+    if let Some((outputs, sandbox)) = ran {
+        ctx.store.set_build_job_result(lease, outputs, sandbox).await?;
+    }
+    ctx.store.complete(lease, status, reason).await?;
+    ctx.store.add_event(build_id, "job_status", &json!({"job": job, "status": status, "reason": reason})).await?;
+    ctx.announce(build_id, Change::Job(job.to_string(), status));
+    let _ = ctx.bus.send(Notice::Build(build_id));
+    ctx.schedule(build_id).await
+}
+
+/// The `git` context of a server build: the commit (`sha`, `short_sha`, `branch`, `tag`,
+/// `message`, `author`), the `event` that started it (`push`, `tag`, `pull_request`,
+/// `schedule`, `manual`, ...) and, for pull requests, `pr` (`number`, `head`, `base`).
+fn git_context(build: &BuildSummary, trigger: Option<&TriggerContext>) -> Value {
+    let (branch, tag) = match build.branch.strip_prefix("refs/tags/") {
+        Some(tag) => (String::new(), tag.to_string()),
+        None => (build.branch.clone(), String::new()),
+    };
+    let mut git = json!({
+        "sha": build.commit_sha,
+        "short_sha": build.commit_sha.chars().take(8).collect::<String>(),
+        "branch": branch,
+        "tag": tag,
+        "message": build.commit_message,
+        "author": build.commit_author,
+        "event": trigger.as_ref().map_or(build.trigger.as_str(), |t| t.event.as_str()),
+    });
+    if let Some(t) = trigger.filter(|t| t.event == "pull_request") {
+        git["pr"] = json!({"number": t.pr_number, "head": t.branch, "base": t.base});
+    }
+    git
+}

@@ -1,0 +1,351 @@
+//! The agent API: what remote agents call (`/api/v1/agent/...`, authenticated with an agent
+//! token), the agents list (`/api/v1/agents`) and agent tokens (`/api/v1/agent-tokens`).
+//!
+//! Leasing is a long poll: the server claims jobs for the agent's labels and free resources,
+//! prepares them exactly as for the embedded agent (contexts, secrets, the job's `if`) and
+//! answers as soon as there is work, or after `wait_ms` with none. Every write about a job
+//! carries the lease; a stale one (the job was leased again after the agent went silent) is
+//! answered 409 `stale_lease`, and the agent drops the job.
+
+use super::AppState;
+use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::agent::server_side::{self, Assignment, Update};
+use crate::engine::builds::Notice;
+use crate::exec::LogLine;
+use crate::status::Status;
+use crate::store::agents::{AgentInfo, AgentRecord, AgentTokenRecord, Needs};
+use crate::store::queue::{Lease, LeaseRequest};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// How the server leases to remote agents.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Lease duration.
+    pub lease_ttl: Duration,
+    /// How often agents renew.
+    pub renew_every: Duration,
+    /// Claims before a job whose agent keeps getting lost is marked `error`.
+    pub max_attempts: i64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings { lease_ttl: Duration::from_secs(10), renew_every: Duration::from_secs(1), max_attempts: 2 }
+    }
+}
+
+/// The calling agent: its token id and name, from `Authorization: Bearer` and `Chengis-Agent`.
+struct Caller {
+    token_id: i64,
+    name: String,
+}
+
+/// Checks the agent token; 401 when it is missing, unknown or revoked (the same answer for all).
+async fn caller(s: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let unauthorized = || ApiError {
+        status: StatusCode::UNAUTHORIZED,
+        code: "unauthorized",
+        message: "a valid agent token is required (Authorization: Bearer ...)".into(),
+        details: json!(null),
+    };
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    let token_id = s.builds.store.check_agent_token(token.trim()).await?.ok_or_else(unauthorized)?;
+    let name = headers.get("chengis-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request("the Chengis-Agent header must carry the agent's name (1-128 characters)"));
+    }
+    Ok(Caller { token_id, name })
+}
+
+/// What the server tells a registered agent.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Registered {
+    /// Lease duration in ms.
+    pub lease_ttl_ms: u64,
+    /// How often to renew, in ms.
+    pub renew_every_ms: u64,
+}
+
+/// Registers (or re-registers) the calling agent.
+#[utoipa::path(post, path = "/api/v1/agent/register", request_body = AgentInfo, responses((status = 200, body = Registered), (status = 401, body = ErrorBody)))]
+pub async fn register(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(mut info): ApiJson<AgentInfo>,
+) -> Result<Json<Registered>, ApiError> {
+    let c = caller(&s, &headers).await?;
+    if info.name != c.name {
+        return Err(ApiError::bad_request(format!(
+            "the registered name `{}` differs from the Chengis-Agent header `{}`",
+            info.name, c.name
+        )));
+    }
+    if s.builds.storage.local_agents.contains(&info.name) {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "conflict",
+            message: format!("the name `{}` belongs to an embedded agent", info.name),
+            details: json!(null),
+        });
+    }
+    info.executors = info.executors.clamp(1, 1024);
+    s.builds.store.register_agent(&info, false, Some(c.token_id)).await?;
+    tracing::info!(agent = %info.name, labels = ?info.labels, executors = info.executors, "agent registered");
+    Ok(Json(Registered {
+        lease_ttl_ms: s.agents.lease_ttl.as_millis() as u64,
+        renew_every_ms: s.agents.renew_every.as_millis() as u64,
+    }))
+}
+
+/// A lease poll.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeasePoll {
+    /// Most jobs to take now.
+    pub capacity: usize,
+    /// The agent's labels.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Free resources (omitted: no limit).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub free: Option<Needs>,
+    /// Longest wait for work, in ms (at most 25 s).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Jobs for the agent.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Leased {
+    /// Prepared jobs (lease, checkout, spec, contexts, secrets).
+    #[schema(value_type = Vec<Object>)]
+    pub assignments: Vec<Assignment>,
+}
+
+/// Long-polls for jobs matching the agent's labels and free resources.
+#[utoipa::path(post, path = "/api/v1/agent/lease", request_body = LeasePoll, responses((status = 200, body = Leased), (status = 401, body = ErrorBody)))]
+pub async fn lease(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(poll): ApiJson<LeasePoll>,
+) -> Result<Json<Leased>, ApiError> {
+    let c = caller(&s, &headers).await?;
+    if !s.builds.store.agent_seen(&c.name, "online").await? {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_registered",
+            message: format!("agent `{}` is not registered: register first", c.name),
+            details: json!(null),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_millis(poll.wait_ms.min(25_000));
+    let mut notices = s.builds.bus.subscribe();
+    let disk_full = || s.builds.storage.disk_state() == crate::engine::storage::DiskState::Critical;
+    loop {
+        let mut assignments = Vec::new();
+        if poll.capacity > 0 && !disk_full() {
+            let req = LeaseRequest {
+                agent: &c.name,
+                labels: &poll.labels,
+                capacity: poll.capacity.min(64),
+                ttl: s.agents.lease_ttl,
+                max_attempts: s.agents.max_attempts,
+                free: poll.free,
+            };
+            for l in s.builds.store.lease(&req).await? {
+                match server_side::prepare(&s.builds, &s.keys, &l).await {
+                    Ok(Some((a, _))) => assignments.push(a),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(build_job = l.build_job_id, "preparing a leased job: {e}");
+                        let reason = format!("the server could not prepare the job: {e}");
+                        let _ = s.builds.store.complete(&l, Status::Error, Some(&reason)).await;
+                    }
+                }
+            }
+        }
+        if !assignments.is_empty() || Instant::now() >= deadline {
+            return Ok(Json(Leased { assignments }));
+        }
+        let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(500));
+        tokio::select! {
+            _ = notices.recv() => {}
+            _ = tokio::time::sleep(left) => {}
+        }
+    }
+}
+
+/// A call about a held lease.
+#[derive(Debug, Deserialize)]
+struct LeaseBody {
+    lease: Lease,
+    #[serde(flatten)]
+    rest: Value,
+}
+
+/// `renew`, `log-offset`, `log`, `update` and `finish` for a held lease.
+#[utoipa::path(post, path = "/api/v1/agent/leases/{entry}/{action}", params(("entry" = i64, Path, description = "queue entry"), ("action" = String, Path, description = "renew, log-offset, log, update or finish")), responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn lease_action(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((entry, action)): ApiPath<(i64, String)>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let c = caller(&s, &headers).await?;
+    let body: LeaseBody =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("invalid lease call: {e}")))?;
+    let lease = body.lease;
+    if lease.entry != entry {
+        return Err(ApiError::bad_request("the lease in the body is not the one in the path"));
+    }
+    let store = &s.builds.store;
+    match action.as_str() {
+        "renew" => {
+            store.agent_seen(&c.name, "online").await?;
+            let r = store.renew(&lease, s.agents.lease_ttl).await?;
+            let cancel = matches!(r, crate::store::queue::Renewal::Cancel(_));
+            Ok(Json(json!({"cancel": cancel})))
+        }
+        "log-offset" => {
+            store.check_lease(&lease).await?;
+            Ok(Json(json!({"next": store.next_log_offset(lease.build_job_id).await?})))
+        }
+        "log" => {
+            let lines: Vec<LogLine> = serde_json::from_value(body.rest["lines"].clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid log lines: {e}")))?;
+            if lines.windows(2).any(|w| w[1].number != w[0].number + 1) {
+                return Err(ApiError::bad_request("log lines must be numbered consecutively"));
+            }
+            store.append_log(&lease, &lines).await?;
+            let _ = s.builds.bus.send(Notice::Log(lease.build_job_id));
+            Ok(Json(json!({"acknowledged": lines.last().map_or(0, |l| l.number)})))
+        }
+        "update" => {
+            let update: Update =
+                serde_json::from_value(body.rest).map_err(|e| ApiError::bad_request(format!("invalid update: {e}")))?;
+            let (build_id, job) = lease_job(&s, &lease).await?;
+            server_side::apply(&s.builds, &lease, build_id, &job, update).await?;
+            Ok(Json(json!({})))
+        }
+        "finish" => {
+            #[derive(Deserialize)]
+            struct Finish {
+                status: Status,
+                reason: Option<String>,
+                outputs: Option<Value>,
+                sandbox: Option<String>,
+            }
+            let f: Finish =
+                serde_json::from_value(body.rest).map_err(|e| ApiError::bad_request(format!("invalid finish: {e}")))?;
+            if !f.status.is_finished() {
+                return Err(ApiError::bad_request(format!("`{}` is not a final status", f.status)));
+            }
+            let (build_id, job) = lease_job(&s, &lease).await?;
+            let ran = f.outputs.as_ref().map(|o| (o, f.sandbox.as_deref().unwrap_or("remote")));
+            server_side::finish(&s.builds, &lease, &job, build_id, f.status, f.reason.as_deref(), ran).await?;
+            tracing::info!(agent = %c.name, build = build_id, job = %job, status = %f.status, "job finished on a remote agent");
+            Ok(Json(json!({})))
+        }
+        other => {
+            Err(ApiError::not_found(format!("no lease action `{other}` (renew, log-offset, log, update, finish)")))
+        }
+    }
+}
+
+/// The build and planned job id of a held lease.
+async fn lease_job(s: &AppState, lease: &Lease) -> Result<(i64, String), ApiError> {
+    s.builds.store.check_lease(lease).await?;
+    let bj = s.builds.store.build_job(lease.build_job_id).await?;
+    Ok((bj.build_id, bj.job_key))
+}
+
+/// Marks the calling agent drained (it leases nothing more until it registers again).
+#[utoipa::path(post, path = "/api/v1/agent/drained", responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
+pub async fn drained(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let c = caller(&s, &headers).await?;
+    s.builds.store.agent_seen(&c.name, "drained").await?;
+    Ok(Json(json!({})))
+}
+
+/// Registered agents.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentList {
+    /// Embedded and remote agents.
+    pub agents: Vec<AgentRecord>,
+}
+
+/// Lists agents: status, labels, capacity, current jobs, last heartbeat.
+#[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = AgentList)))]
+pub async fn list(State(s): State<AppState>) -> Result<Json<AgentList>, ApiError> {
+    let silent = (s.agents.lease_ttl.as_millis() as i64).max(3_000);
+    Ok(Json(AgentList { agents: s.builds.store.agents(silent).await? }))
+}
+
+/// A new agent token's name.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgentToken {
+    /// A name to recognise it by.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A created agent token (the secret is shown only here).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CreatedAgentToken {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// The secret for `chengis agent --token`.
+    pub token: String,
+}
+
+/// Creates an agent token.
+#[utoipa::path(post, path = "/api/v1/agent-tokens", request_body = NewAgentToken, responses((status = 201, body = CreatedAgentToken)))]
+pub async fn create_token(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<NewAgentToken>,
+) -> Result<(StatusCode, Json<CreatedAgentToken>), ApiError> {
+    let name = body.name.unwrap_or_else(|| "agent".into());
+    if name.is_empty() || name.len() > 128 {
+        return Err(ApiError::bad_request("a token name has 1 to 128 characters"));
+    }
+    let (id, token) = s.builds.store.create_agent_token(&name).await?;
+    tracing::info!(token = id, name = %name, "agent token created");
+    Ok((StatusCode::CREATED, Json(CreatedAgentToken { id, name, token })))
+}
+
+/// Agent tokens (never their secrets).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentTokenList {
+    /// The tokens.
+    pub tokens: Vec<AgentTokenRecord>,
+}
+
+/// Lists agent tokens.
+#[utoipa::path(get, path = "/api/v1/agent-tokens", responses((status = 200, body = AgentTokenList)))]
+pub async fn list_tokens(State(s): State<AppState>) -> Result<Json<AgentTokenList>, ApiError> {
+    Ok(Json(AgentTokenList { tokens: s.builds.store.agent_tokens().await? }))
+}
+
+/// Revokes an agent token (by id or name): agents using it are refused at their next call.
+#[utoipa::path(delete, path = "/api/v1/agent-tokens/{id}", params(("id" = String, Path, description = "token id or name")), responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn revoke_token(State(s): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<StatusCode, ApiError> {
+    if s.builds.store.revoke_agent_token(&id).await? {
+        tracing::info!(token = %id, "agent token revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no live agent token `{id}`")))
+    }
+}

@@ -1,0 +1,317 @@
+//! The `agents` and `agent_tokens` tables: who pulls work (registered name, labels, capacity,
+//! resources, last heartbeat) and the tokens remote agents present (SHA-256 digests only).
+
+use super::{Store, StoreError, now_ms};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+/// What an agent says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AgentInfo {
+    /// Unique name (lease owner).
+    pub name: String,
+    /// Labels a job's `runs-on` must be a subset of.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Jobs at once.
+    pub executors: i64,
+    /// Operating system (`linux`, ...).
+    #[serde(default)]
+    pub os: String,
+    /// CPU architecture (`x86_64`, ...).
+    #[serde(default)]
+    pub arch: String,
+    /// CPU cores.
+    #[serde(default)]
+    pub cpus: i64,
+    /// Memory in MiB.
+    #[serde(default)]
+    pub memory_mb: i64,
+    /// Whether a Docker engine answers on the agent's host.
+    #[serde(default)]
+    pub docker: bool,
+    /// The agent's Chengis version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// A registered agent as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentRecord {
+    /// What it registered.
+    #[serde(flatten)]
+    pub info: AgentInfo,
+    /// Runs inside the server process.
+    pub embedded: bool,
+    /// `online`, `draining`, `offline` (silent longer than the lease time) or `revoked`.
+    pub status: String,
+    /// When it registered (ms since the epoch).
+    pub registered_ms: i64,
+    /// Its last call (ms since the epoch).
+    pub last_seen_ms: i64,
+    /// Build jobs it holds a lease on now.
+    pub current_jobs: Vec<i64>,
+}
+
+/// An agent token as listed (never the secret).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AgentTokenRecord {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// When it was created.
+    pub created_ms: i64,
+    /// Its last use.
+    pub last_used_ms: Option<i64>,
+    /// When it was revoked.
+    pub revoked_ms: Option<i64>,
+}
+
+/// The stored form of an agent token.
+fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Store {
+    /// Records (or refreshes) an agent's registration.
+    pub async fn register_agent(
+        &self,
+        info: &AgentInfo,
+        embedded: bool,
+        token_id: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let labels = serde_json::to_string(&info.labels).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "INSERT INTO agents (name, labels, executors, os, arch, cpus, memory_mb, docker, version, embedded, state, token_id, registered_ms, last_seen_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'online', $11, $12, $12) \
+             ON CONFLICT (name) DO UPDATE SET labels = $2, executors = $3, os = $4, arch = $5, cpus = $6, memory_mb = $7, \
+             docker = $8, version = $9, embedded = $10, state = 'online', token_id = $11, registered_ms = $12, last_seen_ms = $12",
+        )
+        .bind(&info.name)
+        .bind(labels)
+        .bind(info.executors)
+        .bind(&info.os)
+        .bind(&info.arch)
+        .bind(info.cpus)
+        .bind(info.memory_mb)
+        .bind(i64::from(info.docker))
+        .bind(&info.version)
+        .bind(i64::from(embedded))
+        .bind(token_id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Notes a call from `name` (its heartbeat), with its state (`online` or `draining`).
+    pub async fn agent_seen(&self, name: &str, state: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE agents SET last_seen_ms = $1, state = $2 WHERE name = $3")
+            .bind(now_ms())
+            .bind(state)
+            .bind(name)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every registered agent; `silent_ms`: how long without a call makes one `offline`.
+    pub async fn agents(&self, silent_ms: i64) -> Result<Vec<AgentRecord>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT a.name, a.labels, a.executors, a.os, a.arch, a.cpus, a.memory_mb, a.docker, a.version, a.embedded, a.state, \
+             a.registered_ms, a.last_seen_ms, t.revoked_ms FROM agents a LEFT JOIN agent_tokens t ON t.id = a.token_id ORDER BY a.name",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let held = sqlx::query(
+            "SELECT lease_owner, build_job_id FROM queue WHERE lease_owner IS NOT NULL AND lease_expires_ms >= $1",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            let labels: String = row.try_get("labels")?;
+            let last_seen_ms: i64 = row.try_get("last_seen_ms")?;
+            let embedded = row.try_get::<i64, _>("embedded")? != 0;
+            let revoked: Option<i64> = row.try_get("revoked_ms")?;
+            let state: String = row.try_get("state")?;
+            let status = if revoked.is_some() {
+                "revoked".to_string()
+            } else if !embedded && now - last_seen_ms > silent_ms {
+                "offline".to_string()
+            } else {
+                state
+            };
+            let mut current_jobs = Vec::new();
+            for h in &held {
+                if h.try_get::<String, _>("lease_owner")? == name {
+                    current_jobs.push(h.try_get("build_job_id")?);
+                }
+            }
+            out.push(AgentRecord {
+                info: AgentInfo {
+                    name,
+                    labels: serde_json::from_str(&labels).unwrap_or_default(),
+                    executors: row.try_get("executors")?,
+                    os: row.try_get("os")?,
+                    arch: row.try_get("arch")?,
+                    cpus: row.try_get("cpus")?,
+                    memory_mb: row.try_get("memory_mb")?,
+                    docker: row.try_get::<i64, _>("docker")? != 0,
+                    version: row.try_get("version")?,
+                },
+                embedded,
+                status,
+                registered_ms: row.try_get("registered_ms")?,
+                last_seen_ms,
+                current_jobs,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Creates an agent token; returns its id and the secret (shown once, stored as a digest).
+    pub async fn create_agent_token(&self, name: &str) -> Result<(i64, String), StoreError> {
+        use aes_gcm::aead::rand_core::RngCore;
+        let mut raw = [0u8; 32];
+        aes_gcm::aead::OsRng.fill_bytes(&mut raw);
+        let token = format!("chga_{}", hex::encode(raw));
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO agent_tokens (name, digest, created_ms) VALUES ($1, $2, $3) RETURNING id")
+                .bind(name)
+                .bind(digest(&token))
+                .bind(now_ms())
+                .fetch_one(self.pool())
+                .await?;
+        Ok((id, token))
+    }
+
+    /// The id of the live (not revoked) token `token`, noting its use. The lookup is by digest,
+    /// so no comparison of secrets happens in variable time.
+    pub async fn check_agent_token(&self, token: &str) -> Result<Option<i64>, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "UPDATE agent_tokens SET last_used_ms = $1 WHERE digest = $2 AND revoked_ms IS NULL RETURNING id",
+        )
+        .bind(now_ms())
+        .bind(digest(token))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// Every agent token.
+    pub async fn agent_tokens(&self) -> Result<Vec<AgentTokenRecord>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, created_ms, last_used_ms, revoked_ms FROM agent_tokens ORDER BY id")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AgentTokenRecord {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    created_ms: r.try_get("created_ms")?,
+                    last_used_ms: r.try_get("last_used_ms")?,
+                    revoked_ms: r.try_get("revoked_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes token `id` (by id or by name); false when there is no such live token.
+    pub async fn revoke_agent_token(&self, id_or_name: &str) -> Result<bool, StoreError> {
+        let id: i64 = id_or_name.parse().unwrap_or(-1);
+        let done =
+            sqlx::query("UPDATE agent_tokens SET revoked_ms = $1 WHERE (id = $2 OR name = $3) AND revoked_ms IS NULL")
+                .bind(now_ms())
+                .bind(id)
+                .bind(id_or_name)
+                .execute(self.pool())
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Queued jobs no registered agent can ever take (labels or resources), with the reason
+    /// recorded on the row; jobs that became takeable lose theirs. Returns how many wait.
+    pub async fn mark_unmatchable(&self, silent_ms: i64) -> Result<usize, StoreError> {
+        let agents: Vec<AgentRecord> =
+            self.agents(silent_ms).await?.into_iter().filter(|a| a.status != "revoked").collect();
+        let rows = sqlx::query(
+            "SELECT id, labels, cpu_millis, memory_mb, waiting_reason FROM queue WHERE lease_owner IS NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut waiting = 0;
+        for row in rows {
+            let id: i64 = row.try_get("id")?;
+            let labels: String = row.try_get("labels")?;
+            let labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
+            let needs = Needs { cpu_millis: row.try_get("cpu_millis")?, memory_mb: row.try_get("memory_mb")? };
+            let old: Option<String> = row.try_get("waiting_reason")?;
+            let reason = unmatchable_reason(&labels, needs, &agents);
+            if reason.is_some() {
+                waiting += 1;
+            }
+            if reason != old {
+                sqlx::query("UPDATE queue SET waiting_reason = $1 WHERE id = $2")
+                    .bind(&reason)
+                    .bind(id)
+                    .execute(self.pool())
+                    .await?;
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// Why build job `build_job_id` waits in the queue, if no agent can take it.
+    pub async fn waiting_reason(&self, build_job_id: i64) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT waiting_reason FROM queue WHERE build_job_id = $1")
+            .bind(build_job_id)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten())
+    }
+}
+
+/// What a job needs from the agent that runs it (`resources:` of the pipeline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Needs {
+    /// Thousandths of a CPU core (0: no requirement).
+    pub cpu_millis: i64,
+    /// Memory in MiB (0: no requirement).
+    pub memory_mb: i64,
+}
+
+impl Needs {
+    /// Whether an agent with `cpus` cores and `memory_mb` MiB (0: unknown, fits all) can ever
+    /// run the job.
+    pub fn fits(&self, cpus: i64, memory_mb: i64) -> bool {
+        (cpus <= 0 || self.cpu_millis <= cpus * 1000) && (memory_mb <= 0 || self.memory_mb <= memory_mb)
+    }
+}
+
+/// Why no agent in `agents` can ever run a job with `labels` and `needs`.
+fn unmatchable_reason(labels: &[String], needs: Needs, agents: &[AgentRecord]) -> Option<String> {
+    let labelled: Vec<&AgentRecord> =
+        agents.iter().filter(|a| labels.iter().all(|l| a.info.labels.contains(l))).collect();
+    if labelled.is_empty() {
+        return Some(if agents.is_empty() {
+            "no agent is registered".to_string()
+        } else {
+            format!("no agent has the labels [{}]", labels.join(", "))
+        });
+    }
+    if !labelled.iter().any(|a| needs.fits(a.info.cpus, a.info.memory_mb)) {
+        return Some(format!(
+            "no agent with the labels [{}] has {} CPU and {} MiB of memory",
+            labels.join(", "),
+            needs.cpu_millis as f64 / 1000.0,
+            needs.memory_mb
+        ));
+    }
+    None
+}
