@@ -57,6 +57,8 @@ async fn queue_throughput(label: &str, url: &str) {
                     ttl: Duration::from_secs(30),
                     max_attempts: 2,
                     free: None,
+                    defer: None,
+                    registered_ms: None,
                 };
                 let leases = store.lease(&req).await.unwrap();
                 if leases.is_empty() {
@@ -135,6 +137,8 @@ async fn log_ingestion(dir: &std::path::Path) {
             ttl: Duration::from_secs(600),
             max_attempts: 2,
             free: None,
+            defer: None,
+            registered_ms: None,
         })
         .await
         .unwrap()

@@ -525,6 +525,13 @@ fn openapi_describes_every_api_route() {
         ("/api/v1/caches/{id}", &["delete"]),
         ("/api/v1/storage", &["get"]),
         ("/api/v1/storage/prune", &["post"]),
+        ("/api/v1/agents", &["get"]),
+        ("/api/v1/agent-tokens", &["get", "post"]),
+        ("/api/v1/agent-tokens/{id}", &["delete"]),
+        ("/api/v1/agent/register", &["post"]),
+        ("/api/v1/agent/lease", &["post"]),
+        ("/api/v1/agent/leases/{entry}/{action}", &["post"]),
+        ("/api/v1/agent/drained", &["post"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());

@@ -1,7 +1,8 @@
 -- Agents and their tokens. An agent row is written when an agent registers and on every call it
 -- makes (`last_seen_ms`); its resources let the queue skip jobs too big for it. Agent tokens are
 -- stored as SHA-256 digests of high-entropy random secrets, revoked by setting `revoked_ms`.
--- A queue row carries the job's resource needs and, while no agent can ever take it, why.
+-- A queue row carries the job's resource needs, when its current lease was taken, and, while no
+-- agent can ever take it, why.
 CREATE TABLE agents (
     name TEXT PRIMARY KEY,
     labels TEXT NOT NULL,
@@ -31,4 +32,4 @@ CREATE TABLE agent_tokens (
 ALTER TABLE queue ADD COLUMN cpu_millis INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE queue ADD COLUMN memory_mb INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE queue ADD COLUMN waiting_reason TEXT;
-ALTER TABLE queue ADD COLUMN lost_agent TEXT;
+ALTER TABLE queue ADD COLUMN leased_ms INTEGER;

@@ -6,47 +6,21 @@
 # Idempotent: images already built from the same recipe are kept.
 set -euo pipefail
 cd "$(dirname "$0")"
-recipe=$(sha256sum build.sh | cut -c1-16)
-if [ "$(docker image inspect -f '{{index .Config.Labels "chengis.recipe"}}' chengis-test/httpd:latest 2>/dev/null)" = "$recipe" ] &&
-   [ "$(docker image inspect -f '{{index .Config.Labels "chengis.recipe"}}' chengis-test/busybox:latest 2>/dev/null)" = "$recipe" ]; then
+. ./lib.sh
+recipe=$(recipe build.sh lib.sh)
+if image_current chengis-test/httpd:latest "$recipe" && image_current chengis-test/busybox:latest "$recipe"; then
   echo "test images are up to date ($recipe)"
   exit 0
 fi
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-(cd "$work" && { apt-get download busybox-static >/dev/null 2>&1 || { apt-get update -qq && apt-get download busybox-static >/dev/null; }; })
-dpkg-deb -x "$work"/busybox-static_*.deb "$work/pkg"
-
-root="$work/rootfs"
-mkdir -p "$root"/{bin,etc,tmp,workspace,www,home/builder,proc,sys,dev}
-cp "$work/pkg/bin/busybox" "$root/bin/busybox"
-for applet in $("$root/bin/busybox" --list); do
-  [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
-done
-ln -s bin "$root/sbin"
-mkdir -p "$root/usr"
-ln -s ../bin "$root/usr/bin"
-ln -s ../bin "$root/usr/sbin"
-cat > "$root/etc/passwd" <<'PASSWD'
-root:x:0:0:root:/root:/bin/sh
-builder:x:1000:1000:builder:/home/builder:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-PASSWD
-cat > "$root/etc/group" <<'GROUP'
-root:x:0:
-builder:x:1000:
-nogroup:x:65534:
-GROUP
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+busybox_rootfs "$root"
+add_user "$root" builder 1000 /home/builder
+mkdir -p "$root"/{workspace,www}
 echo "hello from the service" > "$root/www/index.html"
-chmod 1777 "$root/tmp"
-chown 1000:1000 "$root/home/builder"
 
-tar -C "$root" -c . | docker import \
-  -c 'ENV PATH=/bin' -c 'CMD ["/bin/sh"]' -c "LABEL chengis.recipe=$recipe" \
-  - chengis-test/busybox:latest >/dev/null
-tar -C "$root" -c . | docker import \
-  -c 'ENV PATH=/bin' -c 'EXPOSE 80' -c 'CMD ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]' \
-  -c "LABEL chengis.recipe=$recipe" \
-  - chengis-test/httpd:latest >/dev/null
+import_rootfs "$root" chengis-test/busybox:latest "$recipe" 'ENV PATH=/bin' 'CMD ["/bin/sh"]'
+import_rootfs "$root" chengis-test/httpd:latest "$recipe" \
+  'ENV PATH=/bin' 'EXPOSE 80' 'CMD ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]'
 echo "built chengis-test/busybox and chengis-test/httpd ($recipe)"

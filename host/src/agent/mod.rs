@@ -79,6 +79,8 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
                 ttl: cfg.lease_ttl,
                 max_attempts: cfg.max_attempts,
                 free: None,
+                defer: None,
+                registered_ms: None,
             };
             match ctx.store.lease(&req).await {
                 Ok(leases) => {
@@ -131,10 +133,28 @@ pub async fn execute(
     local: Option<LocalParts>,
     stop: Option<CancelSignal>,
 ) -> Result<(), LinkError> {
-    let bj_id = a.lease.build_job_id;
     let work = link.work_dir();
-    let workspace = work.join("workspaces").join(bj_id.to_string());
-    let state_dir = work.join("state").join(bj_id.to_string());
+    let workspace = work.join("workspaces").join(a.lease.build_job_id.to_string());
+    let state_dir = work.join("state").join(a.lease.build_job_id.to_string());
+    let result = run_assignment(link, cfg, a, local, stop, &workspace, &state_dir).await;
+    // Whatever happened (a refused write included), the job's files go.
+    remove_workspace(&workspace).await;
+    remove_workspace(&state_dir).await;
+    result
+}
+
+/// The body of [`execute`], in `workspace` and `state_dir`.
+async fn run_assignment(
+    link: &Link,
+    cfg: &AgentConfig,
+    a: Assignment,
+    local: Option<LocalParts>,
+    stop: Option<CancelSignal>,
+    workspace: &std::path::Path,
+    state_dir: &std::path::Path,
+) -> Result<(), LinkError> {
+    let bj_id = a.lease.build_job_id;
+    let workspace = workspace.to_path_buf();
     let _ = std::fs::remove_dir_all(&workspace);
     let req = CheckoutRequest {
         url: a.repo_url.clone(),
@@ -196,7 +216,7 @@ pub async fn execute(
     let (tx, rx) = mpsc::channel(1024);
     let env = JobEnv {
         workspace: workspace.clone(),
-        state_dir: state_dir.clone(),
+        state_dir: state_dir.to_path_buf(),
         base_env,
         host_env,
         docker: cfg.docker.clone(),
@@ -283,8 +303,6 @@ pub async fn execute(
         st.after_steps(p, parts, &a.spec, &mut result, &workspace).await?;
     }
     stop_helpers();
-    remove_workspace(&workspace).await;
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(state_dir)).await;
     if let Ok(Err(e)) = pumped
         && e.is_stale()
     {

@@ -81,27 +81,7 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(60)))
             .user_agent(format!("chengis-agent/{}", env!("CARGO_PKG_VERSION")));
         if let Some(path) = ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| RemoteError::Setup(format!("cannot read the CA file {}: {e}", path.display())))?;
-            let mut certs = Vec::new();
-            for item in ureq::tls::parse_pem(&pem) {
-                match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(RemoteError::Setup(format!(
-                            "the CA file {} is not valid PEM: {e}",
-                            path.display()
-                        )));
-                    }
-                }
-            }
-            if certs.is_empty() {
-                return Err(RemoteError::Setup(format!("the CA file {} holds no certificate", path.display())));
-            }
-            builder = builder.tls_config(
-                ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build(),
-            );
+            builder = builder.tls_config(tls_roots(path).map_err(RemoteError::Setup)?);
         }
         Ok(Client {
             base: server.trim_end_matches('/').to_string(),
@@ -203,6 +183,24 @@ impl Client {
     }
 }
 
+/// A TLS configuration that trusts only the certificates in the PEM file `path` (a private CA,
+/// or a self-signed server certificate).
+pub fn tls_roots(path: &Path) -> Result<ureq::tls::TlsConfig, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => return Err(format!("the CA file {} is not valid PEM: {e}", path.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("the CA file {} holds no certificate", path.display()));
+    }
+    Ok(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build())
+}
+
 /// `d` scaled by a random factor in [0.5, 1.0), so agents that failed together do not retry in
 /// lockstep.
 fn jitter(d: Duration) -> Duration {
@@ -263,6 +261,9 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
     let link = Link::Remote(client.clone(), cfg.work_dir.clone());
     let slots = Arc::new(Semaphore::new(run.executors.max(1)));
     let jobs = CancelSignal::new();
+    // Set when a job's lease turned out stale: the agent registers again, which lets it take
+    // back jobs it lost (see `LeaseRequest::registered_ms`).
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut running: Vec<(tokio::task::JoinHandle<()>, Needs)> = Vec::new();
     let total = Needs { cpu_millis: cfg.info.cpus * 1000, memory_mb: cfg.info.memory_mb };
     let outcome = loop {
@@ -286,6 +287,12 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
             cpu_millis: (total.cpu_millis - used.cpu_millis).max(0),
             memory_mb: (total.memory_mb - used.memory_mb).max(0),
         });
+        if lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let info = serde_json::to_value(&cfg.info).unwrap_or_default();
+            if let Err(e) = client.call::<Registered>("register", "/api/v1/agent/register", info, None).await {
+                tracing::warn!("registering again: {e}");
+            }
+        }
         let body = json!({"capacity": free, "free": free_resources, "labels": cfg.info.labels, "wait_ms": 5000});
         // A lease poll retries for as long as it takes: the agent outlives server restarts.
         let poll = client.call::<Leased>("lease", "/api/v1/agent/lease", body, Some(Duration::MAX));
@@ -324,11 +331,14 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
                 job = %a.spec.id,
                 attempt = a.lease.attempt
             );
-            let (link, run, stop) = (link.clone(), run.clone(), jobs.clone());
+            let (link, run, stop, lost) = (link.clone(), run.clone(), jobs.clone(), lost.clone());
             let handle = tokio::spawn(
                 async move {
                     if let Err(e) = super::execute(&link, &run, a, None, Some(stop)).await {
                         tracing::error!("running the job: {e}");
+                        if e.is_stale() {
+                            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                     drop(permit);
                 }

@@ -38,7 +38,7 @@ pub struct AgentArgs {
     #[arg(long, env = "CHENGIS_AGENT_NAME")]
     pub name: Option<String>,
     /// PEM file of the CA (or self-signed certificate) that signed an https:// server's certificate.
-    #[arg(long, env = "CHENGIS_CA_FILE")]
+    #[arg(long, env = "CHENGIS_CA_FILE", global = true)]
     pub ca_file: Option<PathBuf>,
     /// Where workspaces live.
     #[arg(long, env = "CHENGIS_WORK_DIR", default_value = "chengis-agent")]
@@ -79,7 +79,11 @@ pub enum TokenCommand {
 /// Runs `chengis agent ...`.
 pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     if let Some(AgentCommand::List) = args.command {
-        let client = Client::new(&ClientArgs { server: args.server.clone(), format: args.format });
+        let client = Client::new(&ClientArgs {
+            server: args.server.clone(),
+            format: args.format,
+            ca_file: args.ca_file.clone(),
+        })?;
         let v = client.get("/api/v1/agents")?;
         print(args.format, &v, |v| {
             let mut out = format!(
@@ -170,7 +174,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
 
 /// Runs `chengis agent-token ...`.
 pub fn token(args: &ClientArgs, cmd: TokenCommand) -> anyhow::Result<i32> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     match cmd {
         TokenCommand::Create { name } => {
             let v = c.post("/api/v1/agent-tokens", json!({"name": name}))?;

@@ -17,6 +17,9 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub format: Format,
+    /// PEM file of the CA (or self-signed certificate) of an https:// server.
+    #[arg(long, env = "CHENGIS_CA_FILE", global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `chengis job ...`.
@@ -206,13 +209,13 @@ pub(super) struct Client {
 }
 
 impl Client {
-    pub(super) fn new(args: &ClientArgs) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into();
-        Client { base: args.server.trim_end_matches('/').to_string(), agent }
+    pub(super) fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        let mut config =
+            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60)));
+        if let Some(path) = &args.ca_file {
+            config = config.tls_config(crate::agent::remote::tls_roots(path).map_err(anyhow::Error::msg)?);
+        }
+        Ok(Client { base: args.server.trim_end_matches('/').to_string(), agent: config.build().into() })
     }
 
     /// Streams the body of a GET into `out`; returns the bytes written.
@@ -289,7 +292,7 @@ pub(super) fn s(v: &Value) -> String {
 
 /// Runs `chengis job ...`.
 pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     match cmd {
         JobCommand::Create { name, repo, branch, pipeline, submodules, webhook_secret } => {
             let mut body = json!({"name": name, "repo_url": repo, "default_branch": branch, "pipeline_path": pipeline, "submodules": submodules});
@@ -350,7 +353,7 @@ fn build_line(b: &Value) -> String {
 
 /// Runs `chengis build ...`.
 pub fn build(args: &ClientArgs, cmd: BuildCommand) -> anyhow::Result<i32> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     match cmd {
         BuildCommand::Trigger { job, branch, commit, params, wait } => {
             let mut p = serde_json::Map::new();
@@ -476,7 +479,7 @@ fn show_text(v: &Value) -> String {
             "  job {}: {}{}\n",
             s(&j["job"]["job_key"]),
             s(&j["job"]["status"]),
-            j["job"]["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+            j["job"]["reason"].as_str().or(j["waiting_reason"].as_str()).map(|r| format!(" ({r})")).unwrap_or_default()
         ));
         for st in j["steps"].as_array().into_iter().flatten() {
             out.push_str(&format!("    {} {}\n", s(&st["status"]), s(&st["name"])));
@@ -539,7 +542,7 @@ fn follow_logs(c: &Client, format: Format, id: i64, job: &str) -> anyhow::Result
 
 /// Runs `chengis secret ...`.
 pub fn secret(args: &ClientArgs, cmd: SecretCommand) -> anyhow::Result<i32> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     let scope = |job: &Option<String>| job.as_ref().map(|j| format!("?job={}", enc(j))).unwrap_or_default();
     match cmd {
         SecretCommand::Set { name, job, value } => {
@@ -591,7 +594,7 @@ fn schedule_line(v: &Value) -> String {
 
 /// Runs `chengis schedule ...`.
 pub fn schedule(args: &ClientArgs, cmd: ScheduleCommand) -> anyhow::Result<i32> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     match cmd {
         ScheduleCommand::Add { job, cron, branch, timezone } => {
             let v =

@@ -52,6 +52,12 @@ pub struct ServeArgs {
     /// How long recorded webhook deliveries are kept, such as `30d` [default: 30d].
     #[arg(long, env = "CHENGIS_WEBHOOK_RETENTION")]
     pub webhook_retention: Option<String>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "CHENGIS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CHENGIS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// A TOML file with any of these settings (snake_case keys).
     #[arg(long, env = "CHENGIS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -78,6 +84,8 @@ const CONFIG_KEYS: &[&str] = &[
     "public_url",
     "webhook_rate_limit",
     "webhook_retention",
+    "tls_cert",
+    "tls_key",
     "docker_allow_privileged",
     "docker_allow_socket",
     "docker_memory",
@@ -108,6 +116,10 @@ pub struct ServeConfig {
     pub webhook_rate_limit: Option<usize>,
     /// How long webhook deliveries are kept.
     pub webhook_retention: Option<String>,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
     /// Container settings.
     #[serde(flatten)]
     pub docker: DockerArgs,
@@ -166,6 +178,8 @@ impl ServeArgs {
             webhook_retention: Some(
                 self.webhook_retention.clone().or(file.webhook_retention).unwrap_or_else(|| "30d".into()),
             ),
+            tls_cert: self.tls_cert.clone().or(file.tls_cert),
+            tls_key: self.tls_key.clone().or(file.tls_key),
             docker: self.docker.over(&file.docker),
             storage: self.storage.over(&file.storage),
         })
@@ -228,6 +242,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         bail!("lease_ttl must be at least 2s: the agent renews every second");
     }
     cfg.storage.config(PathBuf::new())?;
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::server::tls::acceptor(cert, key)?),
+        (None, None) => None,
+        _ => bail!("serving HTTPS needs both tls_cert and tls_key"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let store = open_store(&cfg).await?;
@@ -288,26 +307,33 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let listen = cfg.listen.clone().unwrap_or_default();
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
-        println!("chengis listening on http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("chengis listening on {scheme}://{addr}");
         tracing::info!(%addr, database = %redact_url(cfg.database_url.as_deref().unwrap_or_default()), "serving");
         let hook_limiter = Arc::new(crate::server::hooks::RateLimiter::new(cfg.webhook_rate_limit.unwrap_or(120)));
         let agents = crate::server::agent_api::AgentSettings {
             lease_ttl,
             renew_every: Duration::from_secs(1),
             max_attempts: cfg.max_attempts.unwrap_or(2),
+            pollers: Default::default(),
         };
         let app = router(AppState { builds: ctx, keys, hook_limiter, hook_cache: Default::default(), agents });
         let stop = shutdown.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-                }
-                stop.cancel();
-            })
-            .await?;
+        let signalled = async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            stop.cancel();
+        };
+        match tls {
+            Some(acceptor) => {
+                let listener = crate::server::tls::TlsListener::new(listener, acceptor)?;
+                axum::serve(listener, app).with_graceful_shutdown(signalled).await?;
+            }
+            None => axum::serve(listener, app).with_graceful_shutdown(signalled).await?,
+        }
         Ok::<i32, anyhow::Error>(0)
     })
 }

@@ -195,7 +195,7 @@ fn mib(v: &Value) -> String {
 
 /// Runs `chengis cache ...`.
 pub fn cache(args: &ClientArgs, cmd: CacheCommand) -> anyhow::Result<i32> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     match cmd {
         CacheCommand::List { job } => {
             let query = job.map(|j| format!("?job={}", enc(&j))).unwrap_or_default();
@@ -243,7 +243,7 @@ pub fn cache(args: &ClientArgs, cmd: CacheCommand) -> anyhow::Result<i32> {
 
 /// Runs `chengis artifact ...`.
 pub fn artifact(args: &ClientArgs, cmd: ArtifactCommand) -> anyhow::Result<i32> {
-    let c = Client::new(args);
+    let c = Client::new(args)?;
     match cmd {
         ArtifactCommand::List { build } => {
             let v = c.get(&format!("/api/v1/builds/{build}/artifacts"))?;

@@ -20,6 +20,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How the server leases to remote agents.
@@ -31,11 +33,61 @@ pub struct AgentSettings {
     pub renew_every: Duration,
     /// Claims before a job whose agent keeps getting lost is marked `error`.
     pub max_attempts: i64,
+    /// Agents waiting in a lease poll now, for ranking.
+    pub pollers: Arc<Mutex<HashMap<String, Poller>>>,
 }
 
 impl Default for AgentSettings {
     fn default() -> Self {
-        AgentSettings { lease_ttl: Duration::from_secs(10), renew_every: Duration::from_secs(1), max_attempts: 2 }
+        AgentSettings {
+            lease_ttl: Duration::from_secs(10),
+            renew_every: Duration::from_secs(1),
+            max_attempts: 2,
+            pollers: Default::default(),
+        }
+    }
+}
+
+/// An agent waiting in a lease poll: its labels and resources.
+#[derive(Debug, Clone)]
+pub struct Poller {
+    labels: Vec<String>,
+    free: Option<Needs>,
+    total: Needs,
+}
+
+impl Poller {
+    /// How well a job that needs `needs` fits this agent, or `None` when it does not fit:
+    /// the share of the agent's CPU plus the share of its memory left free after placing the
+    /// job (0 to 2; higher is better, so work spreads to the emptiest agents). An agent that
+    /// reports no resources scores 0: it takes jobs only when no measured agent can.
+    pub fn score(&self, labels: &[String], needs: Needs) -> Option<f64> {
+        if !labels.iter().all(|l| self.labels.contains(l)) {
+            return None;
+        }
+        let Some(free) = self.free else { return Some(0.0) };
+        if needs.cpu_millis > free.cpu_millis || needs.memory_mb > free.memory_mb {
+            return None;
+        }
+        let share = |left: i64, total: i64| if total > 0 { left as f64 / total as f64 } else { 0.0 };
+        Some(
+            share(free.cpu_millis - needs.cpu_millis, self.total.cpu_millis)
+                + share(free.memory_mb - needs.memory_mb, self.total.memory_mb),
+        )
+    }
+}
+
+/// Removes an agent from the pollers when its poll ends (also when the request is dropped).
+struct PollGuard<'a> {
+    pollers: &'a Mutex<HashMap<String, Poller>>,
+    name: String,
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pollers.lock() {
+            p.remove(&self.name);
+        }
     }
 }
 
@@ -150,6 +202,26 @@ pub async fn lease(
     }
     let deadline = Instant::now() + Duration::from_millis(poll.wait_ms.min(25_000));
     let mut notices = s.builds.bus.subscribe();
+    let (cpus, memory_mb, registered_ms) = s.builds.store.agent_resources(&c.name).await?;
+    let me =
+        Poller { labels: poll.labels.clone(), free: poll.free, total: Needs { cpu_millis: cpus * 1000, memory_mb } };
+    if let Ok(mut p) = s.agents.pollers.lock() {
+        p.insert(c.name.clone(), me.clone());
+    }
+    let _guard = PollGuard { pollers: &s.agents.pollers, name: c.name.clone() };
+    // A job goes to the best-scoring agent among those polling now: this one leaves a job that
+    // another waiting agent fits strictly better (that agent is woken to take it).
+    let deferred = std::sync::atomic::AtomicBool::new(false);
+    let defer = |labels: &[String], needs: Needs| -> bool {
+        let Some(mine) = me.score(labels, needs) else { return true };
+        let better = s.agents.pollers.lock().is_ok_and(|p| {
+            p.iter().any(|(name, other)| name != &c.name && other.score(labels, needs).is_some_and(|o| o > mine))
+        });
+        if better {
+            deferred.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        better
+    };
     let disk_full = || s.builds.storage.disk_state() == crate::engine::storage::DiskState::Critical;
     loop {
         let mut assignments = Vec::new();
@@ -161,6 +233,8 @@ pub async fn lease(
                 ttl: s.agents.lease_ttl,
                 max_attempts: s.agents.max_attempts,
                 free: poll.free,
+                defer: Some(&defer),
+                registered_ms: Some(registered_ms),
             };
             for l in s.builds.store.lease(&req).await? {
                 match server_side::prepare(&s.builds, &s.keys, &l).await {
@@ -173,6 +247,9 @@ pub async fn lease(
                     }
                 }
             }
+        }
+        if deferred.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let _ = s.builds.bus.send(Notice::Enqueued);
         }
         if !assignments.is_empty() || Instant::now() >= deadline {
             return Ok(Json(Leased { assignments }));

@@ -34,6 +34,9 @@ pub struct BuildList {
 pub struct BuildJobDetail {
     job: BuildJobRecord,
     steps: Vec<StepRecord>,
+    /// Why a queued job waits: no registered agent has its labels or resources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_reason: Option<String>,
 }
 
 /// `GET /api/v1/builds/{id}`: the build, its jobs (with `needs`: the DAG) and their steps.
@@ -313,7 +316,9 @@ pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> 
     let mut jobs = Vec::new();
     for j in store.build_jobs(id).await? {
         let steps = store.steps(j.id).await?;
-        jobs.push(BuildJobDetail { job: j, steps });
+        let waiting_reason =
+            if j.status == crate::status::Status::Queued { store.waiting_reason(j.id).await? } else { None };
+        jobs.push(BuildJobDetail { job: j, steps, waiting_reason });
     }
     let policy = store
         .events_after(id, 0)

@@ -9,6 +9,7 @@ mod openapi;
 mod schedules;
 mod storage;
 mod stream;
+pub mod tls;
 pub mod webhooks;
 
 use crate::engine::builds::BuildContext;

@@ -117,6 +117,18 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// The CPU cores, memory (MiB) and registration time of agent `name` (zeros when unknown).
+    pub async fn agent_resources(&self, name: &str) -> Result<(i64, i64, i64), StoreError> {
+        let row = sqlx::query("SELECT cpus, memory_mb, registered_ms FROM agents WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        match row {
+            Some(r) => Ok((r.try_get("cpus")?, r.try_get("memory_mb")?, r.try_get("registered_ms")?)),
+            None => Ok((0, 0, 0)),
+        }
+    }
+
     /// Every registered agent; `silent_ms`: how long without a call makes one `offline`.
     pub async fn agents(&self, silent_ms: i64) -> Result<Vec<AgentRecord>, StoreError> {
         let now = now_ms();

@@ -85,8 +85,11 @@ pub struct Lease {
     pub lost_from: Option<String>,
 }
 
+/// Says whether a job (by its labels and needs) is left for a better-placed agent.
+pub type Defer<'a> = dyn Fn(&[String], Needs) -> bool + Sync + 'a;
+
 /// What an agent asks for.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LeaseRequest<'a> {
     /// The agent's name.
     pub agent: &'a str,
@@ -100,6 +103,12 @@ pub struct LeaseRequest<'a> {
     pub max_attempts: i64,
     /// The agent's free resources; jobs needing more are left for others (`None`: no limit).
     pub free: Option<Needs>,
+    /// Jobs (by labels and needs) to leave for a better-placed agent.
+    pub defer: Option<&'a Defer<'a>>,
+    /// When the agent (re)registered: a job whose lease this agent took before then and let
+    /// expire goes to another agent (the agent is alive and polling, yet lost it); after a
+    /// restart or a re-registration it may take the job again. `None`: no such rule.
+    pub registered_ms: Option<i64>,
 }
 
 /// The answer to a renewal.
@@ -117,6 +126,7 @@ struct Candidate {
     labels: Vec<String>,
     attempts: i64,
     owner: Option<String>,
+    leased_ms: Option<i64>,
     needs: Needs,
 }
 
@@ -201,7 +211,7 @@ impl Store {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "SELECT id, build_job_id, labels, attempts, lease_owner, cpu_millis, memory_mb FROM queue \
+            "SELECT id, build_job_id, labels, attempts, lease_owner, leased_ms, cpu_millis, memory_mb FROM queue \
              WHERE lease_owner IS NULL OR lease_expires_ms < $1 ORDER BY rank_ms, id LIMIT 64{lock}"
         );
         let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *conn).await?;
@@ -214,6 +224,7 @@ impl Store {
                 labels: serde_json::from_str(&labels).unwrap_or_default(),
                 attempts: row.try_get("attempts")?,
                 owner: row.try_get("lease_owner")?,
+                leased_ms: row.try_get("leased_ms")?,
                 needs: Needs { cpu_millis: row.try_get("cpu_millis")?, memory_mb: row.try_get("memory_mb")? },
             });
         }
@@ -231,14 +242,23 @@ impl Store {
             {
                 continue;
             }
+            if let (Some(owner), Some(registered)) = (&c.owner, req.registered_ms)
+                && owner == req.agent
+                && c.leased_ms.is_some_and(|at| at >= registered)
+            {
+                continue;
+            }
+            if req.defer.is_some_and(|defer| defer(&c.labels, c.needs)) {
+                continue;
+            }
             if c.owner.is_some() && c.attempts >= req.max_attempts {
                 sqlx::query("DELETE FROM queue WHERE id = $1").bind(c.id).execute(&mut *conn).await?;
                 exhausted.push(c);
                 continue;
             }
             let claimed = sqlx::query(
-                "UPDATE queue SET lease_owner = $1, lease_expires_ms = $2, fencing_token = fencing_token + 1, attempts = attempts + 1 \
-                 WHERE id = $3 AND (lease_owner IS NULL OR lease_expires_ms < $4) RETURNING fencing_token, attempts",
+                "UPDATE queue SET lease_owner = $1, lease_expires_ms = $2, fencing_token = fencing_token + 1, attempts = attempts + 1, \
+                 leased_ms = $4 WHERE id = $3 AND (lease_owner IS NULL OR lease_expires_ms < $4) RETURNING fencing_token, attempts",
             )
             .bind(req.agent)
             .bind(expires)

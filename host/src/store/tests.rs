@@ -30,7 +30,16 @@ async fn job_with_build_jobs(store: &Store, name: &str, n: usize) -> Vec<i64> {
 }
 
 fn req<'a>(agent: &'a str, labels: &'a [String], capacity: usize) -> LeaseRequest<'a> {
-    LeaseRequest { agent, labels, capacity, ttl: Duration::from_secs(30), max_attempts: 2, free: None }
+    LeaseRequest {
+        agent,
+        labels,
+        capacity,
+        ttl: Duration::from_secs(30),
+        max_attempts: 2,
+        free: None,
+        defer: None,
+        registered_ms: None,
+    }
 }
 
 #[tokio::test]

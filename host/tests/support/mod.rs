@@ -42,8 +42,11 @@ pub fn start_with_stderr(data: &Path, db: &str, extra: &[&str], stderr: Stdio) -
 
 /// Starts `chengis serve` with extra flags and environment variables.
 pub fn start_with(data: &Path, db: &str, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
+    let listen: &[&str] = if extra.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
     let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--executors", "2"])
+        .arg("serve")
+        .args(listen)
+        .args(["--executors", "2"])
         .arg("--data-dir")
         .arg(data)
         .args(["--database-url", db])
