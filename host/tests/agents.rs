@@ -304,6 +304,31 @@ fn a_lost_agents_job_runs_again_elsewhere_and_its_late_result_is_refused() {
 }
 
 #[test]
+fn sigterm_drains_an_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let (server, _) = start_logged(&dir.path().join("data"), &db, &["--agents", "0"]);
+    let url = server.url.clone();
+    let token = agent_token(&url, "pool", &[]);
+    let mut a = start_agent(dir.path(), &url, &token, "agent-a", "linux", &[]);
+    wait_for("agent-a online", Duration::from_secs(20), || agents(&url).iter().any(|a| a["status"] == "online"));
+    create_job(&url, "slow", &repo(&dir.path().join("repo"), SLOW));
+    let id = trigger(&url, "slow");
+    wait_build(&server, id, |_| log_of(&url, id, "work").iter().any(|l| l == "start on agent-a"));
+    a.signal(nix::sys::signal::Signal::SIGTERM);
+    wait_for("agent-a draining", Duration::from_secs(10), || agents(&url)[0]["status"] == "draining");
+    // Draining: the running job finishes; a new one is not taken.
+    let next = trigger(&url, "slow");
+    let build = wait_build(&server, id, finished);
+    assert_eq!(build["build"]["status"], "success", "{build}");
+    assert!(log_of(&url, id, "work").contains(&"done on agent-a".to_string()));
+    assert_eq!(a.exit_code(Duration::from_secs(20)), Some(0), "{}", a.log());
+    assert_eq!(agents(&url)[0]["status"], "drained");
+    let (_, queued) = call("GET", &format!("{url}/api/v1/builds/{next}"), None);
+    assert_eq!(queued["build"]["status"], "queued", "{queued}");
+}
+
+#[test]
 fn agents_ride_out_a_server_restart_and_talk_https() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("db.sqlite").display());

@@ -531,7 +531,7 @@ fn openapi_describes_every_api_route() {
         ("/api/v1/agent/register", &["post"]),
         ("/api/v1/agent/lease", &["post"]),
         ("/api/v1/agent/leases/{entry}/{action}", &["post"]),
-        ("/api/v1/agent/drained", &["post"]),
+        ("/api/v1/agent/state", &["post"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());

@@ -296,9 +296,15 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
         let body = json!({"capacity": free, "free": free_resources, "labels": cfg.info.labels, "wait_ms": 5000});
         // A lease poll retries for as long as it takes: the agent outlives server restarts.
         let poll = client.call::<Leased>("lease", "/api/v1/agent/lease", body, Some(Duration::MAX));
+        tokio::pin!(poll);
         let leased = tokio::select! {
-            r = poll => r,
-            _ = drain.cancelled() => continue,
+            r = &mut poll => r,
+            _ = drain.cancelled() => {
+                // The server stops this poll once it knows; whatever it leased before that
+                // still runs here (dropping it would strand the job until its lease expires).
+                announce(&client, "draining").await;
+                poll.await
+            }
         };
         let leased = match leased {
             Ok(l) => l,
@@ -349,8 +355,10 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
     };
     // Drain: no new leases; running jobs get until the deadline, then are cancelled (and still
     // report their end).
+    running.retain(|(h, _)| !h.is_finished());
     if !running.is_empty() {
         tracing::info!("draining: waiting up to {:?} for {} running jobs", cfg.drain_deadline, running.len());
+        announce(&client, "draining").await;
         let deadline = Instant::now() + cfg.drain_deadline;
         while running.iter().any(|(h, _)| !h.is_finished()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -363,9 +371,18 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
             }
         }
     }
-    let _: Result<Value, _> =
-        client.call("deregister", "/api/v1/agent/drained", json!({}), Some(Duration::from_secs(5))).await;
+    if outcome.is_ok() {
+        announce(&client, "drained").await;
+    }
     outcome
+}
+
+/// Tells the server the agent is `draining` or `drained` (best effort, 5 s).
+async fn announce(client: &Arc<Client>, state: &str) {
+    let body = json!({ "state": state });
+    if let Err(e) = client.call::<Value>(state, "/api/v1/agent/state", body, Some(Duration::from_secs(5))).await {
+        tracing::warn!("telling the server the agent is {state}: {e}");
+    }
 }
 
 /// The facts an agent registers about its host: OS, architecture, cores, memory, Docker.

@@ -192,7 +192,7 @@ pub async fn lease(
     ApiJson(poll): ApiJson<LeasePoll>,
 ) -> Result<Json<Leased>, ApiError> {
     let c = caller(&s, &headers).await?;
-    if !s.builds.store.agent_seen(&c.name, "online").await? {
+    if !s.builds.store.agent_seen(&c.name, Some("online")).await? {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             code: "not_registered",
@@ -225,7 +225,9 @@ pub async fn lease(
     let disk_full = || s.builds.storage.disk_state() == crate::engine::storage::DiskState::Critical;
     loop {
         let mut assignments = Vec::new();
-        if poll.capacity > 0 && !disk_full() {
+        // A draining agent (it said so while this poll waited) gets nothing more.
+        let draining = s.builds.store.agent_state(&c.name).await?.is_some_and(|st| st != "online");
+        if poll.capacity > 0 && !disk_full() && !draining {
             let req = LeaseRequest {
                 agent: &c.name,
                 labels: &poll.labels,
@@ -251,7 +253,7 @@ pub async fn lease(
         if deferred.swap(false, std::sync::atomic::Ordering::Relaxed) {
             let _ = s.builds.bus.send(Notice::Enqueued);
         }
-        if !assignments.is_empty() || Instant::now() >= deadline {
+        if !assignments.is_empty() || draining || Instant::now() >= deadline {
             return Ok(Json(Leased { assignments }));
         }
         let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(500));
@@ -288,7 +290,7 @@ pub async fn lease_action(
     let store = &s.builds.store;
     match action.as_str() {
         "renew" => {
-            store.agent_seen(&c.name, "online").await?;
+            store.agent_seen(&c.name, None).await?;
             let r = store.renew(&lease, s.agents.lease_ttl).await?;
             let cancel = matches!(r, crate::store::queue::Renewal::Cancel(_));
             Ok(Json(json!({"cancel": cancel})))
@@ -346,11 +348,28 @@ async fn lease_job(s: &AppState, lease: &Lease) -> Result<(i64, String), ApiErro
     Ok((bj.build_id, bj.job_key))
 }
 
-/// Marks the calling agent drained (it leases nothing more until it registers again).
-#[utoipa::path(post, path = "/api/v1/agent/drained", responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
-pub async fn drained(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+/// An agent's state change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentState {
+    /// `draining` (running jobs finish, no new ones) or `drained` (stopped).
+    pub state: String,
+}
+
+/// Records that the calling agent is draining or has drained (it leases nothing more until it
+/// polls or registers again).
+#[utoipa::path(post, path = "/api/v1/agent/state", request_body = AgentState, responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn state(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<AgentState>,
+) -> Result<Json<Value>, ApiError> {
     let c = caller(&s, &headers).await?;
-    s.builds.store.agent_seen(&c.name, "drained").await?;
+    if !matches!(body.state.as_str(), "draining" | "drained") {
+        return Err(ApiError::bad_request(format!("unknown agent state `{}`: draining or drained", body.state)));
+    }
+    s.builds.store.agent_seen(&c.name, Some(&body.state)).await?;
+    tracing::info!(agent = %c.name, "agent {}", body.state);
     Ok(Json(json!({})))
 }
 

@@ -76,7 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agent/register", post(agent_api::register))
         .route("/api/v1/agent/lease", post(agent_api::lease))
         .route("/api/v1/agent/leases/{entry}/{action}", post(agent_api::lease_action))
-        .route("/api/v1/agent/drained", post(agent_api::drained))
+        .route("/api/v1/agent/state", post(agent_api::state))
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(

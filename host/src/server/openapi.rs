@@ -44,7 +44,7 @@ use utoipa::OpenApi;
         agent_api::register,
         agent_api::lease,
         agent_api::lease_action,
-        agent_api::drained,
+        agent_api::state,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
 )]

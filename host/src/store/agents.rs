@@ -106,15 +106,24 @@ impl Store {
         Ok(())
     }
 
-    /// Notes a call from `name` (its heartbeat), with its state (`online` or `draining`).
-    pub async fn agent_seen(&self, name: &str, state: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE agents SET last_seen_ms = $1, state = $2 WHERE name = $3")
+    /// Notes a call from `name` (its heartbeat), setting its state (`online`, `draining`,
+    /// `drained`) when given; false when no such agent is registered.
+    pub async fn agent_seen(&self, name: &str, state: Option<&str>) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE agents SET last_seen_ms = $1, state = COALESCE($2, state) WHERE name = $3")
             .bind(now_ms())
             .bind(state)
             .bind(name)
             .execute(self.pool())
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// The state agent `name` last reported (`online`, `draining`, `drained`).
+    pub async fn agent_state(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT state FROM agents WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?)
     }
 
     /// The CPU cores, memory (MiB) and registration time of agent `name` (zeros when unknown).
@@ -154,6 +163,8 @@ impl Store {
             let state: String = row.try_get("state")?;
             let status = if revoked.is_some() {
                 "revoked".to_string()
+            } else if state == "drained" {
+                state
             } else if !embedded && now - last_seen_ms > silent_ms {
                 "offline".to_string()
             } else {
