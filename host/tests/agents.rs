@@ -134,6 +134,27 @@ jobs:
       - run: echo "needs saw ${{ needs.on-a.result }}"
 "#;
 
+const RELAY: &str = r#"
+name: relay
+jobs:
+  make:
+    runs-on: [a]
+    artifacts:
+      - name: app
+        paths: ["out/**"]
+    cache:
+      - key: never-${{ git.sha }}
+        paths: [out]
+    steps:
+      - run: mkdir -p out && echo "made on $CHENGIS_AGENT_NAME" > out/app.txt && head -c 300000 /dev/urandom > out/blob.bin && sha256sum out/blob.bin > out/blob.sha
+  use:
+    needs: [make]
+    runs-on: [b]
+    download: [app]
+    steps:
+      - run: cat out/app.txt && sha256sum -c out/blob.sha
+"#;
+
 const GPU: &str = r#"
 name: gpu
 jobs:
@@ -180,6 +201,31 @@ fn remote_agents_take_jobs_by_label_and_a_revoked_token_stops_an_agent() {
             assert_eq!(steps.len(), 1, "{build}");
             assert_eq!(steps[0]["status"], "success");
         }
+
+        // Artifacts go from a job on agent-a through the server to a job on agent-b, checked.
+        create_job(&url, "relay", &repo(&base.join("relay"), RELAY));
+        let id = trigger(&url, "relay");
+        let build = wait_build(&server, id, finished);
+        assert_eq!(build["build"]["status"], "success", "{build}");
+        let made = log_texts(&server, id, "make");
+        assert!(made.iter().any(|l| l.starts_with("artifacts: kept `app` (3 files")), "{made:?}");
+        assert!(made.iter().any(|l| l.contains("remote agents do not restore or save caches yet")), "{made:?}");
+        let used = log_texts(&server, id, "use");
+        assert!(used.iter().any(|l| l.starts_with("download: placed 3 artifact files")), "{used:?}");
+        assert!(used.contains(&"made on agent-a".to_string()), "{used:?}");
+        assert!(used.contains(&"out/blob.bin: OK".to_string()), "{used:?}");
+        let (status, files) = call("GET", &format!("{url}/api/v1/builds/{id}/artifacts"), None);
+        assert_eq!(status, 200, "{files}");
+        assert_eq!(files["artifacts"].as_array().map_or(0, Vec::len), 3, "{files}");
+        // A lease is no key to other builds' files, and a stale one none at all.
+        let sha = files["artifacts"][0]["sha256"].as_str().unwrap().to_string();
+        let resp = http()
+            .get(&format!("{url}/api/v1/agent/leases/1/blobs/{sha}?token=1"))
+            .header("Authorization", &format!("Bearer {token_a}"))
+            .header("Chengis-Agent", "agent-a")
+            .call()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 409);
 
         // Nobody has `gpu`; nobody labelled `a` is big enough: both wait, saying why.
         create_job(&url, "gpu", &repo(&base.join("gpu"), GPU));

@@ -23,8 +23,9 @@ use tracing::Instrument;
 
 pub mod link;
 pub mod remote;
+pub mod remote_blobs;
 pub mod server_side;
-mod storage;
+pub(crate) mod storage;
 use link::{Link, LinkError};
 use server_side::{Assignment, LocalParts, Update};
 use storage::{Storage, remove_workspace};
@@ -154,6 +155,7 @@ async fn run_assignment(
     state_dir: &std::path::Path,
 ) -> Result<(), LinkError> {
     let bj_id = a.lease.build_job_id;
+    let work = link.work_dir();
     let workspace = workspace.to_path_buf();
     let _ = std::fs::remove_dir_all(&workspace);
     let req = CheckoutRequest {
@@ -266,25 +268,29 @@ async fn run_assignment(
             }
             storage::Before::Run(p) => pending = Some(p),
         }
-    } else {
+    } else if let Link::Remote(client, _) = link {
+        // A remote agent: artifacts travel through the server's blob store.
         if !a.spec.download.is_empty() {
-            drop(env);
-            stop_helpers();
-            let reason = "download: remote agents do not transfer artifacts yet; run this job on the server's embedded agent (`runs-on` labels)";
-            return fail(link, &a, &workspace, reason).await;
+            let tmp = work.join("tmp");
+            let placed = remote_blobs::download(client, &a, &workspace, &tmp).await?;
+            let line = match &placed {
+                Ok(line) | Err(line) => line.clone(),
+            };
+            system_lines(link, &a, &masker, &[line]).await?;
+            if let Err(reason) = placed {
+                drop(env);
+                stop_helpers();
+                return fail(link, &a, &workspace, &reason).await;
+            }
         }
-        let mut notes = Vec::new();
         if !a.spec.cache.is_empty() {
-            notes.push("cache: remote agents do not restore or save caches yet; the job runs without them".to_string());
-        }
-        if !a.spec.artifacts.is_empty() {
-            notes.push("artifacts: remote agents do not upload artifacts yet; none are kept for this job".to_string());
-        }
-        if !notes.is_empty() {
-            system_lines(link, &a, &masker, &notes).await?;
+            let note = "cache: remote agents do not restore or save caches yet; the job runs without them";
+            system_lines(link, &a, &masker, &[note.to_string()]).await?;
         }
     }
-
+    let retention = a.artifact_rules.retention_ms.map(Duration::from_millis);
+    let remote_artifacts =
+        matches!(link, Link::Remote(..)).then(|| storage::resolve_artifacts(&a.spec, &ctx_values, retention));
     let first_line = link.next_line(&a.lease).await?;
     let pump = tokio::spawn(pump_events(link.clone(), a.clone(), rx, first_line));
     let job_spec = JobSpec {
@@ -301,6 +307,30 @@ async fn run_assignment(
 
     if let (Some(st), Some(parts), Some(p)) = (&storage, &local, pending) {
         st.after_steps(p, parts, &a.spec, &mut result, &workspace).await?;
+    }
+    if let (Link::Remote(client, _), Some(specs)) = (link, remote_artifacts) {
+        match specs {
+            Ok(specs) => {
+                let specs: Vec<_> = specs
+                    .into_iter()
+                    .filter(|(when, _)| storage::wanted(*when, result.status))
+                    .map(|(_, s)| s)
+                    .collect();
+                match remote_blobs::keep(client, &a, specs, &workspace, &work.join("tmp")).await? {
+                    Ok(lines) => system_lines(link, &a, &masker, &lines).await?,
+                    Err(reason) => {
+                        system_lines(link, &a, &masker, std::slice::from_ref(&reason)).await?;
+                        result.status = Status::Failure;
+                        result.reason = Some(reason);
+                    }
+                }
+            }
+            Err(reason) if result.status == Status::Success => {
+                result.status = Status::Error;
+                result.reason = Some(reason);
+            }
+            Err(reason) => system_lines(link, &a, &masker, &[format!("artifacts: {reason}")]).await?,
+        }
     }
     stop_helpers();
     if let Ok(Err(e)) = pumped
@@ -325,6 +355,9 @@ async fn fail(link: &Link, a: &Assignment, workspace: &std::path::Path, reason: 
 
 /// Appends masked System lines to the job's log.
 async fn system_lines(link: &Link, a: &Assignment, masker: &SecretMasker, texts: &[String]) -> Result<(), LinkError> {
+    if texts.is_empty() {
+        return Ok(());
+    }
     let first = link.next_line(&a.lease).await?;
     let time_ms = u64::try_from(now_ms()).unwrap_or(0);
     let lines: Vec<LogLine> = texts

@@ -170,6 +170,11 @@ impl Client {
         }
     }
 
+    /// The HTTP agent, base URL, token and agent name (for blob transfers).
+    pub fn parts(&self) -> (ureq::Agent, &str, &str, &str) {
+        (self.http.clone(), &self.base, &self.token, &self.name)
+    }
+
     /// A call about a held lease (`renew`, `log`, `update`, `finish`, `log-offset`).
     pub async fn lease_call<T: DeserializeOwned>(
         self: &Arc<Self>,

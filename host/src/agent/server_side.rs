@@ -47,9 +47,22 @@ pub struct Assignment {
     pub contexts: BTreeMap<String, Value>,
     /// Whether every needed job succeeded (what `success()` answers).
     pub needs_ok: bool,
+    /// The server's artifact settings.
+    pub artifact_rules: ArtifactRules,
     /// The build as step-executor plugins see it.
     #[serde(skip)]
     pub plugin_build: Option<chengis_plugin_host::types::Build>,
+}
+
+/// The server's artifact settings, for remote agents.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ArtifactRules {
+    /// Default lifetime of artifacts without `expire-in` (ms; none: kept until deleted).
+    pub retention_ms: Option<u64>,
+    /// Most bytes of artifacts per job.
+    pub max_job: u64,
+    /// Over the cap the job fails (else the artifact that crossed it is left out).
+    pub fail_over_cap: bool,
 }
 
 /// What only the embedded agent keeps from preparing a job (for caches and artifacts).
@@ -149,6 +162,11 @@ pub async fn prepare(
         secrets,
         contexts,
         needs_ok: failed_need.is_none(),
+        artifact_rules: ArtifactRules {
+            retention_ms: ctx.storage.artifact_retention.map(|d| d.as_millis() as u64),
+            max_job: ctx.storage.artifact_max_job,
+            fail_over_cap: ctx.storage.artifact_fail_over_cap,
+        },
         plugin_build: Some(crate::plugins::dispatch::wit_build(&build, &plan.name, &job_record.repo_url)),
     };
     let run = context::condition(assignment.spec.condition.as_deref(), &assignment.contexts(None));

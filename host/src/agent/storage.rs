@@ -202,35 +202,15 @@ impl<'a> Storage<'a> {
         if spec.download.is_empty() {
             return Ok(Ok(()));
         }
-        let needed: Vec<&str> = siblings
-            .iter()
-            .filter(|s| plan.jobs.iter().any(|p| p.id == s.job_key && spec.needs_keys.contains(&p.key)))
-            .map(|s| s.job_key.as_str())
-            .collect();
-        let all = spec.download.iter().any(|d| d == "all");
-        let files: Vec<_> = self
-            .ctx
-            .store
-            .artifacts_of_build(self.scope.build_id)
-            .await?
-            .into_iter()
-            .filter(|f| needed.contains(&f.job.as_str()) && (all || spec.download.contains(&f.name)))
-            .collect();
-        if let Some(missing) = spec.download.iter().find(|d| *d != "all" && !files.iter().any(|f| &f.name == *d)) {
-            let reason = format!("download: no job in `needs` kept an artifact named `{missing}`");
-            self.log(std::slice::from_ref(&reason)).await?;
-            return Ok(Err(reason));
-        }
-        let blobs = match self.ctx.storage.blobs() {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(format!("download: {e}"))),
+        let files = match needed_files(&self.ctx.store, spec, plan, siblings, self.scope.build_id).await? {
+            Ok(files) => files,
+            Err(reason) => {
+                self.log(std::slice::from_ref(&reason)).await?;
+                return Ok(Err(reason));
+            }
         };
-        let ws = workspace.to_path_buf();
-        let count = files.len();
-        let placed = tokio::task::spawn_blocking(move || place(&blobs, &ws, &files)).await;
-        let line = match placed {
-            Ok(Ok(bytes)) => Ok(format!("download: placed {count} artifact files ({bytes} bytes) in the workspace")),
-            Ok(Err(e)) => Err(format!("download: {e}")),
+        let line = match self.ctx.storage.blobs() {
+            Ok(blobs) => place_all(blobs, workspace, files).await,
             Err(e) => Err(format!("download: {e}")),
         };
         match line {
@@ -270,18 +250,66 @@ impl<'a> Storage<'a> {
             }
             Err(e) => return Ok(Err(format!("artifacts: {e}"))),
         };
-        let mut lines: Vec<String> = collected.warnings.iter().map(|w| format!("warning: {w}")).collect();
         self.ctx.store.artifact_insert(self.lease, &collected.files).await?;
-        for s in specs {
-            let (n, bytes) =
-                collected.files.iter().filter(|f| f.name == s.name).fold((0, 0), |(n, b), f| (n + 1, b + f.size));
-            if n > 0 {
-                lines.push(format!("artifacts: kept `{}` ({n} files, {bytes} bytes)", s.name));
-            }
-        }
+        let lines = kept_lines(specs, &collected);
         self.log(&lines).await?;
         Ok(Ok(()))
     }
+}
+
+/// The artifact files `download:` names, of the jobs in `needs`; `Err` inside: a name no
+/// needed job kept.
+pub(crate) async fn needed_files(
+    store: &crate::store::Store,
+    spec: &PlannedJob,
+    plan: &Plan,
+    siblings: &[BuildJobRecord],
+    build_id: i64,
+) -> Result<Result<Vec<crate::store::storage::ArtifactFile>, String>, StoreError> {
+    let needed: Vec<&str> = siblings
+        .iter()
+        .filter(|s| plan.jobs.iter().any(|p| p.id == s.job_key && spec.needs_keys.contains(&p.key)))
+        .map(|s| s.job_key.as_str())
+        .collect();
+    let all = spec.download.iter().any(|d| d == "all");
+    let files: Vec<_> = store
+        .artifacts_of_build(build_id)
+        .await?
+        .into_iter()
+        .filter(|f| needed.contains(&f.job.as_str()) && (all || spec.download.contains(&f.name)))
+        .collect();
+    if let Some(missing) = spec.download.iter().find(|d| *d != "all" && !files.iter().any(|f| &f.name == *d)) {
+        return Ok(Err(format!("download: no job in `needs` kept an artifact named `{missing}`")));
+    }
+    Ok(Ok(files))
+}
+
+/// Places `files` from `blobs` into the workspace, verifying each; the log line, or why not.
+pub(crate) async fn place_all(
+    blobs: impl crate::engine::artifacts::BlobStore + 'static,
+    workspace: &Path,
+    files: Vec<crate::store::storage::ArtifactFile>,
+) -> Result<String, String> {
+    let ws = workspace.to_path_buf();
+    let count = files.len();
+    match tokio::task::spawn_blocking(move || place(&blobs, &ws, &files)).await {
+        Ok(Ok(bytes)) => Ok(format!("download: placed {count} artifact files ({bytes} bytes) in the workspace")),
+        Ok(Err(e)) => Err(format!("download: {e}")),
+        Err(e) => Err(format!("download: {e}")),
+    }
+}
+
+/// The log lines about kept artifacts: warnings, then one line per artifact kept.
+pub(crate) fn kept_lines(specs: &[ArtifactSpec], collected: &crate::engine::artifacts::Collected) -> Vec<String> {
+    let mut lines: Vec<String> = collected.warnings.iter().map(|w| format!("warning: {w}")).collect();
+    for s in specs {
+        let (n, bytes) =
+            collected.files.iter().filter(|f| f.name == s.name).fold((0, 0), |(n, b), f| (n + 1, b + f.size));
+        if n > 0 {
+            lines.push(format!("artifacts: kept `{}` ({n} files, {bytes} bytes)", s.name));
+        }
+    }
+    lines
 }
 
 /// Ends a job with an earlier build's successful result: its outputs and artifacts, a log line

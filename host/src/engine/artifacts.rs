@@ -105,7 +105,7 @@ fn blob_path(sha256: &str) -> String {
 }
 
 /// Copies `src` to `dst` through a 1 MiB buffer, hashing; returns (sha256, bytes).
-fn copy_hashing(src: &mut dyn Read, dst: &mut dyn Write, path: &str) -> Result<(String, u64), ArtifactError> {
+pub fn copy_hashing(src: &mut dyn Read, dst: &mut dyn Write, path: &str) -> Result<(String, u64), ArtifactError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;

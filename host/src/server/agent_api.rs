@@ -335,9 +335,40 @@ pub async fn lease_action(
             tracing::info!(agent = %c.name, build = build_id, job = %job, status = %f.status, "job finished on a remote agent");
             Ok(Json(json!({})))
         }
-        other => {
-            Err(ApiError::not_found(format!("no lease action `{other}` (renew, log-offset, log, update, finish)")))
+        "downloads" => {
+            let (build_id, _) = lease_job(&s, &lease).await?;
+            let corrupt = |what: &'static str| {
+                move |e: serde_json::Error| crate::store::StoreError::Corrupt { what, detail: e.to_string() }
+            };
+            let spec: chengis_pipeline::PlannedJob =
+                serde_json::from_str(&store.build_job_spec(lease.build_job_id).await?).map_err(corrupt("job spec"))?;
+            let plan: chengis_pipeline::Plan =
+                serde_json::from_str(&store.build_plan(build_id).await?.unwrap_or_default())
+                    .map_err(corrupt("plan"))?;
+            let siblings = store.build_jobs(build_id).await?;
+            match crate::agent::storage::needed_files(store, &spec, &plan, &siblings, build_id).await? {
+                Ok(files) => Ok(Json(json!({"files": files}))),
+                Err(reason) => Ok(Json(json!({"error": reason}))),
+            }
         }
+        "artifacts" => {
+            let files: Vec<crate::store::storage::NewArtifactFile> = serde_json::from_value(body.rest["files"].clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid artifact files: {e}")))?;
+            let blobs = s.builds.storage.blobs()?;
+            for f in &files {
+                if crate::engine::artifacts::BlobStore::open(&blobs, &f.sha256).is_err() {
+                    return Err(ApiError::bad_request(format!(
+                        "artifact file {} ({}) was not uploaded",
+                        f.path, f.sha256
+                    )));
+                }
+            }
+            store.artifact_insert(&lease, &files).await?;
+            Ok(Json(json!({"kept": files.len()})))
+        }
+        other => Err(ApiError::not_found(format!(
+            "no lease action `{other}` (renew, log-offset, log, update, finish, downloads, artifacts)"
+        ))),
     }
 }
 
@@ -444,4 +475,113 @@ pub async fn revoke_token(State(s): State<AppState>, ApiPath(id): ApiPath<String
     } else {
         Err(ApiError::not_found(format!("no live agent token `{id}`")))
     }
+}
+
+/// The fencing token of a lease, for blob transfers.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct LeaseToken {
+    /// The lease's fencing token.
+    pub token: i64,
+}
+
+/// The build of the job a lease holds (409 when the lease is stale).
+async fn held_build(s: &AppState, entry: i64, token: i64) -> Result<i64, ApiError> {
+    let build_job_id: i64 = s.builds.store.held_build_job(entry, token).await?;
+    Ok(s.builds.store.build_job(build_job_id).await?.build_id)
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "unavailable",
+        message: e.to_string(),
+        details: json!(null),
+    }
+}
+
+/// Stores an artifact file uploaded by the agent holding the lease; the body's SHA-256 must
+/// match `X-Checksum-Sha256`, and the body may not exceed the per-job artifact cap.
+#[utoipa::path(put, path = "/api/v1/agent/leases/{entry}/blobs", params(("entry" = i64, Path, description = "queue entry"), LeaseToken, ("X-Checksum-Sha256" = String, Header, description = "SHA-256 of the body")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn put_blob(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(entry): ApiPath<i64>,
+    super::error::ApiQuery(q): super::error::ApiQuery<LeaseToken>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    caller(&s, &headers).await?;
+    held_build(&s, entry, q.token).await?;
+    let claimed = headers.get("x-checksum-sha256").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if claimed.len() != 64 || !claimed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request("X-Checksum-Sha256 must carry the body's SHA-256 in hex"));
+    }
+    let blobs = s.builds.storage.blobs()?;
+    let limit = s.builds.storage.artifact_max_job;
+    let tmp = tempfile::NamedTempFile::new_in(blobs.root().join("tmp")).map_err(unavailable)?;
+    let (std_file, path) = tmp.into_parts();
+    let mut file = tokio::fs::File::from_std(std_file);
+    let mut stream = body.into_data_stream();
+    let mut written = 0u64;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        written += chunk.len() as u64;
+        if written > limit {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "payload_too_large",
+                message: format!("the file is over the per-job artifact cap of {limit} bytes"),
+                details: json!(null),
+            });
+        }
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(unavailable)?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(unavailable)?;
+    drop(file);
+    let stored = tokio::task::spawn_blocking(move || -> Result<_, crate::engine::artifacts::ArtifactError> {
+        let mut f = std::fs::File::open(&path).map_err(|e| crate::engine::artifacts::ArtifactError::Io {
+            what: "cannot read",
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        crate::engine::artifacts::BlobStore::put(&blobs, &mut f)
+    })
+    .await
+    .map_err(unavailable)??;
+    if !stored.sha256.eq_ignore_ascii_case(&claimed) {
+        return Err(ApiError::bad_request(format!(
+            "the upload's SHA-256 is {}, not the {claimed} it was sent with",
+            stored.sha256
+        )));
+    }
+    Ok(Json(json!({"sha256": stored.sha256, "size": stored.size})))
+}
+
+/// Sends an artifact file of the lease's build to the agent holding the lease.
+#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/blobs/{sha256}", params(("entry" = i64, Path, description = "queue entry"), ("sha256" = String, Path, description = "the file's SHA-256"), LeaseToken), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn get_blob(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((entry, sha)): ApiPath<(i64, String)>,
+    super::error::ApiQuery(q): super::error::ApiQuery<LeaseToken>,
+) -> Result<axum::response::Response, ApiError> {
+    caller(&s, &headers).await?;
+    let build_id = held_build(&s, entry, q.token).await?;
+    // Only files of this build: a lease is no key to every artifact of the server.
+    if !s.builds.store.artifacts_of_build(build_id).await?.iter().any(|f| f.sha256 == sha) {
+        return Err(ApiError::not_found(format!("build {build_id} has no artifact file {sha}")));
+    }
+    let blobs = s.builds.storage.blobs()?;
+    let file = tokio::task::spawn_blocking(move || crate::engine::artifacts::BlobStore::open(&blobs, &sha))
+        .await
+        .map_err(unavailable)??;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        tokio::fs::File::from_std(file),
+        256 * 1024,
+    ));
+    let mut resp = axum::response::Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/octet-stream"));
+    h.insert(axum::http::header::CONTENT_LENGTH, axum::http::HeaderValue::from(len));
+    Ok(resp)
 }

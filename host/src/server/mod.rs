@@ -81,6 +81,12 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(
             Router::new()
+                .route("/api/v1/agent/leases/{entry}/blobs", axum::routing::put(agent_api::put_blob))
+                .route("/api/v1/agent/leases/{entry}/blobs/{sha256}", get(agent_api::get_blob))
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .merge(
+            Router::new()
                 .route("/hooks/{provider}/{job}", post(hooks::receive))
                 .layer(DefaultBodyLimit::max(hooks::HOOK_BODY_LIMIT)),
         )

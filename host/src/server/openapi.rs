@@ -45,6 +45,8 @@ use utoipa::OpenApi;
         agent_api::lease,
         agent_api::lease_action,
         agent_api::state,
+        agent_api::put_blob,
+        agent_api::get_blob,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
 )]

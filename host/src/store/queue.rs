@@ -296,6 +296,17 @@ impl Store {
         Ok(if cancel != 0 { Renewal::Cancel(expires) } else { Renewal::Continue(expires) })
     }
 
+    /// The build job of queue entry `entry` while `token` is its current fencing token.
+    pub async fn held_build_job(&self, entry: i64, token: i64) -> Result<i64, StoreError> {
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT build_job_id FROM queue WHERE id = $1 AND fencing_token = $2")
+                .bind(entry)
+                .bind(token)
+                .fetch_optional(self.pool())
+                .await?;
+        held.ok_or(StoreError::StaleLease { entry, token })
+    }
+
     /// Fails unless `lease` still holds its row: the check every write by a lease holder makes.
     pub async fn check_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let held: Option<i64> = sqlx::query_scalar("SELECT id FROM queue WHERE id = $1 AND fencing_token = $2")

@@ -55,7 +55,7 @@ pub struct NewCacheEntry<'a> {
 }
 
 /// One stored artifact file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ArtifactFile {
     /// Its id (download with `GET /api/v1/artifacts/{id}`).
     pub id: i64,
@@ -78,7 +78,7 @@ pub struct ArtifactFile {
 }
 
 /// An artifact file to record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NewArtifactFile {
     /// The artifact's name.
     pub name: String,
