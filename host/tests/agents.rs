@@ -143,7 +143,7 @@ jobs:
       - name: app
         paths: ["out/**"]
     cache:
-      - key: never-${{ git.sha }}
+      - key: out-${{ git.sha }}
         paths: [out]
     steps:
       - run: mkdir -p out && echo "made on $CHENGIS_AGENT_NAME" > out/app.txt && head -c 300000 /dev/urandom > out/blob.bin && sha256sum out/blob.bin > out/blob.sha
@@ -209,7 +209,8 @@ fn remote_agents_take_jobs_by_label_and_a_revoked_token_stops_an_agent() {
         assert_eq!(build["build"]["status"], "success", "{build}");
         let made = log_texts(&server, id, "make");
         assert!(made.iter().any(|l| l.starts_with("artifacts: kept `app` (3 files")), "{made:?}");
-        assert!(made.iter().any(|l| l.contains("remote agents do not restore or save caches yet")), "{made:?}");
+        assert!(made.iter().any(|l| l.ends_with(": miss")), "{made:?}");
+        assert!(made.iter().any(|l| l.contains("saved for main (3 files")), "{made:?}");
         let used = log_texts(&server, id, "use");
         assert!(used.iter().any(|l| l.starts_with("download: placed 3 artifact files")), "{used:?}");
         assert!(used.contains(&"made on agent-a".to_string()), "{used:?}");
@@ -217,6 +218,15 @@ fn remote_agents_take_jobs_by_label_and_a_revoked_token_stops_an_agent() {
         let (status, files) = call("GET", &format!("{url}/api/v1/builds/{id}/artifacts"), None);
         assert_eq!(status, 200, "{files}");
         assert_eq!(files["artifacts"].as_array().map_or(0, Vec::len), 3, "{files}");
+        // The second run restores the cache the first saved on agent-a (through the server).
+        let again = trigger(&url, "relay");
+        let build = wait_build(&server, again, finished);
+        assert_eq!(build["build"]["status"], "success", "{build}");
+        let made = log_texts(&server, again, "make");
+        assert!(made.iter().any(|l| l.contains(": restored `out-") && l.contains("(3 files")), "{made:?}");
+        assert!(made.iter().any(|l| l.ends_with("hit on the exact key, not saved again")), "{made:?}");
+        let (_, caches) = call("GET", &format!("{url}/api/v1/caches"), None);
+        assert_eq!(caches["caches"].as_array().map_or(0, Vec::len), 1, "{caches}");
         // A lease is no key to other builds' files, and a stale one none at all.
         let sha = files["artifacts"][0]["sha256"].as_str().unwrap().to_string();
         let resp = http()

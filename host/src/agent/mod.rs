@@ -254,6 +254,7 @@ async fn run_assignment(
         _ => None,
     };
     let mut pending = None;
+    let mut remote_caches = Vec::new();
     if let (Some(st), Some(parts)) = (&storage, &local) {
         match st.before_steps(&a, parts, &workspace, &info.sha, &ctx_values).await? {
             storage::Before::Reused => {
@@ -283,9 +284,18 @@ async fn run_assignment(
                 return fail(link, &a, &workspace, &reason).await;
             }
         }
-        if !a.spec.cache.is_empty() {
-            let note = "cache: remote agents do not restore or save caches yet; the job runs without them";
-            system_lines(link, &a, &masker, &[note.to_string()]).await?;
+        let caches = match storage::resolve_caches(&a.spec, &ctx_values) {
+            Ok(c) => c,
+            Err(reason) => {
+                drop(env);
+                stop_helpers();
+                return fail(link, &a, &workspace, &reason).await;
+            }
+        };
+        for c in caches {
+            let r = remote_blobs::restore_cache(client, &a, &c, &workspace, &work.join("tmp")).await?;
+            system_lines(link, &a, &masker, &r.lines).await?;
+            remote_caches.push((c, r.exact));
         }
     }
     let retention = a.artifact_rules.retention_ms.map(Duration::from_millis);
@@ -330,6 +340,16 @@ async fn run_assignment(
                 result.reason = Some(reason);
             }
             Err(reason) => system_lines(link, &a, &masker, &[format!("artifacts: {reason}")]).await?,
+        }
+        if result.status == Status::Success {
+            for (c, exact) in &remote_caches {
+                let lines = if *exact {
+                    vec![format!("cache `{}`: hit on the exact key, not saved again", c.key)]
+                } else {
+                    remote_blobs::save_cache(client, &a, c, &workspace, &work.join("tmp")).await
+                };
+                system_lines(link, &a, &masker, &lines).await?;
+            }
         }
     }
     stop_helpers();

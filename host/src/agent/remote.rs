@@ -206,6 +206,16 @@ pub fn tls_roots(path: &Path) -> Result<ureq::tls::TlsConfig, String> {
     Ok(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&certs)).build())
 }
 
+/// Percent-encodes a path segment or query value (everything but unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `d` scaled by a random factor in [0.5, 1.0), so agents that failed together do not retry in
 /// lockstep.
 fn jitter(d: Duration) -> Duration {

@@ -175,3 +175,98 @@ pub async fn keep(
         client.lease_call(&a.lease, "artifacts", serde_json::json!({ "files": collected.files })).await?;
     Ok(Ok(super::storage::kept_lines(&specs, &collected)))
 }
+
+/// Restores one cache entry from the server into a remote agent's workspace (never fails the
+/// job: a miss or an unusable archive is a line in the log).
+pub async fn restore_cache(
+    client: &std::sync::Arc<super::remote::Client>,
+    a: &super::server_side::Assignment,
+    cache: &crate::engine::cache::ResolvedCache,
+    workspace: &Path,
+    tmp: &Path,
+) -> Result<crate::engine::cache::Restored, super::remote::RemoteError> {
+    use crate::engine::cache::Restored;
+    let body = serde_json::json!({"key": cache.key, "restore_keys": cache.restore_keys});
+    let answer: serde_json::Value = client.lease_call(&a.lease, "cache-find", body).await?;
+    let entry: crate::store::storage::CacheEntry = match serde_json::from_value(answer["entry"].clone()) {
+        Ok(e) => e,
+        Err(_) => {
+            let lines = serde_json::from_value(answer["lines"].clone()).unwrap_or_default();
+            return Ok(Restored { exact: false, lines });
+        }
+    };
+    let (http, base, bearer, name) = client.parts();
+    let url = format!("{base}/api/v1/agent/leases/{}/caches/{}?token={}", a.lease.entry, entry.id, a.lease.token);
+    let (bearer, name, tmp, ws, wanted) =
+        (format!("Bearer {bearer}"), name.to_string(), tmp.to_path_buf(), workspace.to_path_buf(), cache.clone());
+    let restored = tokio::task::spawn_blocking(move || -> Result<Restored, String> {
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        let mut archive = tempfile::NamedTempFile::new_in(&tmp).map_err(|e| e.to_string())?;
+        let mut resp = http
+            .get(&url)
+            .header("Authorization", &bearer)
+            .header("Chengis-Agent", &name)
+            .call()
+            .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status().as_u16()));
+        }
+        let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+        std::io::copy(&mut body, archive.as_file_mut()).map_err(|e| e.to_string())?;
+        // The archive is verified against the entry's SHA-256 before anything is extracted.
+        Ok(crate::engine::cache::unpack_entry(archive.path(), &entry, &wanted, &ws).unwrap_or_else(|r| r))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    Ok(restored.unwrap_or_else(|e| Restored {
+        exact: false,
+        lines: vec![format!("cache `{}`: restore failed ({e}); continuing without it", cache.key)],
+    }))
+}
+
+/// Packs a cache's paths on a remote agent and uploads the archive to the server, which keeps
+/// it unless another build saved the key first; the log lines.
+pub async fn save_cache(
+    client: &std::sync::Arc<super::remote::Client>,
+    a: &super::server_side::Assignment,
+    cache: &crate::engine::cache::ResolvedCache,
+    workspace: &Path,
+    tmp: &Path,
+) -> Vec<String> {
+    let (http, base, bearer, name) = client.parts();
+    let (bearer, name, tmp, ws, paths) =
+        (format!("Bearer {bearer}"), name.to_string(), tmp.to_path_buf(), workspace.to_path_buf(), cache.paths.clone());
+    let (limit, key, lease) = (a.artifact_rules.cache_max_entry, cache.key.clone(), a.lease.clone());
+    let base = base.to_string();
+    let saved = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        let Some(packed) = crate::engine::cache::pack_paths(&ws, &paths, &tmp, limit)? else {
+            return Ok(vec![format!("cache `{key}`: not saved: no file matches {}", paths.join(", "))]);
+        };
+        let url = format!(
+            "{base}/api/v1/agent/leases/{}/caches?token={}&key={}&files={}",
+            lease.entry,
+            lease.token,
+            super::remote::percent_encode(&key),
+            packed.files
+        );
+        let file = std::fs::File::open(packed.file.path()).map_err(|e| e.to_string())?;
+        let mut resp = http
+            .put(&url)
+            .header("Authorization", &bearer)
+            .header("Chengis-Agent", &name)
+            .header("X-Checksum-Sha256", &packed.sha256)
+            .header("Content-Length", &packed.size.to_string())
+            .send(file)
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let v: serde_json::Value = resp.body_mut().read_json().map_err(|e| e.to_string())?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {}", v["error"]["message"].as_str().unwrap_or_default()));
+        }
+        Ok(serde_json::from_value(v["lines"].clone()).unwrap_or_default())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    saved.unwrap_or_else(|e| vec![format!("cache `{}`: not saved: {e}", cache.key)])
+}

@@ -47,7 +47,7 @@ pub struct Assignment {
     pub contexts: BTreeMap<String, Value>,
     /// Whether every needed job succeeded (what `success()` answers).
     pub needs_ok: bool,
-    /// The server's artifact settings.
+    /// The server's artifact and cache settings.
     pub artifact_rules: ArtifactRules,
     /// The build as step-executor plugins see it.
     #[serde(skip)]
@@ -63,6 +63,8 @@ pub struct ArtifactRules {
     pub max_job: u64,
     /// Over the cap the job fails (else the artifact that crossed it is left out).
     pub fail_over_cap: bool,
+    /// Largest cache archive.
+    pub cache_max_entry: u64,
 }
 
 /// What only the embedded agent keeps from preparing a job (for caches and artifacts).
@@ -97,8 +99,12 @@ pub async fn prepare(
         serde_json::from_str(&store.build_plan(bj.build_id).await?.unwrap_or_default()).map_err(corrupt("plan"))?;
     store.start_leased_job(lease).await?;
     if build.status == Status::Queued {
-        store.transition_build(build.id, Status::Running, None).await?;
-        ctx.announce(build.id, Change::Build);
+        // Two jobs of one build may start at once: the other one may have done this already.
+        match store.transition_build(build.id, Status::Running, None).await {
+            Ok(()) => ctx.announce(build.id, Change::Build),
+            Err(StoreError::IllegalTransition { .. }) => {}
+            Err(e) => return Err(e),
+        }
     }
     if let Some(lost) = &lease.lost_from {
         let event =
@@ -166,6 +172,7 @@ pub async fn prepare(
             retention_ms: ctx.storage.artifact_retention.map(|d| d.as_millis() as u64),
             max_job: ctx.storage.artifact_max_job,
             fail_over_cap: ctx.storage.artifact_fail_over_cap,
+            cache_max_entry: ctx.storage.cache_max_entry,
         },
         plugin_build: Some(crate::plugins::dispatch::wit_build(&build, &plan.name, &job_record.repo_url)),
     };

@@ -58,19 +58,7 @@ impl<'a> Storage<'a> {
         masker: &Arc<SecretMasker>,
         fork: bool,
     ) -> Storage<'a> {
-        let branch = if build.branch.is_empty() { job.default_branch.clone() } else { build.branch.clone() };
-        Storage {
-            ctx,
-            lease,
-            masker: masker.clone(),
-            scope: CacheScope {
-                job_id: job.id,
-                branch,
-                default_branch: job.default_branch.clone(),
-                writable: !fork,
-                build_id: build.id,
-            },
-        }
+        Storage { ctx, lease, masker: masker.clone(), scope: scope_of(job, build, fork) }
     }
 
     /// Before the steps: a reused stage result ends the job here; otherwise upstream artifacts
@@ -257,6 +245,18 @@ impl<'a> Storage<'a> {
     }
 }
 
+/// Whose caches a build of `job` reads and writes (`fork`: a pull request from a fork).
+pub(crate) fn scope_of(job: &JobRecord, build: &BuildSummary, fork: bool) -> CacheScope {
+    let branch = if build.branch.is_empty() { job.default_branch.clone() } else { build.branch.clone() };
+    CacheScope {
+        job_id: job.id,
+        branch,
+        default_branch: job.default_branch.clone(),
+        writable: !fork,
+        build_id: build.id,
+    }
+}
+
 /// The artifact files `download:` names, of the jobs in `needs`; `Err` inside: a name no
 /// needed job kept.
 pub(crate) async fn needed_files(
@@ -357,7 +357,7 @@ fn render(s: &str, ctx: &Contexts, what: &str) -> Result<String, String> {
 }
 
 /// The job's `cache:` entries with their expressions evaluated (hashFiles sees the checkout).
-pub(super) fn resolve_caches(spec: &PlannedJob, ctx: &Contexts) -> Result<Vec<ResolvedCache>, String> {
+pub(crate) fn resolve_caches(spec: &PlannedJob, ctx: &Contexts) -> Result<Vec<ResolvedCache>, String> {
     spec.cache
         .iter()
         .map(|c| {

@@ -264,14 +264,7 @@ impl Client {
 }
 
 /// Percent-encodes a path segment or query value.
-pub(super) fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+pub(super) use crate::agent::remote::percent_encode as enc;
 
 /// Prints JSON, or the text rendering.
 pub(super) fn print(format: Format, value: &Value, text: impl FnOnce(&Value) -> String) {

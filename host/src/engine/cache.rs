@@ -70,51 +70,72 @@ pub async fn restore(
     cache: &ResolvedCache,
     workspace: &Path,
 ) -> Restored {
-    let mut lines = Vec::new();
-    let _ = store.counter_add("cache_lookups", 1).await;
-    let found = match store.cache_find(scope.job_id, &scope.reads(), &cache.key, &cache.restore_keys).await {
-        Ok(f) => f,
-        Err(e) => {
-            lines.push(format!("cache `{}`: lookup failed ({e}); continuing without it", cache.key));
-            return Restored { exact: false, lines };
-        }
-    };
-    let Some(entry) = found else {
-        lines.push(format!("cache `{}`: miss", cache.key));
-        return Restored { exact: false, lines };
+    let entry = match find(store, scope, cache).await {
+        Ok(entry) => entry,
+        Err(lines) => return Restored { exact: false, lines },
     };
     let archive = cfg.cache_dir().join(&entry.file);
-    let (dest, sha) = (workspace.to_path_buf(), entry.sha256.clone());
-    let unpacked = tokio::task::spawn_blocking(move || unpack(&archive, &sha, &dest)).await;
-    match unpacked {
-        Ok(Ok(u)) => {
+    let (dest, found, wanted) = (workspace.to_path_buf(), entry.clone(), cache.clone());
+    let restored = tokio::task::spawn_blocking(move || unpack_entry(&archive, &found, &wanted, &dest)).await;
+    match restored {
+        Ok(Ok(r)) => r,
+        Ok(Err(r)) => {
+            tracing::warn!(job_id = scope.job_id, key = %entry.key, "cache entry unusable, deleting it: {}", r.lines.join("; "));
+            drop_entry(store, cfg, &entry).await;
+            r
+        }
+        Err(e) => Restored {
+            exact: false,
+            lines: vec![format!("cache `{}`: restore failed ({e}); continuing without it", cache.key)],
+        },
+    }
+}
+
+/// Finds the entry a cache restores from (counted as a lookup and, when found, a hit and a
+/// use); `Err`: the log lines of a miss or a failed lookup.
+pub async fn find(store: &Store, scope: &CacheScope, cache: &ResolvedCache) -> Result<CacheEntry, Vec<String>> {
+    let _ = store.counter_add("cache_lookups", 1).await;
+    match store.cache_find(scope.job_id, &scope.reads(), &cache.key, &cache.restore_keys).await {
+        Ok(Some(entry)) => {
             let _ = store.counter_add("cache_hits", 1).await;
             let _ = store.cache_touch(entry.id).await;
-            let exact = entry.key == cache.key;
-            let how = if entry.key == cache.key { "restored" } else { "restored (restore-key)" };
-            lines.push(format!(
-                "cache `{}`: {how} `{}` saved by {} ({} files, {})",
-                cache.key,
-                entry.key,
-                entry.scope,
-                u.files,
-                mib(entry.size as u64)
-            ));
-            Restored { exact, lines }
+            Ok(entry)
         }
-        Ok(Err(e)) => {
-            tracing::warn!(job_id = scope.job_id, key = %entry.key, "cache entry unusable, deleting it: {e}");
-            lines.push(format!(
+        Ok(None) => Err(vec![format!("cache `{}`: miss", cache.key)]),
+        Err(e) => Err(vec![format!("cache `{}`: lookup failed ({e}); continuing without it", cache.key)]),
+    }
+}
+
+/// Unpacks `entry`'s archive (verified against its SHA-256 first) into `workspace`; `Err`: the
+/// archive is unusable (a warning line; the caller treats it as a miss).
+pub fn unpack_entry(
+    archive: &Path,
+    entry: &CacheEntry,
+    cache: &ResolvedCache,
+    workspace: &Path,
+) -> Result<Restored, Restored> {
+    match unpack(archive, &entry.sha256, workspace) {
+        Ok(u) => {
+            let how = if entry.key == cache.key { "restored" } else { "restored (restore-key)" };
+            Ok(Restored {
+                exact: entry.key == cache.key,
+                lines: vec![format!(
+                    "cache `{}`: {how} `{}` saved by {} ({} files, {})",
+                    cache.key,
+                    entry.key,
+                    entry.scope,
+                    u.files,
+                    mib(entry.size as u64)
+                )],
+            })
+        }
+        Err(e) => Err(Restored {
+            exact: false,
+            lines: vec![format!(
                 "warning: cache `{}`: entry `{}` is unusable ({e}); treated as a miss",
                 cache.key, entry.key
-            ));
-            drop_entry(store, cfg, &entry).await;
-            Restored { exact: false, lines }
-        }
-        Err(e) => {
-            lines.push(format!("cache `{}`: restore failed ({e}); continuing without it", cache.key));
-            Restored { exact: false, lines }
-        }
+            )],
+        }),
     }
 }
 
@@ -143,30 +164,64 @@ pub async fn save(
         return vec![format!("cache `{}`: not saved: cannot create {}: {e}", cache.key, dir.display())];
     }
     let (ws, paths, limit) = (workspace.to_path_buf(), cache.paths.clone(), cfg.cache_max_entry);
+    let packed = tokio::task::spawn_blocking(move || pack_paths(&ws, &paths, &dir, limit)).await;
+    match packed {
+        Ok(Ok(Some(p))) => {
+            let files = p.files;
+            keep(store, cfg, scope, cache, p, files).await
+        }
+        Ok(Ok(None)) => {
+            vec![format!("cache `{}`: not saved: no file matches {}", cache.key, cache.paths.join(", "))]
+        }
+        Ok(Err(e)) => vec![format!("cache `{}`: not saved: {e}", cache.key)],
+        Err(e) => vec![format!("cache `{}`: not saved: {e}", cache.key)],
+    }
+}
+
+/// Archives `paths` of `workspace` into a temporary file in `dir` (at most `limit` bytes);
+/// `None` when nothing matches.
+pub fn pack_paths(
+    workspace: &Path,
+    paths: &[String],
+    dir: &Path,
+    limit: u64,
+) -> Result<Option<chengis_archive::tarzst::Packed>, String> {
+    let selection = select(workspace, paths).map_err(|e| e.to_string())?;
+    if selection.entries.is_empty() {
+        return Ok(None);
+    }
+    pack(workspace, &selection, dir, PackLimits { max_bytes: Some(limit), ..PackLimits::default() })
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Moves a packed archive (in the cache directory's file system) into place and records the
+/// entry: the first save of a key wins (the other's archive is removed), then eviction runs.
+/// Returns the log lines.
+pub async fn keep(
+    store: &Store,
+    cfg: &StorageConfig,
+    scope: &CacheScope,
+    cache: &ResolvedCache,
+    packed: chengis_archive::tarzst::Packed,
+    files: u64,
+) -> Vec<String> {
+    if !scope.writable {
+        return vec![format!("cache `{}`: not saved (pull requests from forks write no cache)", cache.key)];
+    }
     let file = unique_name(scope, &cache.key);
-    let dest: PathBuf = dir.join(&file);
-    let packed = tokio::task::spawn_blocking(move || {
-        let selection = select(&ws, &paths).map_err(|e| e.to_string())?;
-        if selection.entries.is_empty() {
-            return Ok(None);
-        }
-        let packed = pack(&ws, &selection, &dir, PackLimits { max_bytes: Some(limit), ..PackLimits::default() })
-            .map_err(|e| e.to_string())?;
-        let (sha, size, files) = (packed.sha256.clone(), packed.size, packed.files);
-        match persist(packed, &dest).map_err(|e| e.to_string())? {
-            Persisted::Written => Ok(Some((sha, size, files))),
-            Persisted::AlreadyExists => Err("an archive of that name exists".to_string()),
-        }
+    let dest: PathBuf = cfg.cache_dir().join(&file);
+    let (sha, size) = (packed.sha256.clone(), packed.size);
+    let persisted = tokio::task::spawn_blocking(move || match persist(packed, &dest).map_err(|e| e.to_string())? {
+        Persisted::Written => Ok(()),
+        Persisted::AlreadyExists => Err("an archive of that name exists".to_string()),
     })
     .await;
-    let (sha, size, files) = match packed {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => {
-            return vec![format!("cache `{}`: not saved: no file matches {}", cache.key, cache.paths.join(", "))];
-        }
+    match persisted {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return vec![format!("cache `{}`: not saved: {e}", cache.key)],
         Err(e) => return vec![format!("cache `{}`: not saved: {e}", cache.key)],
-    };
+    }
     let row = NewCacheEntry {
         job_id: scope.job_id,
         scope: &scope.branch,

@@ -366,8 +366,19 @@ pub async fn lease_action(
             store.artifact_insert(&lease, &files).await?;
             Ok(Json(json!({"kept": files.len()})))
         }
+        "cache-find" => {
+            let scope = lease_scope(&s, lease.entry, lease.token).await?;
+            let key = body.rest["key"].as_str().unwrap_or_default().to_string();
+            let restore_keys: Vec<String> =
+                serde_json::from_value(body.rest["restore_keys"].clone()).unwrap_or_default();
+            let cache = crate::engine::cache::ResolvedCache { key, restore_keys, paths: Vec::new() };
+            match crate::engine::cache::find(store, &scope, &cache).await {
+                Ok(entry) => Ok(Json(json!({ "entry": entry }))),
+                Err(lines) => Ok(Json(json!({ "lines": lines }))),
+            }
+        }
         other => Err(ApiError::not_found(format!(
-            "no lease action `{other}` (renew, log-offset, log, update, finish, downloads, artifacts)"
+            "no lease action `{other}` (renew, log-offset, log, update, finish, downloads, artifacts, cache-find)"
         ))),
     }
 }
@@ -584,4 +595,109 @@ pub async fn get_blob(
     h.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/octet-stream"));
     h.insert(axum::http::header::CONTENT_LENGTH, axum::http::HeaderValue::from(len));
     Ok(resp)
+}
+
+/// The cache scope of the build a lease holds (its job, branch, default branch, fork or not).
+async fn lease_scope(s: &AppState, entry: i64, token: i64) -> Result<crate::engine::cache::CacheScope, ApiError> {
+    let store = &s.builds.store;
+    let build_id = held_build(s, entry, token).await?;
+    let build = store.build_summary(build_id).await?;
+    let job = store.job(&build.job).await?;
+    let fork = store
+        .events_after(build_id, 0)
+        .await?
+        .into_iter()
+        .find(|e| e.kind == "trigger")
+        .and_then(|e| serde_json::from_value::<crate::engine::builds::TriggerContext>(e.payload).ok())
+        .is_some_and(|t| t.fork);
+    Ok(crate::agent::storage::scope_of(&job, &build, fork))
+}
+
+/// Sends a cache archive of the lease's job to the agent holding the lease.
+#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/caches/{id}", params(("entry" = i64, Path, description = "queue entry"), ("id" = i64, Path, description = "cache entry id"), LeaseToken), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn get_cache(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((entry, id)): ApiPath<(i64, i64)>,
+    super::error::ApiQuery(q): super::error::ApiQuery<LeaseToken>,
+) -> Result<axum::response::Response, ApiError> {
+    caller(&s, &headers).await?;
+    let scope = lease_scope(&s, entry, q.token).await?;
+    let job = s.builds.store.build_summary(scope.build_id).await?.job;
+    let cache = s.builds.store.cache_list(None).await?.into_iter().find(|c| c.id == id);
+    // Only the entries this build may read.
+    let Some(cache) = cache.filter(|c| c.job == job && scope.reads().contains(&c.scope.as_str())) else {
+        return Err(ApiError::not_found(format!("no cache entry {id} for this job")));
+    };
+    let file = tokio::fs::File::open(s.builds.storage.cache_dir().join(&cache.file)).await.map_err(unavailable)?;
+    let mut resp = axum::response::Response::new(axum::body::Body::from_stream(
+        tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024),
+    ));
+    resp.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/octet-stream"));
+    Ok(resp)
+}
+
+/// Where a cache archive upload goes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CacheUpload {
+    /// The lease's fencing token.
+    pub token: i64,
+    /// The cache key.
+    pub key: String,
+    /// Files in the archive (for the log).
+    #[serde(default)]
+    pub files: u64,
+}
+
+/// Saves a cache archive packed by the agent holding the lease (SHA-256 in
+/// `X-Checksum-Sha256`, at most the largest cache entry); the first save of a key wins.
+#[utoipa::path(put, path = "/api/v1/agent/leases/{entry}/caches", params(("entry" = i64, Path, description = "queue entry"), CacheUpload, ("X-Checksum-Sha256" = String, Header, description = "SHA-256 of the body")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn put_cache(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(entry): ApiPath<i64>,
+    super::error::ApiQuery(q): super::error::ApiQuery<CacheUpload>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, ApiError> {
+    caller(&s, &headers).await?;
+    let scope = lease_scope(&s, entry, q.token).await?;
+    let claimed = headers.get("x-checksum-sha256").and_then(|v| v.to_str().ok()).unwrap_or_default().to_lowercase();
+    if q.key.is_empty() || q.key.len() > 512 {
+        return Err(ApiError::bad_request("a cache key has 1 to 512 characters"));
+    }
+    let cfg = &s.builds.storage;
+    let dir = cfg.cache_dir();
+    tokio::fs::create_dir_all(&dir).await.map_err(unavailable)?;
+    let tmp = tempfile::Builder::new().prefix(".chengis-upload-").tempfile_in(&dir).map_err(unavailable)?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(unavailable)?);
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        size += chunk.len() as u64;
+        if size > cfg.cache_max_entry {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "payload_too_large",
+                message: format!("the archive is over the largest cache entry of {} bytes", cfg.cache_max_entry),
+                details: json!(null),
+            });
+        }
+        sha2::Digest::update(&mut hasher, &chunk);
+        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(unavailable)?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(unavailable)?;
+    drop(file);
+    let sha256 = hex::encode(sha2::Digest::finalize(hasher));
+    if sha256 != claimed {
+        return Err(ApiError::bad_request(format!(
+            "the upload's SHA-256 is {sha256}, not the {claimed} it was sent with"
+        )));
+    }
+    let packed = chengis_archive::tarzst::Packed { file: tmp, sha256, size, files: q.files };
+    let cache = crate::engine::cache::ResolvedCache { key: q.key.clone(), restore_keys: Vec::new(), paths: Vec::new() };
+    let lines = crate::engine::cache::keep(&s.builds.store, cfg, &scope, &cache, packed, q.files).await;
+    Ok(Json(json!({ "lines": lines })))
 }

@@ -83,6 +83,8 @@ pub fn router(state: AppState) -> Router {
             Router::new()
                 .route("/api/v1/agent/leases/{entry}/blobs", axum::routing::put(agent_api::put_blob))
                 .route("/api/v1/agent/leases/{entry}/blobs/{sha256}", get(agent_api::get_blob))
+                .route("/api/v1/agent/leases/{entry}/caches", axum::routing::put(agent_api::put_cache))
+                .route("/api/v1/agent/leases/{entry}/caches/{id}", get(agent_api::get_cache))
                 .layer(DefaultBodyLimit::disable()),
         )
         .merge(

@@ -47,6 +47,8 @@ use utoipa::OpenApi;
         agent_api::state,
         agent_api::put_blob,
         agent_api::get_blob,
+        agent_api::put_cache,
+        agent_api::get_cache,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
 )]

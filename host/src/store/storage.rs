@@ -10,7 +10,7 @@ use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
 
 /// A stored cache entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct CacheEntry {
     /// Its id.
     pub id: i64,
