@@ -54,7 +54,7 @@ pub enum RemoteError {
 }
 
 /// One failed attempt, classified.
-enum Attempt {
+pub(crate) enum Attempt {
     /// Worth trying again (network error, 5xx, 429, 408), after at least this long.
     Retry(String, Option<Duration>),
     /// Final.
@@ -92,19 +92,22 @@ impl Client {
         })
     }
 
-    /// One attempt at `POST path` with a JSON body.
-    fn attempt(&self, what: &str, path: &str, body: &Value) -> Result<Value, Attempt> {
-        let resp = self
-            .http
-            .post(&format!("{}{path}", self.base))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .header("Chengis-Agent", &self.name)
-            .send_json(body);
-        let mut resp = match resp {
+    /// Sends one request made by `request` (given the HTTP agent, the base URL and the
+    /// `Authorization` value; it adds its own headers and body) and classifies the answer.
+    pub(crate) fn send(
+        &self,
+        what: &str,
+        request: impl FnOnce(&ureq::Agent, &str, &str, &str) -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>, Attempt> {
+        let auth = format!("Bearer {}", self.token);
+        let mut resp = match request(&self.http, &self.base, &auth, &self.name) {
             Ok(r) => r,
             Err(e) => return Err(Attempt::Retry(e.to_string(), None)),
         };
         let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(resp);
+        }
         let retry_after = resp
             .headers()
             .get("retry-after")
@@ -112,22 +115,34 @@ impl Client {
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
         let mut text = String::new();
+        let _ = resp.body_mut().with_config().limit(1 << 20).reader().read_to_string(&mut text);
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let message = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+        Err(match status {
+            401 | 403 => Attempt::Fail(RemoteError::Unauthorized(message)),
+            409 => Attempt::Fail(RemoteError::Stale(message)),
+            408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {status}: {message}"), retry_after),
+            _ => Attempt::Fail(RemoteError::Refused { what: what.to_string(), message, status }),
+        })
+    }
+
+    /// One attempt at `POST path` with a JSON body; the JSON answer.
+    fn attempt(&self, what: &str, path: &str, body: &Value) -> Result<Value, Attempt> {
+        let mut resp = self.send(what, |http, base, auth, name| {
+            http.post(&format!("{base}{path}"))
+                .header("Authorization", auth)
+                .header("Chengis-Agent", name)
+                .send_json(body)
+        })?;
+        let mut text = String::new();
         if let Err(e) = resp.body_mut().with_config().limit(64 << 20).reader().read_to_string(&mut text) {
             return Err(Attempt::Retry(format!("reading the answer: {e}"), None));
         }
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        let message = || value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
-        match status {
-            200..=299 => Ok(value),
-            401 | 403 => Err(Attempt::Fail(RemoteError::Unauthorized(message()))),
-            409 => Err(Attempt::Fail(RemoteError::Stale(message()))),
-            408 | 429 | 500..=599 => Err(Attempt::Retry(format!("HTTP {status}: {}", message()), retry_after)),
-            _ => Err(Attempt::Fail(RemoteError::Refused { what: what.to_string(), message: message(), status })),
-        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    /// `POST path`, retried with exponential backoff (100 ms doubling to 5 s, with jitter) while
-    /// the failure is transient and `window` (measured from the first failure) has not run out.
+    /// `POST path`, retried by [`Backoff`] while the failure is transient and `window`
+    /// (measured from the first failure; default 5 minutes) has not run out.
     pub async fn call<T: DeserializeOwned>(
         self: &Arc<Self>,
         what: &str,
@@ -135,21 +150,15 @@ impl Client {
         body: Value,
         window: Option<Duration>,
     ) -> Result<T, RemoteError> {
-        let window = window.unwrap_or(self.retry_window);
-        let mut first_failure: Option<Instant> = None;
-        let mut pause = Duration::from_millis(100);
-        let mut tries = 0u32;
+        let mut backoff = Backoff::new(window.unwrap_or(self.retry_window));
         loop {
-            tries += 1;
             let (me, w, p, b) = (self.clone(), what.to_string(), path.to_string(), body.clone());
             let outcome = tokio::task::spawn_blocking(move || me.attempt(&w, &p, &b))
                 .await
                 .unwrap_or_else(|e| Err(Attempt::Retry(e.to_string(), None)));
-            let (last, at_least) = match outcome {
+            match outcome {
                 Ok(v) => {
-                    if tries > 1 {
-                        tracing::info!("{what}: succeeded after {tries} tries");
-                    }
+                    backoff.succeeded(what);
                     return serde_json::from_value(v).map_err(|e| RemoteError::Refused {
                         what: what.to_string(),
                         message: format!("unexpected answer: {e}"),
@@ -157,22 +166,29 @@ impl Client {
                     });
                 }
                 Err(Attempt::Fail(e)) => return Err(e),
-                Err(Attempt::Retry(last, at_least)) => (last, at_least),
-            };
-            let since = *first_failure.get_or_insert_with(Instant::now);
-            if since.elapsed() >= window {
-                return Err(RemoteError::Unreachable { what: what.to_string(), tries, window: since.elapsed(), last });
+                Err(Attempt::Retry(last, at_least)) => tokio::time::sleep(backoff.next(what, last, at_least)?).await,
             }
-            let wait = at_least.unwrap_or(jitter(pause));
-            tracing::warn!("{what}: {last}; retrying in {wait:?}");
-            tokio::time::sleep(wait).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// The HTTP agent, base URL, token and agent name (for blob transfers).
-    pub fn parts(&self) -> (ureq::Agent, &str, &str, &str) {
-        (self.http.clone(), &self.base, &self.token, &self.name)
+    /// [`call`](Self::call) for blocking code (blob and cache transfers, which run on the
+    /// blocking pool): `attempt` is retried by the same [`Backoff`].
+    pub(crate) fn retry_blocking<T>(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut(&Client) -> Result<T, Attempt>,
+    ) -> Result<T, RemoteError> {
+        let mut backoff = Backoff::new(self.retry_window);
+        loop {
+            match attempt(self) {
+                Ok(v) => {
+                    backoff.succeeded(what);
+                    return Ok(v);
+                }
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry(last, at_least)) => std::thread::sleep(backoff.next(what, last, at_least)?),
+            }
+        }
     }
 
     /// A call about a held lease (`renew`, `log`, `update`, `finish`, `log-offset`).
@@ -214,6 +230,46 @@ pub fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The retry policy of every agent call: exponential backoff from 100 ms doubling to 5 s, each
+/// wait scaled by a random factor (or at least the server's `Retry-After`), until `window` has
+/// passed since the first failure.
+struct Backoff {
+    window: Duration,
+    first_failure: Option<Instant>,
+    pause: Duration,
+    tries: u32,
+}
+
+impl Backoff {
+    fn new(window: Duration) -> Backoff {
+        Backoff { window, first_failure: None, pause: Duration::from_millis(100), tries: 0 }
+    }
+
+    /// How long to wait after failure `last`, or the final error once the window has passed.
+    fn next(&mut self, what: &str, last: String, at_least: Option<Duration>) -> Result<Duration, RemoteError> {
+        self.tries += 1;
+        let since = *self.first_failure.get_or_insert_with(Instant::now);
+        if since.elapsed() >= self.window {
+            return Err(RemoteError::Unreachable {
+                what: what.to_string(),
+                tries: self.tries,
+                window: since.elapsed(),
+                last,
+            });
+        }
+        let wait = at_least.unwrap_or(jitter(self.pause));
+        tracing::warn!("{what}: {last}; retrying in {wait:?}");
+        self.pause = (self.pause * 2).min(Duration::from_secs(5));
+        Ok(wait)
+    }
+
+    fn succeeded(&self, what: &str) {
+        if self.tries > 0 {
+            tracing::info!("{what}: succeeded after {} failed tries", self.tries);
+        }
+    }
 }
 
 /// `d` scaled by a random factor in [0.5, 1.0), so agents that failed together do not retry in

@@ -3,19 +3,20 @@
 //! Uploads carry their SHA-256, which the server checks while storing; downloads are checked
 //! against the digest they were asked for before anything is placed in the workspace.
 
+use super::remote::{Attempt, Client, RemoteError};
 use crate::engine::artifacts::{ArtifactError, Blob, BlobStore, copy_hashing};
 use crate::store::queue::Lease;
+use serde_json::Value;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 /// The server's blob store, seen through one lease.
 #[derive(Debug)]
 pub struct RemoteBlobs {
-    http: ureq::Agent,
+    client: Arc<Client>,
     url: String,
-    bearer: String,
-    name: String,
     lease_token: i64,
     tmp: PathBuf,
 }
@@ -24,95 +25,81 @@ fn remote(what: &'static str, path: &str, detail: impl std::fmt::Display) -> Art
     ArtifactError::Io { what, path: path.to_string(), source: std::io::Error::other(detail.to_string()) }
 }
 
+fn temp_file(tmp: &Path) -> Result<tempfile::NamedTempFile, String> {
+    std::fs::create_dir_all(tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    tempfile::NamedTempFile::new_in(tmp)
+        .map_err(|e| format!("cannot create a temporary file in {}: {e}", tmp.display()))
+}
+
+/// Downloads `url` (through the agent's retry helper) into a new temporary file in `tmp`.
+fn fetch(client: &Client, what: &str, url: &str, tmp: &Path) -> Result<tempfile::NamedTempFile, String> {
+    client
+        .retry_blocking(what, |c| {
+            let mut resp = c.send(what, |http, base, auth, name| {
+                http.get(&format!("{base}{url}")).header("Authorization", auth).header("Chengis-Agent", name).call()
+            })?;
+            let mut file = temp_file(tmp).map_err(|e| Attempt::Fail(RemoteError::Setup(e)))?;
+            let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
+            std::io::copy(&mut body, file.as_file_mut())
+                .map_err(|e| Attempt::Retry(format!("reading the download: {e}"), None))?;
+            Ok(file)
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Uploads the file at `path` with its SHA-256 to `url` (through the agent's retry helper);
+/// the JSON answer.
+fn upload(client: &Client, what: &str, url: &str, path: &Path, sha256: &str, size: u64) -> Result<Value, String> {
+    client
+        .retry_blocking(what, |c| {
+            let body = std::fs::File::open(path)
+                .map_err(|e| Attempt::Fail(RemoteError::Setup(format!("cannot read {}: {e}", path.display()))))?;
+            let mut resp = c.send(what, |http, base, auth, name| {
+                http.put(&format!("{base}{url}"))
+                    .header("Authorization", auth)
+                    .header("Chengis-Agent", name)
+                    .header("X-Checksum-Sha256", sha256)
+                    .header("Content-Length", &size.to_string())
+                    .send(body)
+            })?;
+            resp.body_mut().read_json::<Value>().map_err(|e| Attempt::Retry(format!("reading the answer: {e}"), None))
+        })
+        .map_err(|e| e.to_string())
+}
+
 impl RemoteBlobs {
     /// Blobs of the job `lease` holds; temporary files go to `tmp`.
-    pub fn new(client: &super::remote::Client, lease: &Lease, tmp: &Path) -> Result<RemoteBlobs, ArtifactError> {
-        std::fs::create_dir_all(tmp).map_err(|e| remote("cannot create", &tmp.display().to_string(), e))?;
-        let (http, base, bearer, name) = client.parts();
-        Ok(RemoteBlobs {
-            http,
-            url: format!("{base}/api/v1/agent/leases/{}/blobs", lease.entry),
-            bearer: format!("Bearer {bearer}"),
-            name: name.to_string(),
+    pub fn new(client: &Arc<Client>, lease: &Lease, tmp: &Path) -> RemoteBlobs {
+        RemoteBlobs {
+            client: client.clone(),
+            url: format!("/api/v1/agent/leases/{}/blobs", lease.entry),
             lease_token: lease.token,
             tmp: tmp.to_path_buf(),
-        })
-    }
-
-    /// A request with the agent's credentials and the lease's token, tried up to 5 times while
-    /// the failure is transient (no answer, 5xx, 429).
-    fn send(
-        &self,
-        what: &'static str,
-        shown: &str,
-        mut once: impl FnMut() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<ureq::http::Response<ureq::Body>, ArtifactError> {
-        let mut pause = Duration::from_millis(200);
-        for attempt in 1..=5 {
-            match once() {
-                Ok(r) if r.status().is_success() => return Ok(r),
-                Ok(mut r) => {
-                    let status = r.status().as_u16();
-                    let text = r.body_mut().read_to_string().unwrap_or_default();
-                    if !(status == 429 || status >= 500) || attempt == 5 {
-                        return Err(remote(what, shown, format!("HTTP {status}: {text}")));
-                    }
-                }
-                Err(e) if attempt == 5 => return Err(remote(what, shown, e)),
-                Err(_) => {}
-            }
-            std::thread::sleep(pause);
-            pause *= 2;
         }
-        Err(remote(what, shown, "no answer"))
-    }
-
-    fn temp_file(&self) -> Result<(std::fs::File, tempfile::TempPath), ArtifactError> {
-        let f = tempfile::NamedTempFile::new_in(&self.tmp)
-            .map_err(|e| remote("cannot create a temporary file in", &self.tmp.display().to_string(), e))?;
-        let (file, path) = f.into_parts();
-        Ok((file, path))
     }
 }
 
 impl BlobStore for RemoteBlobs {
     fn put(&self, src: &mut dyn Read) -> Result<Blob, ArtifactError> {
         // Hash into a temporary file first: the digest goes with the upload.
-        let (mut file, path) = self.temp_file()?;
-        let shown = path.display().to_string();
-        let (sha256, size) = copy_hashing(src, &mut file, &shown)?;
-        let resp = self.send("cannot upload", &shown, || {
-            let body = std::fs::File::open(&path).map_err(ureq::Error::Io)?;
-            self.http
-                .put(&format!("{}?token={}", self.url, self.lease_token))
-                .header("Authorization", &self.bearer)
-                .header("Chengis-Agent", &self.name)
-                .header("X-Checksum-Sha256", &sha256)
-                .header("Content-Length", &size.to_string())
-                .send(body)
-        })?;
-        drop(resp);
+        let mut file = temp_file(&self.tmp).map_err(|e| remote("cannot upload", "", e))?;
+        let shown = file.path().display().to_string();
+        let (sha256, size) = copy_hashing(src, file.as_file_mut(), &shown)?;
+        let url = format!("{}?token={}", self.url, self.lease_token);
+        upload(&self.client, "artifact upload", &url, file.path(), &sha256, size)
+            .map_err(|e| remote("cannot upload", &shown, e))?;
         Ok(Blob { sha256, size })
     }
 
     fn open(&self, sha256: &str) -> Result<std::fs::File, ArtifactError> {
-        let (mut file, path) = self.temp_file()?;
-        let mut resp = self.send("cannot download", sha256, || {
-            self.http
-                .get(&format!("{}/{sha256}?token={}", self.url, self.lease_token))
-                .header("Authorization", &self.bearer)
-                .header("Chengis-Agent", &self.name)
-                .call()
-        })?;
-        let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
-        let (actual, _) = copy_hashing(&mut body, &mut file, sha256)?;
-        if actual != sha256 {
-            return Err(ArtifactError::Corrupt { path: sha256.to_string(), expected: sha256.to_string(), actual });
-        }
-        file.rewind().map_err(|e| remote("cannot read", &path.display().to_string(), e))?;
-        // The name goes; the open file stays readable until dropped.
-        drop(path);
-        Ok(file)
+        let url = format!("{}/{sha256}?token={}", self.url, self.lease_token);
+        let file = fetch(&self.client, "artifact download", &url, &self.tmp)
+            .map_err(|e| remote("cannot download", sha256, e))?;
+        // The caller checks the content against `sha256` while copying it out; the name goes
+        // now, the open file stays readable until dropped.
+        let (mut f, _path) = file.into_parts();
+        f.rewind().map_err(|e| remote("cannot read", sha256, e))?;
+        Ok(f)
     }
 
     fn delete(&self, sha256: &str) -> Result<bool, ArtifactError> {
@@ -140,10 +127,7 @@ pub async fn download(
         Ok(f) => f,
         Err(e) => return Ok(Err(format!("download: unexpected answer from the server: {e}"))),
     };
-    let blobs = match RemoteBlobs::new(client, &a.lease, tmp) {
-        Ok(b) => b,
-        Err(e) => return Ok(Err(format!("download: {e}"))),
-    };
+    let blobs = RemoteBlobs::new(client, &a.lease, tmp);
     Ok(super::storage::place_all(blobs, workspace, files).await)
 }
 
@@ -158,10 +142,7 @@ pub async fn keep(
     if specs.is_empty() {
         return Ok(Ok(Vec::new()));
     }
-    let blobs = match RemoteBlobs::new(client, &a.lease, tmp) {
-        Ok(b) => b,
-        Err(e) => return Ok(Err(format!("artifacts: {e}"))),
-    };
+    let blobs = RemoteBlobs::new(client, &a.lease, tmp);
     let (ws, owned) = (workspace.to_path_buf(), specs.clone());
     let (limit, fail) = (a.artifact_rules.max_job, a.artifact_rules.fail_over_cap);
     let collected =
@@ -195,24 +176,10 @@ pub async fn restore_cache(
             return Ok(Restored { exact: false, lines });
         }
     };
-    let (http, base, bearer, name) = client.parts();
-    let url = format!("{base}/api/v1/agent/leases/{}/caches/{}?token={}", a.lease.entry, entry.id, a.lease.token);
-    let (bearer, name, tmp, ws, wanted) =
-        (format!("Bearer {bearer}"), name.to_string(), tmp.to_path_buf(), workspace.to_path_buf(), cache.clone());
+    let url = format!("/api/v1/agent/leases/{}/caches/{}?token={}", a.lease.entry, entry.id, a.lease.token);
+    let (c, tmp, ws, wanted) = (client.clone(), tmp.to_path_buf(), workspace.to_path_buf(), cache.clone());
     let restored = tokio::task::spawn_blocking(move || -> Result<Restored, String> {
-        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-        let mut archive = tempfile::NamedTempFile::new_in(&tmp).map_err(|e| e.to_string())?;
-        let mut resp = http
-            .get(&url)
-            .header("Authorization", &bearer)
-            .header("Chengis-Agent", &name)
-            .call()
-            .map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status().as_u16()));
-        }
-        let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
-        std::io::copy(&mut body, archive.as_file_mut()).map_err(|e| e.to_string())?;
+        let archive = fetch(&c, "cache download", &url, &tmp)?;
         // The archive is verified against the entry's SHA-256 before anything is extracted.
         Ok(crate::engine::cache::unpack_entry(archive.path(), &entry, &wanted, &ws).unwrap_or_else(|r| r))
     })
@@ -233,37 +200,21 @@ pub async fn save_cache(
     workspace: &Path,
     tmp: &Path,
 ) -> Vec<String> {
-    let (http, base, bearer, name) = client.parts();
-    let (bearer, name, tmp, ws, paths) =
-        (format!("Bearer {bearer}"), name.to_string(), tmp.to_path_buf(), workspace.to_path_buf(), cache.paths.clone());
+    let (c, tmp, ws, paths) = (client.clone(), tmp.to_path_buf(), workspace.to_path_buf(), cache.paths.clone());
     let (limit, key, lease) = (a.artifact_rules.cache_max_entry, cache.key.clone(), a.lease.clone());
-    let base = base.to_string();
     let saved = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
         let Some(packed) = crate::engine::cache::pack_paths(&ws, &paths, &tmp, limit)? else {
             return Ok(vec![format!("cache `{key}`: not saved: no file matches {}", paths.join(", "))]);
         };
         let url = format!(
-            "{base}/api/v1/agent/leases/{}/caches?token={}&key={}&files={}",
+            "/api/v1/agent/leases/{}/caches?token={}&key={}&files={}",
             lease.entry,
             lease.token,
             super::remote::percent_encode(&key),
             packed.files
         );
-        let file = std::fs::File::open(packed.file.path()).map_err(|e| e.to_string())?;
-        let mut resp = http
-            .put(&url)
-            .header("Authorization", &bearer)
-            .header("Chengis-Agent", &name)
-            .header("X-Checksum-Sha256", &packed.sha256)
-            .header("Content-Length", &packed.size.to_string())
-            .send(file)
-            .map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let v: serde_json::Value = resp.body_mut().read_json().map_err(|e| e.to_string())?;
-        if status != 200 {
-            return Err(format!("HTTP {status}: {}", v["error"]["message"].as_str().unwrap_or_default()));
-        }
+        let v = upload(&c, "cache upload", &url, packed.file.path(), &packed.sha256, packed.size)?;
         Ok(serde_json::from_value(v["lines"].clone()).unwrap_or_default())
     })
     .await
