@@ -359,7 +359,7 @@ fn docker_settings_available() -> bool {
 /// Every few seconds: records, on queued jobs that no registered agent can ever take (labels,
 /// resources), why they wait, and logs agents that went silent.
 async fn watch_agents(store: crate::store::Store, lease_ttl: Duration, shutdown: CancelSignal) {
-    let silent = (lease_ttl.as_millis() as i64).max(3_000);
+    let silent = crate::server::agent_api::silence_ms(lease_ttl);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut offline: std::collections::HashSet<String> = Default::default();
     loop {

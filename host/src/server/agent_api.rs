@@ -37,6 +37,11 @@ pub struct AgentSettings {
     pub pollers: Arc<Mutex<HashMap<String, Poller>>>,
 }
 
+/// How long an agent may stay silent before it is shown `offline`: the lease time, at least 3 s.
+pub fn silence_ms(lease_ttl: Duration) -> i64 {
+    (lease_ttl.as_millis() as i64).max(3_000)
+}
+
 impl Default for AgentSettings {
     fn default() -> Self {
         AgentSettings {
@@ -171,7 +176,7 @@ pub struct LeasePoll {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub free: Option<Needs>,
-    /// Longest wait for work, in ms (at most 25 s).
+    /// Longest wait for work, in ms (at most half the time after which a silent agent is offline).
     #[serde(default)]
     pub wait_ms: u64,
 }
@@ -200,7 +205,10 @@ pub async fn lease(
             details: json!(null),
         });
     }
-    let deadline = Instant::now() + Duration::from_millis(poll.wait_ms.min(25_000));
+    // A poll lasts at most half the silence that makes an agent `offline`: an idle agent's
+    // polls are its heartbeat.
+    let longest = (silence_ms(s.agents.lease_ttl) / 2) as u64;
+    let deadline = Instant::now() + Duration::from_millis(poll.wait_ms.min(longest).min(25_000));
     let mut notices = s.builds.bus.subscribe();
     let (cpus, memory_mb, registered_ms) = s.builds.store.agent_resources(&c.name).await?;
     let me =
@@ -425,7 +433,7 @@ pub struct AgentList {
 /// Lists agents: status, labels, capacity, current jobs, last heartbeat.
 #[utoipa::path(get, path = "/api/v1/agents", responses((status = 200, body = AgentList)))]
 pub async fn list(State(s): State<AppState>) -> Result<Json<AgentList>, ApiError> {
-    let silent = (s.agents.lease_ttl.as_millis() as i64).max(3_000);
+    let silent = silence_ms(s.agents.lease_ttl);
     Ok(Json(AgentList { agents: s.builds.store.agents(silent).await? }))
 }
 
@@ -510,6 +518,53 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     }
 }
 
+/// The SHA-256 an upload was sent with (`X-Checksum-Sha256`), in lower-case hex.
+fn checksum_header(headers: &HeaderMap) -> Result<String, ApiError> {
+    let claimed = headers.get("x-checksum-sha256").and_then(|v| v.to_str().ok()).unwrap_or_default().to_lowercase();
+    if claimed.len() != 64 || !claimed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request("X-Checksum-Sha256 must carry the body's SHA-256 in hex"));
+    }
+    Ok(claimed)
+}
+
+/// Streams an upload into `file`, at most `limit` bytes (`cap` names the limit in the 413),
+/// checking its SHA-256 against `X-Checksum-Sha256`; returns its size.
+async fn receive(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    file: &tempfile::NamedTempFile,
+    limit: u64,
+    cap: &str,
+) -> Result<u64, ApiError> {
+    let claimed = checksum_header(headers)?;
+    let mut out = tokio::fs::File::from_std(file.reopen().map_err(unavailable)?);
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                code: "payload_too_large",
+                message: format!("the upload is over {cap} of {limit} bytes"),
+                details: json!(null),
+            });
+        }
+        sha2::Digest::update(&mut hasher, &chunk);
+        tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await.map_err(unavailable)?;
+    }
+    tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(unavailable)?;
+    let actual = hex::encode(sha2::Digest::finalize(hasher));
+    if actual != claimed {
+        return Err(ApiError::bad_request(format!(
+            "the upload's SHA-256 is {actual}, not the {claimed} it was sent with"
+        )));
+    }
+    Ok(size)
+}
+
 /// Stores an artifact file uploaded by the agent holding the lease; the body's SHA-256 must
 /// match `X-Checksum-Sha256`, and the body may not exceed the per-job artifact cap.
 #[utoipa::path(put, path = "/api/v1/agent/leases/{entry}/blobs", params(("entry" = i64, Path, description = "queue entry"), LeaseToken, ("X-Checksum-Sha256" = String, Header, description = "SHA-256 of the body")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
@@ -522,32 +577,10 @@ pub async fn put_blob(
 ) -> Result<Json<Value>, ApiError> {
     caller(&s, &headers).await?;
     held_build(&s, entry, q.token).await?;
-    let claimed = headers.get("x-checksum-sha256").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    if claimed.len() != 64 || !claimed.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request("X-Checksum-Sha256 must carry the body's SHA-256 in hex"));
-    }
     let blobs = s.builds.storage.blobs()?;
-    let limit = s.builds.storage.artifact_max_job;
     let tmp = tempfile::NamedTempFile::new_in(blobs.root().join("tmp")).map_err(unavailable)?;
-    let (std_file, path) = tmp.into_parts();
-    let mut file = tokio::fs::File::from_std(std_file);
-    let mut stream = body.into_data_stream();
-    let mut written = 0u64;
-    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
-        written += chunk.len() as u64;
-        if written > limit {
-            return Err(ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "payload_too_large",
-                message: format!("the file is over the per-job artifact cap of {limit} bytes"),
-                details: json!(null),
-            });
-        }
-        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(unavailable)?;
-    }
-    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(unavailable)?;
-    drop(file);
+    receive(&headers, body, &tmp, s.builds.storage.artifact_max_job, "the per-job artifact cap").await?;
+    let path = tmp.path().to_path_buf();
     let stored = tokio::task::spawn_blocking(move || -> Result<_, crate::engine::artifacts::ArtifactError> {
         let mut f = std::fs::File::open(&path).map_err(|e| crate::engine::artifacts::ArtifactError::Io {
             what: "cannot read",
@@ -558,12 +591,7 @@ pub async fn put_blob(
     })
     .await
     .map_err(unavailable)??;
-    if !stored.sha256.eq_ignore_ascii_case(&claimed) {
-        return Err(ApiError::bad_request(format!(
-            "the upload's SHA-256 is {}, not the {claimed} it was sent with",
-            stored.sha256
-        )));
-    }
+    drop(tmp);
     Ok(Json(json!({"sha256": stored.sha256, "size": stored.size})))
 }
 
@@ -662,7 +690,6 @@ pub async fn put_cache(
 ) -> Result<Json<Value>, ApiError> {
     caller(&s, &headers).await?;
     let scope = lease_scope(&s, entry, q.token).await?;
-    let claimed = headers.get("x-checksum-sha256").and_then(|v| v.to_str().ok()).unwrap_or_default().to_lowercase();
     if q.key.is_empty() || q.key.len() > 512 {
         return Err(ApiError::bad_request("a cache key has 1 to 512 characters"));
     }
@@ -670,32 +697,8 @@ pub async fn put_cache(
     let dir = cfg.cache_dir();
     tokio::fs::create_dir_all(&dir).await.map_err(unavailable)?;
     let tmp = tempfile::Builder::new().prefix(".chengis-upload-").tempfile_in(&dir).map_err(unavailable)?;
-    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(unavailable)?);
-    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    let mut size = 0u64;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
-        size += chunk.len() as u64;
-        if size > cfg.cache_max_entry {
-            return Err(ApiError {
-                status: StatusCode::PAYLOAD_TOO_LARGE,
-                code: "payload_too_large",
-                message: format!("the archive is over the largest cache entry of {} bytes", cfg.cache_max_entry),
-                details: json!(null),
-            });
-        }
-        sha2::Digest::update(&mut hasher, &chunk);
-        tokio::io::AsyncWriteExt::write_all(&mut file, &chunk).await.map_err(unavailable)?;
-    }
-    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(unavailable)?;
-    drop(file);
-    let sha256 = hex::encode(sha2::Digest::finalize(hasher));
-    if sha256 != claimed {
-        return Err(ApiError::bad_request(format!(
-            "the upload's SHA-256 is {sha256}, not the {claimed} it was sent with"
-        )));
-    }
+    let size = receive(&headers, body, &tmp, cfg.cache_max_entry, "the largest cache entry").await?;
+    let sha256 = checksum_header(&headers)?;
     let packed = chengis_archive::tarzst::Packed { file: tmp, sha256, size, files: q.files };
     let cache = crate::engine::cache::ResolvedCache { key: q.key.clone(), restore_keys: Vec::new(), paths: Vec::new() };
     let lines = crate::engine::cache::keep(&s.builds.store, cfg, &scope, &cache, packed, q.files).await;

@@ -215,6 +215,15 @@ impl Container {
         docker(&["network", "disconnect", &self.network, &self.id]);
     }
 
+    /// The exit code of the container's command once it stopped; `None` while it runs.
+    pub fn exit_code(&self) -> Option<i32> {
+        let state = docker(&["inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", &self.id]);
+        match state.split_once(' ') {
+            Some(("false", code)) => code.parse().ok(),
+            _ => None,
+        }
+    }
+
     /// Puts the container back on its network, reachable again by its name.
     pub fn connect(&self) {
         docker(&["network", "connect", "--alias", &self.name, &self.network, &self.id]);
