@@ -8,6 +8,9 @@
 //!
 //! Run with `cargo bench -p chengis --bench agents`.
 
+mod common;
+
+use common::repo;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -76,29 +79,6 @@ fn post(h: &ureq::Agent, url: &str, body: Value, auth: Option<(&str, &str)>) -> 
 
 fn get(h: &ureq::Agent, url: &str) -> Value {
     h.get(url).call().unwrap().body_mut().read_json().unwrap()
-}
-
-fn repo(dir: &Path, pipeline: &str) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let git = |args: &[&str]| {
-        assert!(
-            Command::new("git")
-                .args(args)
-                .current_dir(dir)
-                .env("GIT_AUTHOR_NAME", "b")
-                .env("GIT_AUTHOR_EMAIL", "b@b")
-                .env("GIT_COMMITTER_NAME", "b")
-                .env("GIT_COMMITTER_EMAIL", "b@b")
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
-    git(&["init", "-q", "-b", "main"]);
-    std::fs::write(dir.join("chengis.yml"), pipeline).unwrap();
-    git(&["add", "."]);
-    git(&["commit", "-qm", "x"]);
-    format!("file://{}", dir.display())
 }
 
 fn token(h: &ureq::Agent, url: &str) -> String {

@@ -7,6 +7,8 @@
 //!
 //! Run with `cargo bench -p chengis --bench server`.
 
+mod common;
+
 use chengis::exec::{LogLine, Stream};
 use chengis::status::Status;
 use chengis::store::Store;
@@ -194,32 +196,13 @@ async fn log_ingestion(dir: &std::path::Path) {
 
 fn trigger_to_first_log() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    let git = |args: &[&str]| {
-        assert!(
-            Command::new("git")
-                .args(args)
-                .current_dir(&repo)
-                .env("GIT_AUTHOR_NAME", "b")
-                .env("GIT_AUTHOR_EMAIL", "b@b")
-                .env("GIT_COMMITTER_NAME", "b")
-                .env("GIT_COMMITTER_EMAIL", "b@b")
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    git(&["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("chengis.yml"), "jobs:\n  j:\n    steps:\n      - run: echo hello\n").unwrap();
-    git(&["add", "."]);
-    git(&["commit", "-qm", "x"]);
+    let repo = common::repo(&dir.path().join("repo"), "jobs:\n  j:\n    steps:\n      - run: echo hello\n");
     let db = format!("sqlite://{}", dir.path().join("trigger.db").display());
     let (mut server, base) = serve(&dir.path().join("data"), &db, "1");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     agent
         .post(&format!("{base}/api/v1/jobs"))
-        .send_json(serde_json::json!({"name": "echo", "repo_url": format!("file://{}", repo.display())}))
+        .send_json(serde_json::json!({"name": "echo", "repo_url": repo}))
         .unwrap();
     let mut samples = Vec::new();
     for i in 0..41 {

@@ -151,6 +151,7 @@ jobs:
     needs: [make]
     runs-on: [b]
     download: [app]
+    cache-result: true
     steps:
       - run: cat out/app.txt && sha256sum -c out/blob.sha
 "#;
@@ -225,6 +226,9 @@ fn remote_agents_take_jobs_by_label_and_a_revoked_token_stops_an_agent() {
         let made = log_texts(&server, again, "make");
         assert!(made.iter().any(|l| l.contains(": restored `out-") && l.contains("(3 files")), "{made:?}");
         assert!(made.iter().any(|l| l.ends_with("hit on the exact key, not saved again")), "{made:?}");
+        // Same tree, job and inputs: `use` reuses the first build's result (looked up on the server).
+        assert_eq!(job_of(&build, "use")["job"]["reason"], "result reused from build #1", "{build}");
+        assert!(log_texts(&server, again, "use").iter().any(|l| l.starts_with("result cache: build #1 ran this job")));
         let (_, caches) = call("GET", &format!("{url}/api/v1/caches"), None);
         assert_eq!(caches["caches"].as_array().map_or(0, Vec::len), 1, "{caches}");
         // A lease is no key to other builds' files, and a stale one none at all.

@@ -255,6 +255,7 @@ async fn run_assignment(
     };
     let mut pending = None;
     let mut remote_caches = Vec::new();
+    let mut fingerprint: Option<String> = None;
     if let (Some(st), Some(parts)) = (&storage, &local) {
         match st.before_steps(&a, parts, &workspace, &info.sha, &ctx_values).await? {
             storage::Before::Reused => {
@@ -270,7 +271,23 @@ async fn run_assignment(
             storage::Before::Run(p) => pending = Some(p),
         }
     } else if let Link::Remote(client, _) = link {
-        // A remote agent: artifacts travel through the server's blob store.
+        // A remote agent: a stage result is looked up (and reused) on the server; artifacts and
+        // caches travel through the server's stores.
+        let params = a.contexts.get("params").cloned().unwrap_or_default();
+        match storage::stage_fingerprint(&workspace, &info.sha, &a.spec, &a.plan_env, &params, &ctx_values.needs) {
+            Ok(Some(fp)) => {
+                let answer: Value =
+                    client.lease_call(&a.lease, "result-find", serde_json::json!({ "fingerprint": fp })).await?;
+                if answer["reused"].as_bool() == Some(true) {
+                    drop(env);
+                    stop_helpers();
+                    return Ok(());
+                }
+                fingerprint = Some(fp);
+            }
+            Ok(None) => {}
+            Err(line) => system_lines(link, &a, &masker, &[line]).await?,
+        }
         if !a.spec.download.is_empty() {
             let tmp = work.join("tmp");
             let placed = remote_blobs::download(client, &a, &workspace, &tmp).await?;
@@ -349,6 +366,10 @@ async fn run_assignment(
                     remote_blobs::save_cache(client, &a, c, &workspace, &work.join("tmp")).await
                 };
                 system_lines(link, &a, &masker, &lines).await?;
+            }
+            if let Some(fp) = &fingerprint {
+                let _: Value =
+                    client.lease_call(&a.lease, "result-record", serde_json::json!({ "fingerprint": fp })).await?;
             }
         }
     }

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// What the storage steps before a job decided.
-pub(super) enum Before {
+pub(crate) enum Before {
     /// An earlier build's result was reused: the job has ended.
     Reused,
     /// The job cannot start (a missing artifact, an invalid cache key).
@@ -31,7 +31,7 @@ pub(super) enum Before {
 }
 
 /// Storage work waiting for the steps to end.
-pub(super) struct Pending {
+pub(crate) struct Pending {
     caches: Vec<ResolvedCache>,
     exact: Vec<bool>,
     artifacts: Result<Vec<(When, ArtifactSpec)>, String>,
@@ -39,7 +39,7 @@ pub(super) struct Pending {
 }
 
 /// Storage work of one leased job.
-pub(super) struct Storage<'a> {
+pub(crate) struct Storage<'a> {
     ctx: &'a BuildContext,
     lease: &'a Lease,
     masker: Arc<SecretMasker>,
@@ -72,21 +72,13 @@ impl<'a> Storage<'a> {
         ctx_values: &Contexts,
     ) -> Result<Before, StoreError> {
         let (ctx, spec) = (self.ctx, &a.spec);
-        let fingerprint = if spec.cache_result {
-            let stable = json!({"env": parts.plan.env, "params": parts.plan.params, "needs": ctx_values.needs});
-            match crate::engine::cache::tree_of(workspace, sha) {
-                Ok(tree) => Some(crate::engine::cache::fingerprint(
-                    &tree,
-                    &serde_json::to_value(spec).unwrap_or_default(),
-                    &stable,
-                )),
-                Err(e) => {
-                    self.log(&[format!("result cache: cannot read the commit's tree ({e}); running the job")]).await?;
-                    None
-                }
+        let params = serde_json::to_value(&parts.plan.params).unwrap_or_default();
+        let fingerprint = match stage_fingerprint(workspace, sha, spec, &parts.plan.env, &params, &ctx_values.needs) {
+            Ok(fp) => fp,
+            Err(line) => {
+                self.log(&[line]).await?;
+                None
             }
-        } else {
-            None
         };
         if let Some(fp) = &fingerprint
             && let Some(hit) = ctx.store.result_find(parts.job.id, &spec.id, fp).await?
@@ -245,6 +237,29 @@ impl<'a> Storage<'a> {
     }
 }
 
+/// The fingerprint of a `cache-result: true` job run (`None` for other jobs): the commit's
+/// tree, the planned job, the pipeline env and parameters, and the needed jobs' outputs. `Err`:
+/// the log line saying why the job runs anyway.
+pub(crate) fn stage_fingerprint(
+    workspace: &Path,
+    sha: &str,
+    spec: &PlannedJob,
+    plan_env: &indexmap::IndexMap<String, chengis_pipeline::Text>,
+    params: &Value,
+    needs: &Value,
+) -> Result<Option<String>, String> {
+    if !spec.cache_result {
+        return Ok(None);
+    }
+    let stable = json!({"env": plan_env, "params": params, "needs": needs});
+    match crate::engine::cache::tree_of(workspace, sha) {
+        Ok(tree) => {
+            Ok(Some(crate::engine::cache::fingerprint(&tree, &serde_json::to_value(spec).unwrap_or_default(), &stable)))
+        }
+        Err(e) => Err(format!("result cache: cannot read the commit's tree ({e}); running the job")),
+    }
+}
+
 /// Whose caches a build of `job` reads and writes (`fork`: a pull request from a fork).
 pub(crate) fn scope_of(job: &JobRecord, build: &BuildSummary, fork: bool) -> CacheScope {
     let branch = if build.branch.is_empty() { job.default_branch.clone() } else { build.branch.clone() };
@@ -315,7 +330,7 @@ pub(crate) fn kept_lines(specs: &[ArtifactSpec], collected: &crate::engine::arti
 /// Ends a job with an earlier build's successful result: its outputs and artifacts, a log line
 /// and a `job_status` event that say where they came from.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn reuse_result(
+pub(crate) async fn reuse_result(
     ctx: &BuildContext,
     lease: &Lease,
     spec: &PlannedJob,

@@ -374,6 +374,36 @@ pub async fn lease_action(
             store.artifact_insert(&lease, &files).await?;
             Ok(Json(json!({"kept": files.len()})))
         }
+        "result-find" | "result-record" => {
+            let fingerprint = body.rest["fingerprint"].as_str().unwrap_or_default().to_string();
+            if fingerprint.len() != 64 {
+                return Err(ApiError::bad_request("a stage result fingerprint is 64 hex digits"));
+            }
+            let (build_id, job_key) = lease_job(&s, &lease).await?;
+            let build = store.build_summary(build_id).await?;
+            let job = store.job(&build.job).await?;
+            if action == "result-record" {
+                let scope = lease_scope(&s, lease.entry, lease.token).await?;
+                if scope.writable {
+                    store.result_record(job.id, &job_key, &fingerprint, lease.build_job_id).await?;
+                }
+                return Ok(Json(json!({"recorded": scope.writable})));
+            }
+            let Some(hit) = store.result_find(job.id, &job_key, &fingerprint).await? else {
+                return Ok(Json(json!({"reused": false})));
+            };
+            // Reused here, as for the embedded agent: outputs, artifacts, the log line, the end.
+            let spec: chengis_pipeline::PlannedJob =
+                serde_json::from_str(&store.build_job_spec(lease.build_job_id).await?)
+                    .map_err(|e| crate::store::StoreError::Corrupt { what: "job spec", detail: e.to_string() })?;
+            let masker = Arc::new(crate::exec::SecretMasker::new(Vec::<String>::new()).map_err(unavailable)?);
+            let fork = lease_scope(&s, lease.entry, lease.token).await.map(|sc| !sc.writable).unwrap_or(false);
+            let storage = crate::agent::storage::Storage::new(&s.builds, &job, &build, &lease, &masker, fork);
+            let nowhere = std::path::Path::new("/nonexistent/chengis-remote-workspace");
+            crate::agent::storage::reuse_result(&s.builds, &lease, &spec, &build, &storage, hit, &fingerprint, nowhere)
+                .await?;
+            Ok(Json(json!({"reused": true})))
+        }
         "cache-find" => {
             let scope = lease_scope(&s, lease.entry, lease.token).await?;
             let key = body.rest["key"].as_str().unwrap_or_default().to_string();
@@ -386,7 +416,7 @@ pub async fn lease_action(
             }
         }
         other => Err(ApiError::not_found(format!(
-            "no lease action `{other}` (renew, log-offset, log, update, finish, downloads, artifacts, cache-find)"
+            "no lease action `{other}` (renew, log-offset, log, update, finish, downloads, artifacts, cache-find, result-find, result-record)"
         ))),
     }
 }
