@@ -156,6 +156,21 @@ jobs:
       - run: cat out/app.txt && sha256sum -c out/blob.sha
 "#;
 
+const PLUGGED: &str = r#"
+name: plugged
+jobs:
+  p:
+    runs-on: [a]
+    steps:
+      - id: s
+        uses: script
+        with:
+          run: echo "from the script plugin"; echo hi > made-by-plugin
+      - run: test -f made-by-plugin && echo "script exit ${{ steps.s.outputs.exit-code }} on $CHENGIS_AGENT_NAME"
+      - uses: no-such-plugin
+        continue-on-error: true
+"#;
+
 const GPU: &str = r#"
 name: gpu
 jobs:
@@ -240,6 +255,19 @@ fn remote_agents_take_jobs_by_label_and_a_revoked_token_stops_an_agent() {
             .call()
             .unwrap();
         assert_eq!(resp.status().as_u16(), 409);
+
+        // `uses:` steps on a remote agent: the server's allowed `script` plugin, with its grants;
+        // an unknown plugin fails its step as on the embedded agent.
+        create_job(&url, "plugged", &repo(&base.join("plugged"), PLUGGED));
+        let id = trigger(&url, "plugged");
+        let build = wait_build(&server, id, finished);
+        assert_eq!(build["build"]["status"], "success", "{build}");
+        let texts = log_texts(&server, id, "p");
+        assert!(texts.contains(&"from the script plugin".to_string()), "{texts:?}");
+        assert!(texts.contains(&"script exit 0 on agent-a".to_string()), "{texts:?}");
+        let steps = job_of(&build, "p")["steps"].as_array().unwrap().clone();
+        assert_eq!(steps.len(), 3, "{build}");
+        assert_eq!(steps[2]["status"], "error", "{build}");
 
         // Nobody has `gpu`; nobody labelled `a` is big enough: both wait, saying why.
         create_job(&url, "gpu", &repo(&base.join("gpu"), GPU));

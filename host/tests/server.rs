@@ -536,6 +536,7 @@ fn openapi_describes_every_api_route() {
         ("/api/v1/agent/leases/{entry}/blobs/{sha256}", &["get"]),
         ("/api/v1/agent/leases/{entry}/caches", &["put"]),
         ("/api/v1/agent/leases/{entry}/caches/{id}", &["get"]),
+        ("/api/v1/agent/leases/{entry}/plugins/{digest}", &["get"]),
     ];
     let paths = doc["paths"].as_object().unwrap();
     assert_eq!(paths.len(), routes.len(), "{:?}", paths.keys().collect::<Vec<_>>());

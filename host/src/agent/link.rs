@@ -36,8 +36,9 @@ impl LinkError {
 pub enum Link {
     /// In the server's process.
     Local(BuildContext),
-    /// Over HTTP, with the agent's working directory.
-    Remote(Arc<Client>, PathBuf),
+    /// Over HTTP, with the agent's working directory and its mirror of the server's allowed
+    /// step executors.
+    Remote(Arc<Client>, PathBuf, Option<Arc<crate::plugins::PluginService>>),
 }
 
 impl Link {
@@ -45,15 +46,15 @@ impl Link {
     pub fn work_dir(&self) -> PathBuf {
         match self {
             Link::Local(ctx) => ctx.data_dir.clone(),
-            Link::Remote(_, dir) => dir.clone(),
+            Link::Remote(_, dir, _) => dir.clone(),
         }
     }
 
-    /// The plugin platform for `uses:` steps (the embedded agent's).
+    /// The plugin platform for `uses:` steps.
     pub fn plugins(&self) -> Option<Arc<crate::plugins::PluginService>> {
         match self {
             Link::Local(ctx) => ctx.plugins.clone(),
-            Link::Remote(..) => None,
+            Link::Remote(_, _, plugins) => plugins.clone(),
         }
     }
 
@@ -61,7 +62,7 @@ impl Link {
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, LinkError> {
         match self {
             Link::Local(ctx) => Ok(matches!(ctx.store.renew(lease, ttl).await?, Renewal::Cancel(_))),
-            Link::Remote(c, _) => {
+            Link::Remote(c, ..) => {
                 let v: Value = c.lease_call(lease, "renew", json!({})).await?;
                 Ok(v["cancel"].as_bool().unwrap_or(false))
             }
@@ -72,7 +73,7 @@ impl Link {
     pub async fn next_line(&self, lease: &Lease) -> Result<u64, LinkError> {
         match self {
             Link::Local(ctx) => Ok(ctx.store.next_log_offset(lease.build_job_id).await?),
-            Link::Remote(c, _) => {
+            Link::Remote(c, ..) => {
                 let v: Value = c.lease_call(lease, "log-offset", json!({})).await?;
                 Ok(v["next"].as_u64().unwrap_or(1))
             }
@@ -87,7 +88,7 @@ impl Link {
                 let _ = ctx.bus.send(Notice::Log(lease.build_job_id));
                 Ok(())
             }
-            Link::Remote(c, _) => {
+            Link::Remote(c, ..) => {
                 let _: Value = c.lease_call(lease, "log", json!({ "lines": lines })).await?;
                 Ok(())
             }
@@ -98,7 +99,7 @@ impl Link {
     pub async fn update(&self, a: &Assignment, update: Update) -> Result<(), LinkError> {
         match self {
             Link::Local(ctx) => Ok(server_side::apply(ctx, &a.lease, a.build_id, &a.spec.id, update).await?),
-            Link::Remote(c, _) => {
+            Link::Remote(c, ..) => {
                 let _: Value =
                     c.lease_call(&a.lease, "update", serde_json::to_value(&update).unwrap_or_default()).await?;
                 Ok(())
@@ -118,7 +119,7 @@ impl Link {
             Link::Local(ctx) => {
                 Ok(server_side::finish(ctx, &a.lease, &a.spec.id, a.build_id, status, reason, ran).await?)
             }
-            Link::Remote(c, _) => {
+            Link::Remote(c, ..) => {
                 let body = json!({
                     "status": status,
                     "reason": reason,

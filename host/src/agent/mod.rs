@@ -24,6 +24,7 @@ use tracing::Instrument;
 pub mod link;
 pub mod remote;
 pub mod remote_blobs;
+pub mod remote_plugins;
 pub mod server_side;
 pub(crate) mod storage;
 use link::{Link, LinkError};
@@ -270,9 +271,21 @@ async fn run_assignment(
             }
             storage::Before::Run(p) => pending = Some(p),
         }
-    } else if let Link::Remote(client, _) = link {
-        // A remote agent: a stage result is looked up (and reused) on the server; artifacts and
-        // caches travel through the server's stores.
+    } else if let Link::Remote(client, ..) = link {
+        // A remote agent: the step executors it uses come as the server allows them; a stage
+        // result is looked up (and reused) on the server; artifacts and caches travel through
+        // the server's stores.
+        if let Some(service) = link.plugins() {
+            match remote_plugins::sync(client, &service, &a, &work.join("tmp")).await? {
+                Ok(()) => {}
+                Err(reason) => {
+                    drop(env);
+                    stop_helpers();
+                    system_lines(link, &a, &masker, std::slice::from_ref(&reason)).await?;
+                    return fail(link, &a, &workspace, &reason).await;
+                }
+            }
+        }
         let params = a.contexts.get("params").cloned().unwrap_or_default();
         match storage::stage_fingerprint(&workspace, &info.sha, &a.spec, &a.plan_env, &params, &ctx_values.needs) {
             Ok(Some(fp)) => {
@@ -335,7 +348,7 @@ async fn run_assignment(
     if let (Some(st), Some(parts), Some(p)) = (&storage, &local, pending) {
         st.after_steps(p, parts, &a.spec, &mut result, &workspace).await?;
     }
-    if let (Link::Remote(client, _), Some(specs)) = (link, remote_artifacts) {
+    if let (Link::Remote(client, ..), Some(specs)) = (link, remote_artifacts) {
         match specs {
             Ok(specs) => {
                 let specs: Vec<_> = specs

@@ -329,7 +329,15 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
         executors = run.executors,
         "registered; polling for jobs"
     );
-    let link = Link::Remote(client.clone(), cfg.work_dir.clone());
+    // The agent's own allowlist mirror for `uses:` steps (see `remote_plugins`).
+    let plugins = match super::remote_plugins::open(&cfg.work_dir).await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!("no plugin platform on this agent (`uses:` steps will fail): {e}");
+            None
+        }
+    };
+    let link = Link::Remote(client.clone(), cfg.work_dir.clone(), plugins);
     let slots = Arc::new(Semaphore::new(run.executors.max(1)));
     let jobs = CancelSignal::new();
     // Set when a job's lease turned out stale: the agent registers again, which lets it take

@@ -32,7 +32,7 @@ fn temp_file(tmp: &Path) -> Result<tempfile::NamedTempFile, String> {
 }
 
 /// Downloads `url` (through the agent's retry helper) into a new temporary file in `tmp`.
-fn fetch(client: &Client, what: &str, url: &str, tmp: &Path) -> Result<tempfile::NamedTempFile, String> {
+pub(crate) fn fetch(client: &Client, what: &str, url: &str, tmp: &Path) -> Result<tempfile::NamedTempFile, String> {
     client
         .retry_blocking(what, |c| {
             let mut resp = c.send(what, |http, base, auth, name| {

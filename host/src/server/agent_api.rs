@@ -404,6 +404,30 @@ pub async fn lease_action(
                 .await?;
             Ok(Json(json!({"reused": true})))
         }
+        "plugins" => {
+            lease_job(&s, &lease).await?;
+            let references: Vec<String> = serde_json::from_value(body.rest["references"].clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid plugin references: {e}")))?;
+            let Some(service) = &s.builds.plugins else {
+                return Ok(Json(json!({"error": "the server runs no plugin platform"})));
+            };
+            // Allowed ones with their grants and config; the others by name with why (their step
+            // fails when it runs, as on the embedded agent).
+            let (mut plugins, mut unresolved) = (Vec::new(), serde_json::Map::new());
+            for r in references.iter().take(64) {
+                match service.resolve_step_executor(r).await {
+                    Ok((record, _)) => {
+                        let config = store.plugin_config(&record.name).await?;
+                        plugins.push(json!({"record": record, "config": config}));
+                    }
+                    Err(e) => {
+                        let name = r.split_once('@').map_or(r.as_str(), |(n, _)| n);
+                        unresolved.insert(name.to_string(), json!(e.to_string()));
+                    }
+                }
+            }
+            Ok(Json(json!({ "plugins": plugins, "unresolved": unresolved })))
+        }
         "cache-find" => {
             let scope = lease_scope(&s, lease.entry, lease.token).await?;
             let key = body.rest["key"].as_str().unwrap_or_default().to_string();
@@ -416,7 +440,7 @@ pub async fn lease_action(
             }
         }
         other => Err(ApiError::not_found(format!(
-            "no lease action `{other}` (renew, log-offset, log, update, finish, downloads, artifacts, cache-find, result-find, result-record)"
+            "no lease action `{other}` (renew, log-offset, log, update, finish, downloads, artifacts, cache-find, result-find, result-record, plugins)"
         ))),
     }
 }
@@ -733,4 +757,29 @@ pub async fn put_cache(
     let cache = crate::engine::cache::ResolvedCache { key: q.key.clone(), restore_keys: Vec::new(), paths: Vec::new() };
     let lines = crate::engine::cache::keep(&s.builds.store, cfg, &scope, &cache, packed, q.files).await;
     Ok(Json(json!({ "lines": lines })))
+}
+
+/// Sends the component of an allowed step executor to the agent holding the lease (the agent
+/// checks the digest before recording it).
+#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/plugins/{digest}", params(("entry" = i64, Path, description = "queue entry"), ("digest" = String, Path, description = "the component's `sha256:` digest"), LeaseToken), responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn get_plugin(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((entry, digest)): ApiPath<(i64, String)>,
+    super::error::ApiQuery(q): super::error::ApiQuery<LeaseToken>,
+) -> Result<axum::response::Response, ApiError> {
+    caller(&s, &headers).await?;
+    held_build(&s, entry, q.token).await?;
+    let record = s.builds.store.plugin_by_digest(&digest).await?.filter(|p| {
+        p.state == crate::store::plugins::TrustState::Allowed
+            && p.world == crate::plugins::world_name(chengis_plugin_host::World::StepExecutor)
+    });
+    let Some(record) = record else {
+        return Err(ApiError::not_found(format!("no allowed step executor {digest}")));
+    };
+    let bytes = tokio::fs::read(&record.path).await.map_err(unavailable)?;
+    let mut resp = axum::response::Response::new(axum::body::Body::from(bytes));
+    resp.headers_mut()
+        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/wasm"));
+    Ok(resp)
 }

@@ -85,6 +85,7 @@ pub fn router(state: AppState) -> Router {
                 .route("/api/v1/agent/leases/{entry}/blobs/{sha256}", get(agent_api::get_blob))
                 .route("/api/v1/agent/leases/{entry}/caches", axum::routing::put(agent_api::put_cache))
                 .route("/api/v1/agent/leases/{entry}/caches/{id}", get(agent_api::get_cache))
+                .route("/api/v1/agent/leases/{entry}/plugins/{digest}", get(agent_api::get_plugin))
                 .layer(DefaultBodyLimit::disable()),
         )
         .merge(

@@ -49,6 +49,7 @@ use utoipa::OpenApi;
         agent_api::get_blob,
         agent_api::put_cache,
         agent_api::get_cache,
+        agent_api::get_plugin,
     ),
     components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
 )]
