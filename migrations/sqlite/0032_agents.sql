@@ -33,3 +33,6 @@ ALTER TABLE queue ADD COLUMN cpu_millis INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE queue ADD COLUMN memory_mb INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE queue ADD COLUMN waiting_reason TEXT;
 ALTER TABLE queue ADD COLUMN leased_ms INTEGER;
+
+-- A build's events are read by build (SSE, the trigger event each job of it needs).
+CREATE INDEX build_events_by_build ON build_events (build_id, kind, id);

@@ -137,13 +137,7 @@ pub async fn prepare(
     }
     let secrets = store.secrets_for_job(keys, &build.job).await?;
     // The webhook event behind the build, if any (recorded as its `trigger` event).
-    let trigger = store
-        .events_after(build.id, 0)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|e| e.kind == "trigger")
-        .and_then(|e| serde_json::from_value::<TriggerContext>(e.payload).ok());
+    let trigger = ctx.trigger_context(build.id).await?;
     let mut contexts = BTreeMap::new();
     contexts.insert("params".to_string(), context::object(plan.params.iter()));
     contexts.insert("matrix".to_string(), context::object(spec.matrix.iter()));

@@ -323,13 +323,10 @@ impl BuildContext {
         }
     }
 
-    /// The webhook event behind this build, if one started it.
-    async fn trigger_context(&self, build_id: i64) -> Result<Option<TriggerContext>, StoreError> {
-        let events = self.store.events_after(build_id, 0).await?;
-        Ok(events
-            .into_iter()
-            .find(|e| e.kind == "trigger")
-            .and_then(|e| serde_json::from_value::<TriggerContext>(e.payload).ok()))
+    /// The webhook event behind this build, if one started it (its `trigger` event).
+    pub async fn trigger_context(&self, build_id: i64) -> Result<Option<TriggerContext>, StoreError> {
+        let payload = self.store.first_event(build_id, "trigger").await?;
+        Ok(payload.and_then(|p| serde_json::from_value::<TriggerContext>(p).ok()))
     }
 
     async fn fail_build(&self, build_id: i64, reason: &str) -> Result<(), StoreError> {
@@ -359,8 +356,9 @@ impl BuildContext {
         let build = self.store.build(build_id).await?;
         let mut enqueued = false;
         let priority = self.store.build_priority(build_id).await?;
+        let enqueued_now = self.store.enqueued_of_build(build_id).await?;
         for j in &jobs {
-            if j.status != Status::Queued || self.store.is_enqueued(j.id).await? {
+            if j.status != Status::Queued || enqueued_now.contains(&j.id) {
                 continue;
             }
             if build.status == Status::Cancelled {

@@ -685,13 +685,7 @@ async fn lease_scope(s: &AppState, entry: i64, token: i64) -> Result<crate::engi
     let build_id = held_build(s, entry, token).await?;
     let build = store.build_summary(build_id).await?;
     let job = store.job(&build.job).await?;
-    let fork = store
-        .events_after(build_id, 0)
-        .await?
-        .into_iter()
-        .find(|e| e.kind == "trigger")
-        .and_then(|e| serde_json::from_value::<crate::engine::builds::TriggerContext>(e.payload).ok())
-        .is_some_and(|t| t.fork);
+    let fork = s.builds.trigger_context(build_id).await?.is_some_and(|t| t.fork);
     Ok(crate::agent::storage::scope_of(&job, &build, fork))
 }
 

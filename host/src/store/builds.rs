@@ -572,12 +572,14 @@ impl Store {
             .await?)
     }
 
-    /// True when the build job has a queue row.
-    pub async fn is_enqueued(&self, build_job_id: i64) -> Result<bool, StoreError> {
-        let row: Option<i64> = sqlx::query_scalar("SELECT id FROM queue WHERE build_job_id = $1")
-            .bind(build_job_id)
-            .fetch_optional(self.pool())
-            .await?;
-        Ok(row.is_some())
+    /// The jobs of build `build_id` that are in the queue (one query for the whole build).
+    pub async fn enqueued_of_build(&self, build_id: i64) -> Result<std::collections::HashSet<i64>, StoreError> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT q.build_job_id FROM queue q JOIN build_jobs j ON j.id = q.build_job_id WHERE j.build_id = $1",
+        )
+        .bind(build_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids.into_iter().collect())
     }
 }

@@ -31,6 +31,19 @@ impl Store {
         .await?)
     }
 
+    /// The payload of a build's first event of `kind` (one indexed lookup, whatever the number of
+    /// events).
+    pub async fn first_event(&self, build_id: i64, kind: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let payload: Option<String> = sqlx::query_scalar(
+            "SELECT payload FROM build_events WHERE build_id = $1 AND kind = $2 ORDER BY id LIMIT 1",
+        )
+        .bind(build_id)
+        .bind(kind)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(payload.map(|p| serde_json::from_str(&p).unwrap_or(serde_json::Value::String(p))))
+    }
+
     /// Events of a build with an id greater than `after`.
     pub async fn events_after(&self, build_id: i64, after: i64) -> Result<Vec<BuildEvent>, StoreError> {
         let rows = sqlx::query(
