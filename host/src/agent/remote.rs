@@ -343,6 +343,7 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
     // Set when a job's lease turned out stale: the agent registers again, which lets it take
     // back jobs it lost (see `LeaseRequest::registered_ms`).
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let job_ended = Arc::new(tokio::sync::Notify::new());
     let mut running: Vec<(tokio::task::JoinHandle<()>, Needs)> = Vec::new();
     let total = Needs { cpu_millis: cfg.info.cpus * 1000, memory_mb: cfg.info.memory_mb };
     let outcome = loop {
@@ -352,8 +353,10 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
         }
         let free = slots.available_permits();
         if free == 0 {
+            // Poll again as soon as a job ends.
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = job_ended.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = drain.cancelled() => {}
             }
             continue;
@@ -416,7 +419,8 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
                 job = %a.spec.id,
                 attempt = a.lease.attempt
             );
-            let (link, run, stop, lost) = (link.clone(), run.clone(), jobs.clone(), lost.clone());
+            let (link, run, stop, lost, ended) =
+                (link.clone(), run.clone(), jobs.clone(), lost.clone(), job_ended.clone());
             let handle = tokio::spawn(
                 async move {
                     if let Err(e) = super::execute(&link, &run, a, None, Some(stop)).await {
@@ -426,6 +430,7 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
                         }
                     }
                     drop(permit);
+                    ended.notify_one();
                 }
                 .instrument(span),
             );
