@@ -61,8 +61,7 @@ pub(crate) enum Attempt {
     Fail(RemoteError),
 }
 
-/// The agent's HTTP client: base URL, token, TLS roots.
-#[derive(Debug)]
+/// The agent's HTTP client: base URL, token, TLS roots. Its `Debug` never shows the token.
 pub struct Client {
     base: String,
     token: String,
@@ -280,8 +279,8 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + r / 2.0)
 }
 
-/// How a remote agent runs.
-#[derive(Debug, Clone)]
+/// How a remote agent runs. Its `Debug` never shows the token.
+#[derive(Clone)]
 pub struct RemoteConfig {
     /// The server's URL.
     pub server: String,
@@ -295,6 +294,23 @@ pub struct RemoteConfig {
     pub drain_deadline: Duration,
     /// What it registers: labels, executors, resources.
     pub info: AgentInfo,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("base", &self.base).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteConfig")
+            .field("server", &self.server)
+            .field("ca_file", &self.ca_file)
+            .field("work_dir", &self.work_dir)
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the server answers to a registration.
