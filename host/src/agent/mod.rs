@@ -10,7 +10,7 @@ use crate::engine::context;
 use crate::engine::events::RunEvent;
 use crate::engine::job::{ContainerSpec, JobEnv, JobSpec, run_job};
 use crate::exec::docker::{DockerRuntime, SandboxLabels};
-use crate::exec::{CancelSignal, LogLine, SecretMasker, Stream};
+use crate::exec::{CancelSignal, LogLine, SecretMasker};
 use crate::status::Status;
 use crate::store::now_ms;
 use crate::store::queue::{Lease, LeaseRequest};
@@ -136,28 +136,30 @@ pub async fn execute(
     stop: Option<CancelSignal>,
 ) -> Result<(), LinkError> {
     let work = link.work_dir();
-    let workspace = work.join("workspaces").join(a.lease.build_job_id.to_string());
-    let state_dir = work.join("state").join(a.lease.build_job_id.to_string());
-    let result = run_assignment(link, cfg, a, local, stop, &workspace, &state_dir).await;
+    let (workspace, state_dir) = job_dirs(&work, a.lease.build_job_id);
+    let result = run_assignment(link, cfg, a, local, stop, &work).await;
     // Whatever happened (a refused write included), the job's files go.
     remove_workspace(&workspace).await;
     remove_workspace(&state_dir).await;
     result
 }
 
-/// The body of [`execute`], in `workspace` and `state_dir`.
+/// The workspace and step-state directory of build job `id` under `work`.
+fn job_dirs(work: &std::path::Path, id: i64) -> (std::path::PathBuf, std::path::PathBuf) {
+    (work.join("workspaces").join(id.to_string()), work.join("state").join(id.to_string()))
+}
+
+/// The body of [`execute`], with `work` the agent's working directory.
 async fn run_assignment(
     link: &Link,
     cfg: &AgentConfig,
     a: Assignment,
     local: Option<LocalParts>,
     stop: Option<CancelSignal>,
-    workspace: &std::path::Path,
-    state_dir: &std::path::Path,
+    work: &std::path::Path,
 ) -> Result<(), LinkError> {
     let bj_id = a.lease.build_job_id;
-    let work = link.work_dir();
-    let workspace = workspace.to_path_buf();
+    let (workspace, state_dir) = job_dirs(work, bj_id);
     let _ = std::fs::remove_dir_all(&workspace);
     let req = CheckoutRequest {
         url: a.repo_url.clone(),
@@ -171,8 +173,8 @@ async fn run_assignment(
     let ws = workspace.clone();
     let info = match tokio::task::spawn_blocking(move || checkout(&req, &ws)).await {
         Ok(Ok(info)) => info,
-        Ok(Err(e)) => return fail(link, &a, &workspace, &e.to_string()).await,
-        Err(e) => return fail(link, &a, &workspace, &e.to_string()).await,
+        Ok(Err(e)) => return fail(link, &a, &e.to_string()).await,
+        Err(e) => return fail(link, &a, &e.to_string()).await,
     };
     // What the checkout found, plus what only the server knows (the event, the pull request).
     let mut git = serde_json::to_value(&info).unwrap_or_default();
@@ -186,7 +188,7 @@ async fn run_assignment(
 
     let masker = match SecretMasker::new(a.secrets.values().cloned()) {
         Ok(m) => Arc::new(m),
-        Err(e) => return fail(link, &a, &workspace, &e.to_string()).await,
+        Err(e) => return fail(link, &a, &e.to_string()).await,
     };
     let host_env: Vec<(String, String)> = vec![
         ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
@@ -219,7 +221,7 @@ async fn run_assignment(
     let (tx, rx) = mpsc::channel(1024);
     let env = JobEnv {
         workspace: workspace.clone(),
-        state_dir: state_dir.to_path_buf(),
+        state_dir,
         base_env,
         host_env,
         docker: cfg.docker.clone(),
@@ -267,7 +269,7 @@ async fn run_assignment(
             storage::Before::Fail(reason) => {
                 drop(env);
                 stop_helpers();
-                return fail(link, &a, &workspace, &reason).await;
+                return fail(link, &a, &reason).await;
             }
             storage::Before::Run(p) => pending = Some(p),
         }
@@ -282,7 +284,7 @@ async fn run_assignment(
                     drop(env);
                     stop_helpers();
                     system_lines(link, &a, &masker, std::slice::from_ref(&reason)).await?;
-                    return fail(link, &a, &workspace, &reason).await;
+                    return fail(link, &a, &reason).await;
                 }
             }
         }
@@ -311,7 +313,7 @@ async fn run_assignment(
             if let Err(reason) = placed {
                 drop(env);
                 stop_helpers();
-                return fail(link, &a, &workspace, &reason).await;
+                return fail(link, &a, &reason).await;
             }
         }
         let caches = match storage::resolve_caches(&a.spec, &ctx_values) {
@@ -319,7 +321,7 @@ async fn run_assignment(
             Err(reason) => {
                 drop(env);
                 stop_helpers();
-                return fail(link, &a, &workspace, &reason).await;
+                return fail(link, &a, &reason).await;
             }
         };
         for c in caches {
@@ -401,9 +403,8 @@ async fn run_assignment(
     link.finish(&a, result.status, result.reason.as_deref(), Some((&outputs, &sandbox))).await
 }
 
-/// Ends a job that could not start (`error`), after removing its workspace.
-async fn fail(link: &Link, a: &Assignment, workspace: &std::path::Path, reason: &str) -> Result<(), LinkError> {
-    remove_workspace(workspace).await;
+/// Ends a job that could not start (`error`); [`execute`] removes its workspace.
+async fn fail(link: &Link, a: &Assignment, reason: &str) -> Result<(), LinkError> {
     link.finish(a, Status::Error, Some(reason), None).await
 }
 
@@ -413,13 +414,7 @@ async fn system_lines(link: &Link, a: &Assignment, masker: &SecretMasker, texts:
         return Ok(());
     }
     let first = link.next_line(&a.lease).await?;
-    let time_ms = u64::try_from(now_ms()).unwrap_or(0);
-    let lines: Vec<LogLine> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| LogLine { number: first + i as u64, stream: Stream::System, time_ms, text: masker.mask_str(t) })
-        .collect();
-    link.append_log(&a.lease, &lines).await
+    link.append_log(&a.lease, &storage::system_log(first, masker, texts)).await
 }
 
 /// Renews the lease every `every`; a cancel request or a lost lease cancels the job.

@@ -424,10 +424,7 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
         };
         for a in leased.assignments {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
-            let needs = Needs {
-                cpu_millis: a.spec.container.nano_cpus.map_or(0, |n| (n / 1_000_000) as i64),
-                memory_mb: a.spec.container.memory.map_or(0, |m| (m >> 20) as i64),
-            };
+            let needs = Needs::of(&a.spec);
             let span = tracing::info_span!(
                 "build_job",
                 build = a.build_id,

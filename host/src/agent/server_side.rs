@@ -93,10 +93,8 @@ pub async fn prepare(
     let bj = store.build_job(lease.build_job_id).await?;
     let build = store.build_summary(bj.build_id).await?;
     let job_record = store.job(&build.job).await?;
-    let corrupt = |what: &'static str| move |e: serde_json::Error| StoreError::Corrupt { what, detail: e.to_string() };
-    let spec: PlannedJob = serde_json::from_str(&store.build_job_spec(bj.id).await?).map_err(corrupt("job spec"))?;
-    let plan: Plan =
-        serde_json::from_str(&store.build_plan(bj.build_id).await?.unwrap_or_default()).map_err(corrupt("plan"))?;
+    let spec = store.planned_job(bj.id).await?;
+    let plan = store.plan(bj.build_id).await?;
     store.start_leased_job(lease).await?;
     if build.status == Status::Queued {
         // Two jobs of one build may start at once: the other one may have done this already.

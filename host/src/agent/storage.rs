@@ -154,18 +154,7 @@ impl<'a> Storage<'a> {
         }
         let store = &self.ctx.store;
         let first = store.next_log_offset(self.lease.build_job_id).await?;
-        let time_ms = u64::try_from(now_ms()).unwrap_or(0);
-        let lines: Vec<LogLine> = lines
-            .iter()
-            .enumerate()
-            .map(|(i, text)| LogLine {
-                number: first + i as u64,
-                stream: Stream::System,
-                time_ms,
-                text: self.masker.mask_str(text),
-            })
-            .collect();
-        store.append_log(self.lease, &lines).await?;
+        store.append_log(self.lease, &system_log(first, &self.masker, lines)).await?;
         let _ = self.ctx.bus.send(crate::engine::builds::Notice::Log(self.lease.build_job_id));
         Ok(())
     }
@@ -258,6 +247,16 @@ pub(crate) fn stage_fingerprint(
         }
         Err(e) => Err(format!("result cache: cannot read the commit's tree ({e}); running the job")),
     }
+}
+
+/// `texts` as System log lines numbered from `first`, masked.
+pub(crate) fn system_log(first: u64, masker: &SecretMasker, texts: &[String]) -> Vec<LogLine> {
+    let time_ms = u64::try_from(now_ms()).unwrap_or(0);
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| LogLine { number: first + i as u64, stream: Stream::System, time_ms, text: masker.mask_str(t) })
+        .collect()
 }
 
 /// Whose caches a build of `job` reads and writes (`fork`: a pull request from a fork).

@@ -136,6 +136,23 @@ impl LocalBlobs {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Moves `tmp` (a path relative to the store, under its `tmp/`), whose content is known to
+    /// have SHA-256 `sha256`, into place as that blob; the file is removed if it cannot be.
+    pub fn adopt(&self, tmp: &str, sha256: &str, size: u64) -> Result<Blob, ArtifactError> {
+        check_digest(sha256)?;
+        let dest = blob_path(sha256);
+        let moved = self
+            .dir
+            .create_dir_all(&sha256[..2])
+            .and_then(|()| self.dir.rename(tmp, &self.dir, &dest))
+            .map_err(io("cannot store", dest));
+        if moved.is_err() {
+            let _ = self.dir.remove_file(tmp);
+        }
+        moved?;
+        Ok(Blob { sha256: sha256.to_string(), size })
+    }
 }
 
 impl BlobStore for LocalBlobs {
@@ -160,17 +177,7 @@ impl BlobStore for LocalBlobs {
                 return Err(e);
             }
         };
-        let dest = blob_path(&sha256);
-        let moved = self
-            .dir
-            .create_dir_all(&sha256[..2])
-            .and_then(|()| self.dir.rename(&tmp, &self.dir, &dest))
-            .map_err(io("cannot store", dest));
-        if moved.is_err() {
-            let _ = self.dir.remove_file(&tmp);
-        }
-        moved?;
-        Ok(Blob { sha256, size })
+        self.adopt(&tmp, &sha256, size)
     }
 
     fn open(&self, sha256: &str) -> Result<std::fs::File, ArtifactError> {

@@ -366,12 +366,8 @@ impl BuildContext {
                 continue;
             }
             if j.needs.iter().all(|n| status_of(n).is_some_and(Status::is_finished)) {
-                let spec: chengis_pipeline::PlannedJob = serde_json::from_str(&self.store.build_job_spec(j.id).await?)
-                    .map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })?;
-                let needs = crate::store::agents::Needs {
-                    cpu_millis: spec.container.nano_cpus.map_or(0, |n| (n / 1_000_000) as i64),
-                    memory_mb: spec.container.memory.map_or(0, |m| (m >> 20) as i64),
-                };
+                let spec = self.store.planned_job(j.id).await?;
+                let needs = crate::store::agents::Needs::of(&spec);
                 self.store.enqueue_with(j.id, priority, &spec.runs_on, needs).await?;
                 enqueued = true;
             }

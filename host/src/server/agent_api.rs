@@ -71,7 +71,7 @@ impl Poller {
             return None;
         }
         let Some(free) = self.free else { return Some(0.0) };
-        if needs.cpu_millis > free.cpu_millis || needs.memory_mb > free.memory_mb {
+        if !needs.fits_in(free) {
             return None;
         }
         let share = |left: i64, total: i64| if total > 0 { left as f64 / total as f64 } else { 0.0 };
@@ -345,14 +345,8 @@ pub async fn lease_action(
         }
         "downloads" => {
             let (build_id, _) = lease_job(&s, &lease).await?;
-            let corrupt = |what: &'static str| {
-                move |e: serde_json::Error| crate::store::StoreError::Corrupt { what, detail: e.to_string() }
-            };
-            let spec: chengis_pipeline::PlannedJob =
-                serde_json::from_str(&store.build_job_spec(lease.build_job_id).await?).map_err(corrupt("job spec"))?;
-            let plan: chengis_pipeline::Plan =
-                serde_json::from_str(&store.build_plan(build_id).await?.unwrap_or_default())
-                    .map_err(corrupt("plan"))?;
+            let spec = store.planned_job(lease.build_job_id).await?;
+            let plan = store.plan(build_id).await?;
             let siblings = store.build_jobs(build_id).await?;
             match crate::agent::storage::needed_files(store, &spec, &plan, &siblings, build_id).await? {
                 Ok(files) => Ok(Json(json!({"files": files}))),
@@ -379,26 +373,23 @@ pub async fn lease_action(
             if fingerprint.len() != 64 {
                 return Err(ApiError::bad_request("a stage result fingerprint is 64 hex digits"));
             }
-            let (build_id, job_key) = lease_job(&s, &lease).await?;
-            let build = store.build_summary(build_id).await?;
-            let job = store.job(&build.job).await?;
+            let scope = lease_scope(&s, lease.entry, lease.token).await?;
+            let spec = store.planned_job(lease.build_job_id).await?;
             if action == "result-record" {
-                let scope = lease_scope(&s, lease.entry, lease.token).await?;
                 if scope.writable {
-                    store.result_record(job.id, &job_key, &fingerprint, lease.build_job_id).await?;
+                    store.result_record(scope.job_id, &spec.id, &fingerprint, lease.build_job_id).await?;
                 }
                 return Ok(Json(json!({"recorded": scope.writable})));
             }
-            let Some(hit) = store.result_find(job.id, &job_key, &fingerprint).await? else {
+            let Some(hit) = store.result_find(scope.job_id, &spec.id, &fingerprint).await? else {
                 return Ok(Json(json!({"reused": false})));
             };
             // Reused here, as for the embedded agent: outputs, artifacts, the log line, the end.
-            let spec: chengis_pipeline::PlannedJob =
-                serde_json::from_str(&store.build_job_spec(lease.build_job_id).await?)
-                    .map_err(|e| crate::store::StoreError::Corrupt { what: "job spec", detail: e.to_string() })?;
+            let build = store.build_summary(scope.build_id).await?;
+            let job = store.job(&build.job).await?;
             let masker = Arc::new(crate::exec::SecretMasker::new(Vec::<String>::new()).map_err(unavailable)?);
-            let fork = lease_scope(&s, lease.entry, lease.token).await.map(|sc| !sc.writable).unwrap_or(false);
-            let storage = crate::agent::storage::Storage::new(&s.builds, &job, &build, &lease, &masker, fork);
+            let storage =
+                crate::agent::storage::Storage::new(&s.builds, &job, &build, &lease, &masker, !scope.writable);
             let nowhere = std::path::Path::new("/nonexistent/chengis-remote-workspace");
             crate::agent::storage::reuse_result(&s.builds, &lease, &spec, &build, &storage, hit, &fingerprint, nowhere)
                 .await?;
@@ -582,14 +573,14 @@ fn checksum_header(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// Streams an upload into `file`, at most `limit` bytes (`cap` names the limit in the 413),
-/// checking its SHA-256 against `X-Checksum-Sha256`; returns its size.
+/// checking its SHA-256 against `X-Checksum-Sha256`; returns its size and SHA-256.
 async fn receive(
     headers: &HeaderMap,
     body: axum::body::Body,
     file: &tempfile::NamedTempFile,
     limit: u64,
     cap: &str,
-) -> Result<u64, ApiError> {
+) -> Result<(u64, String), ApiError> {
     let claimed = checksum_header(headers)?;
     let mut out = tokio::fs::File::from_std(file.reopen().map_err(unavailable)?);
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
@@ -616,7 +607,7 @@ async fn receive(
             "the upload's SHA-256 is {actual}, not the {claimed} it was sent with"
         )));
     }
-    Ok(size)
+    Ok((size, actual))
 }
 
 /// Stores an artifact file uploaded by the agent holding the lease; the body's SHA-256 must
@@ -633,19 +624,12 @@ pub async fn put_blob(
     held_build(&s, entry, q.token).await?;
     let blobs = s.builds.storage.blobs()?;
     let tmp = tempfile::NamedTempFile::new_in(blobs.root().join("tmp")).map_err(unavailable)?;
-    receive(&headers, body, &tmp, s.builds.storage.artifact_max_job, "the per-job artifact cap").await?;
-    let path = tmp.path().to_path_buf();
-    let stored = tokio::task::spawn_blocking(move || -> Result<_, crate::engine::artifacts::ArtifactError> {
-        let mut f = std::fs::File::open(&path).map_err(|e| crate::engine::artifacts::ArtifactError::Io {
-            what: "cannot read",
-            path: path.display().to_string(),
-            source: e,
-        })?;
-        crate::engine::artifacts::BlobStore::put(&blobs, &mut f)
-    })
-    .await
-    .map_err(unavailable)??;
-    drop(tmp);
+    let (size, sha256) =
+        receive(&headers, body, &tmp, s.builds.storage.artifact_max_job, "the per-job artifact cap").await?;
+    // Checked while received: moved into place as it is, not copied and hashed again.
+    let name = tmp.path().file_name().map(|n| format!("tmp/{}", n.to_string_lossy())).unwrap_or_default();
+    let _path = tmp.into_temp_path();
+    let stored = blobs.adopt(&name, &sha256, size)?;
     Ok(Json(json!({"sha256": stored.sha256, "size": stored.size})))
 }
 
@@ -745,8 +729,7 @@ pub async fn put_cache(
     let dir = cfg.cache_dir();
     tokio::fs::create_dir_all(&dir).await.map_err(unavailable)?;
     let tmp = tempfile::Builder::new().prefix(".chengis-upload-").tempfile_in(&dir).map_err(unavailable)?;
-    let size = receive(&headers, body, &tmp, cfg.cache_max_entry, "the largest cache entry").await?;
-    let sha256 = checksum_header(&headers)?;
+    let (size, sha256) = receive(&headers, body, &tmp, cfg.cache_max_entry, "the largest cache entry").await?;
     let packed = chengis_archive::tarzst::Packed { file: tmp, sha256, size, files: q.files };
     let cache = crate::engine::cache::ResolvedCache { key: q.key.clone(), restore_keys: Vec::new(), paths: Vec::new() };
     let lines = crate::engine::cache::keep(&s.builds.store, cfg, &scope, &cache, packed, q.files).await;

@@ -310,6 +310,19 @@ pub struct Needs {
 }
 
 impl Needs {
+    /// What a planned job's `resources:` ask of its agent.
+    pub fn of(spec: &chengis_pipeline::PlannedJob) -> Needs {
+        Needs {
+            cpu_millis: spec.container.nano_cpus.map_or(0, |n| (n / 1_000_000) as i64),
+            memory_mb: spec.container.memory.map_or(0, |m| (m >> 20) as i64),
+        }
+    }
+
+    /// Whether the job fits in `free` resources right now.
+    pub fn fits_in(&self, free: Needs) -> bool {
+        self.cpu_millis <= free.cpu_millis && self.memory_mb <= free.memory_mb
+    }
+
     /// Whether an agent with `cpus` cores and `memory_mb` MiB (0: unknown, fits all) can ever
     /// run the job.
     pub fn fits(&self, cpus: i64, memory_mb: i64) -> bool {

@@ -464,6 +464,18 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT spec FROM build_jobs WHERE id = $1").bind(id).fetch_one(self.pool()).await?)
     }
 
+    /// The planned job of build job `id`, parsed.
+    pub async fn planned_job(&self, id: i64) -> Result<chengis_pipeline::PlannedJob, StoreError> {
+        serde_json::from_str(&self.build_job_spec(id).await?)
+            .map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })
+    }
+
+    /// The plan of build `build_id`, parsed (an unplanned build is a corrupt plan here).
+    pub async fn plan(&self, build_id: i64) -> Result<chengis_pipeline::Plan, StoreError> {
+        serde_json::from_str(&self.build_plan(build_id).await?.unwrap_or_default())
+            .map_err(|e| StoreError::Corrupt { what: "plan", detail: e.to_string() })
+    }
+
     /// Records outputs and the sandbox of the build job `lease` holds (refused when stale).
     pub async fn set_build_job_result(
         &self,

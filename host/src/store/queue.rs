@@ -237,9 +237,7 @@ impl Store {
             if !c.labels.iter().all(|l| req.labels.contains(l)) {
                 continue;
             }
-            if let Some(free) = req.free
-                && (c.needs.cpu_millis > free.cpu_millis || c.needs.memory_mb > free.memory_mb)
-            {
+            if req.free.is_some_and(|free| !c.needs.fits_in(free)) {
                 continue;
             }
             if let (Some(owner), Some(registered)) = (&c.owner, req.registered_ms)
