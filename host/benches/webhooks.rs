@@ -61,8 +61,7 @@ async fn read_response(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> s
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head is not UTF-8"))?;
-            let status: u16 =
-                head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status code"))?;
+            let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status code"))?;
             let length: usize = head
                 .lines()
                 .find_map(|l| {
