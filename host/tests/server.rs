@@ -1212,6 +1212,33 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
         call("POST", &format!("{}/api/v1/builds/{id}/cancel", s.url), None);
     }
 
+    // The group may be an expression of the parameters and the event, decided at planning:
+    // a build for another target runs on, a build for the same target cancels the older one.
+    let dir = tmp.path().join("per-target");
+    let url = repo(
+        &dir,
+        "params:\n  target:\n    default: staging\nconcurrency:\n  group: deploy-${{ params.target }}-${{ git.event }}\n  \
+         cancel-in-progress: true\njobs:\n  build:\n    steps:\n      - run: sleep 30\n",
+    );
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "per-target", "repo_url": url})));
+    let deploy = |target: &str| {
+        let body = json!({"params": {"target": target}});
+        let (st, v) = call("POST", &format!("{}/api/v1/jobs/per-target/builds", s.url), Some(body));
+        assert_eq!(st, 201, "{v}");
+        let id = v["id"].as_i64().unwrap();
+        wait_build(&s, id, |b| b["build"]["status"] == "running" || finished(b));
+        id
+    };
+    let (staging, prod) = (deploy("staging"), deploy("prod"));
+    let staging_again = deploy("staging");
+    let b = wait_build(&s, staging, finished);
+    assert_eq!(b["build"]["status"], "cancelled", "{b}");
+    let (_, b) = call("GET", &format!("{}/api/v1/builds/{prod}", s.url), None);
+    assert_eq!(b["build"]["status"], "running", "another target's group is another group: {b}");
+    for id in [prod, staging_again] {
+        call("POST", &format!("{}/api/v1/builds/{id}/cancel", s.url), None);
+    }
+
     // The rate limit: past it, 429 with Retry-After.
     let mut limited = None;
     for n in 0..40 {

@@ -49,6 +49,9 @@ pub fn check(decoded: &Decoded, src: &str, opts: &LintOptions, diags: &mut Diagn
         c.value(v, &child("env", k), &[]);
     }
     let params: Vec<String> = p.params.keys().cloned().collect();
+    if let Some(cc) = &p.concurrency {
+        c.concurrency_group(&cc.group, &params);
+    }
     for (id, job) in &p.jobs {
         c.job(id, job, &params);
     }
@@ -101,6 +104,9 @@ pub fn check(decoded: &Decoded, src: &str, opts: &LintOptions, diags: &mut Diagn
     }
     if errors.is_empty() { order } else { Vec::new() }
 }
+
+/// The contexts `concurrency.group` may read (those known when a build is planned).
+pub const CONCURRENCY_CONTEXTS: &[&str] = &["params", "git"];
 
 impl Checker<'_> {
     fn pos(&self, path: &str, offset: Option<(&str, usize)>) -> crate::diag::Pos {
@@ -187,6 +193,33 @@ impl Checker<'_> {
         for e in subst::check_syntax(v) {
             let pos = self.pos(path, Some((v, e.offset())));
             self.diags.error("substitution-syntax", pos, path, e.to_string());
+        }
+    }
+
+    /// Checks `concurrency.group`: decided when the build is planned, so its expressions may
+    /// read `params` and `git` only.
+    fn concurrency_group(&mut self, group: &str, params: &[String]) {
+        let path = "concurrency.group";
+        self.value(group, path, &[Scope::Params(params)]);
+        let Ok(t) = expr::parse_template(group) else { return };
+        for part in &t.parts {
+            let expr::TemplatePart::Expr { expr, offset, .. } = part else { continue };
+            for (ctx, _) in expr.contexts() {
+                if !CONCURRENCY_CONTEXTS.contains(&ctx.as_str()) {
+                    let at = group[*offset..].find(ctx.as_str()).map_or(*offset, |i| offset + i);
+                    let pos = self.pos(path, Some((group, at)));
+                    self.diags
+                        .error(
+                            "concurrency-context",
+                            pos,
+                            path,
+                            format!(
+                                "`{ctx}` is not known when the build is planned, so `concurrency.group` cannot use it"
+                            ),
+                        )
+                        .help("use `params` and `git` (for example `${{ git.branch }}`)");
+                }
+            }
         }
     }
 

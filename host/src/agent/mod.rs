@@ -5,7 +5,7 @@
 //! (`remote`), and the server's half of them lives in `server_side`.
 
 use crate::engine::builds::BuildContext;
-use crate::engine::checkout::{CheckoutRequest, checkout};
+use crate::engine::checkout::{CheckoutRequest, checkout_cached};
 use crate::engine::context;
 use crate::engine::events::RunEvent;
 use crate::engine::job::{ContainerSpec, JobEnv, JobSpec, run_job};
@@ -171,7 +171,8 @@ async fn run_assignment(
         ..CheckoutRequest::default()
     };
     let ws = workspace.clone();
-    let info = match tokio::task::spawn_blocking(move || checkout(&req, &ws)).await {
+    let cache = crate::engine::checkout::cache_dir(&work.join("git-cache"), &req);
+    let info = match tokio::task::spawn_blocking(move || checkout_cached(&req, &ws, &cache)).await {
         Ok(Ok(info)) => info,
         Ok(Err(e)) => return fail(link, &a, &e.to_string()).await,
         Err(e) => return fail(link, &a, &e.to_string()).await,

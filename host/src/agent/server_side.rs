@@ -317,7 +317,7 @@ pub async fn finish(
 /// The `git` context of a server build: the commit (`sha`, `short_sha`, `branch`, `tag`,
 /// `message`, `author`), the `event` that started it (`push`, `tag`, `pull_request`,
 /// `schedule`, `manual`, ...) and, for pull requests, `pr` (`number`, `head`, `base`).
-fn git_context(build: &BuildSummary, trigger: Option<&TriggerContext>) -> Value {
+pub(crate) fn git_context(build: &BuildSummary, trigger: Option<&TriggerContext>) -> Value {
     let (branch, tag) = match build.branch.strip_prefix("refs/tags/") {
         Some(tag) => (String::new(), tag.to_string()),
         None => (build.branch.clone(), String::new()),

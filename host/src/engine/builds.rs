@@ -232,13 +232,28 @@ impl BuildContext {
             let opts = LintOptions { max_matrix: self.max_matrix, ..LintOptions::default() };
             lint_and_plan(&text, &path, &opts, &inputs)
         };
-        let plan = match planned {
+        let mut plan = match planned {
             Ok((plan, _warnings)) => plan,
             Err(diags) => {
                 let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
                 return self.fail_build(build_id, &format!("the pipeline does not plan:\n{}", text.join("\n"))).await;
             }
         };
+        // `concurrency.group` is decided now, from the parameters and the event, and stored
+        // in the plan as text: later builds compare their group with it.
+        if let Some(cc) = plan.concurrency.as_mut()
+            && cc.group.contains("${{")
+        {
+            let contexts = super::context::Contexts {
+                params: super::context::object(&plan.params),
+                git: crate::agent::server_side::git_context(&summary, context.as_ref()),
+                ..Default::default()
+            };
+            match super::context::render_str(&cc.group, &contexts) {
+                Ok(group) => cc.group = group,
+                Err(e) => return self.fail_build(build_id, &format!("concurrency.group: {e}")).await,
+            }
+        }
         // The default branch's pipeline decides the job's `on.schedule` entries.
         if summary.branch == job.default_branch {
             let crons: Vec<String> =

@@ -1,7 +1,9 @@
 //! Git checkout with libgit2: a per-job workspace at the exact commit of the build (shallow
 //! where the transport allows), branch and tag refs, submodules on request, and the commit's
-//! metadata for the step environment. The server also keeps a bare mirror per job to resolve
-//! branches and read the pipeline file at a commit before planning.
+//! metadata for the step environment; agents keep the objects of each repository in a bare
+//! cache between jobs (a commit already fetched checks out without a fetch). The server also
+//! keeps a bare mirror per job to resolve branches and read the pipeline file at a commit
+//! before planning.
 
 use git2::{FetchOptions, Oid, Repository};
 use std::path::{Path, PathBuf};
@@ -306,6 +308,73 @@ pub fn checkout(req: &CheckoutRequest, dest: &Path) -> Result<CommitInfo, Checko
     Ok(info(&commit, req))
 }
 
+/// The lock serialising fetches into the repository at `dir` within this process (two jobs
+/// fetching into one repository at once would race for its ref locks).
+fn dir_lock(dir: &Path) -> Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>> =
+        std::sync::LazyLock::new(Default::default);
+    LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(dir.to_path_buf()).or_default().clone()
+}
+
+/// Where under `root` the object cache of `req`'s repository lives: one bare repository per
+/// URL and credentials (a job without the credentials never reads objects fetched with them).
+pub fn cache_dir(root: &Path, req: &CheckoutRequest) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(req.url.as_bytes());
+    if let Some(c) = &req.credentials {
+        for part in [Some(&c.username), c.token.as_ref(), c.ssh_key.as_ref(), c.known_hosts.as_ref()] {
+            h.update([0u8]);
+            h.update(part.map_or(&b""[..], |p| p.as_bytes()));
+        }
+    }
+    root.join(hex::encode(&h.finalize()[..12]))
+}
+
+/// Checks out `req` into `dest` like [`checkout`], with the objects kept in the bare repository
+/// `cache` between jobs: the workspace's repository borrows them (`objects/info/alternates`,
+/// as `git clone --reference` does), so a commit already fetched is checked out without a
+/// fetch. Only for an exact commit (a branch tip may have moved) and without submodules;
+/// other requests take [`checkout`].
+pub fn checkout_cached(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Result<CommitInfo, CheckoutError> {
+    let Some(sha) = req.commit.as_deref().filter(|_| !req.submodules && req.tag.is_none()) else {
+        return checkout(req, dest);
+    };
+    let url = &req.url;
+    let oid = Oid::from_str(sha).map_err(git_err("parse commit", url))?;
+    {
+        let lock = dir_lock(cache);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = match Repository::open_bare(cache) {
+            Ok(r) => r,
+            Err(_) => Repository::init_bare(cache).map_err(git_err("init cache", url))?,
+        };
+        if cached.find_commit(oid).is_err() {
+            let mut specs = refspecs(req);
+            specs.push(sha.to_string());
+            if fetch(&cached, url, &specs, 0, req.credentials.as_ref()).is_err() || cached.find_commit(oid).is_err() {
+                let all =
+                    vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
+                fetch(&cached, url, &all, 0, req.credentials.as_ref())?;
+            }
+        }
+    }
+    let repo = Repository::init(dest).map_err(git_err("init", url))?;
+    let objects = std::fs::canonicalize(cache.join("objects")).unwrap_or_else(|_| cache.join("objects"));
+    std::fs::write(repo.path().join("objects/info/alternates"), format!("{}\n", objects.display()))
+        .map_err(|e| CheckoutError::Git { action: "write alternates", url: url.clone(), message: e.to_string() })?;
+    // Open again: libgit2 reads the alternates when it opens the object database.
+    let repo = Repository::open(dest).map_err(git_err("open", url))?;
+    let commit = find_commit(&repo, req)?;
+    if let Some(branch) = &req.branch {
+        repo.reference(&format!("refs/remotes/origin/{branch}"), oid, true, "chengis checkout")
+            .map_err(git_err("set branch ref", url))?;
+    }
+    repo.set_head_detached(oid).map_err(git_err("detach HEAD", url))?;
+    repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).map_err(git_err("check out", url))?;
+    Ok(info(&commit, req))
+}
+
 /// A bare mirror of a job's repository, for resolving refs and reading files at a commit.
 pub struct Mirror {
     repo: Repository,
@@ -317,10 +386,7 @@ impl Mirror {
     /// mirror are serialised within the process: two builds planned at once would otherwise
     /// race for the mirror's ref locks.
     pub fn update(dir: &Path, url: &str, creds: Option<&GitCredentials>) -> Result<Mirror, CheckoutError> {
-        static LOCKS: std::sync::LazyLock<
-            std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>,
-        > = std::sync::LazyLock::new(Default::default);
-        let lock = LOCKS.lock().unwrap_or_else(|e| e.into_inner()).entry(dir.to_path_buf()).or_default().clone();
+        let lock = dir_lock(dir);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let repo = match Repository::open_bare(dir) {
             Ok(r) => r,
@@ -449,6 +515,49 @@ mod tests {
         git(dir.path(), &["add", "."]);
         git(dir.path(), &["commit", "-qm", "second\n\nbody"]);
         (dir, first)
+    }
+
+    #[test]
+    fn cached_checkout_fetches_once_and_git_works_in_the_workspace() {
+        let (src, first) = repo();
+        let url = format!("file://{}", src.path().display());
+        let second = git(src.path(), &["rev-parse", "HEAD"]);
+        let root = tempfile::tempdir().unwrap();
+        let req = |commit: &str| CheckoutRequest {
+            url: url.clone(),
+            branch: Some("main".into()),
+            commit: Some(commit.to_string()),
+            depth: 1,
+            ..Default::default()
+        };
+        let cache = cache_dir(root.path(), &req(&first));
+        let ws = tempfile::tempdir().unwrap();
+        let got = checkout_cached(&req(&second), ws.path(), &cache).unwrap();
+        assert_eq!((got.sha.as_str(), got.message.as_str()), (second.as_str(), "second\n\nbody"));
+        assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "two");
+        // The workspace is a working git repository (objects borrowed from the cache).
+        assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), second);
+        assert_eq!(git(ws.path(), &["rev-parse", "origin/main"]), second);
+        assert_eq!(git(ws.path(), &["status", "--porcelain"]), "");
+        assert_eq!(git(ws.path(), &["log", "--format=%s"]), "second\nfirst");
+
+        // Both commits are cached now: with the origin gone, they still check out.
+        let moved = tempfile::tempdir().unwrap();
+        std::fs::rename(src.path(), moved.path().join("gone")).unwrap();
+        for (commit, text) in [(&first, "one"), (&second, "two")] {
+            let ws = tempfile::tempdir().unwrap();
+            assert_eq!(checkout_cached(&req(commit), ws.path(), &cache).unwrap().sha, *commit);
+            assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), text);
+        }
+        // A commit the cache lacks is fetched (here: fails, the origin is gone).
+        let ws = tempfile::tempdir().unwrap();
+        let missing = "0123456789012345678901234567890123456789";
+        assert!(checkout_cached(&req(missing), ws.path(), &cache).is_err());
+
+        // Other credentials, another cache: objects fetched with a token are not shared.
+        let mut with_token = req(&first);
+        with_token.credentials = Some(GitCredentials { token: Some("t".into()), ..Default::default() });
+        assert_ne!(cache_dir(root.path(), &with_token), cache);
     }
 
     #[test]

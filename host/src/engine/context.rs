@@ -91,6 +91,23 @@ pub fn render(text: &Text, ctx: &Contexts) -> Result<String, String> {
     Ok(out)
 }
 
+/// Renders a text as written in the pipeline (`${{ }}` expressions evaluated), for values
+/// decided outside a step, such as `concurrency.group` at planning.
+pub fn render_str(s: &str, ctx: &Contexts) -> Result<String, String> {
+    let template = expr::parse_template(s).map_err(|e| e.message)?;
+    let mut out = String::new();
+    for part in &template.parts {
+        match part {
+            expr::TemplatePart::Literal(lit) => out.push_str(lit),
+            expr::TemplatePart::Expr { expr, source, .. } => {
+                let v = expr.eval(ctx).map_err(|e| format!("in `${{{{ {source} }}}}`: {e}"))?;
+                out.push_str(&expr::to_display_string(&v));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Evaluates one expression source.
 pub fn eval(src: &str, ctx: &Contexts) -> Result<Value, String> {
     let e = expr::parse(src).map_err(|e| format!("in `${{{{ {src} }}}}`: {}", e.message))?;
