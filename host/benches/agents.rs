@@ -6,7 +6,7 @@
 //! - log lines per second from an agent to the server and out over SSE (a job printing 200,000
 //!   lines, followed live).
 //!
-//! Run with `cargo bench -p chengis --bench agents`.
+//! Run with `cargo bench -p chengis --bench agents` (`-- jobs` for one of `lease`, `jobs`, `log`).
 
 mod common;
 
@@ -246,7 +246,13 @@ fn log_lines(dir: &Path) {
 
 fn main() {
     let dir = tempfile::tempdir().unwrap();
-    for (i, bench) in [lease_round_trip as fn(&Path), jobs_per_second, log_lines].iter().enumerate() {
+    // A name given after `--` runs only the benches whose name contains it (for profiling).
+    let only: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let benches = [("lease", lease_round_trip as fn(&Path)), ("jobs", jobs_per_second), ("log", log_lines)];
+    for (i, (name, bench)) in benches.iter().enumerate() {
+        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+            continue;
+        }
         let d = dir.path().join(i.to_string());
         std::fs::create_dir_all(&d).unwrap();
         bench(&d);

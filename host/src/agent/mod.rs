@@ -171,9 +171,13 @@ async fn run_assignment(
         ..CheckoutRequest::default()
     };
     let ws = workspace.clone();
+    let t0 = Instant::now();
     let cache = crate::engine::checkout::cache_dir(&work.join("git-cache"), &req);
     let info = match tokio::task::spawn_blocking(move || checkout_cached(&req, &ws, &cache)).await {
-        Ok(Ok(info)) => info,
+        Ok(Ok(info)) => {
+            tracing::debug!("checked out {} in {} ms", info.short_sha, t0.elapsed().as_millis());
+            info
+        }
         Ok(Err(e)) => return fail(link, &a, &e.to_string()).await,
         Err(e) => return fail(link, &a, &e.to_string()).await,
     };
@@ -420,7 +424,8 @@ async fn system_lines(link: &Link, a: &Assignment, masker: &SecretMasker, texts:
 
 /// Renews the lease every `every`; a cancel request or a lost lease cancels the job.
 async fn renew_loop(link: Link, lease: Lease, ttl: Duration, every: Duration, cancel: CancelSignal) {
-    let mut tick = tokio::time::interval(every);
+    // The lease was just granted: the first renewal is due one period from now.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tick.tick().await;
         match link.renew(&lease, ttl).await {

@@ -276,10 +276,16 @@ fn info(commit: &git2::Commit<'_>, req: &CheckoutRequest) -> CommitInfo {
     }
 }
 
+/// Creates the workspace's repository in `dest`, without copying git's templates (a dozen
+/// sample hooks per job that nothing runs).
+fn init_workspace(dest: &Path) -> Result<Repository, git2::Error> {
+    Repository::init_opts(dest, git2::RepositoryInitOptions::new().external_template(false))
+}
+
 /// Checks out `req` into `dest` (created if needed), fetching only what it needs.
 pub fn checkout(req: &CheckoutRequest, dest: &Path) -> Result<CommitInfo, CheckoutError> {
     let url = &req.url;
-    let repo = Repository::init(dest).map_err(git_err("init", url))?;
+    let repo = init_workspace(dest).map_err(git_err("init", url))?;
     let mut specs = refspecs(req);
     if let Some(sha) = &req.commit
         && req.branch.is_none()
@@ -347,7 +353,10 @@ pub fn checkout_cached(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Resu
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let cached = match Repository::open_bare(cache) {
             Ok(r) => r,
-            Err(_) => Repository::init_bare(cache).map_err(git_err("init cache", url))?,
+            Err(_) => {
+                Repository::init_opts(cache, git2::RepositoryInitOptions::new().bare(true).external_template(false))
+                    .map_err(git_err("init cache", url))?
+            }
         };
         if cached.find_commit(oid).is_err() {
             let mut specs = refspecs(req);
@@ -359,7 +368,7 @@ pub fn checkout_cached(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Resu
             }
         }
     }
-    let repo = Repository::init(dest).map_err(git_err("init", url))?;
+    let repo = init_workspace(dest).map_err(git_err("init", url))?;
     let objects = std::fs::canonicalize(cache.join("objects")).unwrap_or_else(|_| cache.join("objects"));
     std::fs::write(repo.path().join("objects/info/alternates"), format!("{}\n", objects.display()))
         .map_err(|e| CheckoutError::Git { action: "write alternates", url: url.clone(), message: e.to_string() })?;
