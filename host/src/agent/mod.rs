@@ -5,7 +5,7 @@
 //! (`remote`), and the server's half of them lives in `server_side`.
 
 use crate::engine::builds::BuildContext;
-use crate::engine::checkout::{CheckoutRequest, checkout_cached};
+use crate::engine::checkout::{CheckoutRequest, checkout, checkout_cached};
 use crate::engine::context;
 use crate::engine::events::RunEvent;
 use crate::engine::job::{ContainerSpec, JobEnv, JobSpec, run_job};
@@ -172,8 +172,16 @@ async fn run_assignment(
     };
     let ws = workspace.clone();
     let t0 = Instant::now();
-    let cache = crate::engine::checkout::cache_dir(&work.join("git-cache"), &req);
-    let info = match tokio::task::spawn_blocking(move || checkout_cached(&req, &ws, &cache)).await {
+    // A job whose steps run on this host borrows objects from the agent's cache; in a
+    // container only the workspace is mounted, so its `.git` must hold its own objects.
+    let on_host = a.spec.image.is_none() && a.spec.steps.iter().all(|s| s.image.is_none());
+    let cache = on_host.then(|| crate::engine::checkout::cache_dir(&work.join("git-cache"), &req));
+    let info = match tokio::task::spawn_blocking(move || match cache {
+        Some(cache) => checkout_cached(&req, &ws, &cache),
+        None => checkout(&req, &ws),
+    })
+    .await
+    {
         Ok(Ok(info)) => {
             tracing::debug!("checked out {} in {} ms", info.short_sha, t0.elapsed().as_millis());
             info
