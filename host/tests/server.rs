@@ -284,7 +284,7 @@ fn container_jobs_run_on_the_embedded_agent_and_a_restart_reaps_what_kill_9_left
     let url = repo(
         &tmp.path().join("repo"),
         &format!(
-            "jobs:\n  j:\n    image: {}\n    pull: never\n    user: \"1000\"\n    services:\n      web:\n        image: {}\n        ports: [80]\n    steps:\n      - run: echo \"in $CHENGIS_WORKSPACE as $(id -u)\"; touch written-by-1000; echo before-crash; sleep 3; wget -qO- http://web/\n",
+            "jobs:\n  j:\n    image: {}\n    pull: never\n    user: \"1000\"\n    services:\n      web:\n        image: {}\n        ports: [80]\n    steps:\n      - run: echo \"in $CHENGIS_WORKSPACE as $(id -u)\"; touch written-by-1000; test -f .git/HEAD && test ! -e .git/objects/info/alternates && echo self-contained-git; echo before-crash; sleep 3; wget -qO- http://web/\n",
             docker_support::IMAGE,
             docker_support::SERVICE_IMAGE
         ),
@@ -318,6 +318,9 @@ fn container_jobs_run_on_the_embedded_agent_and_a_restart_reaps_what_kill_9_left
     assert_eq!(b["build"]["status"], "success", "{b}");
     let lines = log_texts(&s, id, "j");
     assert!(lines.contains(&"in /workspace as 1000".to_string()), "{lines:?}");
+    // Only the workspace is mounted: its .git holds its own objects (no alternates to the
+    // agent's object cache, which the container cannot see).
+    assert!(lines.contains(&"self-contained-git".to_string()), "{lines:?}");
     assert_eq!(b["jobs"][0]["job"]["sandbox"], "docker:chengis-test/busybox", "{b}");
     assert_eq!(lines.last().map(String::as_str), Some("hello from the service"));
     assert!(docker_support::objects("container", &label).is_empty(), "the finished job left containers");
