@@ -28,17 +28,8 @@ impl Drop for Proc {
 
 fn serve(dir: &Path) -> (Proc, String) {
     let db = format!("sqlite://{}", dir.join("db.sqlite").display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--agents", "0", "--database-url", &db])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    (Proc(child), line.trim().trim_start_matches("chengis listening on ").to_string())
+    let (child, url) = common::serve(&dir.join("data"), &db, "0");
+    (Proc(child), url)
 }
 
 fn agent(dir: &Path, url: &str, token: &str, name: &str) -> Proc {

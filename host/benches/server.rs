@@ -16,7 +16,6 @@ use chengis::store::builds::NewBuild;
 use chengis::store::jobs::NewJob;
 use chengis::store::queue::{LeaseRequest, Priority};
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 async fn build_jobs(store: &Store, n: usize) -> Vec<i64> {
@@ -84,21 +83,6 @@ async fn queue_throughput(label: &str, url: &str) {
     );
 }
 
-/// Starts `chengis serve` with `agents` embedded agents on `db`; returns the child and its URL.
-fn serve(data: &std::path::Path, db: &str, agents: &str) -> (std::process::Child, String) {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--agents", agents, "--database-url", db])
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    (server, line.trim().trim_start_matches("chengis listening on ").to_string())
-}
-
 /// Follows a job's log over SSE until `want` lines arrived; returns how long that took.
 fn follow(url: String, want: u64, start: Instant) -> Duration {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
@@ -145,7 +129,7 @@ async fn log_ingestion(dir: &std::path::Path) {
         .await
         .unwrap()
         .remove(0);
-    let (mut server, base) = serve(&dir.join("data"), &db, "0");
+    let (mut server, base) = common::serve(&dir.join("data"), &db, "0");
     let total_lines: u64 = 400_000;
     let batch = 500u64;
     let start = Instant::now();
@@ -198,7 +182,7 @@ fn trigger_to_first_log() {
     let dir = tempfile::tempdir().unwrap();
     let repo = common::repo(&dir.path().join("repo"), "jobs:\n  j:\n    steps:\n      - run: echo hello\n");
     let db = format!("sqlite://{}", dir.path().join("trigger.db").display());
-    let (mut server, base) = serve(&dir.path().join("data"), &db, "1");
+    let (mut server, base) = common::serve(&dir.path().join("data"), &db, "1");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     agent
         .post(&format!("{base}/api/v1/jobs"))

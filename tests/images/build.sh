@@ -8,14 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 . ./lib.sh
 recipe=$(recipe build.sh lib.sh)
-if image_current chengis-test/httpd:latest "$recipe" && image_current chengis-test/busybox:latest "$recipe"; then
-  echo "test images are up to date ($recipe)"
-  exit 0
-fi
-
-root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
-busybox_rootfs "$root"
+new_rootfs "$recipe" chengis-test/busybox:latest chengis-test/httpd:latest
 add_user "$root" builder 1000 /home/builder
 mkdir -p "$root"/{workspace,www}
 echo "hello from the service" > "$root/www/index.html"

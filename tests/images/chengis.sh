@@ -19,14 +19,7 @@ image=chengis-test/chengis:latest
 libs=$(shared_libs "$binary")
 # shellcheck disable=SC2086 # one path a line, none with spaces
 recipe=$(recipe chengis.sh lib.sh "$binary" $libs)
-if image_current "$image" "$recipe"; then
-  echo "$image is up to date ($recipe)"
-  exit 0
-fi
-
-root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
-busybox_rootfs "$root"
+new_rootfs "$recipe" "$image"
 ca_certificates "$root"
 install -D -m 0755 "$binary" "$root/usr/local/bin/chengis"
 copy_libs "$root" "$binary"

@@ -15,6 +15,23 @@ image_current() {
   [ "$(docker image inspect -f '{{index .Config.Labels "chengis.recipe"}}' "$1" 2>/dev/null)" = "$2" ]
 }
 
+# new_rootfs RECIPE IMAGE...: exits when every IMAGE was built from RECIPE; otherwise sets
+# `root` to a new busybox root filesystem (removed when the script exits) to build them from.
+new_rootfs() {
+  local recipe=$1 image current=1
+  shift
+  for image in "$@"; do
+    image_current "$image" "$recipe" || current=0
+  done
+  if [ "$current" = 1 ]; then
+    echo "$* up to date ($recipe)"
+    exit 0
+  fi
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
+  busybox_rootfs "$root"
+}
+
 # busybox_rootfs ROOT: a minimal root filesystem in ROOT: busybox from Debian's busybox-static
 # package with every applet linked in /bin (/sbin, /usr/bin and /usr/sbin point there), root
 # and nobody in /etc/passwd and /etc/group, a world-writable /tmp and the mount points.

@@ -25,14 +25,7 @@ if [ -z "$v" ]; then
 fi
 bin=/usr/lib/postgresql/$v/bin
 recipe=$(recipe postgres.sh lib.sh <(echo "$v"; dpkg-query -W "postgresql-$v" "libpq5" 2>/dev/null || "$bin/postgres" -V))
-if image_current "$image" "$recipe"; then
-  echo "$image is up to date ($recipe)"
-  exit 0
-fi
-
-root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
-busybox_rootfs "$root"
+new_rootfs "$recipe" "$image"
 add_user "$root" postgres 999 /var/lib/postgresql
 mkdir -p "$root/var/run/postgresql" "$root/usr/share"
 chown 999:999 "$root/var/run/postgresql"

@@ -1,7 +1,25 @@
-//! Shared by the benches: a git repository holding one pipeline file.
+//! Shared by the benches: a git repository holding one pipeline file, and a running
+//! `chengis serve`.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+
+/// Starts `chengis serve` on a free loopback port with `agents` embedded agents, the database
+/// `db` and the data directory `data`; returns the child and its URL.
+pub fn serve(data: &Path, db: &str, agents: &str) -> (Child, String) {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--agents", agents, "--database-url", db])
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (server, line.trim().trim_start_matches("chengis listening on ").to_string())
+}
 
 /// Creates a git repository at `dir` whose one commit on `main` holds `chengis.yml` with
 /// `pipeline`; returns its `file://` URL.

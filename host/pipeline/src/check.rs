@@ -199,28 +199,7 @@ impl Checker<'_> {
     /// Checks `concurrency.group`: decided when the build is planned, so its expressions may
     /// read `params` and `git` only.
     fn concurrency_group(&mut self, group: &str, params: &[String]) {
-        let path = "concurrency.group";
-        self.value(group, path, &[Scope::Params(params)]);
-        let Ok(t) = expr::parse_template(group) else { return };
-        for part in &t.parts {
-            let expr::TemplatePart::Expr { expr, offset, .. } = part else { continue };
-            for (ctx, _) in expr.contexts() {
-                if !CONCURRENCY_CONTEXTS.contains(&ctx.as_str()) {
-                    let at = group[*offset..].find(ctx.as_str()).map_or(*offset, |i| offset + i);
-                    let pos = self.pos(path, Some((group, at)));
-                    self.diags
-                        .error(
-                            "concurrency-context",
-                            pos,
-                            path,
-                            format!(
-                                "`{ctx}` is not known when the build is planned, so `concurrency.group` cannot use it"
-                            ),
-                        )
-                        .help("use `params` and `git` (for example `${{ git.branch }}`)");
-                }
-            }
-        }
+        self.value(group, "concurrency.group", &[Scope::Params(params), Scope::Planning]);
     }
 
     /// Checks an `if:`; the whole text is an expression, `${{ }}` around it is optional.
@@ -259,6 +238,19 @@ impl Checker<'_> {
     /// Checks that `needs.X`, `matrix.X`, `steps.X` and `params.X` name something that exists.
     fn references(&mut self, e: &expr::Expr, path: &str, value: &str, offset: usize, scope: &[Scope<'_>]) {
         for (ctx, segs) in e.contexts() {
+            if scope.iter().any(|s| matches!(s, Scope::Planning)) && !CONCURRENCY_CONTEXTS.contains(&ctx.as_str()) {
+                let at = value[offset..].find(ctx.as_str()).map_or(offset, |i| offset + i);
+                let pos = self.pos(path, Some((value, at)));
+                self.diags
+                    .error(
+                        "concurrency-context",
+                        pos,
+                        path,
+                        format!("`{ctx}` is not known when the build is planned, so `{path}` cannot use it"),
+                    )
+                    .help("use `params` and `git` (for example `${{ git.branch }}`)");
+                continue;
+            }
             let Some(first) = segs.first() else { continue };
             for s in scope {
                 let (name, known, what) = match s {
@@ -266,6 +258,7 @@ impl Checker<'_> {
                     Scope::Matrix(m) => ("matrix", *m, "matrix key of this job"),
                     Scope::Steps(st) => ("steps", *st, "step id before this step"),
                     Scope::Params(p) => ("params", *p, "declared parameter"),
+                    Scope::Planning => continue,
                 };
                 if ctx != name || known.iter().any(|k| k == first) {
                     continue;
@@ -506,6 +499,8 @@ enum Scope<'a> {
     Matrix(&'a [String]),
     Steps(&'a [String]),
     Params(&'a [String]),
+    /// A value decided when the build is planned: only [`CONCURRENCY_CONTEXTS`] exist.
+    Planning,
 }
 
 fn first_line(s: &str) -> &str {
