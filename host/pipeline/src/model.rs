@@ -142,6 +142,27 @@ pub struct Param {
     /// When set, the value must be one of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+    /// `string` (the default) or `boolean` (the value is `true` or `false`; unset means `false`).
+    #[serde(default, rename = "type", skip_serializing_if = "ParamType::is_string")]
+    pub kind: ParamType,
+}
+
+/// The type of a parameter's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    /// Any text.
+    #[default]
+    String,
+    /// `true` or `false`.
+    Boolean,
+}
+
+impl ParamType {
+    /// Whether this is the default type (`string`).
+    pub fn is_string(&self) -> bool {
+        *self == ParamType::String
+    }
 }
 
 /// One job: steps that run in order in one sandbox.

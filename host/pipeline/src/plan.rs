@@ -57,6 +57,9 @@ pub struct Plan {
     pub name: String,
     /// Parameters with their resolved values.
     pub params: IndexMap<String, String>,
+    /// The parameters as the pipeline declares them (the dashboard's trigger form).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub declared_params: IndexMap<String, model::Param>,
     /// Pipeline-level environment.
     pub env: IndexMap<String, Text>,
     /// Jobs, every job after the jobs it needs.
@@ -225,6 +228,7 @@ pub fn plan(
     Ok(Plan {
         name: pipeline.name.clone().unwrap_or_else(|| file.to_string()),
         params,
+        declared_params: pipeline.params.clone(),
         env,
         jobs,
         post_always,
@@ -274,8 +278,18 @@ impl Planner<'_> {
                         .help(format!("pass it with `--param {name}=VALUE`"));
                     continue;
                 }
+                (None, None) if decl.kind == model::ParamType::Boolean => "false".to_string(),
                 (None, None) => String::new(),
             };
+            if decl.kind == model::ParamType::Boolean && value != "true" && value != "false" {
+                let pos = self.decoded.spans.pos(&path);
+                self.diags.error(
+                    "invalid-param",
+                    pos,
+                    &path,
+                    format!("parameter `{name}` is a boolean: `true` or `false`, not `{value}`"),
+                );
+            }
             if !decl.choices.is_empty() && !decl.choices.contains(&value) {
                 let pos = self.decoded.spans.pos(&path);
                 self.diags.error(

@@ -464,6 +464,8 @@ async fn pump_events(
     let mut last_flush = Instant::now();
     let mut step_started: std::collections::HashMap<usize, i64> = Default::default();
     let offset = first_line.saturating_sub(1);
+    // The number the next line will get: where a starting step's lines begin.
+    let mut next_line = first_line.max(1);
     let mut stale: Option<LinkError> = None;
     loop {
         let next = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
@@ -471,13 +473,14 @@ async fn pump_events(
         let update = match next {
             Ok(Some(RunEvent::Log { mut line, .. })) => {
                 line.number += offset;
+                next_line = next_line.max(line.number + 1);
                 bytes += line.text.len();
                 batch.push(line);
                 None
             }
             Ok(Some(RunEvent::StepStarted { step, name, .. })) => {
                 step_started.insert(step, now_ms());
-                Some(Update::StepStarted { step, name, at_ms: now_ms() })
+                Some(Update::StepStarted { step, name, at_ms: now_ms(), first_line: Some(next_line) })
             }
             Ok(Some(RunEvent::StepFinished { step, name, status, exit_code, reason, .. })) => {
                 Some(Update::StepFinished {

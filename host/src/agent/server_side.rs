@@ -217,6 +217,9 @@ pub enum Update {
         name: String,
         /// When (ms since the epoch).
         at_ms: i64,
+        /// Number of the step's first log line (absent from older agents).
+        #[serde(default)]
+        first_line: Option<u64>,
     },
     /// A step finished.
     StepFinished {
@@ -254,8 +257,8 @@ pub async fn apply(
 ) -> Result<(), StoreError> {
     let store = &ctx.store;
     match update {
-        Update::StepStarted { step, name, at_ms } => {
-            let event = json!({"job": job, "step": step, "name": name, "status": "running"});
+        Update::StepStarted { step, name, at_ms, first_line } => {
+            let event = json!({"job": job, "step": step, "name": name, "status": "running", "first_line": first_line});
             let rec = StepRecord {
                 idx: step as i64,
                 name,
@@ -264,6 +267,7 @@ pub async fn apply(
                 reason: None,
                 started_ms: Some(at_ms),
                 finished_ms: None,
+                first_line: first_line.map(|n| n as i64),
             };
             store.record_step(lease, &rec).await?;
             store.add_event(build_id, "step_status", &event).await?;
@@ -278,6 +282,7 @@ pub async fn apply(
                 reason,
                 started_ms: started_ms.or(Some(at_ms)),
                 finished_ms: Some(at_ms),
+                first_line: None,
             };
             store.record_step(lease, &rec).await?;
             store.add_event(build_id, "step_status", &event).await?;

@@ -302,7 +302,7 @@ pub async fn list_builds(
     let builds = s
         .builds
         .store
-        .list_builds(&BuildFilter { job: q.job, status, branch: q.branch, before: q.before, limit })
+        .list_builds(&BuildFilter { job: q.job, status, branch: q.branch, before: q.before, after: None, limit })
         .await?;
     let next_cursor = if builds.len() as i64 == limit { builds.last().map(|b| b.id) } else { None };
     Ok(Json(BuildList { builds, next_cursor }))

@@ -10,6 +10,7 @@ mod schedules;
 mod storage;
 mod stream;
 pub mod tls;
+pub mod views;
 pub mod webhooks;
 
 use crate::engine::builds::BuildContext;
@@ -77,7 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agent/lease", post(agent_api::lease))
         .route("/api/v1/agent/leases/{entry}/{action}", post(agent_api::lease_action))
         .route("/api/v1/agent/state", post(agent_api::state))
-        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .merge(
             Router::new()
@@ -93,7 +94,19 @@ pub fn router(state: AppState) -> Router {
                 .route("/hooks/{provider}/{job}", post(hooks::receive))
                 .layer(DefaultBodyLimit::max(hooks::HOOK_BODY_LIMIT)),
         )
+        .merge(views::routes())
         .with_state(state)
+}
+
+/// Unknown routes: JSON under `/api` and `/hooks`, an HTML page elsewhere (a browser asked).
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = uri.path();
+    if path.starts_with("/api/") || path.starts_with("/hooks/") || path == "/api" {
+        error::ApiError::not_found("no such route").into_response()
+    } else {
+        views::PageError::not_found(format!("no page at `{path}`")).into_response()
+    }
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {

@@ -241,6 +241,8 @@ pub struct StepRecord {
     pub started_ms: Option<i64>,
     /// End time.
     pub finished_ms: Option<i64>,
+    /// Number of its first line in the job's log (where the dashboard folds the log).
+    pub first_line: Option<i64>,
 }
 
 /// A row of a build listing.
@@ -291,6 +293,8 @@ pub struct BuildFilter {
     pub branch: Option<String>,
     /// Only builds with a smaller id.
     pub before: Option<i64>,
+    /// Only builds with a larger id (the page just newer than a cursor; still newest first).
+    pub after: Option<i64>,
     /// Page size.
     pub limit: i64,
 }
@@ -376,18 +380,35 @@ impl Store {
         text.map(|t| super::parse_status(&t)).transpose()
     }
 
-    /// Builds, newest first, filtered, one page.
+    /// Builds, newest first, filtered, one page: the newest ones, those just older than
+    /// `before`, or those just newer than `after`.
     pub async fn list_builds(&self, f: &BuildFilter) -> Result<Vec<BuildSummary>, StoreError> {
+        // Walking up from `after` reads the oldest of the newer builds first, then flips them.
+        let order = if f.after.is_some() { "ASC" } else { "DESC" };
         let sql = format!(
             "{SUMMARY} WHERE ($1 = '' OR j.name = $1) AND ($2 = '' OR b.status = $2) AND ($3 = '' OR b.branch = $3) \
-             AND ($4 = 0 OR b.id < $4) ORDER BY b.id DESC LIMIT $5"
+             AND ($4 = 0 OR b.id < $4) AND b.id > $5 ORDER BY b.id {order} LIMIT $6"
         );
         let rows = sqlx::query(&sql)
             .bind(f.job.clone().unwrap_or_default())
             .bind(f.status.map(|s| s.as_str().to_string()).unwrap_or_default())
             .bind(f.branch.clone().unwrap_or_default())
             .bind(f.before.unwrap_or(0))
+            .bind(f.after.unwrap_or(0))
             .bind(f.limit.clamp(1, 200))
+            .fetch_all(self.pool())
+            .await?;
+        let mut out: Vec<BuildSummary> = rows.iter().map(summary_from_row).collect::<Result<_, _>>()?;
+        if f.after.is_some() {
+            out.reverse();
+        }
+        Ok(out)
+    }
+
+    /// Every attempt of a retry chain, oldest first (`root` is the first build's id).
+    pub async fn attempts(&self, root: i64) -> Result<Vec<BuildSummary>, StoreError> {
+        let rows = sqlx::query(&format!("{SUMMARY} WHERE b.id = $1 OR b.root_build_id = $1 ORDER BY b.id"))
+            .bind(root)
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(summary_from_row).collect()
@@ -517,24 +538,20 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts or updates a step of the build job `lease` holds (refused when stale). Each
-    /// statement carries the fencing check, so the write is atomic on both backends.
+    /// Inserts or updates a step of the build job `lease` holds (refused when stale). One
+    /// statement carries the fencing check, so the write is atomic on both backends (and never
+    /// a read that must upgrade to a write under SQLite's WAL). A step's end does not know
+    /// where its lines began, so an absent `first_line` keeps what its start recorded.
     pub async fn record_step(&self, lease: &super::queue::Lease, step: &StepRecord) -> Result<(), StoreError> {
-        let build_job_id = lease.build_job_id;
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(&format!("DELETE FROM build_steps WHERE build_job_id = $1 AND idx = $2 AND {}", held_at(3)))
-            .bind(build_job_id)
-            .bind(step.idx)
-            .bind(lease.entry)
-            .bind(lease.token)
-            .execute(&mut *tx)
-            .await?;
         let done = sqlx::query(&format!(
-            "INSERT INTO build_steps (build_job_id, idx, name, status, exit_code, reason, started_ms, finished_ms) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE {}",
-            held_at(9)
+            "INSERT INTO build_steps (build_job_id, idx, name, status, exit_code, reason, started_ms, finished_ms, first_line) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE {} \
+             ON CONFLICT (build_job_id, idx) DO UPDATE SET name = excluded.name, status = excluded.status, \
+             exit_code = excluded.exit_code, reason = excluded.reason, started_ms = excluded.started_ms, \
+             finished_ms = excluded.finished_ms, first_line = COALESCE(excluded.first_line, build_steps.first_line)",
+            held_at(10)
         ))
-        .bind(build_job_id)
+        .bind(lease.build_job_id)
         .bind(step.idx)
         .bind(&step.name)
         .bind(step.status.as_str())
@@ -542,21 +559,21 @@ impl Store {
         .bind(&step.reason)
         .bind(step.started_ms)
         .bind(step.finished_ms)
+        .bind(step.first_line)
         .bind(lease.entry)
         .bind(lease.token)
-        .execute(&mut *tx)
+        .execute(self.pool())
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::StaleLease { entry: lease.entry, token: lease.token });
         }
-        tx.commit().await?;
         Ok(())
     }
 
     /// The steps of a build job.
     pub async fn steps(&self, build_job_id: i64) -> Result<Vec<StepRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT idx, name, status, exit_code, reason, started_ms, finished_ms FROM build_steps WHERE build_job_id = $1 ORDER BY idx",
+            "SELECT idx, name, status, exit_code, reason, started_ms, finished_ms, first_line FROM build_steps WHERE build_job_id = $1 ORDER BY idx",
         )
         .bind(build_job_id)
         .fetch_all(self.pool())
@@ -572,6 +589,7 @@ impl Store {
                     reason: row.try_get("reason")?,
                     started_ms: row.try_get("started_ms")?,
                     finished_ms: row.try_get("finished_ms")?,
+                    first_line: row.try_get("first_line")?,
                 })
             })
             .collect()

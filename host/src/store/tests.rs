@@ -183,6 +183,7 @@ async fn expired_leases_are_fenced_and_retried_then_errored() {
             reason: None,
             started_ms: None,
             finished_ms: None,
+            first_line: Some(1),
         };
         let line =
             crate::exec::LogLine { number: 1, stream: crate::exec::Stream::Stdout, time_ms: 0, text: "x".into() };

@@ -206,7 +206,8 @@ impl Decoder<'_> {
             }
             let mut param = Param::default();
             if !e.value.is_null()
-                && let Some(fields) = self.map(&e.value, &path, &["description", "default", "required", "choices"])
+                && let Some(fields) =
+                    self.map(&e.value, &path, &["description", "default", "required", "choices", "type"])
             {
                 for f in fields {
                     let p = child(&path, &f.key);
@@ -215,9 +216,28 @@ impl Decoder<'_> {
                         "default" => param.default = self.string(&f.value, &p),
                         "required" => param.required = self.boolean(&f.value, &p).unwrap_or(false),
                         "choices" => param.choices = self.strings(&f.value, &p, false),
+                        "type" => {
+                            param.kind = match self.choice(&f.value, &p, &["string", "boolean"]).as_deref() {
+                                Some("boolean") => ParamType::Boolean,
+                                _ => ParamType::String,
+                            }
+                        }
                         _ => {}
                     }
                 }
+            }
+            if let Some(default) = &param.default
+                && param.kind == ParamType::Boolean
+                && default != "true"
+                && default != "false"
+            {
+                let pos = self.spans.pos(&child(&path, "default"));
+                self.diags.error(
+                    "invalid-value",
+                    pos,
+                    &child(&path, "default"),
+                    format!("default `{default}` of a boolean parameter must be `true` or `false`"),
+                );
             }
             if let Some(default) = &param.default
                 && !param.choices.is_empty()
