@@ -1,5 +1,6 @@
 //! Shared by the benches: a git repository holding one pipeline file, and a running
 //! `chengis serve`.
+#![allow(dead_code)] // each bench uses what it needs
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

@@ -314,8 +314,9 @@ pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> 
     let store = &s.builds.store;
     let build = store.build_summary(id).await?;
     let mut jobs = Vec::new();
+    let mut steps_of = store.steps_of_build(id).await?;
     for j in store.build_jobs(id).await? {
-        let steps = store.steps(j.id).await?;
+        let steps = steps_of.remove(&j.id).unwrap_or_default();
         let waiting_reason =
             if j.status == crate::status::Status::Queued { store.waiting_reason(j.id).await? } else { None };
         jobs.push(BuildJobDetail { job: j, steps, waiting_reason });

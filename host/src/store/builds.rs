@@ -325,6 +325,23 @@ fn summary_from_row(row: &sqlx::any::AnyRow) -> Result<BuildSummary, StoreError>
     })
 }
 
+const STEP: &str =
+    "SELECT build_job_id, idx, name, status, exit_code, reason, started_ms, finished_ms, first_line FROM build_steps";
+
+fn step_from_row(row: &sqlx::any::AnyRow) -> Result<StepRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(StepRecord {
+        idx: row.try_get("idx")?,
+        name: row.try_get("name")?,
+        status: parse_status(&status)?,
+        exit_code: row.try_get("exit_code")?,
+        reason: row.try_get("reason")?,
+        started_ms: row.try_get("started_ms")?,
+        finished_ms: row.try_get("finished_ms")?,
+        first_line: row.try_get("first_line")?,
+    })
+}
+
 fn build_job_from_row(row: &sqlx::any::AnyRow) -> Result<BuildJobRecord, StoreError> {
     let status: String = row.try_get("status")?;
     let needs: String = row.try_get("needs")?;
@@ -572,27 +589,29 @@ impl Store {
 
     /// The steps of a build job.
     pub async fn steps(&self, build_job_id: i64) -> Result<Vec<StepRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT idx, name, status, exit_code, reason, started_ms, finished_ms, first_line FROM build_steps WHERE build_job_id = $1 ORDER BY idx",
-        )
-        .bind(build_job_id)
+        let rows = sqlx::query(&format!("{STEP} WHERE build_job_id = $1 ORDER BY idx"))
+            .bind(build_job_id)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(step_from_row).collect()
+    }
+
+    /// The steps of every job of a build in one query, by build job id.
+    pub async fn steps_of_build(
+        &self,
+        build_id: i64,
+    ) -> Result<std::collections::HashMap<i64, Vec<StepRecord>>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{STEP} WHERE build_job_id IN (SELECT id FROM build_jobs WHERE build_id = $1) ORDER BY build_job_id, idx"
+        ))
+        .bind(build_id)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let status: String = row.try_get("status")?;
-                Ok(StepRecord {
-                    idx: row.try_get("idx")?,
-                    name: row.try_get("name")?,
-                    status: parse_status(&status)?,
-                    exit_code: row.try_get("exit_code")?,
-                    reason: row.try_get("reason")?,
-                    started_ms: row.try_get("started_ms")?,
-                    finished_ms: row.try_get("finished_ms")?,
-                    first_line: row.try_get("first_line")?,
-                })
-            })
-            .collect()
+        let mut out: std::collections::HashMap<i64, Vec<StepRecord>> = Default::default();
+        for row in &rows {
+            out.entry(row.try_get("build_job_id")?).or_default().push(step_from_row(row)?);
+        }
+        Ok(out)
     }
 
     /// Builds that are not finished (for recovery after a restart).

@@ -428,8 +428,9 @@ pub async fn build(State(s): State<AppState>, Path(id): Path<i64>) -> PageResult
     let b = store.build_summary(id).await?;
     let mut nodes = Vec::new();
     let mut jobs = Vec::new();
+    let mut steps_of = store.steps_of_build(id).await?;
     for j in store.build_jobs(id).await? {
-        let steps = store.steps(j.id).await?;
+        let steps = steps_of.remove(&j.id).unwrap_or_default();
         let millis = elapsed(j.started_ms, j.finished_ms);
         nodes.push(GraphNode { id: j.job_key.clone(), status: j.status, needs: j.needs.clone(), millis });
         let reason = match (&j.reason, j.status) {
