@@ -44,7 +44,12 @@ say "starting chengis serve"
 data="$work/data"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 export CHENGIS_SERVER="http://127.0.0.1:$port"
-"$CHENGIS" serve --listen "127.0.0.1:$port" --data-dir "$data" > "$work/serve.log" 2>&1 &
+# An admin API token for this script (CHENGIS_ADMIN_TOKEN becomes one at first start); the CLI
+# reads CHENGIS_TOKEN, curl sends it as a Bearer token.
+CHENGIS_TOKEN="chgu_$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+export CHENGIS_TOKEN
+auth=(-H "Authorization: Bearer $CHENGIS_TOKEN")
+CHENGIS_ADMIN_TOKEN="$CHENGIS_TOKEN" "$CHENGIS" serve --listen "127.0.0.1:$port" --data-dir "$data" > "$work/serve.log" 2>&1 &
 pids+=($!)
 # The first start compiles and pins the builtin plugins (seconds in a debug build).
 for _ in $(seq 600); do curl -fs "$CHENGIS_SERVER/health" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -90,8 +95,8 @@ for s in json.load(open(sys.argv[1])):
 PY
 
 say "checking the stored test results"
-build=$(curl -fs "$CHENGIS_SERVER/api/v1/builds?job=web" | python3 -c 'import json,sys; print(json.load(sys.stdin)["builds"][0]["id"])')
-curl -fs "$CHENGIS_SERVER/api/v1/builds/$build/tests" > "$work/tests.json"
+build=$(curl -fs "${auth[@]}" "$CHENGIS_SERVER/api/v1/builds?job=web" | python3 -c 'import json,sys; print(json.load(sys.stdin)["builds"][0]["id"])')
+curl -fs "${auth[@]}" "$CHENGIS_SERVER/api/v1/builds/$build/tests" > "$work/tests.json"
 python3 - "$work/tests.json" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))

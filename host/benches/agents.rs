@@ -58,8 +58,11 @@ fn http() -> ureq::Agent {
 
 fn post(h: &ureq::Agent, url: &str, body: Value, auth: Option<(&str, &str)>) -> (u16, Value) {
     let mut req = h.post(url);
-    if let Some((token, name)) = auth {
-        req = req.header("Authorization", &format!("Bearer {token}")).header("Chengis-Agent", name);
+    match auth {
+        Some((token, name)) => {
+            req = req.header("Authorization", &format!("Bearer {token}")).header("Chengis-Agent", name)
+        }
+        None => req = req.header("Authorization", common::BEARER),
     }
     let mut resp = req.send_json(body).unwrap();
     let status = resp.status().as_u16();
@@ -69,7 +72,7 @@ fn post(h: &ureq::Agent, url: &str, body: Value, auth: Option<(&str, &str)>) -> 
 }
 
 fn get(h: &ureq::Agent, url: &str) -> Value {
-    h.get(url).call().unwrap().body_mut().read_json().unwrap()
+    h.get(url).header("Authorization", common::BEARER).call().unwrap().body_mut().read_json().unwrap()
 }
 
 fn token(h: &ureq::Agent, url: &str) -> String {
@@ -213,7 +216,11 @@ fn log_lines(dir: &Path) {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut resp = h.get(&format!("{url}/api/v1/builds/{id}/jobs/j/logs/stream")).call().unwrap();
+    let mut resp = h
+        .get(&format!("{url}/api/v1/builds/{id}/jobs/j/logs/stream"))
+        .header("Authorization", common::BEARER)
+        .call()
+        .unwrap();
     let mut seen = 0u64;
     for line in BufReader::new(resp.body_mut().as_reader()).lines() {
         if line.unwrap().starts_with("event: line") {

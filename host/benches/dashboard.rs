@@ -142,7 +142,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn time_gets(url: &str, n: usize) -> Vec<f64> {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let get = || {
-        let mut resp = agent.get(url).call().unwrap();
+        let mut resp = agent.get(url).header("Authorization", common::BEARER).call().unwrap();
         assert_eq!(resp.status(), 200, "{url}");
         resp.body_mut().read_to_string().unwrap().len()
     };
@@ -188,6 +188,11 @@ async fn browser_first_screen(base: &str, build: i64, job: &str) -> Option<Vec<f
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
         .unwrap();
+    // Sign in through the form, as a person would.
+    c.goto(&format!("{base}/login")).await.unwrap();
+    c.find(fantoccini::Locator::Id("username")).await.unwrap().send_keys("admin").await.unwrap();
+    c.find(fantoccini::Locator::Id("password")).await.unwrap().send_keys(common::ADMIN_PASSWORD).await.unwrap();
+    c.find(fantoccini::Locator::Id("login-button")).await.unwrap().click().await.unwrap();
     let url = format!("{base}/builds/{build}/jobs/{job}/log");
     let mut times = Vec::new();
     for round in 0..8 {

@@ -86,7 +86,7 @@ async fn queue_throughput(label: &str, url: &str) {
 /// Follows a job's log over SSE until `want` lines arrived; returns how long that took.
 fn follow(url: String, want: u64, start: Instant) -> Duration {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut resp = agent.get(&url).call().unwrap();
+    let mut resp = agent.get(&url).header("Authorization", common::BEARER).call().unwrap();
     let mut seen = 0u64;
     for line in BufReader::new(resp.body_mut().as_reader()).lines() {
         if line.unwrap().starts_with("event: line") {
@@ -186,16 +186,25 @@ fn trigger_to_first_log() {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     agent
         .post(&format!("{base}/api/v1/jobs"))
+        .header("Authorization", common::BEARER)
         .send_json(serde_json::json!({"name": "echo", "repo_url": repo}))
         .unwrap();
     let mut samples = Vec::new();
     for i in 0..41 {
         let start = Instant::now();
-        let mut resp = agent.post(&format!("{base}/api/v1/jobs/echo/builds")).send_empty().unwrap();
+        let mut resp = agent
+            .post(&format!("{base}/api/v1/jobs/echo/builds"))
+            .header("Authorization", common::BEARER)
+            .send_empty()
+            .unwrap();
         let b: serde_json::Value = resp.body_mut().read_json().unwrap();
         let id = b["id"].as_i64().unwrap();
         loop {
-            let mut r = agent.get(&format!("{base}/api/v1/builds/{id}/jobs/j/logs")).call().unwrap();
+            let mut r = agent
+                .get(&format!("{base}/api/v1/builds/{id}/jobs/j/logs"))
+                .header("Authorization", common::BEARER)
+                .call()
+                .unwrap();
             if r.status().is_success() {
                 let v: serde_json::Value = r.body_mut().read_json().unwrap();
                 if !v["lines"].as_array().unwrap().is_empty() {

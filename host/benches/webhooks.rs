@@ -9,6 +9,8 @@
 //! Run with `cargo bench -p chengis --bench webhooks`.
 
 use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +26,8 @@ fn serve(data: &std::path::Path) -> (std::process::Child, String) {
         .arg("--data-dir")
         .arg(data)
         .env("CHENGIS_LOG", "error")
+        .env("CHENGIS_ADMIN_TOKEN", common::ADMIN_TOKEN)
+        .env("CHENGIS_ADMIN_PASSWORD", common::ADMIN_PASSWORD)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -152,7 +156,11 @@ fn main() {
     let (mut server, base) = serve(tmp.path());
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let job = serde_json::json!({"name": "bench", "repo_url": "file:///nonexistent", "webhook_secret": SECRET});
-    agent.post(format!("{base}/api/v1/jobs")).send_json(job).expect("create job");
+    agent
+        .post(format!("{base}/api/v1/jobs"))
+        .header("Authorization", common::BEARER)
+        .send_json(job)
+        .expect("create job");
     let addr = base.trim_start_matches("http://");
     run(addr, "star", 0, 400); // warm-up
     for round in 1..=3 {
@@ -162,6 +170,7 @@ fn main() {
     // Every delivery acknowledged was recorded: the newest one's id counts them all.
     let list: serde_json::Value = agent
         .get(format!("{base}/api/v1/webhooks?job=bench&limit=1"))
+        .header("Authorization", common::BEARER)
         .call()
         .expect("list deliveries")
         .body_mut()

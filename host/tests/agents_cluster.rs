@@ -305,7 +305,13 @@ impl Cluster {
             "--database-url",
             "postgres://postgres:chengis@db/postgres",
         ];
-        let server = net.run_with("server", IMAGE, &options, &args, &[("CHENGIS_LOG", "info")]);
+        let server = net.run_with(
+            "server",
+            IMAGE,
+            &options,
+            &args,
+            &[("CHENGIS_LOG", "info"), ("CHENGIS_ADMIN_TOKEN", support::ADMIN_TOKEN)],
+        );
         server.wait_http_ok(8080, "/health", Duration::from_secs(180));
         let first = server.logs();
         assert!(first.contains("chengis listening on http://0.0.0.0:8080"), "unexpected server output:\n{first}");
@@ -429,7 +435,7 @@ impl Cluster {
     /// The event stream of finished build `id`, as text.
     fn events(&self, id: i64) -> String {
         let url = format!("{}/api/v1/builds/{id}/events", self.url());
-        let mut resp = support::http().get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let mut resp = support::admin_get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
         let mut text = String::new();
         resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
         text
@@ -438,7 +444,7 @@ impl Cluster {
 
 /// `GET url` as JSON; an error for a failed connection or a status other than 200.
 fn get(url: &str) -> Result<Value, String> {
-    let mut resp = support::http().get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
+    let mut resp = support::admin_get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
     let status = resp.status().as_u16();
     let mut text = String::new();
     resp.body_mut().as_reader().read_to_string(&mut text).map_err(|e| format!("GET {url}: {e}"))?;

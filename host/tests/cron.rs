@@ -41,7 +41,12 @@ fn wait_builds(s: &Server, what: &str, until: impl Fn(&[Value]) -> bool) -> Vec<
 }
 
 fn cli(url: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_chengis")).args(args).args(["--server", url]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(args)
+        .args(["--server", url])
+        .env("CHENGIS_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 

@@ -46,19 +46,9 @@ jobs:
       - run: echo "loud=${{ params.loud }}"
 "#;
 
-/// An HTTP client that does not follow redirects.
-fn raw() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
 /// GET `url`: status, headers we look at, body.
 fn get(url: &str, headers: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, String) {
-    let mut req = raw().get(url);
+    let mut req = no_redirects().get(url).header("authorization", BEARER);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -71,8 +61,12 @@ fn get(url: &str, headers: &[(&str, &str)]) -> (u16, ureq::http::HeaderMap, Stri
 /// POST a form: status, Location, body.
 fn post_form(url: &str, form: &[(&str, &str)]) -> (u16, String, String) {
     let body: String = form.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
-    let mut resp =
-        raw().post(url).header("content-type", "application/x-www-form-urlencoded").send(body.as_bytes()).unwrap();
+    let mut resp = no_redirects()
+        .post(url)
+        .header("authorization", BEARER)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(body.as_bytes())
+        .unwrap();
     let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let mut text = String::new();
     resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
@@ -410,6 +404,14 @@ impl Proxy {
     }
 }
 
+async fn sign_in(c: &fantoccini::Client, user: &str, password: &str) {
+    let field = |id: &'static str| c.find(fantoccini::Locator::Id(id));
+    field("username").await.unwrap().clear().await.unwrap();
+    field("username").await.unwrap().send_keys(user).await.unwrap();
+    field("password").await.unwrap().send_keys(password).await.unwrap();
+    field("login-button").await.unwrap().click().await.unwrap();
+}
+
 async fn js(c: &fantoccini::Client, script: &str) -> Value {
     c.execute(script, vec![]).await.unwrap_or_else(|e| panic!("script `{script}`: {e}"))
 }
@@ -462,8 +464,30 @@ fn the_dashboard_works_in_a_real_browser() {
         let base = format!("http://127.0.0.1:{}", proxy.port);
         let c = browser(&driver, &downloads, false).await;
 
-        // Trigger from the form: 60 slow lines, so the log is live for a few seconds.
+        // Signed out, a page sends the browser to the sign-in form and back after it. A viewer
+        // sees builds but no Run form and no plugin decisions; signing out ends the session.
+        call("POST", &format!("{}/api/v1/users", s.url), Some(json!({"username": "vera", "password": "vera-password-1234", "role": "viewer"})));
         c.goto(&format!("{base}/jobs/app")).await.unwrap();
+        until(&c, "return location.pathname === '/login'", 10).await;
+        sign_in(&c, "vera", "vera-password-1234").await;
+        until(&c, "return location.pathname === '/jobs/app'", 10).await;
+        assert_eq!(js(&c, "return document.getElementById('me').textContent").await, json!("vera"));
+        assert_eq!(js(&c, "return document.getElementById('trigger-button') === null").await, json!(true));
+        c.goto(&format!("{base}/plugins")).await.unwrap();
+        assert_eq!(js(&c, "return document.querySelectorAll('form[action^=\"/plugins/\"]').length").await, json!(0));
+        c.find(fantoccini::Locator::Id("logout-button")).await.unwrap().click().await.unwrap();
+        until(&c, "return location.pathname === '/login'", 10).await;
+        c.goto(&format!("{base}/")).await.unwrap();
+        until(&c, "return location.pathname === '/login'", 10).await;
+        // A wrong password shows the one sign-in error.
+        sign_in(&c, "admin", "not the password").await;
+        let error = until(&c, "const e = document.getElementById('login-error'); return e && e.textContent", 10).await;
+        assert!(error.as_str().unwrap().contains("wrong username or password"), "{error}");
+        c.goto(&format!("{base}/login?next=/jobs/app")).await.unwrap();
+        sign_in(&c, "admin", ADMIN_PASSWORD).await;
+        until(&c, "return location.pathname === '/jobs/app'", 10).await;
+
+        // Trigger from the form: 60 slow lines, so the log is live for a few seconds.
         let count = c.find(fantoccini::Locator::Css("input[name='param.count']")).await.unwrap();
         count.clear().await.unwrap();
         count.send_keys("60").await.unwrap();
@@ -600,10 +624,12 @@ fn the_dashboard_works_in_a_real_browser() {
         c.close().await.unwrap();
 
         let dark = browser(&driver, &downloads, true).await;
-        dark.goto(&format!("{base}/")).await.unwrap();
+        dark.goto(&format!("{base}/login")).await.unwrap();
+        sign_in(&dark, "admin", ADMIN_PASSWORD).await;
+        until(&dark, "return location.pathname === '/'", 10).await;
+        shoot(&dark, "home-dark").await;
         let bg = js(&dark, "return getComputedStyle(document.body).backgroundColor").await;
         assert_eq!(bg, json!("rgb(13, 17, 23)"), "the dark theme follows the OS preference");
-        shoot(&dark, "home-dark").await;
         dark.goto(&format!("{base}/builds/{id}")).await.unwrap();
         shoot(&dark, "build-dark").await;
         dark.goto(&format!("{base}/builds/{id}/jobs/build/log")).await.unwrap();

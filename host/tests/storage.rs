@@ -238,17 +238,17 @@ fn artifacts_flow_downstream_download_with_ranges_and_results_are_reused() {
         let numbers = files.iter().find(|f| f["path"] == "dist/sub/numbers.txt").unwrap();
         let expected: String = (1..=1000).map(|i| format!("{i}\n")).collect();
         let file_url = format!("{}/api/v1/artifacts/{}", s.url, numbers["id"]);
-        let mut resp = http().get(&file_url).call().unwrap();
+        let mut resp = admin_get(&file_url).call().unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         assert_eq!(resp.headers()["content-disposition"], "attachment; filename=\"numbers.txt\"");
         assert_eq!(resp.headers()["x-checksum-sha256"].to_str().unwrap(), numbers["sha256"].as_str().unwrap());
         assert_eq!(resp.body_mut().read_to_string().unwrap(), expected);
-        let mut part = http().get(&file_url).header("Range", "bytes=10-19").call().unwrap();
+        let mut part = admin_get(&file_url).header("Range", "bytes=10-19").call().unwrap();
         assert_eq!(part.status().as_u16(), 206);
         assert_eq!(part.headers()["content-range"].to_str().unwrap(), format!("bytes 10-19/{}", expected.len()));
         assert_eq!(part.body_mut().read_to_string().unwrap(), expected[10..20]);
         let (st, e) = {
-            let mut r = http().get(&file_url).header("Range", "bytes=99999-").call().unwrap();
+            let mut r = admin_get(&file_url).header("Range", "bytes=99999-").call().unwrap();
             (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
         };
         assert_eq!(st, 416, "{e}");

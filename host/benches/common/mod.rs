@@ -6,6 +6,13 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+/// The admin API token the bench servers get (`CHENGIS_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "chgu_be4c0000000000000000000000000000000000000000000000000000000000001";
+/// Its `Authorization` header value.
+pub const BEARER: &str = "Bearer chgu_be4c0000000000000000000000000000000000000000000000000000000000001";
+/// The first admin's password (`CHENGIS_ADMIN_PASSWORD`), user `admin`.
+pub const ADMIN_PASSWORD: &str = "bench admin password";
+
 /// Starts `chengis serve` on a free loopback port with `agents` embedded agents, the database
 /// `db` and the data directory `data`; returns the child and its URL.
 pub fn serve(data: &Path, db: &str, agents: &str) -> (Child, String) {
@@ -13,6 +20,8 @@ pub fn serve(data: &Path, db: &str, agents: &str) -> (Child, String) {
         .args(["serve", "--listen", "127.0.0.1:0", "--agents", agents, "--database-url", db])
         .arg("--data-dir")
         .arg(data)
+        .env("CHENGIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("CHENGIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -206,21 +206,38 @@ pub enum ScheduleCommand {
 pub(super) struct Client {
     base: String,
     agent: ureq::Agent,
+    /// `Bearer ...`: `CHENGIS_TOKEN`, else what `chengis login` stored for this server.
+    auth: Option<String>,
 }
 
 impl Client {
     pub(super) fn new(args: &ClientArgs) -> anyhow::Result<Client> {
+        Self::with_token(args, super::account::token_for(&args.server))
+    }
+
+    pub(super) fn with_token(args: &ClientArgs, token: Option<String>) -> anyhow::Result<Client> {
         let mut config =
             ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60)));
         if let Some(path) = &args.ca_file {
             config = config.tls_config(crate::agent::remote::tls_roots(path).map_err(anyhow::Error::msg)?);
         }
-        Ok(Client { base: args.server.trim_end_matches('/').to_string(), agent: config.build().into() })
+        Ok(Client {
+            base: args.server.trim_end_matches('/').to_string(),
+            agent: config.build().into(),
+            auth: token.map(|t| format!("Bearer {t}")),
+        })
+    }
+
+    fn req<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.auth {
+            Some(a) => r.header("authorization", a),
+            None => r,
+        }
     }
 
     /// Streams the body of a GET into `out`; returns the bytes written.
     pub(super) fn download(&self, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
-        let resp = self.agent.get(&format!("{}{path}", self.base)).call();
+        let resp = self.req(self.agent.get(&format!("{}{path}", self.base))).call();
         let mut resp = resp.map_err(|e| anyhow!("cannot reach the server at {} ({path}): {e}", self.base))?;
         if !resp.status().is_success() {
             return self.answer(path, Ok(resp)).map(|_| 0);
@@ -241,25 +258,35 @@ impl Client {
         };
         if !status.is_success() {
             let msg = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+            if status.as_u16() == 401 {
+                bail!(
+                    "{what}: {msg} (HTTP 401): sign in with `chengis login --server {}` or set CHENGIS_TOKEN",
+                    self.base
+                );
+            }
             bail!("{what}: {msg} (HTTP {})", status.as_u16());
         }
         Ok(value)
     }
 
     pub(super) fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.answer(path, self.agent.get(&format!("{}{path}", self.base)).call())
+        self.answer(path, self.req(self.agent.get(&format!("{}{path}", self.base))).call())
     }
 
     pub(super) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.answer(path, self.agent.post(&format!("{}{path}", self.base)).send_json(body))
+        self.answer(path, self.req(self.agent.post(&format!("{}{path}", self.base))).send_json(body))
     }
 
     pub(super) fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.answer(path, self.agent.put(&format!("{}{path}", self.base)).send_json(body))
+        self.answer(path, self.req(self.agent.put(&format!("{}{path}", self.base))).send_json(body))
+    }
+
+    pub(super) fn patch(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.answer(path, self.req(self.agent.patch(&format!("{}{path}", self.base))).send_json(body))
     }
 
     pub(super) fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.answer(path, self.agent.delete(&format!("{}{path}", self.base)).call())
+        self.answer(path, self.req(self.agent.delete(&format!("{}{path}", self.base))).call())
     }
 }
 
@@ -493,7 +520,7 @@ fn follow_logs(c: &Client, format: Format, id: i64, job: &str) -> anyhow::Result
     let url = format!("{}/api/v1/builds/{id}/jobs/{}/logs/stream", c.base, enc(job));
     let mut last: Option<String> = None;
     for _attempt in 0..100 {
-        let mut req = c.agent.get(&url).config().timeout_global(None).build();
+        let mut req = c.req(c.agent.get(&url).config().timeout_global(None).build());
         if let Some(l) = &last {
             req = req.header("Last-Event-ID", l);
         }

@@ -1,5 +1,6 @@
 //! The `chengis` command line: argument parsing and one function per subcommand.
 
+mod account;
 mod agent;
 mod client;
 mod docker;
@@ -115,6 +116,26 @@ pub enum Command {
         #[command(subcommand)]
         command: agent::TokenCommand,
     },
+    /// Sign the CLI in to a server: stores an API token in the config directory (0600).
+    Login(Box<account::LoginArgs>),
+    /// Add, list, change and disable users on a server (admins).
+    User {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: account::UserCommand,
+    },
+    /// Export the audit log or check its hash chain (admins).
+    Audit {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: account::AuditCommand,
+    },
     /// Add, list and delete cron schedules on a server.
     Schedule {
         /// Server options.
@@ -160,6 +181,9 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Artifact { client, command } => storage::artifact(&client, command),
         Command::Agent(args) => agent::agent(*args),
         Command::AgentToken { client, command } => agent::token(&client, command),
+        Command::Login(args) => account::login(*args),
+        Command::User { client, command } => account::user(&client, command),
+        Command::Audit { client, command } => account::audit(&client, command),
         Command::EnsureWasmTarget => {
             let how = crate::toolchain::ensure_wasm_target()?;
             eprintln!("{how}");

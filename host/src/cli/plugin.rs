@@ -112,10 +112,27 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
         let data_dir = std::fs::canonicalize(cfg.data_dir.clone().unwrap_or_default())?;
         let service = PluginService::new(store.clone(), &data_dir)?;
         let who = std::env::var("USER").unwrap_or_else(|_| "admin".into());
+        // These commands work on the database itself: whoever runs them is the operator (an
+        // admin); each decision goes to the audit log as `cli:USER`.
+        let actor = format!("cli:{who}");
+        let audit = |action: &'static str, target: String, details: String| {
+            let (store, actor) = (store.clone(), actor.clone());
+            async move {
+                if let Err(e) = store.audit(&actor, "local", action, &target, &details).await {
+                    tracing::warn!("audit log: {e}");
+                }
+            }
+        };
         match command {
             PluginCommand::Install { source, allow, grants } => {
                 let bytes = read_source(&source)?;
                 let p = service.install(&bytes, allow, &grants, &who, false).await?;
+                audit(
+                    "plugin.install",
+                    format!("plugin:{}", p.name),
+                    format!("{} {} {}", p.version, p.state.as_str(), p.digest),
+                )
+                .await;
                 println!("installed {} {} ({}) as {}: {}", p.name, p.version, p.world, p.state.as_str(), p.digest);
                 if p.state == TrustState::Pending {
                     println!("allow it with: chengis plugin allow {}", p.name);
@@ -166,16 +183,24 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
                         .map_err(|e| anyhow::anyhow!("invalid grant: {e}"))?;
                 }
                 for p in store.decide_plugin(&name, version.as_deref(), TrustState::Allowed, grants_opt, &who).await? {
+                    audit(
+                        "plugin.allow",
+                        format!("plugin:{}", p.name),
+                        format!("{} granted {}", p.version, p.granted.join(" ")),
+                    )
+                    .await;
                     println!("allowed {} {}; granted: {}", p.name, p.version, list_or_none(&p.granted));
                 }
             }
             PluginCommand::Deny { name, version } => {
                 for p in store.decide_plugin(&name, version.as_deref(), TrustState::Denied, None, &who).await? {
+                    audit("plugin.deny", format!("plugin:{}", p.name), p.version.clone()).await;
                     println!("denied {} {}", p.name, p.version);
                 }
             }
             PluginCommand::Remove { name, version } => {
                 for p in store.remove_plugin(&name, version.as_deref()).await? {
+                    audit("plugin.remove", format!("plugin:{}", p.name), p.version.clone()).await;
                     let _ = std::fs::remove_file(&p.path);
                     println!("removed {} {}", p.name, p.version);
                 }

@@ -58,6 +58,22 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "CHENGIS_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Badges need a signed-in viewer (by default `/badge/...` is public).
+    #[arg(long, env = "CHENGIS_PRIVATE_BADGES")]
+    pub private_badges: bool,
+    /// Failed sign-ins in a row that lock an account [default: 5].
+    #[arg(long, env = "CHENGIS_LOGIN_MAX_FAILURES")]
+    pub login_max_failures: Option<i64>,
+    /// How long a locked account stays locked, such as `15m` [default: 15m].
+    #[arg(long, env = "CHENGIS_LOGIN_LOCKOUT")]
+    pub login_lockout: Option<String>,
+    /// Sign-in attempts per client address, and per username, as COUNT/PERIOD [default: 20/1m].
+    #[arg(long, env = "CHENGIS_LOGIN_RATE_LIMIT")]
+    pub login_rate_limit: Option<String>,
+    /// API and page requests per user (or per address, signed out) as COUNT/PERIOD; more are
+    /// answered 429 with Retry-After [default: 3000/1m].
+    #[arg(long, env = "CHENGIS_RATE_LIMIT")]
+    pub rate_limit: Option<String>,
     /// A TOML file with any of these settings (snake_case keys).
     #[arg(long, env = "CHENGIS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -86,6 +102,11 @@ const CONFIG_KEYS: &[&str] = &[
     "webhook_retention",
     "tls_cert",
     "tls_key",
+    "private_badges",
+    "login_max_failures",
+    "login_lockout",
+    "login_rate_limit",
+    "rate_limit",
     "docker_allow_privileged",
     "docker_allow_socket",
     "docker_memory",
@@ -118,6 +139,16 @@ pub struct ServeConfig {
     pub webhook_retention: Option<String>,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
+    /// Badges need a signed-in viewer.
+    pub private_badges: Option<bool>,
+    /// Failed sign-ins that lock an account.
+    pub login_max_failures: Option<i64>,
+    /// How long an account stays locked.
+    pub login_lockout: Option<String>,
+    /// Sign-in attempts per address and per username (COUNT/PERIOD).
+    pub login_rate_limit: Option<String>,
+    /// Requests per user or address (COUNT/PERIOD).
+    pub rate_limit: Option<String>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
     /// Container settings.
@@ -180,6 +211,13 @@ impl ServeArgs {
             ),
             tls_cert: self.tls_cert.clone().or(file.tls_cert),
             tls_key: self.tls_key.clone().or(file.tls_key),
+            private_badges: Some(self.private_badges || file.private_badges.unwrap_or(false)),
+            login_max_failures: Some(self.login_max_failures.or(file.login_max_failures).unwrap_or(5)),
+            login_lockout: Some(self.login_lockout.clone().or(file.login_lockout).unwrap_or_else(|| "15m".into())),
+            login_rate_limit: Some(
+                self.login_rate_limit.clone().or(file.login_rate_limit).unwrap_or_else(|| "20/1m".into()),
+            ),
+            rate_limit: Some(self.rate_limit.clone().or(file.rate_limit).unwrap_or_else(|| "3000/1m".into())),
             docker: self.docker.over(&file.docker),
             storage: self.storage.over(&file.storage),
         })
@@ -200,6 +238,28 @@ async fn prune_webhook_deliveries(store: Store, retention: Duration) {
             Err(e) => tracing::warn!("pruning webhook deliveries: {e}"),
         }
     }
+}
+
+/// A `COUNT/PERIOD` rate such as `20/1m` as a limiter.
+fn rate(s: &str, what: &str) -> anyhow::Result<crate::server::hooks::RateLimiter> {
+    let (count, period) =
+        s.split_once('/').ok_or_else(|| anyhow::anyhow!("{what} `{s}`: write COUNT/PERIOD, such as 20/1m"))?;
+    let count: usize = count.trim().parse().map_err(|_| anyhow::anyhow!("{what} `{s}`: `{count}` is not a count"))?;
+    Ok(crate::server::hooks::RateLimiter::with_window(count, duration(period.trim(), what)?))
+}
+
+/// The sign-in and rate-limit settings of the configuration.
+fn auth_settings(cfg: &ServeConfig, tls: bool) -> anyhow::Result<crate::server::auth::AuthSettings> {
+    let login = cfg.login_rate_limit.as_deref().unwrap_or("20/1m");
+    Ok(crate::server::auth::AuthSettings {
+        tls,
+        public_badges: !cfg.private_badges.unwrap_or(false),
+        max_failures: cfg.login_max_failures.unwrap_or(5).max(1),
+        lockout: duration(cfg.login_lockout.as_deref().unwrap_or("15m"), "login_lockout")?,
+        login_limit: rate(login, "login_rate_limit")?,
+        login_user_limit: rate(login, "login_rate_limit")?,
+        request_limit: rate(cfg.rate_limit.as_deref().unwrap_or("3000/1m"), "rate_limit")?,
+    })
 }
 
 fn duration(s: &str, what: &str) -> anyhow::Result<Duration> {
@@ -247,9 +307,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         (None, None) => None,
         _ => bail!("serving HTTPS needs both tls_cert and tls_key"),
     };
+    let auth = Arc::new(auth_settings(&cfg, tls.is_some())?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let store = open_store(&cfg).await?;
+        crate::server::auth::bootstrap(&store).await.map_err(|e| anyhow::anyhow!("first admin: {e}"))?;
         // Absolute, so that workspace paths handed to steps do not depend on where they run.
         let data_dir = std::fs::canonicalize(cfg.data_dir.clone().unwrap_or_default())?;
         let keys = Arc::new(master_keys(&data_dir)?);
@@ -317,7 +379,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             max_attempts: cfg.max_attempts.unwrap_or(2),
             pollers: Default::default(),
         };
-        let app = router(AppState { builds: ctx, keys, hook_limiter, hook_cache: Default::default(), agents });
+        let app = router(AppState { builds: ctx, keys, hook_limiter, hook_cache: Default::default(), agents, auth })
+            .into_make_service_with_connect_info::<crate::server::auth::ClientAddr>();
         let stop = shutdown.clone();
         let signalled = async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

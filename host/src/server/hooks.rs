@@ -25,13 +25,19 @@ use std::time::Instant;
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: usize,
+    window: std::time::Duration,
     seen: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
 }
 
 impl RateLimiter {
     /// At most `per_minute` deliveries per job and minute (0: no limit).
     pub fn new(per_minute: usize) -> Self {
-        RateLimiter { per_minute, seen: std::sync::Mutex::new(std::collections::HashMap::new()) }
+        Self::with_window(per_minute, std::time::Duration::from_secs(60))
+    }
+
+    /// At most `limit` events per key in any `window` (0: no limit).
+    pub fn with_window(limit: usize, window: std::time::Duration) -> Self {
+        RateLimiter { per_minute: limit, window, seen: std::sync::Mutex::new(std::collections::HashMap::new()) }
     }
 
     /// The limit.
@@ -44,9 +50,13 @@ impl RateLimiter {
         if self.per_minute == 0 {
             return None;
         }
-        let window = std::time::Duration::from_secs(60);
+        let window = self.window;
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() > 4096 {
+            // Forget keys (client addresses, users) quiet for a whole window.
+            seen.retain(|_, t| t.back().is_some_and(|last| now.duration_since(*last) < window));
+        }
         let times = seen.entry(job.to_string()).or_default();
         while times.front().is_some_and(|t| now.duration_since(*t) >= window) {
             times.pop_front();

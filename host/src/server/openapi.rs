@@ -1,7 +1,7 @@
 //! The OpenAPI description of the API, generated from the handlers' annotations and the
 //! request/response types by utoipa, served at `/api/v1/openapi.json`.
 
-use super::{agent_api, api, error, hooks, schedules, storage, stream};
+use super::{agent_api, api, auth, error, hooks, schedules, storage, stream};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -50,8 +50,24 @@ use utoipa::OpenApi;
         agent_api::put_cache,
         agent_api::get_cache,
         agent_api::get_plugin,
+        auth::routes::api_login,
+        auth::routes::whoami,
+        auth::routes::change_password,
+        auth::routes::create_token,
+        auth::routes::list_tokens,
+        auth::routes::revoke_token,
+        auth::routes::list_users,
+        auth::routes::create_user,
+        auth::routes::change_user,
+        auth::routes::audit,
+        auth::routes::audit_verify,
     ),
-    components(schemas(error::ErrorBody, crate::status::Status, crate::store::queue::Priority))
+    components(schemas(
+        error::ErrorBody,
+        crate::status::Status,
+        crate::store::queue::Priority,
+        crate::store::users::Role
+    ))
 )]
 struct ApiDoc;
 

@@ -2,7 +2,6 @@
 //! resources, last heartbeat) and the tokens remote agents present (SHA-256 digests only).
 
 use super::{Store, StoreError, now_ms};
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 /// What an agent says about itself when it registers.
@@ -68,10 +67,7 @@ pub struct AgentTokenRecord {
     pub revoked_ms: Option<i64>,
 }
 
-/// The stored form of an agent token.
-fn digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
+use super::secret_digest as digest;
 
 impl Store {
     /// Records (or refreshes) an agent's registration.
@@ -200,10 +196,7 @@ impl Store {
 
     /// Creates an agent token; returns its id and the secret (shown once, stored as a digest).
     pub async fn create_agent_token(&self, name: &str) -> Result<(i64, String), StoreError> {
-        use aes_gcm::aead::rand_core::RngCore;
-        let mut raw = [0u8; 32];
-        aes_gcm::aead::OsRng.fill_bytes(&mut raw);
-        let token = format!("chga_{}", hex::encode(raw));
+        let token = super::new_secret("chga_");
         let id: i64 =
             sqlx::query_scalar("INSERT INTO agent_tokens (name, digest, created_ms) VALUES ($1, $2, $3) RETURNING id")
                 .bind(name)

@@ -16,6 +16,7 @@ pub mod schedules;
 pub mod secrets;
 pub mod storage;
 pub mod tests_results;
+pub mod users;
 pub mod webhooks;
 
 use crate::status::Status;
@@ -111,6 +112,21 @@ pub struct Store {
     backend: Backend,
     /// The group-commit writer of webhook deliveries, started on first use.
     deliveries: std::sync::Arc<std::sync::OnceLock<webhooks::DeliveryWriter>>,
+}
+
+/// A new random secret: `prefix` and 64 hex digits (256 bits from the OS).
+pub(crate) fn new_secret(prefix: &str) -> String {
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut raw = [0u8; 32];
+    aes_gcm::aead::OsRng.fill_bytes(&mut raw);
+    format!("{prefix}{}", hex::encode(raw))
+}
+
+/// How a secret is stored and looked up: its SHA-256 in hex. Looking up by digest means no
+/// comparison of secrets ever runs in variable time.
+pub(crate) fn secret_digest(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -9,6 +9,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The admin API token every test server gets (`CHENGIS_ADMIN_TOKEN`): tests call the API as
+/// the first admin, as an operator's automation would.
+pub const ADMIN_TOKEN: &str = "chgu_7e57ad31e0000000000000000000000000000000000000000000000000000001";
+/// The `Authorization` header value of [`ADMIN_TOKEN`].
+pub const BEARER: &str = "Bearer chgu_7e57ad31e0000000000000000000000000000000000000000000000000000001";
+/// The first admin's password (`CHENGIS_ADMIN_PASSWORD`), user `admin`.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
 /// A running `chengis serve`, killed when dropped.
 pub struct Server {
     /// The process.
@@ -51,6 +59,8 @@ pub fn start_with(data: &Path, db: &str, extra: &[&str], env: &[(&str, &str)], s
         .arg(data)
         .args(["--database-url", db])
         .args(extra)
+        .env("CHENGIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("CHENGIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .envs(env.iter().copied())
         .env_remove("CHENGIS_MASTER_KEY")
         .stdout(Stdio::piped())
@@ -130,14 +140,31 @@ pub fn http() -> ureq::Agent {
         .into()
 }
 
+/// An HTTP client that does not follow redirects (to see 303s and their `Location`).
+pub fn no_redirects() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
 pub fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
+    call_as(BEARER, method, url, body)
+}
+
+/// An API call with the `Authorization` header `auth` (empty: none).
+pub fn call_as(auth: &str, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     let agent = http();
+    let a = |r| if auth.is_empty() { r } else { ureq_auth(r, auth) };
     let resp = match (method, body) {
-        ("GET", _) => agent.get(url).call(),
-        ("DELETE", _) => agent.delete(url).call(),
-        ("POST", Some(b)) => agent.post(url).send_json(b),
-        ("POST", None) => agent.post(url).send_empty(),
-        ("PUT", Some(b)) => agent.put(url).send_json(b),
+        ("GET", _) => ureq_auth_get(agent.get(url), auth).call(),
+        ("DELETE", _) => ureq_auth_get(agent.delete(url), auth).call(),
+        ("POST", Some(b)) => a(agent.post(url)).send_json(b),
+        ("POST", None) => a(agent.post(url)).send_empty(),
+        ("PUT", Some(b)) => a(agent.put(url)).send_json(b),
+        ("PATCH", Some(b)) => a(agent.patch(url)).send_json(b),
         _ => unreachable!(),
     };
     let mut resp = resp.unwrap();
@@ -145,6 +172,26 @@ pub fn call(method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
     let mut text = String::new();
     resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn ureq_auth(
+    r: ureq::RequestBuilder<ureq::typestate::WithBody>,
+    auth: &str,
+) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+    r.header("authorization", auth)
+}
+
+/// `r` with the `Authorization` header `auth` (none when empty).
+pub fn ureq_auth_get(
+    r: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
+    auth: &str,
+) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+    if auth.is_empty() { r } else { r.header("authorization", auth) }
+}
+
+/// A GET as the test admin.
+pub fn admin_get(url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+    http().get(url).header("authorization", BEARER)
 }
 
 pub fn wait_build(s: &Server, id: i64, until: impl Fn(&Value) -> bool) -> Value {
@@ -174,6 +221,7 @@ pub fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, St
     let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
         .args(args)
         .args(["--server", server])
+        .env("CHENGIS_TOKEN", ADMIN_TOKEN)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -4,30 +4,29 @@
 mod pages;
 pub mod svg;
 
-use super::AppState;
 use super::error::ApiError;
 use askama::Template;
-use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
-/// The dashboard's routes (HTML pages, form posts, badges and static files).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(pages::home))
-        .route("/jobs/{name}", get(pages::job))
-        .route("/jobs/{name}/trigger", post(pages::trigger))
-        .route("/builds/{id}", get(pages::build))
-        .route("/builds/{id}/cancel", post(pages::cancel))
-        .route("/builds/{id}/retry", post(pages::retry))
-        .route("/builds/{id}/artifacts", get(pages::artifacts))
-        .route("/builds/{id}/jobs/{job}/log", get(pages::log))
-        .route("/plugins", get(pages::plugins))
-        .route("/plugins/{name}/{decision}", post(pages::decide_plugin))
-        .route("/agents", get(pages::agents))
-        .route("/badge/{file}", get(pages::badge))
-        .route("/static/{file}", get(static_file))
+impl super::Routes {
+    /// Adds the dashboard's routes (HTML pages, form posts, badges and static files).
+    pub fn merge_views(self) -> Self {
+        self.add("GET", "/", get(pages::home))
+            .add("GET", "/jobs/{name}", get(pages::job))
+            .add("POST", "/jobs/{name}/trigger", post(pages::trigger))
+            .add("GET", "/builds/{id}", get(pages::build))
+            .add("POST", "/builds/{id}/cancel", post(pages::cancel))
+            .add("POST", "/builds/{id}/retry", post(pages::retry))
+            .add("GET", "/builds/{id}/artifacts", get(pages::artifacts))
+            .add("GET", "/builds/{id}/jobs/{job}/log", get(pages::log))
+            .add("GET", "/plugins", get(pages::plugins))
+            .add("POST", "/plugins/{name}/{decision}", post(pages::decide_plugin))
+            .add("GET", "/agents", get(pages::agents))
+            .add("GET", "/badge/{file}", get(pages::badge))
+            .add("GET", "/static/{file}", get(static_file))
+    }
 }
 
 /// The files under `web/static` the pages use, compiled into the binary.
@@ -80,8 +79,38 @@ fn security_headers(h: &mut HeaderMap) {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
 }
 
+/// What every page knows about its viewer: the header's name and sign-out form, and which
+/// buttons to show (the server checks again on every post).
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    /// The signed-in user's name.
+    pub me: Option<String>,
+    /// The session's CSRF token, for the forms.
+    pub csrf: String,
+    /// May trigger, cancel and retry.
+    pub developer: bool,
+    /// May allow and deny plugins.
+    pub admin: bool,
+}
+
+impl Ctx {
+    /// The context of `caller` (none: anonymous).
+    pub fn of(caller: Option<&super::auth::Caller>) -> Ctx {
+        use crate::store::users::Role;
+        match caller {
+            None => Ctx::default(),
+            Some(c) => Ctx {
+                me: c.user.as_ref().map(|u| u.username.clone()),
+                csrf: c.csrf().to_string(),
+                developer: c.at_least(Role::Developer),
+                admin: c.at_least(Role::Admin),
+            },
+        }
+    }
+}
+
 /// Renders a template as an HTML answer with `status`.
-fn page<T: Template>(status: StatusCode, t: &T) -> Response {
+pub(crate) fn page<T: Template>(status: StatusCode, t: &T) -> Response {
     match t.render() {
         Ok(body) => {
             let mut resp = (status, Html(body)).into_response();
@@ -137,6 +166,7 @@ struct ErrorPage<'a> {
     title: String,
     nav: &'static str,
     v: &'static str,
+    ctx: Ctx,
     message: &'a str,
 }
 
@@ -147,6 +177,7 @@ impl IntoResponse for PageError {
             title: format!("{} {reason}", self.status.as_u16()),
             nav: "",
             v: static_version(),
+            ctx: Ctx::default(),
             message: &self.message,
         };
         page(self.status, &t)

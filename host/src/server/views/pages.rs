@@ -5,9 +5,11 @@ use super::svg::{self, GraphNode, TrendPoint};
 use super::{PageError, duration_text, elapsed, page, path_segment, static_version, time_iso, time_text};
 use crate::engine::builds::TriggerRequest;
 use crate::server::AppState;
+use crate::server::auth::Caller;
 use crate::status::Status;
 use crate::store::builds::{BuildFilter, BuildSummary, StepRecord};
 use askama::Template;
+use axum::Extension;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -15,6 +17,15 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 type PageResult = Result<Response, PageError>;
+
+fn ctx_of(caller: &Option<Extension<Caller>>) -> super::Ctx {
+    super::Ctx::of(caller.as_ref().map(|Extension(c)| c))
+}
+
+/// Who a build started from the dashboard is attributed to.
+fn who(caller: &Option<Extension<Caller>>) -> String {
+    caller.as_ref().and_then(|Extension(c)| c.user.as_ref()).map_or_else(|| "web".to_string(), |u| u.username.clone())
+}
 
 /// Builds per page of the home and job pages.
 const PAGE: i64 = 50;
@@ -141,6 +152,7 @@ struct HomePage {
     title: String,
     nav: &'static str,
     v: &'static str,
+    ctx: super::Ctx,
     list: Listing,
     jobs: Vec<String>,
     statuses: &'static [&'static str],
@@ -150,13 +162,19 @@ struct HomePage {
 }
 
 /// `GET /`: recent builds across jobs, with filters and cursor pagination.
-pub async fn home(State(s): State<AppState>, Query(q): Query<ListQuery>) -> PageResult {
+pub async fn home(
+    State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Query(q): Query<ListQuery>,
+) -> PageResult {
+    let ctx = ctx_of(&caller);
     let list = listing(&s, "/", &q, None).await?;
     let jobs = s.builds.store.jobs().await?.into_iter().map(|j| j.name).collect();
     let t = HomePage {
         title: "Builds".into(),
         nav: "builds",
         v: static_version(),
+        ctx: ctx.clone(),
         list,
         jobs,
         statuses: STATUSES,
@@ -185,6 +203,7 @@ struct JobPage {
     title: String,
     nav: &'static str,
     v: &'static str,
+    ctx: super::Ctx,
     name: String,
     repo: String,
     default_branch: String,
@@ -250,6 +269,7 @@ fn host_of(headers: &HeaderMap) -> String {
 
 async fn job_page(
     s: &AppState,
+    ctx: &super::Ctx,
     name: &str,
     q: &ListQuery,
     headers: &HeaderMap,
@@ -286,6 +306,7 @@ async fn job_page(
         title: format!("Job {name}"),
         nav: "builds",
         v: static_version(),
+        ctx: ctx.clone(),
         name: name.to_string(),
         repo: job.repo_url,
         default_branch: job.default_branch,
@@ -304,11 +325,12 @@ async fn job_page(
 /// `GET /jobs/{name}`: the job's builds, success rate, duration trend, trigger form, badge.
 pub async fn job(
     State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(name): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
 ) -> PageResult {
-    let t = job_page(&s, &name, &q, &headers, None).await?;
+    let t = job_page(&s, &ctx_of(&caller), &name, &q, &headers, None).await?;
     Ok(page(StatusCode::OK, &t))
 }
 
@@ -316,6 +338,7 @@ pub async fn job(
 /// parameters the pipeline declares; errors show the form again with what is wrong.
 pub async fn trigger(
     State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -362,11 +385,13 @@ pub async fn trigger(
         None
     };
     if bad || form_error.is_some() {
-        let t = job_page(&s, &name, &ListQuery::default(), &headers, Some((fields, branch, form_error))).await?;
+        let t =
+            job_page(&s, &ctx_of(&caller), &name, &ListQuery::default(), &headers, Some((fields, branch, form_error)))
+                .await?;
         return Ok(page(StatusCode::BAD_REQUEST, &t));
     }
     let req = TriggerRequest { branch: (!branch.is_empty()).then_some(branch), params, ..Default::default() };
-    let build = s.builds.trigger(&name, req, "manual", "web").await?;
+    let build = s.builds.trigger(&name, req, "manual", &who(&caller)).await?;
     Ok(Redirect::to(&format!("/builds/{}", build.id)).into_response())
 }
 
@@ -408,6 +433,7 @@ struct BuildPage {
     title: String,
     nav: &'static str,
     v: &'static str,
+    ctx: super::Ctx,
     b: Row,
     finished: bool,
     reason: String,
@@ -423,7 +449,8 @@ struct BuildPage {
 
 /// `GET /builds/{id}`: summary, pipeline graph, jobs and steps, policy results, artifacts,
 /// attempts, cancel and retry.
-pub async fn build(State(s): State<AppState>, Path(id): Path<i64>) -> PageResult {
+pub async fn build(State(s): State<AppState>, caller: Option<Extension<Caller>>, Path(id): Path<i64>) -> PageResult {
+    let ctx = ctx_of(&caller);
     let store = &s.builds.store;
     let b = store.build_summary(id).await?;
     let mut nodes = Vec::new();
@@ -466,6 +493,7 @@ pub async fn build(State(s): State<AppState>, Path(id): Path<i64>) -> PageResult
         title: format!("{} #{}", b.job, b.number),
         nav: "builds",
         v: static_version(),
+        ctx: ctx.clone(),
         finished: b.status.is_finished(),
         reason: b.reason.clone().unwrap_or_default(),
         commit_full: b.commit_sha.clone(),
@@ -483,13 +511,14 @@ pub async fn build(State(s): State<AppState>, Path(id): Path<i64>) -> PageResult
 
 /// `POST /builds/{id}/cancel`: cancels, then back to the build page.
 pub async fn cancel(State(s): State<AppState>, Path(id): Path<i64>) -> PageResult {
+    // Who cancelled is in the audit log (the middleware records `build.cancel`).
     s.builds.cancel(id).await?;
     Ok(Redirect::to(&format!("/builds/{id}")).into_response())
 }
 
 /// `POST /builds/{id}/retry`: a new attempt; shows its page.
-pub async fn retry(State(s): State<AppState>, Path(id): Path<i64>) -> PageResult {
-    let b = s.builds.retry(id, "web").await?;
+pub async fn retry(State(s): State<AppState>, caller: Option<Extension<Caller>>, Path(id): Path<i64>) -> PageResult {
+    let b = s.builds.retry(id, &who(&caller)).await?;
     Ok(Redirect::to(&format!("/builds/{}", b.id)).into_response())
 }
 
@@ -506,6 +535,7 @@ struct LogPage {
     title: String,
     nav: &'static str,
     v: &'static str,
+    ctx: super::Ctx,
     build_id: i64,
     build_title: String,
     job: String,
@@ -532,9 +562,11 @@ pub struct LogQuery {
 /// 1,000 lines without).
 pub async fn log(
     State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path((id, job)): Path<(i64, String)>,
     Query(q): Query<LogQuery>,
 ) -> PageResult {
+    let ctx = ctx_of(&caller);
     let store = &s.builds.store;
     let b = store.build_summary(id).await?;
     let j = store
@@ -566,6 +598,7 @@ pub async fn log(
         title: format!("{job} · {} #{}", b.job, b.number),
         nav: "builds",
         v: static_version(),
+        ctx: ctx.clone(),
         build_id: id,
         build_title: format!("{} #{}", b.job, b.number),
         status: j.status.as_str(),
@@ -652,6 +685,7 @@ struct ArtifactsPage {
     title: String,
     nav: &'static str,
     v: &'static str,
+    ctx: super::Ctx,
     build_id: i64,
     build_title: String,
     files: Vec<ArtifactRow>,
@@ -671,7 +705,12 @@ fn size_text(bytes: i64) -> String {
 }
 
 /// `GET /builds/{id}/artifacts`: names, sizes, checksums and download links.
-pub async fn artifacts(State(s): State<AppState>, Path(id): Path<i64>) -> PageResult {
+pub async fn artifacts(
+    State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Path(id): Path<i64>,
+) -> PageResult {
+    let ctx = ctx_of(&caller);
     let b = s.builds.store.build_summary(id).await?;
     let files = s.builds.store.artifacts_of_build(id).await?;
     let total: i64 = files.iter().map(|f| f.size).sum();
@@ -679,6 +718,7 @@ pub async fn artifacts(State(s): State<AppState>, Path(id): Path<i64>) -> PageRe
         title: format!("Artifacts · {} #{}", b.job, b.number),
         nav: "builds",
         v: static_version(),
+        ctx: ctx.clone(),
         build_id: id,
         build_title: format!("{} #{}", b.job, b.number),
         total: size_text(total),
@@ -720,16 +760,19 @@ struct PluginsPage {
     title: String,
     nav: &'static str,
     v: &'static str,
+    ctx: super::Ctx,
     plugins: Vec<PluginRow>,
 }
 
 /// `GET /plugins`: installed plugins, requested vs granted capabilities, trust state.
-pub async fn plugins(State(s): State<AppState>) -> PageResult {
+pub async fn plugins(State(s): State<AppState>, caller: Option<Extension<Caller>>) -> PageResult {
+    let ctx = ctx_of(&caller);
     let list = s.builds.store.plugins().await?;
     let t = PluginsPage {
         title: "Plugins".into(),
         nav: "plugins",
         v: static_version(),
+        ctx: ctx.clone(),
         plugins: list
             .into_iter()
             .map(|p| PluginRow {
@@ -755,14 +798,18 @@ pub async fn plugins(State(s): State<AppState>) -> PageResult {
 
 /// `POST /plugins/{name}/allow|deny`: records the decision for every version of the plugin
 /// (the grants stay as they are; `chengis plugin allow --grant` changes them).
-pub async fn decide_plugin(State(s): State<AppState>, Path((name, decision)): Path<(String, String)>) -> PageResult {
+pub async fn decide_plugin(
+    State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Path((name, decision)): Path<(String, String)>,
+) -> PageResult {
     use crate::store::plugins::TrustState;
     let state = match decision.as_str() {
         "allow" => TrustState::Allowed,
         "deny" => TrustState::Denied,
         other => return Err(PageError::not_found(format!("no plugin action `{other}`: allow or deny"))),
     };
-    s.builds.store.decide_plugin(&name, None, state, None, "web").await?;
+    s.builds.store.decide_plugin(&name, None, state, None, &who(&caller)).await?;
     tracing::info!("plugin `{name}`: {} from the dashboard", state.as_str());
     Ok(Redirect::to("/plugins").into_response())
 }
@@ -786,17 +833,20 @@ struct AgentsPage {
     title: String,
     nav: &'static str,
     v: &'static str,
+    ctx: super::Ctx,
     agents: Vec<AgentRow>,
 }
 
 /// `GET /agents`: embedded and remote agents with labels, capacity, jobs and heartbeat.
-pub async fn agents(State(s): State<AppState>) -> PageResult {
+pub async fn agents(State(s): State<AppState>, caller: Option<Extension<Caller>>) -> PageResult {
+    let ctx = ctx_of(&caller);
     let silent = crate::server::agent_api::silence_ms(s.agents.lease_ttl);
     let list = s.builds.store.agents(silent).await?;
     let t = AgentsPage {
         title: "Agents".into(),
         nav: "agents",
         v: static_version(),
+        ctx: ctx.clone(),
         agents: list
             .into_iter()
             .map(|a| AgentRow {
