@@ -345,6 +345,12 @@ fn sessions_tokens_lockout_csrf_rate_limits_and_the_audit_chain() {
         let (code, out, err) = cli(&s.url, &["audit", "verify"], None);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("intact"), "{out}");
+        let page = send("GET", &format!("{}/audit", s.url), &[("authorization", BEARER)], None);
+        assert!(
+            page.body.contains("id=\"audit-ok\"") && page.body.contains("<code>login.failure</code>"),
+            "{}",
+            page.body
+        );
 
         // Tampering with the database: a changed entry, a removed one, a removed last one.
         let entries = log["entries"].as_array().unwrap().len() as i64;
@@ -361,6 +367,8 @@ fn sessions_tokens_lockout_csrf_rate_limits_and_the_audit_chain() {
         assert!(out.contains("entry 3") && out.contains("modified"), "{out}");
         let (_, v) = call("GET", &format!("{}/api/v1/audit/verify", s.url), None);
         assert_eq!(v["ok"], false);
+        let page = send("GET", &format!("{}/audit", s.url), &[("authorization", BEARER)], None);
+        assert!(page.body.contains("id=\"audit-problem\"") && page.body.contains("entry 3"), "{}", page.body);
         exec("UPDATE audit_log SET actor = (SELECT actor FROM audit_log WHERE id = 2) WHERE id = 3".into());
         let (_, v) = call("GET", &format!("{}/api/v1/audit/verify", s.url), None);
         if v["ok"] == true {

@@ -477,11 +477,20 @@ impl Store {
 
     /// Audit entries after `after_id`, oldest first, at most `limit`.
     pub async fn audit_entries(&self, after_id: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, at_ms, actor, ip, action, target, details, prev_hash, hash FROM audit_log WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after_id)
-        .bind(limit)
+        self.audit_query("WHERE id > $1 ORDER BY id LIMIT $2", after_id, limit).await
+    }
+
+    /// The newest audit entries before `before_id` (all when 0), newest first, at most `limit`.
+    pub async fn audit_newest(&self, before_id: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_query("WHERE ($1 = 0 OR id < $1) ORDER BY id DESC LIMIT $2", before_id, limit).await
+    }
+
+    async fn audit_query(&self, clause: &str, a: i64, b: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, at_ms, actor, ip, action, target, details, prev_hash, hash FROM audit_log {clause}"
+        ))
+        .bind(a)
+        .bind(b)
         .fetch_all(self.pool())
         .await?;
         rows.iter()

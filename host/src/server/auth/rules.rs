@@ -199,6 +199,7 @@ pub const RULES: &[Rule] = &[
     a("PATCH", "/api/v1/users/{name}", ADMIN, "user.change"),
     r("GET", "/api/v1/audit", ADMIN),
     r("GET", "/api/v1/audit/verify", ADMIN),
+    r("GET", "/audit", ADMIN),
 ];
 
 /// The rule of `method` on the registered route `path`.

@@ -24,6 +24,7 @@ impl super::Routes {
             .add("GET", "/plugins", get(pages::plugins))
             .add("POST", "/plugins/{name}/{decision}", post(pages::decide_plugin))
             .add("GET", "/agents", get(pages::agents))
+            .add("GET", "/audit", get(pages::audit))
             .add("GET", "/badge/{file}", get(pages::badge))
             .add("GET", "/static/{file}", get(static_file))
     }

@@ -872,6 +872,72 @@ pub async fn agents(State(s): State<AppState>, caller: Option<Extension<Caller>>
     Ok(page(StatusCode::OK, &t))
 }
 
+/// An audit entry as its page shows it.
+struct AuditRow {
+    id: i64,
+    when: String,
+    iso: String,
+    actor: String,
+    ip: String,
+    action: String,
+    target: String,
+    details: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    title: String,
+    nav: &'static str,
+    v: &'static str,
+    ctx: super::Ctx,
+    entries: Vec<AuditRow>,
+    total: i64,
+    problem: Option<String>,
+    older: Option<String>,
+}
+
+/// Query of the audit page: entries older than `before`.
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    before: Option<i64>,
+}
+
+/// `GET /audit`: the audit log, newest first, 200 per page, with the chain's check (admins).
+pub async fn audit(
+    State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Query(q): Query<AuditQuery>,
+) -> PageResult {
+    const PER_PAGE: i64 = 200;
+    let store = &s.builds.store;
+    let verdict = store.verify_audit().await?;
+    let entries = store.audit_newest(q.before.unwrap_or(0), PER_PAGE).await?;
+    let t = AuditPage {
+        title: "Audit log".into(),
+        nav: "audit",
+        v: static_version(),
+        ctx: ctx_of(&caller),
+        older: entries.last().filter(|e| e.id > 1).map(|e| format!("/audit?before={}", e.id)),
+        entries: entries
+            .into_iter()
+            .map(|e| AuditRow {
+                id: e.id,
+                when: time_text(e.at_ms),
+                iso: time_iso(e.at_ms),
+                actor: e.actor,
+                ip: e.ip,
+                action: e.action,
+                target: e.target,
+                details: e.details,
+            })
+            .collect(),
+        total: verdict.entries,
+        problem: verdict.problem,
+    };
+    Ok(page(StatusCode::OK, &t))
+}
+
 /// Query of a badge: the branch, and the label on its left.
 #[derive(Debug, Deserialize)]
 pub struct BadgeQuery {
