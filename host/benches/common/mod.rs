@@ -17,7 +17,8 @@ pub const ADMIN_PASSWORD: &str = "bench admin password";
 /// `db` and the data directory `data`; returns the child and its URL.
 pub fn serve(data: &Path, db: &str, agents: &str) -> (Child, String) {
     let mut server = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--agents", agents, "--database-url", db])
+        // The benches poll as fast as they can: no per-user request limit.
+        .args(["serve", "--listen", "127.0.0.1:0", "--agents", agents, "--database-url", db, "--rate-limit", "0/1m"])
         .arg("--data-dir")
         .arg(data)
         .env("CHENGIS_ADMIN_TOKEN", ADMIN_TOKEN)

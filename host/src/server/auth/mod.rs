@@ -264,7 +264,10 @@ pub async fn authorize(State(s): State<AppState>, req: Request<Body>, next: Next
         Access::SignedIn => (Role::Viewer, Scope::Any),
         Access::Secrets => {
             // A job's secrets: developers; global secrets: admins.
-            let job_scoped = uri.query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("job=")));
+            // (Stricter than the handler when in doubt: an encoded key reads as global.)
+            let job_scoped = uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv.strip_prefix("job=").is_some_and(|v| !v.is_empty())));
             (if job_scoped { Role::Developer } else { Role::Admin }, Scope::SecretsWrite)
         }
         Access::Public | Access::Agent => unreachable_public(),
