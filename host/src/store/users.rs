@@ -381,23 +381,32 @@ impl Store {
     }
 
     /// The owner and record of a live API token (not revoked or expired, owner active and at the
-    /// same session version), noting its use.
+    /// same session version). Its last use is written at most once a minute, so reads through a
+    /// token do not each cost a database write.
     pub async fn api_token(&self, secret: &str) -> Result<Option<(UserRecord, TokenRecord)>, StoreError> {
         let now = now_ms();
-        let row = sqlx::query(
-            "UPDATE api_tokens SET last_used_ms = $1 WHERE digest = $2 AND revoked_ms IS NULL \
-             AND (expires_ms IS NULL OR expires_ms > $1) \
-             RETURNING id, user_id, name, scopes, created_ms, expires_ms, last_used_ms, revoked_ms, session_version",
-        )
-        .bind(now)
+        let row = sqlx::query(&format!(
+            "{TOKEN} WHERE digest = $1 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > $2)"
+        ))
         .bind(secret_digest(secret))
+        .bind(now)
         .fetch_optional(self.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
         let version: i64 = row.try_get("session_version")?;
         let token = token_from_row(&row)?;
         let user = self.user(token.user_id).await?;
-        Ok((user.active && user.session_version == version).then_some((user, token)))
+        if !(user.active && user.session_version == version) {
+            return Ok(None);
+        }
+        if token.last_used_ms.is_none_or(|t| now - t >= 60_000) {
+            sqlx::query("UPDATE api_tokens SET last_used_ms = $1 WHERE id = $2")
+                .bind(now)
+                .bind(token.id)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(Some((user, token)))
     }
 
     /// The API tokens of a user (or of everyone).
