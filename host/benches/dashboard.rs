@@ -14,7 +14,6 @@ use chengis::status::Status;
 use chengis::store::Store;
 use chengis::store::builds::NewBuild;
 use chengis::store::jobs::NewJob;
-use chengis::store::queue::{LeaseRequest, Priority};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -96,21 +95,7 @@ async fn seed(url: &str) -> (i64, i64, String) {
     let build = store.create_build(job_ids[1], &NewBuild::default()).await.unwrap();
     store.transition_build(build.id, Status::Running, None).await.unwrap();
     let bj = store.add_build_job(build.id, "test", "{}", &[]).await.unwrap();
-    store.enqueue(bj, Priority::Normal, &[]).await.unwrap();
-    let lease = store
-        .lease(&LeaseRequest {
-            agent: "bench",
-            labels: &[],
-            capacity: 1,
-            ttl: Duration::from_secs(600),
-            max_attempts: 1,
-            free: None,
-            defer: None,
-            registered_ms: None,
-        })
-        .await
-        .unwrap()
-        .remove(0);
+    let lease = common::lease_alone(&store, bj).await;
     store.start_leased_job(&lease).await.unwrap();
     let mut n = 1u64;
     while n <= LOG_LINES {
@@ -241,30 +226,16 @@ fn main() {
     );
     let (mut server, base) = common::serve(&tmp.path().join("data"), &db, "0");
 
-    let home = time_gets(&format!("{base}/"), 300);
-    println!(
-        "home page, {BUILDS} builds in the database: p50 {:.2} ms, p99 {:.2} ms (target p50 < 15 ms)",
-        percentile(&home, 0.5),
-        percentile(&home, 0.99)
-    );
-    let filtered = time_gets(&format!("{base}/?job=web&status=failure&branch=main"), 300);
-    println!(
-        "home page filtered (job, status, branch): p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&filtered, 0.5),
-        percentile(&filtered, 0.99)
-    );
-    let job = time_gets(&format!("{base}/jobs/web"), 300);
-    println!(
-        "job page (trend of 50 builds): p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&job, 0.5),
-        percentile(&job, 0.99)
-    );
-    let page = time_gets(&format!("{base}/builds/{graph}"), 300);
-    println!(
-        "build page, {GRAPH_JOBS}-job graph: p50 {:.2} ms, p99 {:.2} ms (target p50 < 20 ms)",
-        percentile(&page, 0.5),
-        percentile(&page, 0.99)
-    );
+    let pages = [
+        (format!("home page, {BUILDS} builds in the database"), "/".to_string(), " (target p50 < 15 ms)"),
+        ("home page filtered (job, status, branch)".into(), "/?job=web&status=failure&branch=main".into(), ""),
+        ("job page (trend of 50 builds)".into(), "/jobs/web".into(), ""),
+        (format!("build page, {GRAPH_JOBS}-job graph"), format!("/builds/{graph}"), " (target p50 < 20 ms)"),
+    ];
+    for (what, path, target) in pages {
+        let ms = time_gets(&format!("{base}{path}"), 300);
+        println!("{what}: p50 {:.2} ms, p99 {:.2} ms{target}", percentile(&ms, 0.5), percentile(&ms, 0.99));
+    }
     if let Some(times) = rt.block_on(browser_first_screen(&base, log_build, &log_job)) {
         println!(
             "browser: first screen of a finished {LOG_LINES}-line log: p50 {:.0} ms, max {:.0} ms over {} loads (target < 1 s)",

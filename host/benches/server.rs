@@ -114,21 +114,7 @@ async fn log_ingestion(dir: &std::path::Path) {
         .unwrap();
     let build = store.create_build(job.id, &NewBuild::default()).await.unwrap();
     let id = store.add_build_job(build.id, "j", "{}", &[]).await.unwrap();
-    store.enqueue(id, Priority::Normal, &[]).await.unwrap();
-    let lease = store
-        .lease(&LeaseRequest {
-            agent: "bench",
-            labels: &[],
-            capacity: 1,
-            ttl: Duration::from_secs(600),
-            max_attempts: 2,
-            free: None,
-            defer: None,
-            registered_ms: None,
-        })
-        .await
-        .unwrap()
-        .remove(0);
+    let lease = common::lease_alone(&store, id).await;
     let (mut server, base) = common::serve(&dir.join("data"), &db, "0");
     let total_lines: u64 = 400_000;
     let batch = 500u64;

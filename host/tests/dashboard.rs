@@ -8,6 +8,7 @@ mod support;
 use serde_json::{Value, json};
 use std::io::Read;
 
+use chengis::agent::remote::percent_encode as enc;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -71,18 +72,6 @@ fn post_form(url: &str, form: &[(&str, &str)]) -> (u16, String, String) {
     let mut text = String::new();
     resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
     (resp.status().as_u16(), location, text)
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The attribute value after `marker` in `page`, HTML entities of `&` undone.

@@ -56,3 +56,21 @@ pub fn repo(dir: &Path, pipeline: &str) -> String {
     git(&["commit", "-qm", "x"]);
     format!("file://{}", dir.display())
 }
+
+/// Enqueues build job `build_job` and leases it as the agent `bench` (the benches that write
+/// logs as an agent would).
+pub async fn lease_alone(store: &chengis::store::Store, build_job: i64) -> chengis::store::queue::Lease {
+    use chengis::store::queue::{LeaseRequest, Priority};
+    store.enqueue(build_job, Priority::Normal, &[]).await.unwrap();
+    let request = LeaseRequest {
+        agent: "bench",
+        labels: &[],
+        capacity: 1,
+        ttl: std::time::Duration::from_secs(600),
+        max_attempts: 2,
+        free: None,
+        defer: None,
+        registered_ms: None,
+    };
+    store.lease(&request).await.unwrap().remove(0)
+}

@@ -53,9 +53,20 @@ pub struct BuildDetail {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PolicyResult {
     /// Why the build was refused, one entry per reason.
-    denials: Vec<String>,
+    pub denials: Vec<String>,
     /// Warnings of policies that allowed it.
-    warnings: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// What the policies said about build `id` (their newest `policy` event), if anything.
+pub async fn policy_of(store: &crate::store::Store, id: i64) -> Result<Option<PolicyResult>, crate::store::StoreError> {
+    Ok(store
+        .events_after(id, 0)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|e| e.kind == "policy")
+        .and_then(|e| serde_json::from_value(e.payload).ok()))
 }
 
 /// `GET /api/v1/builds/{id}/tests`: the test cases the build's steps reported.
@@ -321,13 +332,7 @@ pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> 
             if j.status == crate::status::Status::Queued { store.waiting_reason(j.id).await? } else { None };
         jobs.push(BuildJobDetail { job: j, steps, waiting_reason });
     }
-    let policy = store
-        .events_after(id, 0)
-        .await?
-        .into_iter()
-        .rev()
-        .find(|e| e.kind == "policy")
-        .and_then(|e| serde_json::from_value(e.payload).ok());
+    let policy = policy_of(store, id).await?;
     Ok(Json(BuildDetail { build, jobs, policy }))
 }
 

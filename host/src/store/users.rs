@@ -140,17 +140,24 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<UserRecord, StoreError> {
     })
 }
 
-const TOKEN: &str = "SELECT id, user_id, name, scopes, created_ms, expires_ms, last_used_ms, revoked_ms, session_version FROM api_tokens";
+const TOKEN: &str =
+    "SELECT id, user_id, name, scopes, created_ms, expires_ms, last_used_ms, revoked_ms FROM api_tokens";
 
 fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenRecord, StoreError> {
+    token_from_columns(row, "id", "created_ms")
+}
+
+/// A token from a row whose id and creation time columns are named `id` and `created` (a row
+/// joined with its user renames them).
+fn token_from_columns(row: &sqlx::any::AnyRow, id: &str, created: &str) -> Result<TokenRecord, StoreError> {
     let scopes: String = row.try_get("scopes")?;
     Ok(TokenRecord {
-        id: row.try_get("id")?,
+        id: row.try_get(id)?,
         user_id: row.try_get("user_id")?,
         name: row.try_get("name")?,
         scopes: serde_json::from_str(&scopes)
             .map_err(|e| StoreError::Corrupt { what: "token scopes", detail: e.to_string() })?,
-        created_ms: row.try_get("created_ms")?,
+        created_ms: row.try_get(created)?,
         expires_ms: row.try_get("expires_ms")?,
         last_used_ms: row.try_get("last_used_ms")?,
         revoked_ms: row.try_get("revoked_ms")?,
@@ -381,24 +388,23 @@ impl Store {
     }
 
     /// The owner and record of a live API token (not revoked or expired, owner active and at the
-    /// same session version). Its last use is written at most once a minute, so reads through a
-    /// token do not each cost a database write.
+    /// same session version), in one query. Its last use is written at most once a minute, so
+    /// reads through a token do not each cost a database write.
     pub async fn api_token(&self, secret: &str) -> Result<Option<(UserRecord, TokenRecord)>, StoreError> {
         let now = now_ms();
-        let row = sqlx::query(&format!(
-            "{TOKEN} WHERE digest = $1 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > $2)"
-        ))
+        let row = sqlx::query(
+            "SELECT u.id, u.username, u.role, u.active, u.session_version, u.failed_logins, u.locked_until_ms, \
+             u.created_ms, t.id AS token_id, t.user_id, t.name, t.scopes, t.created_ms AS token_created_ms, \
+             t.expires_ms, t.last_used_ms, t.revoked_ms FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.digest = $1 AND t.revoked_ms IS NULL AND (t.expires_ms IS NULL OR t.expires_ms > $2) \
+             AND u.active = 1 AND u.session_version = t.session_version",
+        )
         .bind(secret_digest(secret))
         .bind(now)
         .fetch_optional(self.pool())
         .await?;
         let Some(row) = row else { return Ok(None) };
-        let version: i64 = row.try_get("session_version")?;
-        let token = token_from_row(&row)?;
-        let user = self.user(token.user_id).await?;
-        if !(user.active && user.session_version == version) {
-            return Ok(None);
-        }
+        let (user, token) = (user_from_row(&row)?, token_from_columns(&row, "token_id", "token_created_ms")?);
         if token.last_used_ms.is_none_or(|t| now - t >= 60_000) {
             sqlx::query("UPDATE api_tokens SET last_used_ms = $1 WHERE id = $2")
                 .bind(now)

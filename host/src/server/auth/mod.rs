@@ -243,12 +243,25 @@ pub async fn authorize(State(s): State<AppState>, req: Request<Body>, next: Next
         tracing::error!("route {method} {path} has no access rule");
         return refuse(api, StatusCode::FORBIDDEN, "forbidden", format!("{method} {path} has no access rule"), &shown);
     };
+    // The least role and token scope the route needs; `None`: public on purpose (agent routes
+    // check their agent tokens themselves).
+    let need = match rule.access {
+        Access::Public | Access::Agent => None,
+        Access::Badge if s.auth.public_badges => None,
+        Access::Badge => Some((Role::Viewer, Scope::BuildsRead)),
+        Access::SignedIn => Some((Role::Viewer, Scope::Any)),
+        Access::Role(role, scope) => Some((role, scope)),
+        Access::Secrets => {
+            // A job's secrets: developers; global secrets: admins. (Stricter than the handler
+            // when in doubt: an encoded key reads as global.)
+            let job_scoped = uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv.strip_prefix("job=").is_some_and(|v| !v.is_empty())));
+            Some((if job_scoped { Role::Developer } else { Role::Admin }, Scope::SecretsWrite))
+        }
+    };
+    let Some((min, scope)) = need else { return next.run(req).await };
     let ip = client_ip(&req);
-    match rule.access {
-        Access::Public | Access::Agent => return next.run(req).await,
-        Access::Badge if s.auth.public_badges => return next.run(req).await,
-        _ => {}
-    }
     let caller = match identify(&s, req.headers(), ip.clone()).await {
         Ok(c) => c,
         Err(("unavailable", m)) => return refuse(api, StatusCode::SERVICE_UNAVAILABLE, "unavailable", m, &shown),
@@ -258,20 +271,6 @@ pub async fn authorize(State(s): State<AppState>, req: Request<Body>, next: Next
     if let Some(wait) = s.auth.request_limit.check(&key) {
         return too_many(api, wait, "requests", &shown);
     }
-    let (min, scope) = match rule.access {
-        Access::Role(role, scope) => (role, scope),
-        Access::Badge => (Role::Viewer, Scope::BuildsRead),
-        Access::SignedIn => (Role::Viewer, Scope::Any),
-        Access::Secrets => {
-            // A job's secrets: developers; global secrets: admins.
-            // (Stricter than the handler when in doubt: an encoded key reads as global.)
-            let job_scoped = uri
-                .query()
-                .is_some_and(|q| q.split('&').any(|kv| kv.strip_prefix("job=").is_some_and(|v| !v.is_empty())));
-            (if job_scoped { Role::Developer } else { Role::Admin }, Scope::SecretsWrite)
-        }
-        Access::Public | Access::Agent => unreachable_public(),
-    };
     let Some(user) = &caller.user else {
         return refuse(
             api,
@@ -325,11 +324,6 @@ pub async fn authorize(State(s): State<AppState>, req: Request<Body>, next: Next
         record(&s, &actor, &caller_ip, action, &target, &format!("HTTP {}", resp.status().as_u16())).await;
     }
     resp
-}
-
-fn unreachable_public() -> (Role, Scope) {
-    // Public and agent routes returned before; admin-only is the safe answer anyway.
-    (Role::Admin, Scope::Any)
 }
 
 /// Writes an audit entry; a failure is logged (the action itself already happened).

@@ -186,17 +186,7 @@ impl IntoResponse for PageError {
 }
 
 /// A URL path segment: everything but unreserved characters percent-encoded.
-pub fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::agent::remote::percent_encode as path_segment;
 
 /// A duration in milliseconds as people read it: `0.4s`, `45s`, `3m 07s`, `2h 05m`.
 pub fn duration_text(ms: i64) -> String {

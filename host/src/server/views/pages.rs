@@ -477,16 +477,8 @@ pub async fn build(State(s): State<AppState>, caller: Option<Extension<Caller>>,
             steps: steps.iter().map(step_row).collect(),
         });
     }
-    let policy = store.events_after(id, 0).await?.into_iter().rev().find(|e| e.kind == "policy");
-    let list = |key: &str| -> Vec<String> {
-        policy
-            .as_ref()
-            .and_then(|e| e.payload.get(key))
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
-            .unwrap_or_default()
-    };
-    let (denials, warnings) = (list("denials"), list("warnings"));
+    let (denials, warnings) =
+        crate::server::api::policy_of(store, id).await?.map(|p| (p.denials, p.warnings)).unwrap_or_default();
     let artifacts = store.artifacts_of_build(id).await?.len();
     let attempts = store.attempts(b.root_build_id.unwrap_or(b.id)).await?;
     let t = BuildPage {
