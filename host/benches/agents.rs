@@ -42,7 +42,11 @@ fn agent(dir: &Path, url: &str, token: &str, name: &str) -> Proc {
             .arg("--work-dir")
             .arg(&work)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // CHENGIS_BENCH_AGENT_LOG=DIR keeps each agent's log there (with CHENGIS_LOG).
+            .stderr(match std::env::var_os("CHENGIS_BENCH_AGENT_LOG") {
+                Some(d) => Stdio::from(std::fs::File::create(Path::new(&d).join(format!("{name}.log"))).unwrap()),
+                None => Stdio::null(),
+            })
             .spawn()
             .unwrap(),
     )
@@ -81,7 +85,8 @@ fn token(h: &ureq::Agent, url: &str) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
-fn wait_finished(h: &ureq::Agent, url: &str, id: i64, within: Duration) -> Value {
+/// Polls the build every `every` until it ends.
+fn wait_finished(h: &ureq::Agent, url: &str, id: i64, within: Duration, every: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let b = get(h, &format!("{url}/api/v1/builds/{id}"));
@@ -89,7 +94,7 @@ fn wait_finished(h: &ureq::Agent, url: &str, id: i64, within: Duration) -> Value
             return b;
         }
         assert!(Instant::now() < deadline, "build {id} did not finish: {}", b["build"]);
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
 
@@ -173,13 +178,14 @@ fn jobs_per_second(dir: &Path) {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(50));
     }
-    let n = 400;
+    let n = std::env::var("CHENGIS_BENCH_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
     let repo = repo(&dir.join("many"), &many_jobs(n));
     post(&h, &format!("{url}/api/v1/jobs"), json!({"name": "many", "repo_url": repo}), None);
     let start = Instant::now();
     let (_, b) = post(&h, &format!("{url}/api/v1/jobs/many/builds"), json!({}), None);
     let id = b["id"].as_i64().unwrap();
-    let build = wait_finished(&h, &url, id, Duration::from_secs(600));
+    // The figure comes from the jobs' own times: poll seldom, so as not to load the server.
+    let build = wait_finished(&h, &url, id, Duration::from_secs(600), Duration::from_millis(250));
     let wall = start.elapsed();
     assert_eq!(build["build"]["status"], "success", "{}", build["build"]);
     // Time from the first job's start to the last job's end (planning excluded).
@@ -233,7 +239,7 @@ fn log_lines(dir: &Path) {
     // From the trigger to the last line read over SSE: planning, checkout and the agent's
     // batches through the server included.
     let took = start.elapsed();
-    wait_finished(&h, &url, id, Duration::from_secs(120));
+    wait_finished(&h, &url, id, Duration::from_secs(120), Duration::from_millis(20));
     println!(
         "log lines from a remote agent to the server and out over SSE: {lines} lines in {:.2} s from the trigger to the \
          last line read, {:.0} lines/s",

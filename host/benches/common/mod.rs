@@ -24,7 +24,11 @@ pub fn serve(data: &Path, db: &str, agents: &str) -> (Child, String) {
         .env("CHENGIS_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("CHENGIS_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // CHENGIS_BENCH_SERVER_LOG=FILE keeps the server's log (with RUST_LOG) for profiling.
+        .stderr(match std::env::var_os("CHENGIS_BENCH_SERVER_LOG") {
+            Some(file) => Stdio::from(std::fs::File::create(file).unwrap()),
+            None => Stdio::null(),
+        })
         .spawn()
         .unwrap();
     let mut line = String::new();

@@ -2,7 +2,7 @@
 //! to the store) or over HTTP (a remote agent). One set of calls, so the job runner is the same.
 
 use super::remote::{Client, RemoteError};
-use super::server_side::{self, Assignment, Update};
+use super::server_side::{self, Assignment, Reports, Update};
 use crate::engine::builds::{BuildContext, Notice};
 use crate::exec::LogLine;
 use crate::status::Status;
@@ -107,24 +107,58 @@ impl Link {
         }
     }
 
-    /// Ends the job (with its outputs and sandbox when it ran).
+    /// Reports log lines and updates together (lines first). A server that predates the
+    /// `report` call (it sent no `first_line`) gets them one call each.
+    pub async fn report(&self, a: &Assignment, reports: Reports) -> Result<(), LinkError> {
+        match self {
+            Link::Remote(c, ..) if a.first_line.is_some() => {
+                let body = serde_json::to_value(&reports).unwrap_or_default();
+                let _: Value = c.lease_call(&a.lease, "report", body).await?;
+                Ok(())
+            }
+            _ => {
+                if !reports.lines.is_empty() {
+                    self.append_log(&a.lease, &reports.lines).await?;
+                }
+                for update in reports.updates {
+                    self.update(a, update).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the job (with its outputs and sandbox when it ran), after the reports not sent yet.
     pub async fn finish(
         &self,
         a: &Assignment,
         status: Status,
         reason: Option<&str>,
         ran: Option<(&Value, &str)>,
+        unsent: Reports,
     ) -> Result<(), LinkError> {
         match self {
             Link::Local(ctx) => {
+                self.report(a, unsent).await?;
                 Ok(server_side::finish(ctx, &a.lease, &a.spec.id, a.build_id, status, reason, ran).await?)
             }
             Link::Remote(c, ..) => {
+                // A server that predates reports in `finish` (it sent no `first_line`) gets them
+                // first.
+                let unsent = match a.first_line {
+                    Some(_) => unsent,
+                    None => {
+                        self.report(a, unsent).await?;
+                        Reports::default()
+                    }
+                };
                 let body = json!({
                     "status": status,
                     "reason": reason,
                     "outputs": ran.map(|r| r.0.clone()),
                     "sandbox": ran.map(|r| r.1),
+                    "lines": unsent.lines,
+                    "updates": unsent.updates,
                 });
                 let _: Value = c.lease_call(&a.lease, "finish", body).await?;
                 Ok(())

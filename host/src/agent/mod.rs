@@ -10,7 +10,7 @@ use crate::engine::context;
 use crate::engine::events::RunEvent;
 use crate::engine::job::{ContainerSpec, JobEnv, JobSpec, run_job};
 use crate::exec::docker::{DockerRuntime, SandboxLabels};
-use crate::exec::{CancelSignal, LogLine, SecretMasker};
+use crate::exec::{CancelSignal, SecretMasker};
 use crate::status::Status;
 use crate::store::now_ms;
 use crate::store::queue::{Lease, LeaseRequest};
@@ -28,7 +28,7 @@ pub mod remote_plugins;
 pub mod server_side;
 pub(crate) mod storage;
 use link::{Link, LinkError};
-use server_side::{Assignment, LocalParts, Update};
+use server_side::{Assignment, LocalParts, Reports, Update};
 use storage::{Storage, remove_workspace};
 
 /// How an agent runs.
@@ -346,7 +346,10 @@ async fn run_assignment(
     let retention = a.artifact_rules.retention_ms.map(Duration::from_millis);
     let remote_artifacts =
         matches!(link, Link::Remote(..)).then(|| storage::resolve_artifacts(&a.spec, &ctx_values, retention));
-    let first_line = link.next_line(&a.lease).await?;
+    let first_line = match a.first_line {
+        Some(n) => n,
+        None => link.next_line(&a.lease).await?,
+    };
     let pump = tokio::spawn(pump_events(link.clone(), a.clone(), rx, first_line));
     let job_spec = JobSpec {
         id: &a.spec.id,
@@ -358,7 +361,25 @@ async fn run_assignment(
     };
     let mut result = run_job(job_spec, &env, ctx_values).await;
     drop(env);
-    let pumped = pump.await;
+    // The pump only fails with a stale lease; a pump that panicked lost its unsent reports.
+    let (mut unsent, mut pump_error) = match pump.await {
+        Ok(Ok(reports)) => (reports, None),
+        Ok(Err(e)) => (Reports::default(), Some(e)),
+        Err(_) => (Reports::default(), None),
+    };
+    // Lines written after the steps (artifacts, caches, the embedded agent's storage) must
+    // follow the unsent ones: send those now. Otherwise they go with the job's end (a server
+    // that sent no `first_line` predates that and gets them now too).
+    let lines_follow = storage.is_some()
+        || !remote_caches.is_empty()
+        || remote_artifacts.as_ref().is_some_and(|specs| specs.as_ref().map_or(true, |s| !s.is_empty()));
+    if pump_error.is_none() && !unsent.is_empty() && (lines_follow || a.first_line.is_none()) {
+        match link.report(&a, std::mem::take(&mut unsent)).await {
+            Ok(()) => {}
+            Err(e) if e.is_stale() => pump_error = Some(e),
+            Err(e) => tracing::warn!(build = a.build_id, job = %a.spec.id, "reporting: {e}"),
+        }
+    }
 
     if let (Some(st), Some(parts), Some(p)) = (&storage, &local, pending) {
         st.after_steps(p, parts, &a.spec, &mut result, &workspace).await?;
@@ -402,7 +423,7 @@ async fn run_assignment(
         }
     }
     stop_helpers();
-    if let Ok(Err(e)) = pumped
+    if let Some(e) = pump_error
         && e.is_stale()
     {
         tracing::warn!("a newer attempt owns build job {bj_id}; this run's result is dropped");
@@ -413,12 +434,12 @@ async fn run_assignment(
         Some(image) => format!("docker:{}", image.as_literal().unwrap_or_else(|| "(expression)".into())),
         None => "local".into(),
     };
-    link.finish(&a, result.status, result.reason.as_deref(), Some((&outputs, &sandbox))).await
+    link.finish(&a, result.status, result.reason.as_deref(), Some((&outputs, &sandbox)), unsent).await
 }
 
 /// Ends a job that could not start (`error`); [`execute`] removes its workspace.
 async fn fail(link: &Link, a: &Assignment, reason: &str) -> Result<(), LinkError> {
-    link.finish(a, Status::Error, Some(reason), None).await
+    link.finish(a, Status::Error, Some(reason), None, Reports::default()).await
 }
 
 /// Appends masked System lines to the job's log.
@@ -449,33 +470,37 @@ async fn renew_loop(link: Link, lease: Lease, ttl: Duration, every: Duration, ca
     }
 }
 
-/// Moves engine events to the server: log lines in batches (every 50 ms or 64 KiB), step and
-/// test updates as they come. Memory stays bounded: the channel holds 1024 events, and while a
-/// batch is being stored the job's output waits (backpressure). Returns the first stale-lease
-/// error (after which nothing more is sent).
+/// Moves engine events to the server in batches: log lines and step/test updates together,
+/// sent when 50 ms have passed since the first unsent one or 64 KiB of lines wait. Memory stays
+/// bounded: the channel holds 1024 events, and while a batch is being stored the job's output
+/// waits (backpressure). What is unsent when the steps end is returned, to go with the job's
+/// end (a short job then costs one call instead of three). Returns the first stale-lease error
+/// (after which nothing more is sent).
 async fn pump_events(
     link: Link,
     a: Assignment,
     mut rx: mpsc::Receiver<RunEvent>,
     first_line: u64,
-) -> Result<(), LinkError> {
-    let mut batch: Vec<LogLine> = Vec::new();
+) -> Result<Reports, LinkError> {
+    const EVERY: Duration = Duration::from_millis(50);
+    let mut unsent = Reports::default();
     let mut bytes = 0usize;
-    let mut last_flush = Instant::now();
+    let mut since: Option<Instant> = None;
     let mut step_started: std::collections::HashMap<usize, i64> = Default::default();
     let offset = first_line.saturating_sub(1);
     // The number the next line will get: where a starting step's lines begin.
     let mut next_line = first_line.max(1);
     let mut stale: Option<LinkError> = None;
     loop {
-        let next = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
-        let done = matches!(next, Ok(None));
+        let wait = since.map_or(EVERY, |t| EVERY.saturating_sub(t.elapsed()));
+        let next = tokio::time::timeout(wait, rx.recv()).await;
         let update = match next {
+            Ok(None) => return stale.map_or(Ok(unsent), Err),
             Ok(Some(RunEvent::Log { mut line, .. })) => {
                 line.number += offset;
                 next_line = next_line.max(line.number + 1);
                 bytes += line.text.len();
-                batch.push(line);
+                unsent.lines.push(line);
                 None
             }
             Ok(Some(RunEvent::StepStarted { step, name, .. })) => {
@@ -494,36 +519,23 @@ async fn pump_events(
                 })
             }
             Ok(Some(RunEvent::Tests { step, suites, .. })) => Some(Update::Tests { step, suites }),
-            Ok(Some(_)) | Ok(None) | Err(_) => None,
+            Ok(Some(_)) | Err(_) => None,
         };
-        // Lines before the update that follows them, so a reader sees them in order.
-        let flush = !batch.is_empty()
-            && (done || update.is_some() || bytes >= 64 * 1024 || last_flush.elapsed() >= Duration::from_millis(50));
-        if flush
-            && stale.is_none()
-            && let Err(e) = link.append_log(&a.lease, &batch).await
-        {
-            tracing::warn!("dropping {} log lines: {e}", batch.len());
-            if e.is_stale() {
-                stale = Some(e);
+        unsent.updates.extend(update);
+        if !unsent.is_empty() && since.is_none() {
+            since = Some(Instant::now());
+        }
+        if since.is_some_and(|t| t.elapsed() >= EVERY) || bytes >= 64 * 1024 {
+            let batch = std::mem::take(&mut unsent);
+            (bytes, since) = (0, None);
+            if stale.is_none()
+                && let Err(e) = link.report(&a, batch).await
+            {
+                tracing::warn!(build = a.build_id, job = %a.spec.id, "reporting: {e}");
+                if e.is_stale() {
+                    stale = Some(e);
+                }
             }
-        }
-        if flush {
-            batch.clear();
-            bytes = 0;
-            last_flush = Instant::now();
-        }
-        if let Some(u) = update
-            && stale.is_none()
-            && let Err(e) = link.update(&a, u).await
-        {
-            tracing::warn!(build = a.build_id, job = %a.spec.id, "reporting a step: {e}");
-            if e.is_stale() {
-                stale = Some(e);
-            }
-        }
-        if done {
-            return stale.map_or(Ok(()), Err);
         }
     }
 }

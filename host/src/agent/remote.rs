@@ -152,9 +152,11 @@ impl Client {
         let mut backoff = Backoff::new(window.unwrap_or(self.retry_window));
         loop {
             let (me, w, p, b) = (self.clone(), what.to_string(), path.to_string(), body.clone());
+            let started = Instant::now();
             let outcome = tokio::task::spawn_blocking(move || me.attempt(&w, &p, &b))
                 .await
                 .unwrap_or_else(|e| Err(Attempt::Retry(e.to_string(), None)));
+            tracing::trace!("{what}: answered in {} µs", started.elapsed().as_micros());
             match outcome {
                 Ok(v) => {
                     backoff.succeeded(what);

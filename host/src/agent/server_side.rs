@@ -52,6 +52,10 @@ pub struct Assignment {
     /// The build as step-executor plugins see it.
     #[serde(skip)]
     pub plugin_build: Option<chengis_plugin_host::types::Build>,
+    /// The number the job's next log line gets (a job run again continues its log); absent
+    /// from older servers, which the agent then asks.
+    #[serde(default)]
+    pub first_line: Option<u64>,
 }
 
 /// The server's artifact settings, for remote agents.
@@ -117,7 +121,10 @@ pub async fn prepare(
     ctx.announce(build.id, Change::Job(spec.id.clone(), Status::Running));
 
     // Contexts and the job's condition, as the local engine decides them.
-    let siblings = store.build_jobs(bj.build_id).await?;
+    let siblings = match spec.needs_keys.is_empty() {
+        true => Vec::new(),
+        false => store.build_jobs(bj.build_id).await?,
+    };
     let mut needs = serde_json::Map::new();
     let mut failed_need = None;
     for key in &spec.needs_keys {
@@ -167,6 +174,7 @@ pub async fn prepare(
             cache_max_entry: ctx.storage.cache_max_entry,
         },
         plugin_build: Some(crate::plugins::dispatch::wit_build(&build, &plan.name, &job_record.repo_url)),
+        first_line: Some(store.next_log_offset(lease.build_job_id).await?),
     };
     let run = context::condition(assignment.spec.condition.as_deref(), &assignment.contexts(None));
     if !matches!(run, Ok(true)) {
@@ -202,6 +210,24 @@ impl Assignment {
             }),
             ..context::Contexts::default()
         }
+    }
+}
+
+/// Log lines and updates of a running job sent together (the lines first).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Reports {
+    /// Numbered log lines, consecutive.
+    #[serde(default)]
+    pub lines: Vec<crate::exec::LogLine>,
+    /// Step and test updates, in the order they happened.
+    #[serde(default)]
+    pub updates: Vec<Update>,
+}
+
+impl Reports {
+    /// True when there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.updates.is_empty()
     }
 }
 

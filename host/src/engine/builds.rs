@@ -366,16 +366,22 @@ impl BuildContext {
     /// Enqueues every queued job whose needs have all finished (the agent then decides with
     /// its condition whether it runs or is skipped); ends the build when every job finished.
     pub async fn schedule(&self, build_id: i64) -> Result<(), StoreError> {
-        let jobs = self.store.build_jobs(build_id).await?;
-        let status_of = |key: &str| jobs.iter().find(|j| j.job_key == key).map(|j| j.status);
+        // Only the jobs not in the queue yet are candidates; the statuses of the others are read
+        // only when a candidate needs some (a wide build without `needs` costs one small query
+        // per finished job, not a read of every job).
+        let pending = self.store.unenqueued_jobs(build_id).await?;
         let build = self.store.build(build_id).await?;
         let mut enqueued = false;
-        let priority = self.store.build_priority(build_id).await?;
-        let enqueued_now = self.store.enqueued_of_build(build_id).await?;
-        for j in &jobs {
-            if j.status != Status::Queued || enqueued_now.contains(&j.id) {
-                continue;
-            }
+        let all = match pending.iter().any(|j| !j.needs.is_empty()) {
+            true => self.store.build_jobs(build_id).await?,
+            false => Vec::new(),
+        };
+        let status_of = |key: &str| all.iter().find(|j| j.job_key == key).map(|j| j.status);
+        let priority = match pending.is_empty() {
+            true => Default::default(),
+            false => self.store.build_priority(build_id).await?,
+        };
+        for j in &pending {
             if build.status == Status::Cancelled {
                 self.store.transition_build_job(j.id, Status::Cancelled, Some("the build was cancelled")).await?;
                 continue;
@@ -390,8 +396,12 @@ impl BuildContext {
         if enqueued {
             self.notify(Notice::Enqueued);
         }
+        if build.status.is_finished() || self.store.unfinished_jobs(build_id).await? > 0 {
+            self.notify(Notice::Build(build_id));
+            return Ok(());
+        }
         let jobs = self.store.build_jobs(build_id).await?;
-        if !jobs.is_empty() && jobs.iter().all(|j| j.status.is_finished()) && !build.status.is_finished() {
+        if !jobs.is_empty() && jobs.iter().all(|j| j.status.is_finished()) {
             let status = super::run::overall(jobs.iter().map(|j| j.status), build.status == Status::Cancelled);
             if build.status == Status::Queued {
                 self.store.transition_build(build_id, Status::Running, None).await?;

@@ -9,7 +9,7 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
-use crate::agent::server_side::{self, Assignment, Update};
+use crate::agent::server_side::{self, Assignment, Reports, Update};
 use crate::engine::builds::Notice;
 use crate::exec::LogLine;
 use crate::status::Status;
@@ -310,19 +310,22 @@ pub async fn lease_action(
         "log" => {
             let lines: Vec<LogLine> = serde_json::from_value(body.rest["lines"].clone())
                 .map_err(|e| ApiError::bad_request(format!("invalid log lines: {e}")))?;
-            if lines.windows(2).any(|w| w[1].number != w[0].number + 1) {
-                return Err(ApiError::bad_request("log lines must be numbered consecutively"));
-            }
-            store.append_log(&lease, &lines).await?;
-            let _ = s.builds.bus.send(Notice::Log(lease.build_job_id));
-            Ok(Json(json!({"acknowledged": lines.last().map_or(0, |l| l.number)})))
+            let acknowledged = lines.last().map_or(0, |l| l.number);
+            apply_reports(&s, &lease, None, Reports { lines, updates: Vec::new() }).await?;
+            Ok(Json(json!({"acknowledged": acknowledged})))
         }
         "update" => {
             let update: Update =
                 serde_json::from_value(body.rest).map_err(|e| ApiError::bad_request(format!("invalid update: {e}")))?;
-            let (build_id, job) = lease_job(&s, &lease).await?;
-            server_side::apply(&s.builds, &lease, build_id, &job, update).await?;
+            apply_reports(&s, &lease, None, Reports { lines: Vec::new(), updates: vec![update] }).await?;
             Ok(Json(json!({})))
+        }
+        "report" => {
+            let reports: Reports =
+                serde_json::from_value(body.rest).map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
+            let acknowledged = reports.lines.last().map_or(0, |l| l.number);
+            apply_reports(&s, &lease, None, reports).await?;
+            Ok(Json(json!({"acknowledged": acknowledged})))
         }
         "finish" => {
             #[derive(Deserialize)]
@@ -331,6 +334,9 @@ pub async fn lease_action(
                 reason: Option<String>,
                 outputs: Option<Value>,
                 sandbox: Option<String>,
+                /// What the agent had not reported when the steps ended.
+                #[serde(flatten)]
+                unsent: Reports,
             }
             let f: Finish =
                 serde_json::from_value(body.rest).map_err(|e| ApiError::bad_request(format!("invalid finish: {e}")))?;
@@ -338,6 +344,7 @@ pub async fn lease_action(
                 return Err(ApiError::bad_request(format!("`{}` is not a final status", f.status)));
             }
             let (build_id, job) = lease_job(&s, &lease).await?;
+            apply_reports(&s, &lease, Some((build_id, &job)), f.unsent).await?;
             let ran = f.outputs.as_ref().map(|o| (o, f.sandbox.as_deref().unwrap_or("remote")));
             server_side::finish(&s.builds, &lease, &job, build_id, f.status, f.reason.as_deref(), ran).await?;
             tracing::info!(agent = %c.name, build = build_id, job = %job, status = %f.status, "job finished on a remote agent");
@@ -437,6 +444,29 @@ pub async fn lease_action(
 }
 
 /// The build and planned job id of a held lease.
+/// Stores an agent's log lines (numbered consecutively) and then its updates, each write fenced
+/// by `lease`; `job` is the lease's build and job when the caller already looked them up.
+async fn apply_reports(s: &AppState, lease: &Lease, job: Option<(i64, &str)>, r: Reports) -> Result<(), ApiError> {
+    if r.lines.windows(2).any(|w| w[1].number != w[0].number + 1) {
+        return Err(ApiError::bad_request("log lines must be numbered consecutively"));
+    }
+    if !r.lines.is_empty() {
+        s.builds.store.append_log(lease, &r.lines).await?;
+        let _ = s.builds.bus.send(Notice::Log(lease.build_job_id));
+    }
+    if r.updates.is_empty() {
+        return Ok(());
+    }
+    let (build_id, job) = match job {
+        Some((b, j)) => (b, j.to_string()),
+        None => lease_job(s, lease).await?,
+    };
+    for update in r.updates {
+        server_side::apply(&s.builds, lease, build_id, &job, update).await?;
+    }
+    Ok(())
+}
+
 async fn lease_job(s: &AppState, lease: &Lease) -> Result<(i64, String), ApiError> {
     s.builds.store.check_lease(lease).await?;
     let bj = s.builds.store.build_job(lease.build_job_id).await?;

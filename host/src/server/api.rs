@@ -60,13 +60,7 @@ pub struct PolicyResult {
 
 /// What the policies said about build `id` (their newest `policy` event), if anything.
 pub async fn policy_of(store: &crate::store::Store, id: i64) -> Result<Option<PolicyResult>, crate::store::StoreError> {
-    Ok(store
-        .events_after(id, 0)
-        .await?
-        .into_iter()
-        .rev()
-        .find(|e| e.kind == "policy")
-        .and_then(|e| serde_json::from_value(e.payload).ok()))
+    Ok(store.last_event(id, "policy").await?.and_then(|e| serde_json::from_value(e.payload).ok()))
 }
 
 /// `GET /api/v1/builds/{id}/tests`: the test cases the build's steps reported.
@@ -326,10 +320,10 @@ pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> 
     let build = store.build_summary(id).await?;
     let mut jobs = Vec::new();
     let mut steps_of = store.steps_of_build(id).await?;
+    let mut waiting = store.waiting_reasons(id).await?;
     for j in store.build_jobs(id).await? {
         let steps = steps_of.remove(&j.id).unwrap_or_default();
-        let waiting_reason =
-            if j.status == crate::status::Status::Queued { store.waiting_reason(j.id).await? } else { None };
+        let waiting_reason = waiting.remove(&j.id).filter(|_| j.status == crate::status::Status::Queued);
         jobs.push(BuildJobDetail { job: j, steps, waiting_reason });
     }
     let policy = policy_of(store, id).await?;

@@ -207,17 +207,26 @@ impl Store {
         Ok((id, token))
     }
 
-    /// The id of the live (not revoked) token `token`, noting its use. The lookup is by digest,
-    /// so no comparison of secrets happens in variable time.
+    /// The id of the live (not revoked) token `token`, noting its use (written at most once a
+    /// minute: an agent calls several times per job, and a read should not cost a write). The
+    /// lookup is by digest, so no comparison of secrets happens in variable time.
     pub async fn check_agent_token(&self, token: &str) -> Result<Option<i64>, StoreError> {
-        let id: Option<i64> = sqlx::query_scalar(
-            "UPDATE agent_tokens SET last_used_ms = $1 WHERE digest = $2 AND revoked_ms IS NULL RETURNING id",
-        )
-        .bind(now_ms())
-        .bind(digest(token))
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(id)
+        let row = sqlx::query("SELECT id, last_used_ms FROM agent_tokens WHERE digest = $1 AND revoked_ms IS NULL")
+            .bind(digest(token))
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let id: i64 = row.try_get("id")?;
+        let last: Option<i64> = row.try_get("last_used_ms")?;
+        let now = now_ms();
+        if last.is_none_or(|t| now - t >= 60_000) {
+            sqlx::query("UPDATE agent_tokens SET last_used_ms = $1 WHERE id = $2")
+                .bind(now)
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(Some(id))
     }
 
     /// Every agent token.
@@ -283,13 +292,17 @@ impl Store {
         Ok(waiting)
     }
 
-    /// Why build job `build_job_id` waits in the queue, if no agent can take it.
-    pub async fn waiting_reason(&self, build_job_id: i64) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT waiting_reason FROM queue WHERE build_job_id = $1")
-            .bind(build_job_id)
-            .fetch_optional(self.pool())
-            .await?
-            .flatten())
+    /// Why the queued jobs of build `build_id` wait, by build job id (only those no agent can
+    /// take have a reason).
+    pub async fn waiting_reasons(&self, build_id: i64) -> Result<std::collections::HashMap<i64, String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT q.build_job_id, q.waiting_reason FROM queue q JOIN build_jobs j ON j.id = q.build_job_id \
+             WHERE j.build_id = $1 AND q.waiting_reason IS NOT NULL",
+        )
+        .bind(build_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("build_job_id")?, r.try_get("waiting_reason")?))).collect()
     }
 }
 

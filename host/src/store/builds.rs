@@ -621,14 +621,24 @@ impl Store {
             .await?)
     }
 
-    /// The jobs of build `build_id` that are in the queue (one query for the whole build).
-    pub async fn enqueued_of_build(&self, build_id: i64) -> Result<std::collections::HashSet<i64>, StoreError> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT q.build_job_id FROM queue q JOIN build_jobs j ON j.id = q.build_job_id WHERE j.build_id = $1",
+    /// The queued jobs of build `build_id` that are not in the queue yet (those the scheduler
+    /// may enqueue); one query however large the build.
+    pub async fn unenqueued_jobs(&self, build_id: i64) -> Result<Vec<BuildJobRecord>, StoreError> {
+        let sql = format!(
+            "{BUILD_JOB} WHERE build_id = $1 AND status = 'queued' \
+             AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.build_job_id = build_jobs.id) ORDER BY id"
+        );
+        let rows = sqlx::query(&sql).bind(build_id).fetch_all(self.pool()).await?;
+        rows.iter().map(build_job_from_row).collect()
+    }
+
+    /// How many jobs of build `build_id` have not finished (queued or running).
+    pub async fn unfinished_jobs(&self, build_id: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM build_jobs WHERE build_id = $1 AND status IN ('queued', 'running')",
         )
         .bind(build_id)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(ids.into_iter().collect())
+        .fetch_one(self.pool())
+        .await?)
     }
 }

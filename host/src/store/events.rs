@@ -53,16 +53,29 @@ impl Store {
         .bind(after)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let payload: String = row.try_get("payload")?;
-                Ok(BuildEvent {
-                    id: row.try_get("id")?,
-                    kind: row.try_get("kind")?,
-                    payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
-                    created_ms: row.try_get("created_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
+
+    /// The newest event of `kind` of build `build_id`, if any.
+    pub async fn last_event(&self, build_id: i64, kind: &str) -> Result<Option<BuildEvent>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, kind, payload, created_ms FROM build_events WHERE build_id = $1 AND kind = $2 \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(build_id)
+        .bind(kind)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(event_from_row).transpose()
+    }
+}
+
+fn event_from_row(row: &sqlx::any::AnyRow) -> Result<BuildEvent, StoreError> {
+    let payload: String = row.try_get("payload")?;
+    Ok(BuildEvent {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        created_ms: row.try_get("created_ms")?,
+    })
 }

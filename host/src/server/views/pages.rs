@@ -456,13 +456,14 @@ pub async fn build(State(s): State<AppState>, caller: Option<Extension<Caller>>,
     let mut nodes = Vec::new();
     let mut jobs = Vec::new();
     let mut steps_of = store.steps_of_build(id).await?;
+    let mut waiting = store.waiting_reasons(id).await?;
     for j in store.build_jobs(id).await? {
         let steps = steps_of.remove(&j.id).unwrap_or_default();
         let millis = elapsed(j.started_ms, j.finished_ms);
         nodes.push(GraphNode { id: j.job_key.clone(), status: j.status, needs: j.needs.clone(), millis });
         let reason = match (&j.reason, j.status) {
             (Some(r), _) => r.clone(),
-            (None, Status::Queued) => store.waiting_reason(j.id).await?.unwrap_or_default(),
+            (None, Status::Queued) => waiting.remove(&j.id).unwrap_or_default(),
             _ => String::new(),
         };
         jobs.push(JobRow {
