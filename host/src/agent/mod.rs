@@ -5,7 +5,7 @@
 //! (`remote`), and the server's half of them lives in `server_side`.
 
 use crate::engine::builds::BuildContext;
-use crate::engine::checkout::{CheckoutRequest, checkout, checkout_cached};
+use crate::engine::checkout::{CheckoutRequest, checkout, checkout_cached, checkout_reused};
 use crate::engine::context;
 use crate::engine::events::RunEvent;
 use crate::engine::job::{ContainerSpec, JobEnv, JobSpec, run_job};
@@ -136,12 +136,134 @@ pub async fn execute(
     stop: Option<CancelSignal>,
 ) -> Result<(), LinkError> {
     let work = link.work_dir();
-    let (workspace, state_dir) = job_dirs(&work, a.lease.build_job_id);
-    let result = run_assignment(link, cfg, a, local, stop, &work).await;
-    // Whatever happened (a refused write included), the job's files go.
-    remove_workspace(&workspace).await;
+    let (fresh, state_dir) = job_dirs(&work, a.lease.build_job_id);
+    let req = checkout_request(&a);
+    // A job whose steps run on this host borrows objects from the agent's cache and reuses a
+    // workspace an earlier job of the repository left (cleaned); in a container only the
+    // workspace is mounted, so its `.git` must hold its own objects.
+    let on_host = a.spec.image.is_none() && a.spec.steps.iter().all(|s| s.image.is_none());
+    let cache = on_host.then(|| crate::engine::checkout::cache_dir(&work.join("git-cache"), &req));
+    let reused = cache.as_ref().and_then(|c| pool::take(&work, c));
+    let workspace = match (&reused, &cache) {
+        (Some(ws), _) => ws.clone(),
+        (None, Some(_)) => pool::new_path(&work),
+        (None, None) => fresh,
+    };
+    let site = Site {
+        workspace: workspace.clone(),
+        state_dir: state_dir.clone(),
+        cache: cache.clone(),
+        reused: reused.is_some(),
+    };
+    let result = run_assignment(link, cfg, a, local, stop, (&work, req.clone(), &site)).await;
+    // Whatever happened, the job's files go: a reusable workspace of a job that ended normally
+    // is cleaned back to its commit now (nothing the job wrote stays while it waits); one whose
+    // lease a newer attempt took (or whose end was not stored) is deleted.
+    match cache {
+        Some(cache) if result.is_ok() && workspace.join(".git").is_dir() => {
+            let ws = workspace.clone();
+            let cleaned = tokio::task::spawn_blocking(move || checkout_reused(&req, &ws, &cache).map(|_| cache)).await;
+            match cleaned {
+                Ok(Ok(cache)) => pool::put(&work, cache, workspace, cfg.executors.max(1)).await,
+                _ => remove_workspace(&workspace).await,
+            }
+        }
+        _ => remove_workspace(&workspace).await,
+    }
     remove_workspace(&state_dir).await;
     result
+}
+
+/// Where a job runs: its workspace (new, or `reused` from an earlier job), its step-state
+/// directory, and the object cache its checkout borrows from (steps on this host).
+struct Site {
+    workspace: std::path::PathBuf,
+    state_dir: std::path::PathBuf,
+    cache: Option<std::path::PathBuf>,
+    reused: bool,
+}
+
+/// What to check out for assignment `a`.
+fn checkout_request(a: &Assignment) -> CheckoutRequest {
+    CheckoutRequest {
+        url: a.repo_url.clone(),
+        commit: Some(a.commit.clone()),
+        branch: Some(a.branch.clone()).filter(|b| !b.is_empty()),
+        depth: 1,
+        submodules: a.submodules,
+        credentials: crate::engine::checkout::GitCredentials::from_secrets(&a.secrets),
+        ..CheckoutRequest::default()
+    }
+}
+
+/// Workspaces kept between jobs, per agent work dir and object cache: a job of a repository
+/// the agent built before checks out into a cleaned workspace of it, writing only what
+/// differs, instead of creating (and later deleting) every file of the repository and its
+/// `.git` again. At most `executors` wait per work dir; the rest are deleted.
+mod pool {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{LazyLock, Mutex};
+
+    #[derive(Default)]
+    struct Idle {
+        by_cache: HashMap<PathBuf, Vec<PathBuf>>,
+        count: usize,
+        next: u64,
+    }
+
+    static POOLS: LazyLock<Mutex<HashMap<PathBuf, Idle>>> = LazyLock::new(Default::default);
+
+    /// Names of pooled workspaces (not numbers: the retention sweep leaves them alone).
+    const PREFIX: &str = "reuse-";
+
+    fn with<T>(work: &Path, f: impl FnOnce(&mut Idle) -> T) -> T {
+        let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = pools.entry(work.to_path_buf()).or_insert_with(|| {
+            // An earlier process's pooled workspaces: nobody knows what state they are in.
+            if let Ok(entries) = std::fs::read_dir(work.join("workspaces")) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(PREFIX) {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            Idle::default()
+        });
+        f(idle)
+    }
+
+    /// An idle workspace of `cache`, if one waits.
+    pub(super) fn take(work: &Path, cache: &Path) -> Option<PathBuf> {
+        with(work, |idle| {
+            let ws = idle.by_cache.get_mut(cache)?.pop()?;
+            idle.count -= 1;
+            Some(ws)
+        })
+    }
+
+    /// A new pooled workspace path under `work`.
+    pub(super) fn new_path(work: &Path) -> PathBuf {
+        with(work, |idle| {
+            idle.next += 1;
+            work.join("workspaces").join(format!("{PREFIX}{}-{}", std::process::id(), idle.next))
+        })
+    }
+
+    /// Returns a cleaned workspace; deleted instead when `max` already wait.
+    pub(super) async fn put(work: &Path, cache: PathBuf, ws: PathBuf, max: usize) {
+        let kept = with(work, |idle| {
+            if idle.count >= max {
+                return false;
+            }
+            idle.count += 1;
+            idle.by_cache.entry(cache).or_default().push(ws.clone());
+            true
+        });
+        if !kept {
+            super::remove_workspace(&ws).await;
+        }
+    }
 }
 
 /// The workspace and step-state directory of build job `id` under `work`.
@@ -156,27 +278,23 @@ async fn run_assignment(
     a: Assignment,
     local: Option<LocalParts>,
     stop: Option<CancelSignal>,
-    work: &std::path::Path,
+    (work, req, site): (&std::path::Path, CheckoutRequest, &Site),
 ) -> Result<(), LinkError> {
     let bj_id = a.lease.build_job_id;
-    let (workspace, state_dir) = job_dirs(work, bj_id);
-    let _ = std::fs::remove_dir_all(&workspace);
-    let req = CheckoutRequest {
-        url: a.repo_url.clone(),
-        commit: Some(a.commit.clone()),
-        branch: Some(a.branch.clone()).filter(|b| !b.is_empty()),
-        depth: 1,
-        submodules: a.submodules,
-        credentials: crate::engine::checkout::GitCredentials::from_secrets(&a.secrets),
-        ..CheckoutRequest::default()
-    };
-    let ws = workspace.clone();
+    let (workspace, state_dir) = (site.workspace.clone(), site.state_dir.clone());
+    if !site.reused {
+        let _ = std::fs::remove_dir_all(&workspace);
+    }
+    let (ws, cache, reused) = (workspace.clone(), site.cache.clone(), site.reused);
     let t0 = Instant::now();
-    // A job whose steps run on this host borrows objects from the agent's cache; in a
-    // container only the workspace is mounted, so its `.git` must hold its own objects.
-    let on_host = a.spec.image.is_none() && a.spec.steps.iter().all(|s| s.image.is_none());
-    let cache = on_host.then(|| crate::engine::checkout::cache_dir(&work.join("git-cache"), &req));
     let info = match tokio::task::spawn_blocking(move || match cache {
+        // A reused workspace that cannot be reset (a job made a file undeletable, say) is
+        // replaced by a new checkout.
+        Some(cache) if reused => checkout_reused(&req, &ws, &cache).or_else(|e| {
+            tracing::debug!("a new workspace instead of {}: {e}", ws.display());
+            let _ = std::fs::remove_dir_all(&ws);
+            checkout_cached(&req, &ws, &cache)
+        }),
         Some(cache) => checkout_cached(&req, &ws, &cache),
         None => checkout(&req, &ws),
     })
@@ -269,6 +387,12 @@ async fn run_assignment(
         }
         _ => None,
     };
+    // The log's next line number: the lease tells a remote agent (the embedded agent's
+    // storage writes lines of its own, so it asks), valid until a line is written here.
+    let mut next_line = match link {
+        Link::Remote(..) => a.first_line,
+        Link::Local(_) => None,
+    };
     let mut pending = None;
     let mut remote_caches = Vec::new();
     let mut fingerprint: Option<String> = None;
@@ -296,7 +420,7 @@ async fn run_assignment(
                 Err(reason) => {
                     drop(env);
                     stop_helpers();
-                    system_lines(link, &a, &masker, std::slice::from_ref(&reason)).await?;
+                    system_lines(link, &a, &masker, std::slice::from_ref(&reason), &mut next_line).await?;
                     return fail(link, &a, &reason).await;
                 }
             }
@@ -314,7 +438,7 @@ async fn run_assignment(
                 fingerprint = Some(fp);
             }
             Ok(None) => {}
-            Err(line) => system_lines(link, &a, &masker, &[line]).await?,
+            Err(line) => system_lines(link, &a, &masker, &[line], &mut next_line).await?,
         }
         if !a.spec.download.is_empty() {
             let tmp = work.join("tmp");
@@ -322,7 +446,7 @@ async fn run_assignment(
             let line = match &placed {
                 Ok(line) | Err(line) => line.clone(),
             };
-            system_lines(link, &a, &masker, &[line]).await?;
+            system_lines(link, &a, &masker, &[line], &mut next_line).await?;
             if let Err(reason) = placed {
                 drop(env);
                 stop_helpers();
@@ -339,14 +463,14 @@ async fn run_assignment(
         };
         for c in caches {
             let r = remote_blobs::restore_cache(client, &a, &c, &workspace, &work.join("tmp")).await?;
-            system_lines(link, &a, &masker, &r.lines).await?;
+            system_lines(link, &a, &masker, &r.lines, &mut next_line).await?;
             remote_caches.push((c, r.exact));
         }
     }
     let retention = a.artifact_rules.retention_ms.map(Duration::from_millis);
     let remote_artifacts =
         matches!(link, Link::Remote(..)).then(|| storage::resolve_artifacts(&a.spec, &ctx_values, retention));
-    let first_line = match a.first_line {
+    let first_line = match next_line {
         Some(n) => n,
         None => link.next_line(&a.lease).await?,
     };
@@ -393,9 +517,9 @@ async fn run_assignment(
                     .map(|(_, s)| s)
                     .collect();
                 match remote_blobs::keep(client, &a, specs, &workspace, &work.join("tmp")).await? {
-                    Ok(lines) => system_lines(link, &a, &masker, &lines).await?,
+                    Ok(lines) => system_lines(link, &a, &masker, &lines, &mut None).await?,
                     Err(reason) => {
-                        system_lines(link, &a, &masker, std::slice::from_ref(&reason)).await?;
+                        system_lines(link, &a, &masker, std::slice::from_ref(&reason), &mut None).await?;
                         result.status = Status::Failure;
                         result.reason = Some(reason);
                     }
@@ -405,7 +529,7 @@ async fn run_assignment(
                 result.status = Status::Error;
                 result.reason = Some(reason);
             }
-            Err(reason) => system_lines(link, &a, &masker, &[format!("artifacts: {reason}")]).await?,
+            Err(reason) => system_lines(link, &a, &masker, &[format!("artifacts: {reason}")], &mut None).await?,
         }
         if result.status == Status::Success {
             for (c, exact) in &remote_caches {
@@ -414,7 +538,7 @@ async fn run_assignment(
                 } else {
                     remote_blobs::save_cache(client, &a, c, &workspace, &work.join("tmp")).await
                 };
-                system_lines(link, &a, &masker, &lines).await?;
+                system_lines(link, &a, &masker, &lines, &mut None).await?;
             }
             if let Some(fp) = &fingerprint {
                 let _: Value =
@@ -443,12 +567,25 @@ async fn fail(link: &Link, a: &Assignment, reason: &str) -> Result<(), LinkError
 }
 
 /// Appends masked System lines to the job's log.
-async fn system_lines(link: &Link, a: &Assignment, masker: &SecretMasker, texts: &[String]) -> Result<(), LinkError> {
+/// Writes the agent's own lines to the job's log. `next`: the log's next line number when
+/// known (asked from the server when not), advanced past the lines written.
+async fn system_lines(
+    link: &Link,
+    a: &Assignment,
+    masker: &SecretMasker,
+    texts: &[String],
+    next: &mut Option<u64>,
+) -> Result<(), LinkError> {
     if texts.is_empty() {
         return Ok(());
     }
-    let first = link.next_line(&a.lease).await?;
-    link.append_log(&a.lease, &storage::system_log(first, masker, texts)).await
+    let first = match *next {
+        Some(n) => n,
+        None => link.next_line(&a.lease).await?,
+    };
+    link.append_log(&a.lease, &storage::system_log(first, masker, texts)).await?;
+    *next = Some(first + texts.len() as u64);
+    Ok(())
 }
 
 /// Renews the lease every `every`; a cancel request or a lost lease cancels the job.

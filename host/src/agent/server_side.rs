@@ -79,7 +79,7 @@ pub struct LocalParts {
     /// The build.
     pub build: BuildSummary,
     /// The plan.
-    pub plan: Plan,
+    pub plan: std::sync::Arc<Plan>,
     /// The build's jobs.
     pub siblings: Vec<BuildJobRecord>,
     /// The webhook event behind the build.

@@ -343,45 +343,153 @@ pub fn cache_dir(root: &Path, req: &CheckoutRequest) -> PathBuf {
 /// fetch. Only for an exact commit (a branch tip may have moved) and without submodules;
 /// other requests take [`checkout`].
 pub fn checkout_cached(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Result<CommitInfo, CheckoutError> {
-    let Some(sha) = req.commit.as_deref().filter(|_| !req.submodules && req.tag.is_none()) else {
+    let Some(oid) = cacheable(req)? else {
         return checkout(req, dest);
     };
     let url = &req.url;
-    let oid = Oid::from_str(sha).map_err(git_err("parse commit", url))?;
-    {
-        let lock = dir_lock(cache);
-        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let cached = match Repository::open_bare(cache) {
-            Ok(r) => r,
-            Err(_) => {
-                Repository::init_opts(cache, git2::RepositoryInitOptions::new().bare(true).external_template(false))
-                    .map_err(git_err("init cache", url))?
-            }
-        };
-        if cached.find_commit(oid).is_err() {
-            let mut specs = refspecs(req);
-            specs.push(sha.to_string());
-            if fetch(&cached, url, &specs, 0, req.credentials.as_ref()).is_err() || cached.find_commit(oid).is_err() {
-                let all =
-                    vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
-                fetch(&cached, url, &all, 0, req.credentials.as_ref())?;
-            }
-        }
-    }
+    fill_cache(req, cache, oid)?;
     let repo = init_workspace(dest).map_err(git_err("init", url))?;
-    let objects = std::fs::canonicalize(cache.join("objects")).unwrap_or_else(|_| cache.join("objects"));
-    std::fs::write(repo.path().join("objects/info/alternates"), format!("{}\n", objects.display()))
-        .map_err(|e| CheckoutError::Git { action: "write alternates", url: url.clone(), message: e.to_string() })?;
+    std::fs::write(repo.path().join("objects/info/alternates"), alternates(cache)).map_err(|e| CheckoutError::Git {
+        action: "write alternates",
+        url: url.clone(),
+        message: e.to_string(),
+    })?;
     // Open again: libgit2 reads the alternates when it opens the object database.
     let repo = Repository::open(dest).map_err(git_err("open", url))?;
-    let commit = find_commit(&repo, req)?;
+    detach_at(&repo, req, oid, false)
+}
+
+/// Checks out `req` into `dest`, a workspace that [`checkout_cached`] (or this) made for the
+/// same cache and an earlier job used: the repository's state a job could have changed goes
+/// (its config is written again; hooks, info, logs and every ref but the branch's are
+/// removed), HEAD moves to the commit, tracked files are reset and untracked and ignored ones
+/// removed (as `git clean -ffdx`), so the job sees exactly the commit while files that did not
+/// change are not written again. A workspace of another cache is refused (the caller then
+/// starts afresh).
+pub fn checkout_reused(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Result<CommitInfo, CheckoutError> {
+    let url = &req.url;
+    let refused =
+        |message: &str| CheckoutError::Git { action: "reuse workspace", url: url.clone(), message: message.into() };
+    let oid = cacheable(req)?.ok_or_else(|| refused("only an exact commit without submodules reuses a workspace"))?;
+    let git_dir = dest.join(".git");
+    // Only a real directory (a job could have swapped `.git` or its ref and object stores for
+    // links to elsewhere).
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if !["", "refs", "objects"].iter().all(|d| real_dir(&git_dir.join(d))) {
+        return Err(refused("`.git` is not the workspace's own directory"));
+    }
+    if std::fs::read_to_string(git_dir.join("objects/info/alternates")).ok().as_deref() != Some(&alternates(cache)) {
+        return Err(refused("the workspace borrows from another cache"));
+    }
+    fill_cache(req, cache, oid)?;
+    for leftover in ["hooks", "info", "logs", "modules", "worktrees", "rr-cache"] {
+        let _ = std::fs::remove_dir_all(git_dir.join(leftover));
+    }
+    for leftover in ["packed-refs", "FETCH_HEAD", "ORIG_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "description"] {
+        let _ = std::fs::remove_file(git_dir.join(leftover));
+    }
+    // Removed first: writing through a link the job left would change its target.
+    let _ = std::fs::remove_file(git_dir.join("config"));
+    std::fs::write(git_dir.join("config"), WORKSPACE_CONFIG).map_err(|e| CheckoutError::Git {
+        action: "reset config",
+        url: url.clone(),
+        message: e.to_string(),
+    })?;
+    let repo = Repository::open(dest).map_err(git_err("open", url))?;
+    let keep = req.branch.as_ref().map(|b| format!("refs/remotes/origin/{b}"));
+    let names: Vec<String> = repo
+        .references()
+        .map_err(git_err("list refs", url))?
+        .flatten()
+        .filter_map(|r| r.name().ok().map(str::to_string))
+        .collect();
+    for name in names.iter().filter(|n| Some(*n) != keep.as_ref()) {
+        if let Ok(mut r) = repo.find_reference(name) {
+            r.delete().map_err(git_err("remove ref", url))?;
+        }
+    }
+    // Untracked and ignored entries go first (the checkout below leaves nested repositories).
+    let mut which = git2::StatusOptions::new();
+    which.include_untracked(true).include_ignored(true).recurse_untracked_dirs(false).exclude_submodules(true);
+    let leftovers: Vec<PathBuf> = repo
+        .statuses(Some(&mut which))
+        .map_err(git_err("list untracked files", url))?
+        .iter()
+        .filter(|e| e.status().intersects(git2::Status::WT_NEW | git2::Status::IGNORED))
+        .filter_map(|e| e.path().ok().map(|p| dest.join(p.trim_end_matches('/'))))
+        .collect();
+    for path in leftovers {
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(_) => Ok(()),
+        };
+        removed.map_err(|e| CheckoutError::Git {
+            action: "remove untracked files",
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    detach_at(&repo, req, oid, true)
+}
+
+/// The `.git/config` of a workspace (what `git init` writes).
+const WORKSPACE_CONFIG: &str =
+    "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n";
+
+/// The commit of a request the object cache can serve (an exact commit, no submodules, no tag).
+fn cacheable(req: &CheckoutRequest) -> Result<Option<Oid>, CheckoutError> {
+    match req.commit.as_deref().filter(|_| !req.submodules && req.tag.is_none()) {
+        Some(sha) => Ok(Some(Oid::from_str(sha).map_err(git_err("parse commit", &req.url))?)),
+        None => Ok(None),
+    }
+}
+
+/// The `objects/info/alternates` line of a workspace borrowing from `cache`.
+fn alternates(cache: &Path) -> String {
+    let objects = std::fs::canonicalize(cache.join("objects")).unwrap_or_else(|_| cache.join("objects"));
+    format!("{}\n", objects.display())
+}
+
+/// Points the branch's remote ref and a detached HEAD at `oid` and checks it out (`clean`:
+/// also removing untracked and ignored files).
+fn detach_at(repo: &Repository, req: &CheckoutRequest, oid: Oid, clean: bool) -> Result<CommitInfo, CheckoutError> {
+    let url = &req.url;
+    let commit = find_commit(repo, req)?;
     if let Some(branch) = &req.branch {
         repo.reference(&format!("refs/remotes/origin/{branch}"), oid, true, "chengis checkout")
             .map_err(git_err("set branch ref", url))?;
     }
     repo.set_head_detached(oid).map_err(git_err("detach HEAD", url))?;
-    repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).map_err(git_err("check out", url))?;
+    let mut how = git2::build::CheckoutBuilder::new();
+    how.force();
+    if clean {
+        how.remove_untracked(true).remove_ignored(true);
+    }
+    repo.checkout_head(Some(&mut how)).map_err(git_err("check out", url))?;
     Ok(info(&commit, req))
+}
+
+/// Makes sure the bare repository `cache` holds commit `oid` of `req`'s repository, fetching
+/// it if not (serialised per cache within the process).
+fn fill_cache(req: &CheckoutRequest, cache: &Path, oid: Oid) -> Result<(), CheckoutError> {
+    let url = &req.url;
+    let lock = dir_lock(cache);
+    let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let cached = match Repository::open_bare(cache) {
+        Ok(r) => r,
+        Err(_) => Repository::init_opts(cache, git2::RepositoryInitOptions::new().bare(true).external_template(false))
+            .map_err(git_err("init cache", url))?,
+    };
+    if cached.find_commit(oid).is_err() {
+        let mut specs = refspecs(req);
+        specs.push(oid.to_string());
+        if fetch(&cached, url, &specs, 0, req.credentials.as_ref()).is_err() || cached.find_commit(oid).is_err() {
+            let all = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
+            fetch(&cached, url, &all, 0, req.credentials.as_ref())?;
+        }
+    }
+    Ok(())
 }
 
 /// A bare mirror of a job's repository, for resolving refs and reading files at a commit.
@@ -562,6 +670,38 @@ mod tests {
         let ws = tempfile::tempdir().unwrap();
         let missing = "0123456789012345678901234567890123456789";
         assert!(checkout_cached(&req(missing), ws.path(), &cache).is_err());
+
+        // A reused workspace: what a job left (files, ignored files, a nested repository, hooks,
+        // config, branches) is gone, the commit is exactly there, git still works.
+        let ws = tempfile::tempdir().unwrap();
+        checkout_cached(&req(&first), ws.path(), &cache).unwrap();
+        std::fs::write(ws.path().join("a.txt"), "changed").unwrap();
+        std::fs::write(ws.path().join(".gitignore"), "*.log\n").unwrap();
+        std::fs::write(ws.path().join("build.log"), "ignored").unwrap();
+        std::fs::create_dir_all(ws.path().join("out/deep")).unwrap();
+        std::fs::write(ws.path().join("out/deep/x.bin"), "x").unwrap();
+        git(&ws.path().join("out"), &["init", "-q"]);
+        std::fs::create_dir_all(ws.path().join(".git/hooks")).unwrap();
+        std::fs::write(ws.path().join(".git/hooks/pre-commit"), "#!/bin/sh\nexit 1\n").unwrap();
+        git(ws.path(), &["config", "user.name", "Mallory"]);
+        git(ws.path(), &["branch", "planted"]);
+        std::fs::write(ws.path().join("staged.txt"), "staged").unwrap();
+        git(ws.path(), &["add", "staged.txt"]);
+        let got = checkout_reused(&req(&second), ws.path(), &cache).unwrap();
+        assert_eq!(got.sha, second);
+        let mut names: Vec<String> =
+            std::fs::read_dir(ws.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        names.sort();
+        assert_eq!(names, [".git", "a.txt", "chengis.yml"]);
+        assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "two");
+        assert!(!ws.path().join(".git/hooks").exists());
+        assert!(!std::fs::read_to_string(ws.path().join(".git/config")).unwrap().contains("Mallory"));
+        assert_eq!(git(ws.path(), &["branch", "--list", "planted"]), "");
+        assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), second);
+        assert_eq!(git(ws.path(), &["status", "--porcelain", "--ignored"]), "");
+        // A workspace borrowing from another cache is refused (the agent starts afresh).
+        let other = tempfile::tempdir().unwrap();
+        assert!(checkout_reused(&req(&second), ws.path(), other.path()).is_err());
 
         // Other credentials, another cache: objects fetched with a token are not shared.
         let mut with_token = req(&first);

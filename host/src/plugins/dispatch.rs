@@ -167,8 +167,9 @@ pub async fn notify(
         }
     }
     if let Ok(allowed) = service.allowed(World::Notifier).await {
+        let mut configs = service.store().plugin_configs().await.unwrap_or_default();
         for (record, _) in allowed {
-            let config = service.store().plugin_config(&record.name).await.unwrap_or_default();
+            let config = configs.remove(&record.name).unwrap_or_default();
             let on = config.get(NOTIFY_KEY).and_then(|v| v.as_str()).map(str::to_string);
             let Some(on) = on else { continue };
             let matches = match on.as_str() {
@@ -358,12 +359,21 @@ pub async fn announce(
     build_id: i64,
     change: Change,
 ) -> Result<(), PluginServiceError> {
-    let plan: Option<chengis_pipeline::Plan> =
-        store.build_plan(build_id).await?.and_then(|text| serde_json::from_str(&text).ok());
+    /// The plan's `notify:` entries, counted without building the plan (a wide build's plan
+    /// is large, and most status changes have nobody to tell).
+    #[derive(serde::Deserialize)]
+    struct Notifies {
+        #[serde(default)]
+        notify: Vec<serde::de::IgnoredAny>,
+    }
+    let text = store.build_plan(build_id).await?;
+    let notifies =
+        text.as_deref().and_then(|t| serde_json::from_str::<Notifies>(t).ok()).is_some_and(|n| !n.notify.is_empty());
     // Most status changes have nobody to tell: then read and decrypt nothing.
-    if plan.as_ref().is_none_or(|p| p.notify.is_empty()) && !service.has_server_listeners().await? {
+    if !notifies && !service.has_server_listeners().await? {
         return Ok(());
     }
+    let plan: Option<chengis_pipeline::Plan> = text.and_then(|text| serde_json::from_str(&text).ok());
     let summary = store.build_summary(build_id).await?;
     let record = store.job(&summary.job).await?;
     let pipeline = plan.as_ref().map_or_else(|| summary.job.clone(), |p| p.name.clone());

@@ -380,11 +380,12 @@ impl PluginService {
     /// notifier whose server-side config has `on`, or an allowed SCM status reporter with a
     /// server-side config.
     pub async fn has_server_listeners(&self) -> Result<bool, PluginServiceError> {
+        let mut configs = self.store.plugin_configs().await?;
         for p in self.store.plugins().await? {
             if p.state != TrustState::Allowed {
                 continue;
             }
-            let config = self.store.plugin_config(&p.name).await?;
+            let config = configs.remove(&p.name).unwrap_or_default();
             let listens = match p.world.as_str() {
                 "notifier" => config.contains_key(dispatch::NOTIFY_KEY),
                 "scm-status" => config.keys().any(|k| !k.starts_with("chengis.")),

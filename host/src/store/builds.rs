@@ -449,6 +449,7 @@ impl Store {
 
     /// Stores the plan of a build (JSON).
     pub async fn set_build_plan(&self, build_id: i64, plan: &str) -> Result<(), StoreError> {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).retain(|(id, _)| *id != build_id);
         sqlx::query("UPDATE builds SET plan = $1 WHERE id = $2").bind(plan).bind(build_id).execute(self.pool()).await?;
         Ok(())
     }
@@ -508,10 +509,25 @@ impl Store {
             .map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })
     }
 
-    /// The plan of build `build_id`, parsed (an unplanned build is a corrupt plan here).
-    pub async fn plan(&self, build_id: i64) -> Result<chengis_pipeline::Plan, StoreError> {
-        serde_json::from_str(&self.build_plan(build_id).await?.unwrap_or_default())
-            .map_err(|e| StoreError::Corrupt { what: "plan", detail: e.to_string() })
+    /// The plan of build `build_id`, parsed (an unplanned build is a corrupt plan here). The
+    /// plans of the last 16 builds read are kept parsed.
+    pub async fn plan(&self, build_id: i64) -> Result<std::sync::Arc<chengis_pipeline::Plan>, StoreError> {
+        const KEPT: usize = 16;
+        let cached = |plans: &super::RecentPlans| plans.iter().find(|(id, _)| *id == build_id).map(|(_, p)| p.clone());
+        if let Some(plan) = cached(&self.plans.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(plan);
+        }
+        let plan: chengis_pipeline::Plan = serde_json::from_str(&self.build_plan(build_id).await?.unwrap_or_default())
+            .map_err(|e| StoreError::Corrupt { what: "plan", detail: e.to_string() })?;
+        let plan = std::sync::Arc::new(plan);
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if cached(&plans).is_none() {
+            if plans.len() >= KEPT {
+                plans.pop_front();
+            }
+            plans.push_back((build_id, plan.clone()));
+        }
+        Ok(plan)
     }
 
     /// Records outputs and the sandbox of the build job `lease` holds (refused when stale).

@@ -112,7 +112,13 @@ pub struct Store {
     backend: Backend,
     /// The group-commit writer of webhook deliveries, started on first use.
     deliveries: std::sync::Arc<std::sync::OnceLock<webhooks::DeliveryWriter>>,
+    /// The parsed plans of the builds read last (a plan never changes once stored; every job
+    /// of a wide build reads it).
+    plans: std::sync::Arc<std::sync::Mutex<RecentPlans>>,
 }
+
+/// Parsed plans by build id, oldest first.
+type RecentPlans = std::collections::VecDeque<(i64, std::sync::Arc<chengis_pipeline::Plan>)>;
 
 /// A new random secret: `prefix` and 64 hex digits (256 bits from the OS).
 pub(crate) fn new_secret(prefix: &str) -> String {
@@ -182,7 +188,7 @@ impl Store {
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        let store = Store { pool, backend, deliveries: Default::default() };
+        let store = Store { pool, backend, deliveries: Default::default(), plans: Default::default() };
         store.migrate().await?;
         Ok(store)
     }

@@ -247,6 +247,19 @@ impl Store {
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default())
     }
 
+    /// The server-side configuration of every plugin that has one, by name (one query).
+    pub async fn plugin_configs(
+        &self,
+    ) -> Result<std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>, StoreError> {
+        let rows = sqlx::query("SELECT name, config FROM plugin_configs").fetch_all(self.pool()).await?;
+        let mut out = std::collections::HashMap::new();
+        for row in &rows {
+            let text: String = row.try_get("config")?;
+            out.insert(row.try_get("name")?, serde_json::from_str(&text).unwrap_or_default());
+        }
+        Ok(out)
+    }
+
     /// Replaces the server-side configuration of plugin `name`.
     pub async fn set_plugin_config(
         &self,
