@@ -443,7 +443,6 @@ pub async fn lease_action(
     }
 }
 
-/// The build and planned job id of a held lease.
 /// Stores an agent's log lines (numbered consecutively) and then its updates, each write fenced
 /// by `lease`; `job` is the lease's build and job when the caller already looked them up.
 async fn apply_reports(s: &AppState, lease: &Lease, job: Option<(i64, &str)>, r: Reports) -> Result<(), ApiError> {
@@ -467,6 +466,7 @@ async fn apply_reports(s: &AppState, lease: &Lease, job: Option<(i64, &str)>, r:
     Ok(())
 }
 
+/// The build and planned job id of a held lease.
 async fn lease_job(s: &AppState, lease: &Lease) -> Result<(i64, String), ApiError> {
     s.builds.store.check_lease(lease).await?;
     let bj = s.builds.store.build_job(lease.build_job_id).await?;
