@@ -150,12 +150,14 @@ pub async fn execute(
         (None, None) => fresh,
     };
     let site = Site {
+        work: work.clone(),
+        req: req.clone(),
         workspace: workspace.clone(),
         state_dir: state_dir.clone(),
         cache: cache.clone(),
         reused: reused.is_some(),
     };
-    let result = run_assignment(link, cfg, a, local, stop, (&work, req.clone(), &site)).await;
+    let result = run_assignment(link, cfg, a, local, stop, &site).await;
     // Whatever happened, the job's files go: a reusable workspace of a job that ended normally
     // is cleaned back to its commit now (nothing the job wrote stays while it waits); one whose
     // lease a newer attempt took (or whose end was not stored) is deleted.
@@ -174,9 +176,12 @@ pub async fn execute(
     result
 }
 
-/// Where a job runs: its workspace (new, or `reused` from an earlier job), its step-state
-/// directory, and the object cache its checkout borrows from (steps on this host).
+/// Where a job runs: the agent's work dir, what to check out, the job's workspace (new, or
+/// `reused` from an earlier job), its step-state directory, and the object cache its checkout
+/// borrows from (steps on this host).
 struct Site {
+    work: std::path::PathBuf,
+    req: CheckoutRequest,
     workspace: std::path::PathBuf,
     state_dir: std::path::PathBuf,
     cache: Option<std::path::PathBuf>,
@@ -278,8 +283,9 @@ async fn run_assignment(
     a: Assignment,
     local: Option<LocalParts>,
     stop: Option<CancelSignal>,
-    (work, req, site): (&std::path::Path, CheckoutRequest, &Site),
+    site: &Site,
 ) -> Result<(), LinkError> {
+    let (work, req) = (site.work.as_path(), site.req.clone());
     let bj_id = a.lease.build_job_id;
     let (workspace, state_dir) = (site.workspace.clone(), site.state_dir.clone());
     if !site.reused {
@@ -470,10 +476,7 @@ async fn run_assignment(
     let retention = a.artifact_rules.retention_ms.map(Duration::from_millis);
     let remote_artifacts =
         matches!(link, Link::Remote(..)).then(|| storage::resolve_artifacts(&a.spec, &ctx_values, retention));
-    let first_line = match next_line {
-        Some(n) => n,
-        None => link.next_line(&a.lease).await?,
-    };
+    let first_line = known_or_asked(link, &a.lease, next_line).await?;
     let pump = tokio::spawn(pump_events(link.clone(), a.clone(), rx, first_line));
     let job_spec = JobSpec {
         id: &a.spec.id,
@@ -492,12 +495,11 @@ async fn run_assignment(
         Err(_) => (Reports::default(), None),
     };
     // Lines written after the steps (artifacts, caches, the embedded agent's storage) must
-    // follow the unsent ones: send those now. Otherwise they go with the job's end (a server
-    // that sent no `first_line` predates that and gets them now too).
+    // follow the unsent ones: send those now. Otherwise they go with the job's end.
     let lines_follow = storage.is_some()
         || !remote_caches.is_empty()
         || remote_artifacts.as_ref().is_some_and(|specs| specs.as_ref().map_or(true, |s| !s.is_empty()));
-    if pump_error.is_none() && !unsent.is_empty() && (lines_follow || a.first_line.is_none()) {
+    if pump_error.is_none() && !unsent.is_empty() && lines_follow {
         match link.report(&a, std::mem::take(&mut unsent)).await {
             Ok(()) => {}
             Err(e) if e.is_stale() => pump_error = Some(e),
@@ -566,8 +568,7 @@ async fn fail(link: &Link, a: &Assignment, reason: &str) -> Result<(), LinkError
     link.finish(a, Status::Error, Some(reason), None, Reports::default()).await
 }
 
-/// Appends masked System lines to the job's log.
-/// Writes the agent's own lines to the job's log. `next`: the log's next line number when
+/// Writes the agent's own (masked, System) lines to the job's log. `next`: the log's next line number when
 /// known (asked from the server when not), advanced past the lines written.
 async fn system_lines(
     link: &Link,
@@ -579,13 +580,18 @@ async fn system_lines(
     if texts.is_empty() {
         return Ok(());
     }
-    let first = match *next {
-        Some(n) => n,
-        None => link.next_line(&a.lease).await?,
-    };
+    let first = known_or_asked(link, &a.lease, *next).await?;
     link.append_log(&a.lease, &storage::system_log(first, masker, texts)).await?;
     *next = Some(first + texts.len() as u64);
     Ok(())
+}
+
+/// The log's next line number: `known`, or asked from the server.
+async fn known_or_asked(link: &Link, lease: &Lease, known: Option<u64>) -> Result<u64, LinkError> {
+    match known {
+        Some(n) => Ok(n),
+        None => link.next_line(lease).await,
+    }
 }
 
 /// Renews the lease every `every`; a cancel request or a lost lease cancels the job.
