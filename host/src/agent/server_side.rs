@@ -94,10 +94,9 @@ pub async fn prepare(
     lease: &Lease,
 ) -> Result<Option<(Assignment, LocalParts)>, StoreError> {
     let store = &ctx.store;
-    let bj = store.build_job(lease.build_job_id).await?;
+    let (bj, spec) = store.build_job_planned(lease.build_job_id).await?;
     let build = store.build_summary(bj.build_id).await?;
     let job_record = store.job(&build.job).await?;
-    let spec = store.planned_job(bj.id).await?;
     let plan = store.plan(bj.build_id).await?;
     store.start_leased_job(lease).await?;
     if build.status == Status::Queued {
@@ -281,45 +280,79 @@ pub async fn apply(
     job: &str,
     update: Update,
 ) -> Result<(), StoreError> {
+    apply_all(ctx, lease, build_id, job, vec![update]).await
+}
+
+/// Records updates of the job `lease` holds, in order (refused when the lease is stale): a step
+/// that started and ended within `updates` is written once, and the events go in one statement.
+pub async fn apply_all(
+    ctx: &BuildContext,
+    lease: &Lease,
+    build_id: i64,
+    job: &str,
+    updates: Vec<Update>,
+) -> Result<(), StoreError> {
     let store = &ctx.store;
-    match update {
-        Update::StepStarted { step, name, at_ms, first_line } => {
-            let event = json!({"job": job, "step": step, "name": name, "status": "running", "first_line": first_line});
-            let rec = StepRecord {
-                idx: step as i64,
-                name,
-                status: Status::Running,
-                exit_code: None,
-                reason: None,
-                started_ms: Some(at_ms),
-                finished_ms: None,
-                first_line: first_line.map(|n| n as i64),
-            };
-            store.record_step(lease, &rec).await?;
-            store.add_event(build_id, "step_status", &event).await?;
+    let mut events = Vec::new();
+    let mut step_ended = false;
+    let mut updates = updates.into_iter().peekable();
+    // The start of a step whose end follows in this batch: (when, first log line).
+    let mut started = None;
+    while let Some(update) = updates.next() {
+        match update {
+            Update::StepStarted { step, name, at_ms, first_line } => {
+                events.push((
+                    "step_status",
+                    json!({"job": job, "step": step, "name": name, "status": "running", "first_line": first_line}),
+                ));
+                if matches!(updates.peek(), Some(Update::StepFinished { step: next, .. }) if *next == step) {
+                    started = Some((at_ms, first_line));
+                    continue;
+                }
+                let rec = StepRecord {
+                    idx: step as i64,
+                    name,
+                    status: Status::Running,
+                    exit_code: None,
+                    reason: None,
+                    started_ms: Some(at_ms),
+                    finished_ms: None,
+                    first_line: first_line.map(|n| n as i64),
+                };
+                store.record_step(lease, &rec).await?;
+            }
+            Update::StepFinished { step, name, status, exit_code, reason, started_ms, at_ms } => {
+                events.push((
+                    "step_status",
+                    json!({"job": job, "step": step, "name": name, "status": status, "exit_code": exit_code}),
+                ));
+                let (start, first_line) = started.take().map_or((None, None), |(at, line)| (Some(at), line));
+                let rec = StepRecord {
+                    idx: step as i64,
+                    name,
+                    status,
+                    exit_code: exit_code.map(i64::from),
+                    reason,
+                    started_ms: started_ms.or(start).or(Some(at_ms)),
+                    finished_ms: Some(at_ms),
+                    first_line: first_line.map(|n| n as i64),
+                };
+                store.record_step(lease, &rec).await?;
+                step_ended = true;
+            }
+            Update::Tests { step, suites } => {
+                let (passed, failed, skipped) = crate::engine::events::test_counts(&suites);
+                store.record_tests(lease, build_id, step as i64, &suites).await?;
+                events.push((
+                    "tests",
+                    json!({"job": job, "step": step, "passed": passed, "failed": failed, "skipped": skipped}),
+                ));
+            }
         }
-        Update::StepFinished { step, name, status, exit_code, reason, started_ms, at_ms } => {
-            let event = json!({"job": job, "step": step, "name": name, "status": status, "exit_code": exit_code});
-            let rec = StepRecord {
-                idx: step as i64,
-                name,
-                status,
-                exit_code: exit_code.map(i64::from),
-                reason,
-                started_ms: started_ms.or(Some(at_ms)),
-                finished_ms: Some(at_ms),
-                first_line: None,
-            };
-            store.record_step(lease, &rec).await?;
-            store.add_event(build_id, "step_status", &event).await?;
-            let _ = ctx.bus.send(Notice::Build(build_id));
-        }
-        Update::Tests { step, suites } => {
-            let (passed, failed, skipped) = crate::engine::events::test_counts(&suites);
-            store.record_tests(lease, build_id, step as i64, &suites).await?;
-            let event = json!({"job": job, "step": step, "passed": passed, "failed": failed, "skipped": skipped});
-            store.add_event(build_id, "tests", &event).await?;
-        }
+    }
+    store.add_events(build_id, &events).await?;
+    if step_ended {
+        let _ = ctx.bus.send(Notice::Build(build_id));
     }
     Ok(())
 }

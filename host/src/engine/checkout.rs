@@ -388,13 +388,19 @@ pub fn checkout_reused(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Resu
     for leftover in ["packed-refs", "FETCH_HEAD", "ORIG_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "description"] {
         let _ = std::fs::remove_file(git_dir.join(leftover));
     }
-    // Removed first: writing through a link the job left would change its target.
-    let _ = std::fs::remove_file(git_dir.join("config"));
-    std::fs::write(git_dir.join("config"), WORKSPACE_CONFIG).map_err(|e| CheckoutError::Git {
-        action: "reset config",
-        url: url.clone(),
-        message: e.to_string(),
-    })?;
+    // Rewritten only when changed (a new file costs the file system more than reading it),
+    // removed first: writing through a link the job left would change its target.
+    let config = git_dir.join("config");
+    let unchanged = std::fs::symlink_metadata(&config).is_ok_and(|m| m.is_file())
+        && std::fs::read(&config).is_ok_and(|c| c == WORKSPACE_CONFIG.as_bytes());
+    if !unchanged {
+        let _ = std::fs::remove_file(&config);
+        std::fs::write(&config, WORKSPACE_CONFIG).map_err(|e| CheckoutError::Git {
+            action: "reset config",
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    }
     let repo = Repository::open(dest).map_err(git_err("open", url))?;
     let keep = req.branch.as_ref().map(|b| format!("refs/remotes/origin/{b}"));
     let names: Vec<String> = repo
@@ -411,9 +417,9 @@ pub fn checkout_reused(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Resu
     // Untracked and ignored entries go first (the checkout below leaves nested repositories).
     let mut which = git2::StatusOptions::new();
     which.include_untracked(true).include_ignored(true).recurse_untracked_dirs(false).exclude_submodules(true);
-    let leftovers: Vec<PathBuf> = repo
-        .statuses(Some(&mut which))
-        .map_err(git_err("list untracked files", url))?
+    let statuses = repo.statuses(Some(&mut which)).map_err(git_err("list untracked files", url))?;
+    let clean = statuses.is_empty();
+    let leftovers: Vec<PathBuf> = statuses
         .iter()
         .filter(|e| e.status().intersects(git2::Status::WT_NEW | git2::Status::IGNORED))
         .filter_map(|e| e.path().ok().map(|p| dest.join(p.trim_end_matches('/'))))
@@ -429,6 +435,14 @@ pub fn checkout_reused(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Resu
             url: url.clone(),
             message: e.to_string(),
         })?;
+    }
+    drop(statuses);
+    // Already exactly the commit (HEAD detached at it, the branch's ref on it, nothing changed,
+    // added or left over): nothing to write.
+    let head_at = repo.head_detached().unwrap_or(false) && repo.head().ok().and_then(|h| h.target()) == Some(oid);
+    let branch_at = keep.as_ref().is_none_or(|k| repo.refname_to_id(k).ok() == Some(oid));
+    if clean && head_at && branch_at {
+        return Ok(info(&find_commit(&repo, req)?, req));
     }
     detach_at(&repo, req, oid, true)
 }
@@ -698,6 +712,22 @@ mod tests {
         assert!(!std::fs::read_to_string(ws.path().join(".git/config")).unwrap().contains("Mallory"));
         assert_eq!(git(ws.path(), &["branch", "--list", "planted"]), "");
         assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), second);
+        assert_eq!(git(ws.path(), &["status", "--porcelain", "--ignored"]), "");
+        // Reused again for the same commit, untouched: nothing is written (same files, same
+        // inodes and times); a changed tracked file alone is still put back.
+        use std::os::unix::fs::MetadataExt;
+        let stamp = || {
+            [".git/index", ".git/HEAD", ".git/config", "a.txt"].map(|f| {
+                let m = std::fs::metadata(ws.path().join(f)).unwrap();
+                (m.ino(), m.mtime(), m.mtime_nsec())
+            })
+        };
+        let before = stamp();
+        assert_eq!(checkout_reused(&req(&second), ws.path(), &cache).unwrap().sha, second);
+        assert_eq!(stamp(), before);
+        std::fs::write(ws.path().join("a.txt"), "changed again").unwrap();
+        assert_eq!(checkout_reused(&req(&second), ws.path(), &cache).unwrap().sha, second);
+        assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "two");
         assert_eq!(git(ws.path(), &["status", "--porcelain", "--ignored"]), "");
         // A workspace borrowing from another cache is refused (the agent starts afresh).
         let other = tempfile::tempdir().unwrap();

@@ -145,6 +145,28 @@ fn begin_stop(reason: StepEnd, stopped: &mut Option<StepEnd>, pgid: i32, grace: 
     Instant::now() + grace
 }
 
+/// The absolute path of `program` found through the `PATH` of `env`, as `execvp` would find it
+/// (`None` when it names a path already, is not found, or a relative `PATH` entry comes first):
+/// given a path, the standard library starts the child with `posix_spawn` instead of copying
+/// the whole agent with `fork` (it must fork to search a `PATH` other than its own).
+fn resolve_program(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.is_empty() || program.contains('/') {
+        return None;
+    }
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str())?;
+    for dir in path.split(':') {
+        if !dir.starts_with('/') {
+            return None;
+        }
+        let candidate = std::path::Path::new(dir).join(program);
+        if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
 /// Runs `cmd`; lines (masked, numbered from `first_line`) are sent through `out` wrapped by
 /// `wrap`, waiting when the receiver is slow.
 pub async fn run_step<E>(
@@ -156,7 +178,8 @@ pub async fn run_step<E>(
     wrap: impl Fn(LogLine) -> E,
 ) -> Result<StepReport, ExecError> {
     let started = Instant::now();
-    let mut command = tokio::process::Command::new(&cmd.program);
+    let program = resolve_program(&cmd.program, &cmd.env).unwrap_or_else(|| PathBuf::from(&cmd.program));
+    let mut command = tokio::process::Command::new(program);
     command
         .args(&cmd.args)
         .env_clear()
@@ -272,6 +295,31 @@ mod tests {
         let report = run_step(cmd, masker, cancel, 1, &tx, |l| l).await.unwrap();
         drop(tx);
         (report, collector.await.unwrap())
+    }
+
+    #[test]
+    fn programs_are_found_through_the_steps_own_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, other) = (dir.path().join("bin"), dir.path().join("other"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("tool"), "#!/bin/sh\n").unwrap();
+        std::fs::write(bin.join("tool"), "#!/bin/sh\n").unwrap();
+        std::fs::write(bin.join("data"), "not a program").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for f in [other.join("tool"), bin.join("tool")] {
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let env = |path: String| vec![("PATH".to_string(), "/nowhere".to_string()), ("PATH".to_string(), path)];
+        let path = format!("/nonexistent:{}:{}", bin.display(), other.display());
+        // The last PATH set wins, the first directory holding an executable file is taken.
+        assert_eq!(resolve_program("tool", &env(path.clone())), Some(bin.join("tool")));
+        // Not executable, not found, already a path, or a relative entry first: left to execvp.
+        assert_eq!(resolve_program("data", &env(path.clone())), None);
+        assert_eq!(resolve_program("missing", &env(path)), None);
+        assert_eq!(resolve_program("./tool", &env(bin.display().to_string())), None);
+        assert_eq!(resolve_program("tool", &env(format!("bin:{}", bin.display()))), None);
+        assert_eq!(resolve_program("tool", &[]), None);
     }
 
     #[tokio::test]

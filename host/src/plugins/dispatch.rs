@@ -359,21 +359,13 @@ pub async fn announce(
     build_id: i64,
     change: Change,
 ) -> Result<(), PluginServiceError> {
-    /// The plan's `notify:` entries, counted without building the plan (a wide build's plan
-    /// is large, and most status changes have nobody to tell).
-    #[derive(serde::Deserialize)]
-    struct Notifies {
-        #[serde(default)]
-        notify: Vec<serde::de::IgnoredAny>,
-    }
-    let text = store.build_plan(build_id).await?;
-    let notifies =
-        text.as_deref().and_then(|t| serde_json::from_str::<Notifies>(t).ok()).is_some_and(|n| !n.notify.is_empty());
+    // The parsed plan is kept for the builds read last (every job of a wide build announces).
+    let plan = store.plan(build_id).await.ok();
+    let notifies = plan.as_ref().is_some_and(|p| !p.notify.is_empty());
     // Most status changes have nobody to tell: then read and decrypt nothing.
     if !notifies && !service.has_server_listeners().await? {
         return Ok(());
     }
-    let plan: Option<chengis_pipeline::Plan> = text.and_then(|text| serde_json::from_str(&text).ok());
     let summary = store.build_summary(build_id).await?;
     let record = store.job(&summary.job).await?;
     let pipeline = plan.as_ref().map_or_else(|| summary.job.clone(), |p| p.name.clone());
@@ -434,7 +426,7 @@ pub async fn announce(
     };
     let previous_status = store.previous_status(build_id, job_key).await?.map(wit_status);
     let event = notifier::Event { kind, build: build.clone(), job: job.clone(), previous_status };
-    let entries = plan.map(|p| p.notify).unwrap_or_default();
+    let entries = plan.map(|p| p.notify.clone()).unwrap_or_default();
     notify(service.clone(), &entries, event, secrets.clone()).await;
     let update = scm_status::StatusUpdate { build, job, state, context, description };
     report_status(service, update, secrets).await;

@@ -111,7 +111,15 @@ pub struct PluginService {
     limits: Limits,
     announcer: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Announcement>>,
     public_url: std::sync::OnceLock<String>,
+    /// The last answer of [`PluginService::has_server_listeners`]: the store's plugin change
+    /// count it was read at, when, and the answer.
+    listeners: Mutex<Option<(u64, std::time::Instant, bool)>>,
 }
+
+/// How long an answer of [`PluginService::has_server_listeners`] is reused while this process
+/// changed no plugin: a change made by another process (`chengis plugin config`, another server
+/// sharing the database) is seen within this time.
+const LISTENERS_KEPT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One status change to tell notifiers and SCM status reporters about.
 struct Announcement {
@@ -165,6 +173,7 @@ impl PluginService {
             limits: Limits::default(),
             announcer: std::sync::OnceLock::new(),
             public_url: std::sync::OnceLock::new(),
+            listeners: Mutex::new(None),
         })
     }
 
@@ -379,7 +388,23 @@ impl PluginService {
     /// Whether any plugin listens to status changes without a pipeline asking: an allowed
     /// notifier whose server-side config has `on`, or an allowed SCM status reporter with a
     /// server-side config.
+    /// The answer is read again after this server changes a plugin or its config, and at
+    /// least every [`LISTENERS_KEPT`] (every status change of every build asks).
     pub async fn has_server_listeners(&self) -> Result<bool, PluginServiceError> {
+        let changes = self.store.plugin_changes();
+        let kept = *self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at_changes, at, answer)) = kept
+            && at_changes == changes
+            && at.elapsed() < LISTENERS_KEPT
+        {
+            return Ok(answer);
+        }
+        let answer = self.read_server_listeners().await?;
+        *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = Some((changes, std::time::Instant::now(), answer));
+        Ok(answer)
+    }
+
+    async fn read_server_listeners(&self) -> Result<bool, PluginServiceError> {
         let mut configs = self.store.plugin_configs().await?;
         for p in self.store.plugins().await? {
             if p.state != TrustState::Allowed {

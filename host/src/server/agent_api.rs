@@ -197,22 +197,21 @@ pub async fn lease(
     ApiJson(poll): ApiJson<LeasePoll>,
 ) -> Result<Json<Leased>, ApiError> {
     let c = caller(&s, &headers).await?;
-    if !s.builds.store.agent_seen(&c.name, Some("online")).await? {
+    let Some(polled) = s.builds.store.agent_polled(&c.name, "online").await? else {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             code: "not_registered",
             message: format!("agent `{}` is not registered: register first", c.name),
             details: json!(null),
         });
-    }
+    };
     // A poll lasts at most half the silence that makes an agent `offline`: an idle agent's
     // polls are its heartbeat.
     let longest = (silence_ms(s.agents.lease_ttl) / 2) as u64;
     let deadline = Instant::now() + Duration::from_millis(poll.wait_ms.min(longest).min(25_000));
     let mut notices = s.builds.bus.subscribe();
-    let (cpus, memory_mb, registered_ms) = s.builds.store.agent_resources(&c.name).await?;
-    let me =
-        Poller { labels: poll.labels.clone(), free: poll.free, total: Needs { cpu_millis: cpus * 1000, memory_mb } };
+    let total = Needs { cpu_millis: polled.cpus * 1000, memory_mb: polled.memory_mb };
+    let me = Poller { labels: poll.labels.clone(), free: poll.free, total };
     if let Ok(mut p) = s.agents.pollers.lock() {
         p.insert(c.name.clone(), me.clone());
     }
@@ -231,10 +230,16 @@ pub async fn lease(
         better
     };
     let disk_full = || s.builds.storage.disk_state() == crate::engine::storage::DiskState::Critical;
+    // The state the poll found, then read again after each wait.
+    let mut state = Some(polled.state);
     loop {
         let mut assignments = Vec::new();
         // A draining agent (it said so while this poll waited) gets nothing more.
-        let draining = s.builds.store.agent_state(&c.name).await?.is_some_and(|st| st != "online");
+        let current = match state.take() {
+            Some(st) => Some(st),
+            None => s.builds.store.agent_state(&c.name).await?,
+        };
+        let draining = current.is_some_and(|st| st != "online");
         if poll.capacity > 0 && !disk_full() && !draining {
             let req = LeaseRequest {
                 agent: &c.name,
@@ -244,7 +249,7 @@ pub async fn lease(
                 max_attempts: s.agents.max_attempts,
                 free: poll.free,
                 defer: Some(&defer),
-                registered_ms: Some(registered_ms),
+                registered_ms: Some(polled.registered_ms),
             };
             for l in s.builds.store.lease(&req).await? {
                 match server_side::prepare(&s.builds, &s.keys, &l).await {
@@ -460,17 +465,12 @@ async fn apply_reports(s: &AppState, lease: &Lease, job: Option<(i64, &str)>, r:
         Some((b, j)) => (b, j.to_string()),
         None => lease_job(s, lease).await?,
     };
-    for update in r.updates {
-        server_side::apply(&s.builds, lease, build_id, &job, update).await?;
-    }
-    Ok(())
+    Ok(server_side::apply_all(&s.builds, lease, build_id, &job, r.updates).await?)
 }
 
 /// The build and planned job id of a held lease.
 async fn lease_job(s: &AppState, lease: &Lease) -> Result<(i64, String), ApiError> {
-    s.builds.store.check_lease(lease).await?;
-    let bj = s.builds.store.build_job(lease.build_job_id).await?;
-    Ok((bj.build_id, bj.job_key))
+    Ok(s.builds.store.held_job(lease).await?)
 }
 
 /// An agent's state change.

@@ -114,24 +114,36 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Like [`Store::agent_seen`] for a lease poll, answering in the same statement with what
+    /// the poll needs: the CPU cores, memory (MiB), registration time and state of agent
+    /// `name` (`None` when it is not registered).
+    pub async fn agent_polled(&self, name: &str, state: &str) -> Result<Option<PolledAgent>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE agents SET last_seen_ms = $1, state = $2 WHERE name = $3 \
+             RETURNING cpus, memory_mb, registered_ms, state",
+        )
+        .bind(now_ms())
+        .bind(state)
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|r| {
+            Ok(PolledAgent {
+                cpus: r.try_get("cpus")?,
+                memory_mb: r.try_get("memory_mb")?,
+                registered_ms: r.try_get("registered_ms")?,
+                state: r.try_get("state")?,
+            })
+        })
+        .transpose()
+    }
+
     /// The state agent `name` last reported (`online`, `draining`, `drained`).
     pub async fn agent_state(&self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar("SELECT state FROM agents WHERE name = $1")
             .bind(name)
             .fetch_optional(self.pool())
             .await?)
-    }
-
-    /// The CPU cores, memory (MiB) and registration time of agent `name` (zeros when unknown).
-    pub async fn agent_resources(&self, name: &str) -> Result<(i64, i64, i64), StoreError> {
-        let row = sqlx::query("SELECT cpus, memory_mb, registered_ms FROM agents WHERE name = $1")
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await?;
-        match row {
-            Some(r) => Ok((r.try_get("cpus")?, r.try_get("memory_mb")?, r.try_get("registered_ms")?)),
-            None => Ok((0, 0, 0)),
-        }
     }
 
     /// Every registered agent; `silent_ms`: how long without a call makes one `offline`.
@@ -356,4 +368,17 @@ fn unmatchable_reason(labels: &[String], needs: Needs, agents: &[AgentRecord]) -
         ));
     }
     None
+}
+
+/// What a lease poll reads of its agent (see [`Store::agent_polled`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolledAgent {
+    /// CPU cores.
+    pub cpus: i64,
+    /// Memory, MiB.
+    pub memory_mb: i64,
+    /// When it registered (ms since the epoch).
+    pub registered_ms: i64,
+    /// `online`, `draining` or `drained`.
+    pub state: String,
 }

@@ -503,6 +503,20 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT spec FROM build_jobs WHERE id = $1").bind(id).fetch_one(self.pool()).await?)
     }
 
+    /// Build job `id` and its planned job, parsed, in one query.
+    pub async fn build_job_planned(
+        &self,
+        id: i64,
+    ) -> Result<(BuildJobRecord, chengis_pipeline::PlannedJob), StoreError> {
+        let sql = format!("{BUILD_JOB} WHERE id = $1").replacen(" FROM build_jobs", ", spec FROM build_jobs", 1);
+        let row = sqlx::query(&sql).bind(id).fetch_optional(self.pool()).await?;
+        let row = row.ok_or_else(|| StoreError::NotFound(format!("build job {id}")))?;
+        let spec: String = row.try_get("spec")?;
+        let planned =
+            serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })?;
+        Ok((build_job_from_row(&row)?, planned))
+    }
+
     /// The planned job of build job `id`, parsed.
     pub async fn planned_job(&self, id: i64) -> Result<chengis_pipeline::PlannedJob, StoreError> {
         serde_json::from_str(&self.build_job_spec(id).await?)
@@ -646,6 +660,26 @@ impl Store {
         );
         let rows = sqlx::query(&sql).bind(build_id).fetch_all(self.pool()).await?;
         rows.iter().map(build_job_from_row).collect()
+    }
+
+    /// In one query: whether build `build_id` has finished, how many of its jobs are queued
+    /// but not in the queue yet, and how many have not finished (what [`Store::unenqueued_jobs`]
+    /// and [`Store::unfinished_jobs`] count), so that the scheduler reads no more when a job of
+    /// a wide build ends and nothing else can start.
+    pub async fn schedule_state(&self, build_id: i64) -> Result<(Status, i64, i64), StoreError> {
+        let row = sqlx::query(
+            "SELECT status, \
+             (SELECT COUNT(*) FROM build_jobs j WHERE j.build_id = builds.id AND j.status = 'queued' \
+               AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.build_job_id = j.id)) AS unenqueued, \
+             (SELECT COUNT(*) FROM build_jobs j WHERE j.build_id = builds.id AND j.status IN ('queued', 'running')) AS unfinished \
+             FROM builds WHERE id = $1",
+        )
+        .bind(build_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("build {build_id}")))?;
+        let status: String = row.try_get("status")?;
+        Ok((parse_status(&status)?, row.try_get("unenqueued")?, row.try_get("unfinished")?))
     }
 
     /// How many jobs of build `build_id` have not finished (queued or running).

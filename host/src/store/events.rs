@@ -31,6 +31,22 @@ impl Store {
         .await?)
     }
 
+    /// Records several events of a build in one statement, in order.
+    pub async fn add_events(&self, build_id: i64, events: &[(&str, serde_json::Value)]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<String> =
+            (0..events.len()).map(|i| format!("($1, ${}, ${}, $2)", 2 * i + 3, 2 * i + 4)).collect();
+        let sql = format!("INSERT INTO build_events (build_id, kind, payload, created_ms) VALUES {}", rows.join(", "));
+        let mut query = sqlx::query(&sql).bind(build_id).bind(now_ms());
+        for (kind, payload) in events {
+            query = query.bind(*kind).bind(payload.to_string());
+        }
+        query.execute(self.pool()).await?;
+        Ok(())
+    }
+
     /// The payload of a build's first event of `kind` (one indexed lookup, whatever the number of
     /// events).
     pub async fn first_event(&self, build_id: i64, kind: &str) -> Result<Option<serde_json::Value>, StoreError> {

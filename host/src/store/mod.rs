@@ -115,6 +115,8 @@ pub struct Store {
     /// The parsed plans of the builds read last (a plan never changes once stored; every job
     /// of a wide build reads it).
     plans: std::sync::Arc<std::sync::Mutex<RecentPlans>>,
+    /// Counts this process's changes to plugin records and configs (for caches of them).
+    plugin_changes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Parsed plans by build id, oldest first.
@@ -174,6 +176,9 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .acquire_timeout(Duration::from_secs(30))
+            // A SQLite connection is a file handle that cannot drop: no ping (a round trip to
+            // its worker thread) before every statement.
+            .test_before_acquire(backend != Backend::Sqlite)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -188,7 +193,13 @@ impl Store {
             .connect(&url)
             .await
             .map_err(|source| StoreError::Connect { url: redact_url(&url), source })?;
-        let store = Store { pool, backend, deliveries: Default::default(), plans: Default::default() };
+        let store = Store {
+            pool,
+            backend,
+            deliveries: Default::default(),
+            plans: Default::default(),
+            plugin_changes: Default::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }

@@ -133,6 +133,16 @@ fn json(v: &[String]) -> String {
 }
 
 impl Store {
+    /// A number that changes whenever this process changes a plugin record or config (other
+    /// servers sharing the database do not move it).
+    pub fn plugin_changes(&self) -> u64 {
+        self.plugin_changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn plugins_changed(&self) {
+        self.plugin_changes.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// Records an installed plugin; the same name and version twice is a conflict.
     pub async fn add_plugin(&self, p: &NewPlugin) -> Result<PluginRecord, StoreError> {
         let decided = p.state != TrustState::Pending;
@@ -168,6 +178,7 @@ impl Store {
                     e.into()
                 }
             })?;
+        self.plugins_changed();
         Ok(plugin_from_row(&row)?)
     }
 
@@ -216,6 +227,7 @@ impl Store {
                 .execute(self.pool())
                 .await?;
         }
+        self.plugins_changed();
         let ids: Vec<i64> = targets.iter().map(|p| p.id).collect();
         Ok(self.plugins().await?.into_iter().filter(|p| ids.contains(&p.id)).collect())
     }
@@ -234,6 +246,7 @@ impl Store {
         for p in &targets {
             sqlx::query("DELETE FROM plugins WHERE id = $1").bind(p.id).execute(self.pool()).await?;
         }
+        self.plugins_changed();
         Ok(targets)
     }
 
@@ -276,6 +289,7 @@ impl Store {
         .bind(now_ms())
         .execute(self.pool())
         .await?;
+        self.plugins_changed();
         Ok(())
     }
 }

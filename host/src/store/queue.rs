@@ -131,24 +131,33 @@ struct Candidate {
 }
 
 impl Store {
-    /// Puts a build job in the queue.
-    pub async fn enqueue(&self, build_job_id: i64, priority: Priority, labels: &[String]) -> Result<i64, StoreError> {
+    /// Puts a build job in the queue (see [`Store::enqueue_with`]).
+    pub async fn enqueue(
+        &self,
+        build_job_id: i64,
+        priority: Priority,
+        labels: &[String],
+    ) -> Result<Option<i64>, StoreError> {
         self.enqueue_with(build_job_id, priority, labels, Needs::default()).await
     }
 
-    /// Puts a build job that needs `needs` of its agent in the queue.
+    /// Puts a build job that needs `needs` of its agent in the queue; its queue entry id, or
+    /// `None` when it is in the queue already or no longer `queued` (two schedulers of one
+    /// build may both see it waiting: only one entry is made, and a job that ran meanwhile is
+    /// not queued again).
     pub async fn enqueue_with(
         &self,
         build_job_id: i64,
         priority: Priority,
         labels: &[String],
         needs: Needs,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let now = now_ms();
         let labels = serde_json::to_string(labels).unwrap_or_else(|_| "[]".into());
         Ok(sqlx::query_scalar(
             "INSERT INTO queue (build_job_id, priority, rank_ms, labels, enqueued_ms, cpu_millis, memory_mb) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM build_jobs WHERE id = $1 AND status = 'queued') \
+             ON CONFLICT (build_job_id) DO NOTHING RETURNING id",
         )
         .bind(build_job_id)
         .bind(priority.code())
@@ -157,7 +166,7 @@ impl Store {
         .bind(now)
         .bind(needs.cpu_millis)
         .bind(needs.memory_mb)
-        .fetch_one(self.pool())
+        .fetch_optional(self.pool())
         .await?)
     }
 
@@ -313,6 +322,24 @@ impl Store {
             .fetch_optional(self.pool())
             .await?;
         held.map(|_| ()).ok_or(StoreError::StaleLease { entry: lease.entry, token: lease.token })
+    }
+
+    /// The build id and job key of the build job `lease` holds (refused when the lease is
+    /// stale), in one query.
+    pub async fn held_job(&self, lease: &Lease) -> Result<(i64, String), StoreError> {
+        let row = sqlx::query(
+            "SELECT bj.build_id, bj.job_key FROM queue q JOIN build_jobs bj ON bj.id = q.build_job_id \
+             WHERE q.id = $1 AND q.fencing_token = $2 AND q.build_job_id = $3",
+        )
+        .bind(lease.entry)
+        .bind(lease.token)
+        .bind(lease.build_job_id)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(r) => Ok((r.try_get("build_id")?, r.try_get("job_key")?)),
+            None => Err(StoreError::StaleLease { entry: lease.entry, token: lease.token }),
+        }
     }
 
     /// Finishes a leased job: removes its queue row and records the result, refused when the
