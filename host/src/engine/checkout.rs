@@ -401,8 +401,25 @@ pub fn checkout_reused(req: &CheckoutRequest, dest: &Path, cache: &Path) -> Resu
             message: e.to_string(),
         })?;
     }
-    let repo = Repository::open(dest).map_err(git_err("open", url))?;
+    // libgit2 writes HEAD, the index and refs through a link: one a job left in their place
+    // goes (HEAD is written again, detached at the commit).
     let keep = req.branch.as_ref().map(|b| format!("refs/remotes/origin/{b}"));
+    let linked = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_file());
+    let head = git_dir.join("HEAD");
+    if linked(&head) {
+        let _ = std::fs::remove_file(&head);
+        std::fs::write(&head, format!("{oid}\n")).map_err(|e| CheckoutError::Git {
+            action: "reset HEAD",
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    for file in std::iter::once(git_dir.join("index")).chain(keep.as_ref().map(|k| git_dir.join(k))) {
+        if linked(&file) {
+            let _ = std::fs::remove_file(&file);
+        }
+    }
+    let repo = Repository::open(dest).map_err(git_err("open", url))?;
     let names: Vec<String> = repo
         .references()
         .map_err(git_err("list refs", url))?
@@ -729,6 +746,25 @@ mod tests {
         assert_eq!(checkout_reused(&req(&second), ws.path(), &cache).unwrap().sha, second);
         assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "two");
         assert_eq!(git(ws.path(), &["status", "--porcelain", "--ignored"]), "");
+        // HEAD left as a link (here to a file with the right content) is replaced by a plain
+        // file, and the file it pointed to is not written.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::copy(ws.path().join(".git/HEAD"), elsewhere.path().join("HEAD")).unwrap();
+        std::fs::remove_file(ws.path().join(".git/HEAD")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("HEAD"), ws.path().join(".git/HEAD")).unwrap();
+        assert_eq!(checkout_reused(&req(&second), ws.path(), &cache).unwrap().sha, second);
+        assert!(std::fs::symlink_metadata(ws.path().join(".git/HEAD")).unwrap().is_file());
+        assert_eq!(git(ws.path(), &["rev-parse", "HEAD"]), second);
+        assert_eq!(std::fs::read_to_string(elsewhere.path().join("HEAD")).unwrap(), format!("{second}\n"));
+        let planted = std::fs::metadata(elsewhere.path().join("HEAD")).unwrap().mtime();
+        std::fs::remove_file(ws.path().join(".git/HEAD")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("HEAD"), ws.path().join(".git/HEAD")).unwrap();
+        std::fs::write(ws.path().join("a.txt"), "changed once more").unwrap();
+        assert_eq!(checkout_reused(&req(&first), ws.path(), &cache).unwrap().sha, first);
+        assert_eq!(std::fs::read_to_string(ws.path().join("a.txt")).unwrap(), "one");
+        assert_eq!(std::fs::read_to_string(elsewhere.path().join("HEAD")).unwrap(), format!("{second}\n"));
+        assert_eq!(std::fs::metadata(elsewhere.path().join("HEAD")).unwrap().mtime(), planted);
+        assert!(checkout_reused(&req(&second), ws.path(), &cache).is_ok());
         // A workspace borrowing from another cache is refused (the agent starts afresh).
         let other = tempfile::tempdir().unwrap();
         assert!(checkout_reused(&req(&second), ws.path(), other.path()).is_err());

@@ -31,19 +31,20 @@ impl Store {
         .await?)
     }
 
-    /// Records several events of a build in one statement, in order.
+    /// Records several events of a build in order, up to 500 per statement (far below the
+    /// databases' limits on bound values).
     pub async fn add_events(&self, build_id: i64, events: &[(&str, serde_json::Value)]) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
+        for chunk in events.chunks(500) {
+            let rows: Vec<String> =
+                (0..chunk.len()).map(|i| format!("($1, ${}, ${}, $2)", 2 * i + 3, 2 * i + 4)).collect();
+            let sql =
+                format!("INSERT INTO build_events (build_id, kind, payload, created_ms) VALUES {}", rows.join(", "));
+            let mut query = sqlx::query(&sql).bind(build_id).bind(now_ms());
+            for (kind, payload) in chunk {
+                query = query.bind(*kind).bind(payload.to_string());
+            }
+            query.execute(self.pool()).await?;
         }
-        let rows: Vec<String> =
-            (0..events.len()).map(|i| format!("($1, ${}, ${}, $2)", 2 * i + 3, 2 * i + 4)).collect();
-        let sql = format!("INSERT INTO build_events (build_id, kind, payload, created_ms) VALUES {}", rows.join(", "));
-        let mut query = sqlx::query(&sql).bind(build_id).bind(now_ms());
-        for (kind, payload) in events {
-            query = query.bind(*kind).bind(payload.to_string());
-        }
-        query.execute(self.pool()).await?;
         Ok(())
     }
 
