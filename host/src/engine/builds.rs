@@ -367,8 +367,8 @@ impl BuildContext {
     /// its condition whether it runs or is skipped); ends the build when every job finished.
     pub async fn schedule(&self, build_id: i64) -> Result<(), StoreError> {
         // The common case of a wide build, in one query: nothing new can start and jobs still run.
-        let (status, unenqueued, unfinished) = self.store.schedule_state(build_id).await?;
-        if unenqueued == 0 && (status.is_finished() || unfinished > 0) {
+        let (build_status, unenqueued, unfinished) = self.store.schedule_state(build_id).await?;
+        if unenqueued == 0 && (build_status.is_finished() || unfinished > 0) {
             self.notify(Notice::Build(build_id));
             return Ok(());
         }
@@ -376,7 +376,6 @@ impl BuildContext {
         // only when a candidate needs some (a wide build without `needs` costs one small query
         // per finished job, not a read of every job).
         let pending = self.store.unenqueued_jobs(build_id).await?;
-        let build = self.store.build(build_id).await?;
         let mut enqueued = false;
         let all = match pending.iter().any(|j| !j.needs.is_empty()) {
             true => self.store.build_jobs(build_id).await?,
@@ -388,7 +387,7 @@ impl BuildContext {
             false => self.store.build_priority(build_id).await?,
         };
         for j in &pending {
-            if build.status == Status::Cancelled {
+            if build_status == Status::Cancelled {
                 self.store.transition_build_job(j.id, Status::Cancelled, Some("the build was cancelled")).await?;
                 continue;
             }
@@ -402,14 +401,14 @@ impl BuildContext {
         if enqueued {
             self.notify(Notice::Enqueued);
         }
-        if build.status.is_finished() || self.store.unfinished_jobs(build_id).await? > 0 {
+        if build_status.is_finished() || self.store.unfinished_jobs(build_id).await? > 0 {
             self.notify(Notice::Build(build_id));
             return Ok(());
         }
         let jobs = self.store.build_jobs(build_id).await?;
         if !jobs.is_empty() && jobs.iter().all(|j| j.status.is_finished()) {
-            let status = super::run::overall(jobs.iter().map(|j| j.status), build.status == Status::Cancelled);
-            if build.status == Status::Queued {
+            let status = super::run::overall(jobs.iter().map(|j| j.status), build_status == Status::Cancelled);
+            if build_status == Status::Queued {
                 self.store.transition_build(build_id, Status::Running, None).await?;
             }
             self.store.transition_build(build_id, status, None).await?;

@@ -362,8 +362,14 @@ fn build_job_from_row(row: &sqlx::any::AnyRow) -> Result<BuildJobRecord, StoreEr
     })
 }
 
-const BUILD_JOB: &str =
-    "SELECT id, build_id, job_key, status, reason, needs, outputs, sandbox, started_ms, finished_ms FROM build_jobs";
+/// The columns [`build_job_from_row`] reads.
+macro_rules! build_job_columns {
+    () => {
+        "id, build_id, job_key, status, reason, needs, outputs, sandbox, started_ms, finished_ms"
+    };
+}
+
+const BUILD_JOB: &str = concat!("SELECT ", build_job_columns!(), " FROM build_jobs");
 
 impl Store {
     /// One build as a listing row.
@@ -508,8 +514,8 @@ impl Store {
         &self,
         id: i64,
     ) -> Result<(BuildJobRecord, chengis_pipeline::PlannedJob), StoreError> {
-        let sql = format!("{BUILD_JOB} WHERE id = $1").replacen(" FROM build_jobs", ", spec FROM build_jobs", 1);
-        let row = sqlx::query(&sql).bind(id).fetch_optional(self.pool()).await?;
+        let sql = concat!("SELECT ", build_job_columns!(), ", spec FROM build_jobs WHERE id = $1");
+        let row = sqlx::query(sql).bind(id).fetch_optional(self.pool()).await?;
         let row = row.ok_or_else(|| StoreError::NotFound(format!("build job {id}")))?;
         let spec: String = row.try_get("spec")?;
         let planned =
