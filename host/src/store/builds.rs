@@ -369,6 +369,11 @@ macro_rules! build_job_columns {
     };
 }
 
+/// A build job's planned job (the `spec` column), parsed.
+fn parse_spec(spec: &str) -> Result<chengis_pipeline::PlannedJob, StoreError> {
+    serde_json::from_str(spec).map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })
+}
+
 const BUILD_JOB: &str = concat!("SELECT ", build_job_columns!(), " FROM build_jobs");
 
 impl Store {
@@ -518,15 +523,12 @@ impl Store {
         let row = sqlx::query(sql).bind(id).fetch_optional(self.pool()).await?;
         let row = row.ok_or_else(|| StoreError::NotFound(format!("build job {id}")))?;
         let spec: String = row.try_get("spec")?;
-        let planned =
-            serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })?;
-        Ok((build_job_from_row(&row)?, planned))
+        Ok((build_job_from_row(&row)?, parse_spec(&spec)?))
     }
 
     /// The planned job of build job `id`, parsed.
     pub async fn planned_job(&self, id: i64) -> Result<chengis_pipeline::PlannedJob, StoreError> {
-        serde_json::from_str(&self.build_job_spec(id).await?)
-            .map_err(|e| StoreError::Corrupt { what: "job spec", detail: e.to_string() })
+        parse_spec(&self.build_job_spec(id).await?)
     }
 
     /// The plan of build `build_id`, parsed (an unplanned build is a corrupt plan here). The
