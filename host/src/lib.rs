@@ -9,7 +9,7 @@
 //! - [`plugins`]: the plugin platform's server side: trust allowlist, builtin plugins, and the
 //!   calls to step executors, notifiers, SCM status reporters and policies.
 //! - [`server`]: the HTTP API (axum), live logs and build events over SSE, health endpoints.
-//! - [`status`]: the status enum shared by builds, jobs and steps.
+//! - [`status`]: the status enum shared by builds, jobs and steps (the `chengis-model` crate).
 //! - [`store`]: the database (SQLite or PostgreSQL): jobs, builds, the queue with leases, secrets.
 //! - [`toolchain`]: making sure plugins can be built (`wasm32-wasip2`).
 //! - [`agent`]: the lease loop that runs jobs (embedded in `chengis serve`).
@@ -22,6 +22,6 @@ pub mod exec;
 pub mod pipeline;
 pub mod plugins;
 pub mod server;
-pub mod status;
+pub use chengis_model::status;
 pub mod store;
 pub mod toolchain;

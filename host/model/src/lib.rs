@@ -1,0 +1,17 @@
+//! What every Chengis process agrees on, with no I/O: the status of builds, jobs and steps and
+//! the job-state machine ([`status`]), the one scheduler that decides what runs, what is skipped
+//! or cancelled and when a build ends ([`schedule`]), and durations as people read them
+//! ([`duration`]).
+//!
+//! # Layout
+//! - [`status`]: [`Status`] and its transitions.
+//! - [`schedule`]: [`schedule::decide`], a pure function over a build's job states, used by
+//!   `chengis run`, the server and every agent.
+//! - [`duration`]: [`human_duration`] (`2s`, `1m 5s`, `350ms`).
+
+pub mod duration;
+pub mod schedule;
+pub mod status;
+
+pub use duration::human_duration;
+pub use status::Status;
