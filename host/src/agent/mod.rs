@@ -84,26 +84,31 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
                 defer: None,
                 registered_ms: None,
             };
-            match ctx.store.lease(&req).await {
-                Ok(leases) => {
-                    for lease in leases {
+            match ctx.store.lease_batch(&req).await {
+                Ok(batch) => {
+                    for (build_job, reason) in batch.exhausted {
+                        if let Err(e) = ctx.job_ended(build_job, &reason).await {
+                            tracing::error!(build_job, "moving the build on: {e}");
+                        }
+                    }
+                    for lease in batch.leases {
                         let Ok(permit) = slots.clone().acquire_owned().await else { return };
                         let (ctx, keys, cfg) = (ctx.clone(), keys.clone(), cfg.clone());
                         let span =
                             tracing::info_span!("build_job", build_job = lease.build_job_id, attempt = lease.attempt);
                         tokio::spawn(
                             async move {
-                                let prepared = match server_side::prepare(&ctx, &keys, &lease).await {
-                                    Ok(p) => p,
-                                    Err(e) => {
-                                        tracing::error!("preparing build job {}: {e}", lease.build_job_id);
-                                        return;
+                                match server_side::prepare(&ctx, &keys, &lease).await {
+                                    Ok((a, local)) => {
+                                        if let Err(e) = execute(&Link::Local(ctx), &cfg, a, Some(local), None).await {
+                                            tracing::error!("running build job {}: {e}", lease.build_job_id);
+                                        }
                                     }
-                                };
-                                if let Some((a, local)) = prepared
-                                    && let Err(e) = execute(&Link::Local(ctx), &cfg, a, Some(local), None).await
-                                {
-                                    tracing::error!("running build job {}: {e}", lease.build_job_id);
+                                    Err(e) => {
+                                        if let Err(e) = server_side::fail_prepare(&ctx, &lease, &e).await {
+                                            tracing::error!("ending build job {}: {e}", lease.build_job_id);
+                                        }
+                                    }
                                 }
                                 drop(permit);
                             }

@@ -12,6 +12,7 @@ use crate::store::builds::{BuildJobRecord, BuildSummary, StepRecord};
 use crate::store::jobs::JobRecord;
 use crate::store::queue::Lease;
 use crate::store::secrets::MasterKeys;
+use chengis_model::schedule::POST_JOB;
 use chengis_pipeline::{Plan, PlannedJob};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -86,13 +87,14 @@ pub struct LocalParts {
     pub trigger: Option<TriggerContext>,
 }
 
-/// Marks the leased job running and prepares it; `None` when it ended here (its `if` is false,
-/// a needed job failed, or the condition is invalid).
+/// Marks the leased job running and prepares it (whether it runs at all, the scheduler decided
+/// before it was queued). An error leaves the job to the caller, which ends it `error` with
+/// the reason (see [`fail_prepare`]).
 pub async fn prepare(
     ctx: &BuildContext,
     keys: &MasterKeys,
     lease: &Lease,
-) -> Result<Option<(Assignment, LocalParts)>, StoreError> {
+) -> Result<(Assignment, LocalParts), StoreError> {
     let store = &ctx.store;
     let (bj, spec) = store.build_job_planned(lease.build_job_id).await?;
     let build = store.build_summary(bj.build_id).await?;
@@ -119,33 +121,27 @@ pub async fn prepare(
     let _ = ctx.bus.send(Notice::Build(build.id));
     ctx.announce(build.id, Change::Job(spec.id.clone(), Status::Running));
 
-    // Contexts and the job's condition, as the local engine decides them.
-    let siblings = match spec.needs_keys.is_empty() {
+    // Contexts as the local engine builds them (the scheduler already decided the job runs).
+    let siblings = match spec.needs_keys.is_empty() && spec.id != POST_JOB {
         true => Vec::new(),
         false => store.build_jobs(bj.build_id).await?,
     };
-    let mut needs = serde_json::Map::new();
-    let mut failed_need = None;
-    for key in &spec.needs_keys {
-        let mine: Vec<_> =
-            siblings.iter().filter(|s| plan.jobs.iter().any(|p| p.id == s.job_key && &p.key == key)).collect();
-        let mut outputs = serde_json::Map::new();
-        for s in &mine {
-            outputs.extend(s.outputs.clone());
-            if s.status != Status::Success {
-                failed_need = Some((key.clone(), s.status));
-            }
+    let (needs, failed_need) = crate::engine::conditions::needs_context(&plan, &spec, &siblings);
+    // The post job's `success()` / `failure()` answer for the build's other jobs.
+    let needs_ok = match spec.id == POST_JOB && chengis_model::schedule::has_post(&plan) {
+        true => {
+            let others = siblings.iter().filter(|s| s.job_key != POST_JOB).map(|s| s.status);
+            chengis_model::schedule::overall(others, false) == Status::Success
         }
-        let result = crate::engine::run::overall(mine.iter().map(|s| s.status), false);
-        needs.insert(key.clone(), json!({"result": result.as_str(), "outputs": outputs}));
-    }
+        false => failed_need.is_none(),
+    };
     let secrets = store.secrets_for_job(keys, &build.job).await?;
     // The webhook event behind the build, if any (recorded as its `trigger` event).
     let trigger = ctx.trigger_context(build.id).await?;
     let mut contexts = BTreeMap::new();
     contexts.insert("params".to_string(), context::object(plan.params.iter()));
     contexts.insert("matrix".to_string(), context::object(spec.matrix.iter()));
-    contexts.insert("needs".to_string(), Value::Object(needs));
+    contexts.insert("needs".to_string(), needs);
     contexts.insert(
         "build".to_string(),
         json!({"id": build.id, "number": build.number, "job": build.job, "attempt": lease.attempt}),
@@ -165,7 +161,7 @@ pub async fn prepare(
         spec,
         secrets,
         contexts,
-        needs_ok: failed_need.is_none(),
+        needs_ok,
         artifact_rules: ArtifactRules {
             retention_ms: ctx.storage.artifact_retention.map(|d| d.as_millis() as u64),
             max_job: ctx.storage.artifact_max_job,
@@ -175,20 +171,17 @@ pub async fn prepare(
         plugin_build: Some(crate::plugins::dispatch::wit_build(&build, &plan.name, &job_record.repo_url)),
         first_line: Some(store.next_log_offset(lease.build_job_id).await?),
     };
-    let run = context::condition(assignment.spec.condition.as_deref(), &assignment.contexts(None));
-    if !matches!(run, Ok(true)) {
-        let (status, reason) = match (run, failed_need) {
-            (Err(e), _) => (Status::Error, e),
-            (_, Some((n, s))) if assignment.spec.condition.is_none() => {
-                (Status::Skipped, format!("needs `{n}`, which ended `{s}`"))
-            }
-            _ => (Status::Skipped, "its `if` condition is false".to_string()),
-        };
-        finish(ctx, lease, &assignment.spec.id, build.id, status, Some(&reason), None).await?;
-        return Ok(None);
-    }
     let local = LocalParts { job: job_record, build, plan, siblings, trigger };
-    Ok(Some((assignment, local)))
+    Ok((assignment, local))
+}
+
+/// Ends the job `lease` holds `error` because it could not be prepared, with the reason, and
+/// moves its build on (a lease left to expire would blame a lost agent instead).
+pub async fn fail_prepare(ctx: &BuildContext, lease: &Lease, error: &StoreError) -> Result<(), StoreError> {
+    let reason = format!("the job could not be prepared: {error}");
+    tracing::error!(build_job = lease.build_job_id, "{reason}");
+    let job = ctx.store.build_job(lease.build_job_id).await?;
+    finish(ctx, lease, &job.job_key, job.build_id, Status::Error, Some(&reason), None).await
 }
 
 impl Assignment {
@@ -375,7 +368,7 @@ pub async fn finish(
     ctx.store.add_event(build_id, "job_status", &json!({"job": job, "status": status, "reason": reason})).await?;
     ctx.announce(build_id, Change::Job(job.to_string(), status));
     let _ = ctx.bus.send(Notice::Build(build_id));
-    ctx.schedule(build_id).await
+    ctx.schedule_after(build_id, Some(status)).await
 }
 
 /// The `git` context of a server build: the commit (`sha`, `short_sha`, `branch`, `tag`,

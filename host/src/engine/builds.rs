@@ -215,13 +215,7 @@ impl BuildContext {
         if let (Some(c), Some(files)) = (context.as_mut(), changed) {
             c.changed_files = Some(files);
         }
-        sqlx::query("UPDATE builds SET commit_sha = $1, commit_message = $2, commit_author = $3 WHERE id = $4")
-            .bind(&sha)
-            .bind(&message)
-            .bind(&author)
-            .bind(build_id)
-            .execute(self.store.pool())
-            .await?;
+        self.store.set_build_commit(build_id, &sha, &message, &author).await?;
         let summary =
             BuildSummary { commit_sha: sha.clone(), commit_message: message, commit_author: author, ..summary };
         let planned = {
@@ -294,6 +288,15 @@ impl BuildContext {
             let spec = serde_json::to_string(job).unwrap_or_default();
             self.store.add_build_job(build_id, &job.id, &spec, &job.needs).await?;
         }
+        // The post steps run as one more job once the others ended; which steps is decided
+        // then, from how the build went.
+        if chengis_model::schedule::has_post(&plan) {
+            let needs: Vec<String> = plan.jobs.iter().map(|j| j.id.clone()).collect();
+            let post = chengis_model::schedule::post_job(&plan, Status::Success)
+                .or_else(|| chengis_model::schedule::post_job(&plan, Status::Failure));
+            let spec = serde_json::to_string(&post).unwrap_or_default();
+            self.store.add_build_job(build_id, chengis_model::schedule::POST_JOB, &spec, &needs).await?;
+        }
         self.announce(build_id, crate::plugins::dispatch::Change::Queued);
         self.schedule(build_id).await
     }
@@ -363,106 +366,167 @@ impl BuildContext {
         }
     }
 
-    /// Enqueues every queued job whose needs have all finished (the agent then decides with
-    /// its condition whether it runs or is skipped); ends the build when every job finished.
+    /// Asks the one scheduler ([`chengis_model::schedule::decide`]) what happens next in the
+    /// build and carries it out: enqueue the jobs it starts, end the ones it skips or cancels,
+    /// stop running ones (fail-fast, cancel), run the post job, end the build. Called after
+    /// every change of a build; `ended`: the status of the job whose end led here, if one did
+    /// (a success in a wide build that still runs needs no more than one small query).
     pub async fn schedule(&self, build_id: i64) -> Result<(), StoreError> {
-        // The common case of a wide build, in one query: nothing new can start and jobs still run.
+        self.schedule_after(build_id, None).await
+    }
+
+    /// [`BuildContext::schedule`] after a job ended `ended`.
+    pub async fn schedule_after(&self, build_id: i64, ended: Option<Status>) -> Result<(), StoreError> {
+        use chengis_model::schedule::{BuildView, Decision, JobState, JobView, POST_JOB, decide, has_post, post_job};
         let (build_status, unenqueued, unfinished) = self.store.schedule_state(build_id).await?;
-        if unenqueued == 0 && (build_status.is_finished() || unfinished > 0) {
+        // The common case of a wide build: a job succeeded, nothing new can start and jobs still
+        // run; nothing for the scheduler to decide.
+        if unenqueued == 0 && unfinished > 0 && ended.is_some_and(|s| !s.is_failure()) && !build_status.is_finished() {
             self.notify(Notice::Build(build_id));
             return Ok(());
         }
-        // Only the jobs not in the queue yet are candidates; the statuses of the others are read
-        // only when a candidate needs some (a wide build without `needs` costs one small query
-        // per finished job, not a read of every job).
-        let pending = self.store.unenqueued_jobs(build_id).await?;
-        let mut enqueued = false;
-        let all = match pending.iter().any(|j| !j.needs.is_empty()) {
-            true => self.store.build_jobs(build_id).await?,
-            false => Vec::new(),
+        let records = self.store.build_jobs(build_id).await?;
+        if records.is_empty() {
+            // Not planned yet (or planning failed): nothing to schedule.
+            return Ok(());
+        }
+        let plan = self.store.plan(build_id).await?;
+        let queue = self.store.queue_entries(build_id).await?;
+        let entry = |id: i64| queue.iter().find(|q| q.build_job_id == id);
+        let record = |key: &str| records.iter().find(|r| r.job_key == key);
+        let state_of = |key: &str| {
+            record(key).map_or(JobState::Done(Status::Error), |r| JobState::of(r.status, entry(r.id).is_some()))
         };
-        let status_of = |key: &str| all.iter().find(|j| j.job_key == key).map(|j| j.status);
-        let priority = match pending.is_empty() {
-            true => Default::default(),
-            false => self.store.build_priority(build_id).await?,
+        let views: Vec<JobView> = plan
+            .jobs
+            .iter()
+            .map(|job| JobView {
+                job,
+                state: state_of(&job.id),
+                stop_requested: record(&job.id).and_then(|r| entry(r.id)).is_some_and(|q| q.cancel_requested),
+            })
+            .collect();
+        let build = BuildView {
+            cancelled: build_status == Status::Cancelled,
+            post: has_post(&plan).then(|| state_of(POST_JOB)),
         };
-        for j in &pending {
-            if build_status == Status::Cancelled {
-                self.store.transition_build_job(j.id, Status::Cancelled, Some("the build was cancelled")).await?;
-                continue;
+        let mut conditions = super::conditions::Conditions::new(self, build_id, &plan, &records);
+        let decisions = {
+            let mut needed = Vec::new();
+            for v in &views {
+                if v.state == JobState::Waiting && v.job.condition.is_some() {
+                    needed.push(v.job);
+                }
             }
-            if j.needs.iter().all(|n| status_of(n).is_some_and(Status::is_finished)) {
-                let spec = self.store.planned_job(j.id).await?;
-                let needs = crate::store::agents::Needs::of(&spec);
-                self.store.enqueue_with(j.id, priority, &spec.runs_on, needs).await?;
-                enqueued = true;
+            conditions.load(&needed).await?;
+            decide(&views, build, &mut |job, status| conditions.evaluate(job, status))
+        };
+        let priority = match decisions.iter().any(|d| matches!(d, Decision::Start { .. } | Decision::StartPost { .. }))
+        {
+            true => self.store.build_priority(build_id).await?,
+            false => Default::default(),
+        };
+        let mut enqueued = false;
+        // A job taken out of the queue ended here: the scheduler then has more to decide.
+        let mut again = false;
+        for decision in decisions {
+            match decision {
+                Decision::Start { job } => {
+                    let Some(r) = record(&job) else { continue };
+                    let spec = self.store.planned_job(r.id).await?;
+                    let needs = crate::store::agents::Needs::of(&spec);
+                    enqueued |= self.store.enqueue_with(r.id, priority, &spec.runs_on, needs).await?.is_some();
+                }
+                Decision::End { job, status, reason } => {
+                    let Some(r) = record(&job) else { continue };
+                    match self.store.transition_build_job(r.id, status, Some(&reason)).await {
+                        Ok(()) => {}
+                        // Another scheduler of the same build got there first.
+                        Err(StoreError::IllegalTransition { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                    let event = serde_json::json!({"job": job, "status": status, "reason": reason});
+                    self.store.add_event(build_id, "job_status", &event).await?;
+                    self.announce(build_id, crate::plugins::dispatch::Change::Job(job, status));
+                }
+                Decision::Stop { job, reason } => {
+                    let Some(r) = record(&job) else { continue };
+                    if self.store.stop_job(r.id, &reason).await? == crate::store::queue::Stopped::Removed {
+                        again = true;
+                        let event = serde_json::json!({"job": job, "status": Status::Cancelled, "reason": reason});
+                        self.store.add_event(build_id, "job_status", &event).await?;
+                        self.announce(build_id, crate::plugins::dispatch::Change::Job(job, Status::Cancelled));
+                    }
+                }
+                Decision::StartPost { status } => {
+                    let Some(r) = record(POST_JOB) else { continue };
+                    let Some(post) = post_job(&plan, status) else {
+                        let reason = format!("no post steps for a build that ended `{status}`");
+                        self.store.transition_build_job(r.id, Status::Skipped, Some(&reason)).await?;
+                        let event = serde_json::json!({"job": POST_JOB, "status": Status::Skipped, "reason": reason});
+                        self.store.add_event(build_id, "job_status", &event).await?;
+                        // The build ends on the next pass.
+                        return Box::pin(self.schedule_after(build_id, None)).await;
+                    };
+                    let spec = serde_json::to_string(&post).unwrap_or_default();
+                    self.store.set_build_job_spec(r.id, &spec).await?;
+                    enqueued |= self.store.enqueue_with(r.id, priority, &[], Default::default()).await?.is_some();
+                }
+                Decision::Finish { status } => {
+                    if !build_status.is_finished() {
+                        if build_status == Status::Queued {
+                            match self.store.transition_build(build_id, Status::Running, None).await {
+                                Ok(()) | Err(StoreError::IllegalTransition { .. }) => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                        match self.store.transition_build(build_id, status, None).await {
+                            Ok(()) => {
+                                let event = serde_json::json!({"status": status});
+                                self.store.add_event(build_id, "build_status", &event).await?;
+                                self.announce(build_id, crate::plugins::dispatch::Change::Build);
+                            }
+                            Err(StoreError::IllegalTransition { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
             }
         }
         if enqueued {
             self.notify(Notice::Enqueued);
         }
-        if build_status.is_finished() || self.store.unfinished_jobs(build_id).await? > 0 {
-            self.notify(Notice::Build(build_id));
-            return Ok(());
-        }
-        let jobs = self.store.build_jobs(build_id).await?;
-        if !jobs.is_empty() && jobs.iter().all(|j| j.status.is_finished()) {
-            let status = super::run::overall(jobs.iter().map(|j| j.status), build_status == Status::Cancelled);
-            if build_status == Status::Queued {
-                self.store.transition_build(build_id, Status::Running, None).await?;
-            }
-            self.store.transition_build(build_id, status, None).await?;
-            self.store.add_event(build_id, "build_status", &serde_json::json!({"status": status})).await?;
-            self.announce(build_id, crate::plugins::dispatch::Change::Build);
+        if again {
+            return Box::pin(self.schedule_after(build_id, None)).await;
         }
         self.notify(Notice::Build(build_id));
         Ok(())
     }
 
-    /// Cancels a build: queued jobs end at once, running ones are told through their lease.
+    /// Ends build job `build_job_id`, which ended outside a lease's finish (its agent was lost
+    /// too often), and moves its build on.
+    pub async fn job_ended(&self, build_job_id: i64, reason: &str) -> Result<(), StoreError> {
+        let job = self.store.build_job(build_job_id).await?;
+        let event = serde_json::json!({"job": job.job_key, "status": job.status, "reason": reason});
+        self.store.add_event(job.build_id, "job_status", &event).await?;
+        self.announce(job.build_id, crate::plugins::dispatch::Change::Job(job.job_key.clone(), job.status));
+        self.schedule_after(job.build_id, Some(job.status)).await
+    }
+
+    /// Cancels a build: the build ends `cancelled` now; the scheduler ends its waiting jobs and
+    /// asks the running ones to stop (they end when their agents have stopped them).
     pub async fn cancel(&self, build_id: i64) -> Result<(), StoreError> {
         let build = self.store.build(build_id).await?;
-        if build.status.is_finished() {
+        if build.status.is_finished() || !self.store.cancel_build(build_id).await? {
             return Err(StoreError::IllegalTransition {
                 what: format!("build {build_id}"),
-                from: build.status,
+                from: if build.status.is_finished() { build.status } else { Status::Cancelled },
                 to: Status::Cancelled,
             });
         }
-        sqlx::query("UPDATE builds SET status = 'cancelled', finished_ms = $1 WHERE id = $2 AND status IN ('queued', 'running')")
-            .bind(crate::store::now_ms())
-            .bind(build_id)
-            .execute(self.store.pool())
-            .await?;
-        for j in self.store.build_jobs(build_id).await? {
-            if j.status != Status::Queued && j.status != Status::Running {
-                continue;
-            }
-            let leased: Option<Option<String>> =
-                sqlx::query_scalar("SELECT lease_owner FROM queue WHERE build_job_id = $1")
-                    .bind(j.id)
-                    .fetch_optional(self.store.pool())
-                    .await?;
-            match leased {
-                Some(Some(_)) => {
-                    self.store.request_cancel(j.id).await?;
-                }
-                Some(None) => {
-                    sqlx::query("DELETE FROM queue WHERE build_job_id = $1 AND lease_owner IS NULL")
-                        .bind(j.id)
-                        .execute(self.store.pool())
-                        .await?;
-                    self.store.transition_build_job(j.id, Status::Cancelled, Some("the build was cancelled")).await?;
-                }
-                None if j.status == Status::Queued => {
-                    self.store.transition_build_job(j.id, Status::Cancelled, Some("the build was cancelled")).await?;
-                }
-                None => {}
-            }
-        }
         self.store.add_event(build_id, "build_status", &serde_json::json!({"status": "cancelled"})).await?;
-        self.notify(Notice::Build(build_id));
-        Ok(())
+        self.announce(build_id, crate::plugins::dispatch::Change::Build);
+        self.schedule(build_id).await
     }
 
     /// Starts a new attempt of a finished build: same job, commit and branch, linked to the first.

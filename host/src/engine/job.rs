@@ -236,6 +236,13 @@ async fn run_steps(
                 continue;
             }
         };
+        if !run && env.cancel.is_cancelled() && step.condition.is_none() {
+            // Stopped before this step began: the step and the job end `cancelled`.
+            let reason = "was cancelled before it began".to_string();
+            finish(env, spec.id, index, &step.name, Status::Cancelled, None, Some(reason.clone()), started).await;
+            failure.get_or_insert((Status::Cancelled, format!("step `{}` {reason}", step.name)));
+            continue;
+        }
         if !run {
             let reason = match step.condition {
                 Some(_) => "its `if` condition is false",
@@ -253,26 +260,27 @@ async fn run_steps(
             .events
             .send(RunEvent::StepStarted { job: spec.id.to_string(), step: index, name: step.name.clone() })
             .await;
-        let (status, exit_code, reason, written) =
+        let (status, exit_code, mut reason, written) =
             run_one(step, index, env, ctx, &job_env, limit, spec.id, &mut next_line, sandbox)
                 .instrument(info_span!("step", step = index, name = %step.name))
                 .await;
-        let status = if status == Status::TimedOut
+        if status == Status::TimedOut
             && step.timeout.is_none_or(|t| limit.is_some_and(|l| l < t))
-            && deadline.is_some()
+            && let Some(job_limit) = spec.timeout.filter(|_| deadline.is_some())
         {
             // The job's deadline, not the step's own limit, stopped it.
-            failure.get_or_insert((Status::TimedOut, "the job ran out of time".into()));
-            Status::TimedOut
-        } else {
-            status
-        };
+            let why = format!("timed out after {}", chengis_model::human_duration(job_limit));
+            reason = Some(why.clone());
+            failure.get_or_insert((Status::TimedOut, why));
+        }
         for (k, v) in &written.env {
             set_var(&mut job_env, k, v.clone());
         }
         let mut step_outputs = serde_json::Map::new();
         for (k, v) in &written.outputs {
-            outputs.insert(k.clone(), v.clone());
+            // Later steps of this job see the value; the job's outputs (stored, shown, and read
+            // by other jobs) go through the log's masker like every log line.
+            outputs.insert(k.clone(), env.masker.mask_str(v));
             step_outputs.insert(k.clone(), Value::String(v.clone()));
         }
         let outcome = status.as_str();
@@ -466,7 +474,7 @@ async fn run_one(
             StepEnd::TimedOut => (
                 Status::TimedOut,
                 None,
-                Some(format!("timed out after {}", humantime::format_duration(limit.unwrap_or_default()))),
+                Some(format!("timed out after {}", chengis_model::human_duration(limit.unwrap_or_default()))),
             ),
             StepEnd::Cancelled => (Status::Cancelled, None, Some("was cancelled".into())),
             StepEnd::OutOfMemory(limit) => (

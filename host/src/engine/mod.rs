@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod builds;
 pub mod cache;
 pub mod checkout;
+pub mod conditions;
 pub mod context;
 pub mod cron;
 pub mod envfile;

@@ -149,7 +149,7 @@ pub(super) async fn run(
         timer.abort();
     }
     if timed_out.load(std::sync::atomic::Ordering::Relaxed) {
-        let limit = humantime::format_duration(limit.unwrap_or_default());
+        let limit = chengis_model::human_duration(limit.unwrap_or_default());
         return (Status::TimedOut, Some(format!("timed out after {limit}")), Written::default());
     }
     if env.cancel.is_cancelled() {

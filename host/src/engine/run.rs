@@ -1,5 +1,6 @@
-//! A whole local run: jobs scheduled by their `needs` with bounded parallelism, dependents of
-//! failed jobs skipped with the reason, `post` steps after everything, one final status.
+//! A whole local run: the one scheduler ([`chengis_model::schedule`]) decides what runs, what is
+//! skipped or cancelled and when post steps run; this module spawns the jobs it starts with
+//! bounded parallelism and reports one final status.
 
 use super::context::{self, Contexts, env_object, set_var};
 use super::events::RunEvent;
@@ -7,11 +8,13 @@ use super::job::{ContainerSpec, JobEnv, JobResult, JobSpec, run_job};
 use crate::exec::docker::{DockerRuntime, SandboxLabels};
 use crate::exec::{CancelSignal, SecretMasker};
 use crate::status::Status;
+use chengis_model::schedule::{
+    BuildView, Decision, JobState, JobView, POST_JOB, decide, has_post, needs_result, post_expr_status, post_job,
+};
 use chengis_pipeline::expr::Status as ExprStatus;
 use chengis_pipeline::plan::{Plan, PlannedJob};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,136 +137,145 @@ pub async fn run_plan(
 
     let semaphore = Arc::new(Semaphore::new(opts.parallel.max(1)));
     let mut results: IndexMap<String, (JobResult, Duration)> = IndexMap::new();
-    let mut pending: Vec<&PlannedJob> = plan.jobs.iter().collect();
+    let mut states: Vec<JobState> = vec![JobState::Waiting; plan.jobs.len()];
+    let mut stops: Vec<Option<CancelSignal>> = vec![None; plan.jobs.len()];
+    let mut stop_asked: Vec<bool> = vec![false; plan.jobs.len()];
+    let mut post_state = has_post(&plan).then_some(JobState::Waiting);
     let mut running: JoinSet<(String, JobResult, Duration)> = JoinSet::new();
-    // Matrix bookkeeping: running combinations per job key (for `max-parallel`), their cancel
-    // signals, and the keys where a combination failed with `fail-fast`.
-    let mut running_per_key: HashMap<String, (u32, Vec<CancelSignal>)> = HashMap::new();
-    let mut failed_fast: HashSet<String> = HashSet::new();
-    loop {
-        let mut i = 0;
-        while i < pending.len() {
-            let job = pending[i];
-            let busy = running_per_key.get(&job.key).map_or(0, |(n, _)| *n);
-            let at_limit = job.max_parallel.is_some_and(|max| busy >= max.max(1));
-            if at_limit || !job.needs.iter().all(|n| results.contains_key(n)) {
-                i += 1;
-                continue;
-            }
-            pending.remove(i);
-            let mut ctx = root_ctx.clone();
-            ctx.matrix = context::object(job.matrix.iter());
-            ctx.needs = needs_context(job, &plan, &results);
-            let failed_need =
-                job.needs.iter().find(|n| results.get(*n).is_some_and(|(r, _)| r.status != Status::Success));
-            ctx.status = Some(if cancel.is_cancelled() {
-                ExprStatus::Cancelled
-            } else if failed_need.is_some() {
-                ExprStatus::Failure
-            } else {
-                ExprStatus::Success
-            });
-            ctx.env = env_object(&pipeline_env);
-            let decision = if cancel.is_cancelled() {
-                Err((Status::Cancelled, "the run was cancelled".to_string()))
-            } else if failed_fast.contains(&job.key) {
-                Err((Status::Cancelled, format!("another combination of `{}` failed (fail-fast)", job.key)))
-            } else {
-                match context::condition(job.condition.as_deref(), &ctx) {
-                    Ok(true) => Ok(()),
-                    Ok(false) => Err((
-                        Status::Skipped,
-                        match (failed_need, &job.condition) {
-                            (Some(n), None) => {
-                                format!("needs `{n}`, which {}", describe(results.get(n).map(|(r, _)| r.status)))
-                            }
-                            _ => "its `if` condition is false".to_string(),
-                        },
-                    )),
-                    Err(e) => Err((Status::Error, e)),
-                }
-            };
-            if let Err((status, reason)) = decision {
-                let _ = events
-                    .send(RunEvent::JobFinished {
-                        job: job.id.clone(),
-                        name: job.name.clone(),
-                        status,
-                        reason: Some(reason.clone()),
-                        duration: Duration::ZERO,
-                    })
-                    .await;
-                results.insert(
-                    job.id.clone(),
-                    (JobResult { status, reason: Some(reason), outputs: IndexMap::new() }, Duration::ZERO),
-                );
-                i = 0;
-                continue;
-            }
-            for message in local_limits(job) {
-                let _ = events.send(RunEvent::Warning { job: job.id.clone(), message }).await;
-            }
-            let n = plan.jobs.iter().position(|j| j.id == job.id).unwrap_or(0);
-            let job_cancel = cancel.child();
-            let slot = running_per_key.entry(job.key.clone()).or_default();
-            slot.0 += 1;
-            slot.1.push(job_cancel.clone());
-            let env = job_env(&job.id, n, job_cancel);
-            let job = job.clone();
-            let sem = semaphore.clone();
-            let events = events.clone();
-            running.spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                let started = Instant::now();
-                let _ = events.send(RunEvent::JobStarted { job: job.id.clone(), name: job.name.clone() }).await;
-                let result = run_job(
-                    JobSpec {
-                        id: &job.id,
-                        env: &job.env,
-                        steps: &job.steps,
-                        first_index: 0,
-                        timeout: job.timeout,
-                        container: ContainerSpec::of(&job),
-                    },
-                    &env,
-                    ctx,
-                )
+    let spawn = |running: &mut JoinSet<(String, JobResult, Duration)>, job: PlannedJob, env: JobEnv, ctx: Contexts| {
+        let sem = semaphore.clone();
+        let events = events.clone();
+        running.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let started = Instant::now();
+            let _ = events.send(RunEvent::JobStarted { job: job.id.clone(), name: job.name.clone() }).await;
+            let result = run_job(
+                JobSpec {
+                    id: &job.id,
+                    env: &job.env,
+                    steps: &job.steps,
+                    first_index: 0,
+                    timeout: job.timeout,
+                    container: ContainerSpec::of(&job),
+                },
+                &env,
+                ctx,
+            )
+            .await;
+            let duration = started.elapsed();
+            let _ = events
+                .send(RunEvent::JobFinished {
+                    job: job.id.clone(),
+                    name: job.name.clone(),
+                    status: result.status,
+                    reason: result.reason.clone(),
+                    duration,
+                })
                 .await;
-                let duration = started.elapsed();
-                let _ = events
-                    .send(RunEvent::JobFinished {
-                        job: job.id.clone(),
-                        name: job.name.clone(),
-                        status: result.status,
-                        reason: result.reason.clone(),
-                        duration,
-                    })
-                    .await;
-                (job.id, result, duration)
-            });
-        }
-        match running.join_next().await {
-            Some(Ok((id, result, duration))) => {
-                if let Some(job) = plan.jobs.iter().find(|j| j.id == id) {
-                    if let Some(slot) = running_per_key.get_mut(&job.key) {
-                        slot.0 = slot.0.saturating_sub(1);
+            (job.id, result, duration)
+        });
+    };
+    let job_ctx = |job: &PlannedJob, results: &IndexMap<String, (JobResult, Duration)>| {
+        let mut ctx = root_ctx.clone();
+        ctx.matrix = context::object(job.matrix.iter());
+        ctx.needs = needs_context(job, &plan, results);
+        ctx.env = env_object(&pipeline_env);
+        ctx
+    };
+    // The one scheduler decides; this loop carries its decisions out and waits for jobs.
+    let status = loop {
+        let views: Vec<JobView> = plan
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, job)| JobView { job, state: states[i], stop_requested: stop_asked[i] })
+            .collect();
+        let build = BuildView { cancelled: cancel.is_cancelled(), post: post_state };
+        let decisions = decide(&views, build, &mut |job, expr| {
+            let mut ctx = job_ctx(job, &results);
+            ctx.status = Some(expr);
+            context::condition(job.condition.as_deref(), &ctx)
+        });
+        let mut finished = None;
+        for decision in decisions {
+            match decision {
+                Decision::Start { job: id } => {
+                    let Some(n) = plan.jobs.iter().position(|j| j.id == id) else { continue };
+                    let job = &plan.jobs[n];
+                    for message in local_limits(job) {
+                        let _ = events.send(RunEvent::Warning { job: job.id.clone(), message }).await;
                     }
-                    if !job.matrix.is_empty() && job.fail_fast && result.status.is_failure() && !cancel.is_cancelled() {
-                        failed_fast.insert(job.key.clone());
-                        for sibling in running_per_key.get(&job.key).map(|s| s.1.as_slice()).unwrap_or_default() {
-                            sibling.cancel();
+                    let mut ctx = job_ctx(job, &results);
+                    let failed_need =
+                        job.needs.iter().any(|n| results.get(n).is_some_and(|(r, _)| r.status != Status::Success));
+                    ctx.status = Some(if failed_need { ExprStatus::Failure } else { ExprStatus::Success });
+                    let job_cancel = cancel.child();
+                    stops[n] = Some(job_cancel.clone());
+                    states[n] = JobState::Queued;
+                    spawn(&mut running, job.clone(), job_env(&job.id, n, job_cancel), ctx);
+                }
+                Decision::End { job: id, status, reason } => {
+                    let name = plan.jobs.iter().find(|j| j.id == id).map_or_else(|| id.clone(), |j| j.name.clone());
+                    let _ = events
+                        .send(RunEvent::JobFinished {
+                            job: id.clone(),
+                            name,
+                            status,
+                            reason: Some(reason.clone()),
+                            duration: Duration::ZERO,
+                        })
+                        .await;
+                    match plan.jobs.iter().position(|j| j.id == id) {
+                        Some(n) => states[n] = JobState::Done(status),
+                        None => post_state = Some(JobState::Done(status)),
+                    }
+                    let result = JobResult { status, reason: Some(reason), outputs: IndexMap::new() };
+                    results.insert(id, (result, Duration::ZERO));
+                }
+                Decision::Stop { job: id, .. } => {
+                    if let Some(n) = plan.jobs.iter().position(|j| j.id == id) {
+                        stop_asked[n] = true;
+                        if let Some(stop) = &stops[n] {
+                            stop.cancel();
                         }
                     }
                 }
+                Decision::StartPost { status } => {
+                    post_state = Some(JobState::Queued);
+                    if let Some(post) = post_job(&plan, status) {
+                        let mut ctx = root_ctx.clone();
+                        ctx.status = Some(post_expr_status(status));
+                        let env = job_env(POST_JOB, plan.jobs.len(), cancel.child());
+                        spawn(&mut running, post, env, ctx);
+                    } else {
+                        post_state = Some(JobState::Done(Status::Skipped));
+                    }
+                }
+                Decision::Finish { status } => finished = Some(status),
+            }
+        }
+        if let Some(status) = finished {
+            break status;
+        }
+        match running.join_next().await {
+            Some(Ok((id, result, duration))) => {
+                match plan.jobs.iter().position(|j| j.id == id) {
+                    Some(n) => states[n] = JobState::Done(result.status),
+                    None => post_state = Some(JobState::Done(result.status)),
+                }
                 results.insert(id, (result, duration));
             }
-            Some(Err(e)) => tracing::error!("a job task failed: {e}"),
-            None => break,
+            Some(Err(e)) => {
+                tracing::error!("a job task failed: {e}");
+                break Status::Error;
+            }
+            // Nothing runs and nothing can start: only a scheduler bug gets here.
+            None => {
+                tracing::error!("no job can run and the run has not ended");
+                break Status::Error;
+            }
         }
-    }
-    let status =
-        overall(plan.jobs.iter().filter_map(|j| results.get(&j.id).map(|(r, _)| r.status)), cancel.is_cancelled());
-    run_post(&plan, status, &root_ctx, job_env("post", plan.jobs.len(), cancel.clone())).await;
+    };
     let duration = started.elapsed();
     let _ = events.send(RunEvent::RunFinished { status, duration }).await;
     RunSummary {
@@ -278,59 +290,6 @@ pub async fn run_plan(
             .collect(),
         duration,
     }
-}
-
-/// The overall status from the job statuses: cancelled if the run was, else the first failure
-/// kind in severity order, else success (skipped jobs do not fail a run).
-pub fn overall(statuses: impl Iterator<Item = Status>, cancelled: bool) -> Status {
-    if cancelled {
-        return Status::Cancelled;
-    }
-    let all: Vec<Status> = statuses.collect();
-    for s in [Status::Error, Status::Failure, Status::TimedOut, Status::Cancelled] {
-        if all.contains(&s) {
-            return s;
-        }
-    }
-    Status::Success
-}
-
-async fn run_post(plan: &Plan, status: Status, root: &Contexts, env: JobEnv) {
-    let steps: Vec<_> = plan
-        .post_always
-        .iter()
-        .chain(if status == Status::Success { &plan.post_on_success } else { &plan.post_on_failure })
-        .cloned()
-        .enumerate()
-        .map(|(i, mut s)| {
-            s.index = i;
-            // Post steps run whatever happened before them in the post block.
-            if s.condition.is_none() {
-                s.condition = Some("always()".into());
-            }
-            s
-        })
-        .collect();
-    if steps.is_empty() {
-        return;
-    }
-    let no_env = IndexMap::new();
-    let spec = JobSpec { id: "post", env: &no_env, steps: &steps, first_index: 0, timeout: None, container: None };
-    let mut ctx = root.clone();
-    ctx.status = Some(if status == Status::Success { ExprStatus::Success } else { ExprStatus::Failure });
-    let _ = env.events.send(RunEvent::JobStarted { job: "post".into(), name: "post".into() }).await;
-    let started = Instant::now();
-    let result = run_job(spec, &env, ctx).await;
-    let _ = env
-        .events
-        .send(RunEvent::JobFinished {
-            job: "post".into(),
-            name: "post".into(),
-            status: result.status,
-            reason: result.reason,
-            duration: started.elapsed(),
-        })
-        .await;
 }
 
 /// `needs.<job>.result` and `needs.<job>.outputs`; for a matrix job, outputs of all its
@@ -348,11 +307,7 @@ fn needs_context(job: &PlannedJob, plan: &Plan, results: &IndexMap<String, (JobR
                 }
             }
         }
-        let result = if statuses.iter().all(|s| *s == Status::Skipped) && !statuses.is_empty() {
-            Status::Skipped
-        } else {
-            overall(statuses.into_iter(), false)
-        };
+        let result = needs_result(&statuses);
         out.insert(key.clone(), json!({"result": result.as_str(), "outputs": outputs}));
     }
     Value::Object(out)
@@ -375,24 +330,4 @@ fn local_limits(job: &PlannedJob) -> Vec<String> {
         }
     }
     out
-}
-
-fn describe(status: Option<Status>) -> String {
-    match status {
-        Some(Status::Skipped) => "was skipped".into(),
-        Some(s) => format!("ended `{s}`"),
-        None => "did not run".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overall_status() {
-        assert_eq!(overall([Status::Success, Status::Skipped].into_iter(), false), Status::Success);
-        assert_eq!(overall([Status::Success, Status::TimedOut, Status::Failure].into_iter(), false), Status::Failure);
-        assert_eq!(overall([Status::Success].into_iter(), true), Status::Cancelled);
-    }
 }

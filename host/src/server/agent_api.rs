@@ -251,15 +251,14 @@ pub async fn lease(
                 defer: Some(&defer),
                 registered_ms: Some(polled.registered_ms),
             };
-            for l in s.builds.store.lease(&req).await? {
+            let batch = s.builds.store.lease_batch(&req).await?;
+            for (build_job, reason) in batch.exhausted {
+                s.builds.job_ended(build_job, &reason).await?;
+            }
+            for l in batch.leases {
                 match server_side::prepare(&s.builds, &s.keys, &l).await {
-                    Ok(Some((a, _))) => assignments.push(a),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::error!(build_job = l.build_job_id, "preparing a leased job: {e}");
-                        let reason = format!("the server could not prepare the job: {e}");
-                        let _ = s.builds.store.complete(&l, Status::Error, Some(&reason)).await;
-                    }
+                    Ok((a, _)) => assignments.push(a),
+                    Err(e) => server_side::fail_prepare(&s.builds, &l, &e).await?,
                 }
             }
         }

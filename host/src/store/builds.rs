@@ -495,6 +495,42 @@ impl Store {
         .await?)
     }
 
+    /// Replaces the planned job of build job `id` (the post job's steps are chosen when the
+    /// build's other jobs have ended); only while it waits.
+    pub async fn set_build_job_spec(&self, id: i64, spec: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE build_jobs SET spec = $1 WHERE id = $2 AND status = 'queued'")
+            .bind(spec)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records the commit a build resolved to, with its message and author.
+    pub async fn set_build_commit(&self, id: i64, sha: &str, message: &str, author: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE builds SET commit_sha = $1, commit_message = $2, commit_author = $3 WHERE id = $4")
+            .bind(sha)
+            .bind(message)
+            .bind(author)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Marks an unfinished build `cancelled` (its jobs are ended by the scheduler); false when
+    /// it had already finished.
+    pub async fn cancel_build(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE builds SET status = 'cancelled', finished_ms = $1 WHERE id = $2 AND status IN ('queued', 'running')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// The jobs of a build, in plan order.
     pub async fn build_jobs(&self, build_id: i64) -> Result<Vec<BuildJobRecord>, StoreError> {
         let sql = format!("{BUILD_JOB} WHERE build_id = $1 ORDER BY id");

@@ -120,6 +120,38 @@ pub enum Renewal {
     Cancel(i64),
 }
 
+/// What [`Store::lease_batch`] did: the leases it granted, and the build jobs it ended `error`
+/// because their agents kept getting lost (`max_attempts`); the caller moves their builds on.
+#[derive(Debug, Default)]
+pub struct LeaseBatch {
+    /// The granted leases.
+    pub leases: Vec<Lease>,
+    /// Build jobs ended `error` here, with the reason.
+    pub exhausted: Vec<(i64, String)>,
+}
+
+/// A build job's row in the queue, as the scheduler sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// The build job.
+    pub build_job_id: i64,
+    /// An agent holds (or held) a lease on it.
+    pub leased: bool,
+    /// A stop was asked of whoever runs it.
+    pub cancel_requested: bool,
+}
+
+/// What [`Store::stop_job`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// An agent runs it: it was asked to stop (seen at its next renewal).
+    Asked,
+    /// Nobody had leased it: it left the queue and ended `cancelled`.
+    Removed,
+    /// It is not in the queue.
+    NotQueued,
+}
+
 struct Candidate {
     id: i64,
     build_job_id: i64,
@@ -170,8 +202,15 @@ impl Store {
         .await?)
     }
 
-    /// Leases up to `capacity` eligible jobs, best rank first.
+    /// Leases up to `capacity` eligible jobs, best rank first (see [`Store::lease_batch`]; the
+    /// jobs it ends for lost agents are left for the caller to schedule around).
     pub async fn lease(&self, req: &LeaseRequest<'_>) -> Result<Vec<Lease>, StoreError> {
+        Ok(self.lease_batch(req).await?.leases)
+    }
+
+    /// Leases up to `capacity` eligible jobs, best rank first; a job whose lease expired after
+    /// `max_attempts` claims ends `error` instead, and is listed in the answer.
+    pub async fn lease_batch(&self, req: &LeaseRequest<'_>) -> Result<LeaseBatch, StoreError> {
         let mut conn = self.pool().acquire().await?;
         // SQLite: take the write lock up front (a deferred transaction that reads first could not
         // upgrade under contention); PostgreSQL: a plain transaction with SKIP LOCKED reads.
@@ -184,6 +223,7 @@ impl Store {
             Ok((leases, exhausted)) => {
                 sqlx::query("COMMIT").execute(&mut *conn).await?;
                 drop(conn);
+                let mut ended = Vec::new();
                 for c in exhausted {
                     let reason = format!(
                         "agent {} lost; the job was claimed {} times (max_attempts)",
@@ -192,11 +232,12 @@ impl Store {
                     );
                     tracing::warn!(build_job = c.build_job_id, "{reason}");
                     match self.transition_build_job(c.build_job_id, Status::Error, Some(&reason)).await {
-                        Ok(()) | Err(StoreError::IllegalTransition { .. }) => {}
+                        Ok(()) => ended.push((c.build_job_id, reason)),
+                        Err(StoreError::IllegalTransition { .. }) => {}
                         Err(e) => return Err(e),
                     }
                 }
-                Ok(leases)
+                Ok(LeaseBatch { leases, exhausted: ended })
             }
             Err(e) => {
                 // Never hand a connection back to the pool inside a transaction.
@@ -371,6 +412,52 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// The queue rows of build `build_id`'s jobs.
+    pub async fn queue_entries(&self, build_id: i64) -> Result<Vec<QueueEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT q.build_job_id, q.lease_owner, q.cancel_requested FROM queue q \
+             JOIN build_jobs bj ON bj.id = q.build_job_id WHERE bj.build_id = $1",
+        )
+        .bind(build_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let owner: Option<String> = r.try_get("lease_owner")?;
+                let cancel: i64 = r.try_get("cancel_requested")?;
+                Ok(QueueEntry {
+                    build_job_id: r.try_get("build_job_id")?,
+                    leased: owner.is_some(),
+                    cancel_requested: cancel != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Stops build job `build_job_id`: asks the agent that leased it, or takes it out of the
+    /// queue and ends it `cancelled` with `reason` when no agent has.
+    pub async fn stop_job(&self, build_job_id: i64, reason: &str) -> Result<Stopped, StoreError> {
+        let asked =
+            sqlx::query("UPDATE queue SET cancel_requested = 1 WHERE build_job_id = $1 AND lease_owner IS NOT NULL")
+                .bind(build_job_id)
+                .execute(self.pool())
+                .await?;
+        if asked.rows_affected() > 0 {
+            return Ok(Stopped::Asked);
+        }
+        let removed = sqlx::query("DELETE FROM queue WHERE build_job_id = $1 AND lease_owner IS NULL")
+            .bind(build_job_id)
+            .execute(self.pool())
+            .await?;
+        if removed.rows_affected() == 0 {
+            return Ok(Stopped::NotQueued);
+        }
+        match self.transition_build_job(build_job_id, Status::Cancelled, Some(reason)).await {
+            Ok(()) | Err(StoreError::IllegalTransition { .. }) => Ok(Stopped::Removed),
+            Err(e) => Err(e),
+        }
     }
 
     /// Rows waiting or running.

@@ -515,7 +515,7 @@ async fn wait_ready(
             return Ok(());
         }
         if started.elapsed() >= timeout {
-            return Err(fail(format!("was not ready after {}: {last}", humantime::format_duration(timeout))));
+            return Err(fail(format!("was not ready after {}: {last}", chengis_model::human_duration(timeout))));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
