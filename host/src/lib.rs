@@ -18,10 +18,10 @@
 pub mod agent;
 pub mod cli;
 pub mod engine;
-pub mod exec;
+pub use chengis_runner::exec;
 pub mod pipeline;
 pub mod plugins;
 pub mod server;
 pub use chengis_model::status;
-pub mod store;
+pub use chengis_store as store;
 pub mod toolchain;

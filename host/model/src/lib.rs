@@ -8,8 +8,12 @@
 //! - [`schedule`]: [`schedule::decide`], a pure function over a build's job states, used by
 //!   `chengis run`, the server and every agent.
 //! - [`duration`]: [`human_duration`] (`2s`, `1m 5s`, `350ms`).
+//! - [`log`]: [`log::LogLine`] and its [`log::Stream`].
+//! - [`reports`]: test results a step reported.
 
 pub mod duration;
+pub mod log;
+pub mod reports;
 pub mod schedule;
 pub mod status;
 

@@ -2,7 +2,7 @@
 //! stored per build and job so that later features can score flaky tests.
 
 use super::{Store, StoreError};
-use crate::engine::events::TestSuiteReport;
+use chengis_model::reports::TestSuiteReport;
 use serde::Serialize;
 use sqlx::Row;
 

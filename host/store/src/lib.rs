@@ -19,15 +19,15 @@ pub mod tests_results;
 pub mod users;
 pub mod webhooks;
 
-use crate::status::Status;
+use chengis_model::Status;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,7 +123,7 @@ pub struct Store {
 type RecentPlans = std::collections::VecDeque<(i64, std::sync::Arc<chengis_pipeline::Plan>)>;
 
 /// A new random secret: `prefix` and 64 hex digits (256 bits from the OS).
-pub(crate) fn new_secret(prefix: &str) -> String {
+pub fn new_secret(prefix: &str) -> String {
     use aes_gcm::aead::rand_core::RngCore;
     let mut raw = [0u8; 32];
     aes_gcm::aead::OsRng.fill_bytes(&mut raw);
@@ -248,8 +248,8 @@ pub(crate) fn parse_status(s: &str) -> Result<Status, StoreError> {
         .map_err(|_| StoreError::Corrupt { what: "status", detail: format!("unknown status `{s}`") })
 }
 
-#[cfg(test)]
-pub(crate) mod testdb;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testdb;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use super::queue::{LeaseRequest, Priority, Renewal};
 use super::secrets::{MasterKeys, SecretScope};
 use super::testdb::stores;
 use super::{Store, StoreError};
-use crate::status::Status;
+use chengis_model::Status;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -185,8 +185,12 @@ async fn expired_leases_are_fenced_and_retried_then_errored() {
             finished_ms: None,
             first_line: Some(1),
         };
-        let line =
-            crate::exec::LogLine { number: 1, stream: crate::exec::Stream::Stdout, time_ms: 0, text: "x".into() };
+        let line = chengis_model::log::LogLine {
+            number: 1,
+            stream: chengis_model::log::Stream::Stdout,
+            time_ms: 0,
+            text: "x".into(),
+        };
         store.start_leased_job(&second).await.unwrap();
         store.record_step(&second, &step).await.unwrap();
         store.append_log(&second, std::slice::from_ref(&line)).await.unwrap();

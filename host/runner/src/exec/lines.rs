@@ -1,36 +1,12 @@
 //! Output as numbered lines: masked bytes are split at newlines (and at 64 KiB for endless
 //! lines), stamped with time and stream, and capped per step.
 
-use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest line kept whole; longer lines are broken into pieces of this size.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// Which stream a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    /// The step's standard output.
-    Stdout,
-    /// The step's standard error.
-    Stderr,
-    /// Chengis itself (warnings such as the output cap).
-    System,
-}
-
-/// One line of output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct LogLine {
-    /// Position in the job's log, from 1.
-    pub number: u64,
-    /// Where it came from.
-    pub stream: Stream,
-    /// When it was read, in milliseconds since the Unix epoch.
-    pub time_ms: u64,
-    /// The text, without its line ending (invalid UTF-8 replaced).
-    pub text: String,
-}
+pub use chengis_model::log::{LogLine, Stream};
 
 /// Splits the masked output of one step into lines and enforces the output cap.
 #[derive(Debug)]

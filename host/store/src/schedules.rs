@@ -216,8 +216,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::jobs::NewJob;
-    use crate::store::testdb::stores;
+    use crate::jobs::NewJob;
+    use crate::testdb::stores;
 
     async fn job(store: &Store, name: &str) {
         let new = NewJob {

@@ -2,7 +2,7 @@
 //! changes checked against the state machine of [`Status`].
 
 use super::{Store, StoreError, now_ms, parse_status};
-use crate::status::Status;
+use chengis_model::Status;
 use sqlx::Row;
 
 /// What starting a build records.

@@ -15,7 +15,7 @@
 
 use super::agents::Needs;
 use super::{Backend, Store, StoreError, now_ms};
-use crate::status::Status;
+use chengis_model::Status;
 use sqlx::Row;
 use std::time::Duration;
 

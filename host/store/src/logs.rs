@@ -3,7 +3,7 @@
 
 use super::queue::Lease;
 use super::{Store, StoreError};
-use crate::exec::{LogLine, Stream};
+use chengis_model::log::{LogLine, Stream};
 use flate2::Compression;
 use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
