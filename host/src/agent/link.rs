@@ -1,6 +1,7 @@
 //! How an agent reaches the server while it runs a job: in-process (the embedded agent writes
 //! to the store) or over HTTP (a remote agent). One set of calls, so the job runner is the same.
 
+use super::protocol;
 use super::remote::{Client, RemoteError};
 use super::server_side::{self, Assignment, Reports, Update};
 use crate::engine::builds::{BuildContext, Notice};
@@ -8,7 +9,7 @@ use crate::exec::LogLine;
 use crate::status::Status;
 use crate::store::StoreError;
 use crate::store::queue::{Lease, Renewal};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,10 +63,7 @@ impl Link {
     pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<bool, LinkError> {
         match self {
             Link::Local(ctx) => Ok(matches!(ctx.store.renew(lease, ttl).await?, Renewal::Cancel(_))),
-            Link::Remote(c, ..) => {
-                let v: Value = c.lease_call(lease, "renew", json!({})).await?;
-                Ok(v["cancel"].as_bool().unwrap_or(false))
-            }
+            Link::Remote(c, ..) => Ok(c.lease_call(lease, &protocol::Renew {}).await?.cancel),
         }
     }
 
@@ -73,10 +71,7 @@ impl Link {
     pub async fn next_line(&self, lease: &Lease) -> Result<u64, LinkError> {
         match self {
             Link::Local(ctx) => Ok(ctx.store.next_log_offset(lease.build_job_id).await?),
-            Link::Remote(c, ..) => {
-                let v: Value = c.lease_call(lease, "log-offset", json!({})).await?;
-                Ok(v["next"].as_u64().unwrap_or(1))
-            }
+            Link::Remote(c, ..) => Ok(c.lease_call(lease, &protocol::LogOffset {}).await?.next.max(1)),
         }
     }
 
@@ -89,7 +84,7 @@ impl Link {
                 Ok(())
             }
             Link::Remote(c, ..) => {
-                let _: Value = c.lease_call(lease, "log", json!({ "lines": lines })).await?;
+                c.lease_call(lease, &protocol::Log { lines: lines.to_vec() }).await?;
                 Ok(())
             }
         }
@@ -100,8 +95,7 @@ impl Link {
         match self {
             Link::Local(ctx) => Ok(server_side::apply(ctx, &a.lease, a.build_id, &a.spec.id, update).await?),
             Link::Remote(c, ..) => {
-                let _: Value =
-                    c.lease_call(&a.lease, "update", serde_json::to_value(&update).unwrap_or_default()).await?;
+                c.lease_call(&a.lease, &update).await?;
                 Ok(())
             }
         }
@@ -112,8 +106,7 @@ impl Link {
     pub async fn report(&self, a: &Assignment, reports: Reports) -> Result<(), LinkError> {
         match self {
             Link::Remote(c, ..) if a.first_line.is_some() => {
-                let body = serde_json::to_value(&reports).unwrap_or_default();
-                let _: Value = c.lease_call(&a.lease, "report", body).await?;
+                c.lease_call(&a.lease, &reports).await?;
                 Ok(())
             }
             _ => {
@@ -152,15 +145,14 @@ impl Link {
                         Reports::default()
                     }
                 };
-                let body = json!({
-                    "status": status,
-                    "reason": reason,
-                    "outputs": ran.map(|r| r.0.clone()),
-                    "sandbox": ran.map(|r| r.1),
-                    "lines": unsent.lines,
-                    "updates": unsent.updates,
-                });
-                let _: Value = c.lease_call(&a.lease, "finish", body).await?;
+                let finish = protocol::Finish {
+                    status,
+                    reason: reason.map(str::to_string),
+                    outputs: ran.map(|r| r.0.clone()),
+                    sandbox: ran.map(|r| r.1.to_string()),
+                    unsent,
+                };
+                c.lease_call(&a.lease, &finish).await?;
                 Ok(())
             }
         }

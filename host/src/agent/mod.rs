@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 pub mod link;
+pub mod protocol;
 pub mod remote;
 pub mod remote_blobs;
 pub mod remote_plugins;
@@ -439,9 +440,8 @@ async fn run_assignment(
         let params = a.contexts.get("params").cloned().unwrap_or_default();
         match storage::stage_fingerprint(&workspace, &info.sha, &a.spec, &a.plan_env, &params, &ctx_values.needs) {
             Ok(Some(fp)) => {
-                let answer: Value =
-                    client.lease_call(&a.lease, "result-find", serde_json::json!({ "fingerprint": fp })).await?;
-                if answer["reused"].as_bool() == Some(true) {
+                let answer = client.lease_call(&a.lease, &protocol::ResultFind { fingerprint: fp.clone() }).await?;
+                if answer.reused {
                     drop(env);
                     stop_helpers();
                     return Ok(());
@@ -548,8 +548,7 @@ async fn run_assignment(
                 system_lines(link, &a, &masker, &lines, &mut None).await?;
             }
             if let Some(fp) = &fingerprint {
-                let _: Value =
-                    client.lease_call(&a.lease, "result-record", serde_json::json!({ "fingerprint": fp })).await?;
+                client.lease_call(&a.lease, &protocol::ResultRecord { fingerprint: fp.clone() }).await?;
             }
         }
     }

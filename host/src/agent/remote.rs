@@ -192,16 +192,16 @@ impl Client {
         }
     }
 
-    /// A call about a held lease (`renew`, `log`, `update`, `finish`, `log-offset`).
-    pub async fn lease_call<T: DeserializeOwned>(
+    /// A call about a held lease (see [`super::protocol`]), answered with its typed answer.
+    pub async fn lease_call<C: super::protocol::LeaseCall>(
         self: &Arc<Self>,
         lease: &Lease,
-        action: &str,
-        mut body: Value,
-    ) -> Result<T, RemoteError> {
-        body["lease"] = serde_json::to_value(lease).unwrap_or_default();
+        call: &C,
+    ) -> Result<C::Answer, RemoteError> {
+        let action = C::ACTION.as_str();
         let what = format!("{action} (build job {})", lease.build_job_id);
-        self.call(&what, &format!("/api/v1/agent/leases/{}/{action}", lease.entry), body, None).await
+        let path = format!("/api/v1/agent/leases/{}/{action}", lease.entry);
+        self.call(&what, &path, super::protocol::body(lease, call), None).await
     }
 }
 

@@ -119,14 +119,11 @@ pub async fn download(
     workspace: &Path,
     tmp: &Path,
 ) -> Result<Result<String, String>, super::remote::RemoteError> {
-    let answer: serde_json::Value = client.lease_call(&a.lease, "downloads", serde_json::json!({})).await?;
-    if let Some(reason) = answer["error"].as_str() {
-        return Ok(Err(reason.to_string()));
+    let answer = client.lease_call(&a.lease, &super::protocol::Downloads {}).await?;
+    if let Some(reason) = answer.error {
+        return Ok(Err(reason));
     }
-    let files: Vec<crate::store::storage::ArtifactFile> = match serde_json::from_value(answer["files"].clone()) {
-        Ok(f) => f,
-        Err(e) => return Ok(Err(format!("download: unexpected answer from the server: {e}"))),
-    };
+    let files = answer.files;
     let blobs = RemoteBlobs::new(client, &a.lease, tmp);
     Ok(super::storage::place_all(blobs, workspace, files).await)
 }
@@ -152,8 +149,7 @@ pub async fn keep(
         Ok(Err(e)) => return Ok(Err(format!("artifacts: {e}"))),
         Err(e) => return Ok(Err(format!("artifacts: {e}"))),
     };
-    let _: serde_json::Value =
-        client.lease_call(&a.lease, "artifacts", serde_json::json!({ "files": collected.files })).await?;
+    client.lease_call(&a.lease, &super::protocol::Artifacts { files: collected.files.clone() }).await?;
     Ok(Ok(super::storage::kept_lines(&specs, &collected)))
 }
 
@@ -167,14 +163,10 @@ pub async fn restore_cache(
     tmp: &Path,
 ) -> Result<crate::engine::cache::Restored, super::remote::RemoteError> {
     use crate::engine::cache::Restored;
-    let body = serde_json::json!({"key": cache.key, "restore_keys": cache.restore_keys});
-    let answer: serde_json::Value = client.lease_call(&a.lease, "cache-find", body).await?;
-    let entry: crate::store::storage::CacheEntry = match serde_json::from_value(answer["entry"].clone()) {
-        Ok(e) => e,
-        Err(_) => {
-            let lines = serde_json::from_value(answer["lines"].clone()).unwrap_or_default();
-            return Ok(Restored { exact: false, lines });
-        }
+    let find = super::protocol::CacheFind { key: cache.key.clone(), restore_keys: cache.restore_keys.clone() };
+    let answer = client.lease_call(&a.lease, &find).await?;
+    let Some(entry) = answer.entry else {
+        return Ok(Restored { exact: false, lines: answer.lines });
     };
     let url = format!("/api/v1/agent/leases/{}/caches/{}?token={}", a.lease.entry, entry.id, a.lease.token);
     let (c, tmp, ws, wanted) = (client.clone(), tmp.to_path_buf(), workspace.to_path_buf(), cache.clone());

@@ -5,21 +5,13 @@
 //! SQLite allowlist with exactly those grants. Other versions of the same name are denied there,
 //! so the agent runs the version the server chose, with the capabilities the operator granted.
 
+use super::protocol::ResolvedPlugin;
 use super::remote::{Client, RemoteError};
 use super::server_side::Assignment;
 use crate::plugins::PluginService;
-use crate::store::plugins::{PluginRecord, TrustState};
-use serde_json::{Value, json};
+use crate::store::plugins::TrustState;
 use std::path::Path;
 use std::sync::Arc;
-
-/// What the server says about one referenced plugin.
-#[derive(Debug, serde::Deserialize)]
-struct Resolved {
-    record: PluginRecord,
-    #[serde(default)]
-    config: serde_json::Map<String, Value>,
-}
 
 /// Opens the agent's plugin platform over `work_dir/agent.db` (its allowlist mirror) and
 /// `work_dir` (components and compiled artifacts).
@@ -44,28 +36,25 @@ pub async fn sync(
     if references.is_empty() {
         return Ok(Ok(()));
     }
-    let answer: Value = client.lease_call(&a.lease, "plugins", json!({ "references": references })).await?;
-    if let Some(reason) = answer["error"].as_str() {
-        return Ok(Err(reason.to_string()));
+    let references = references.into_iter().map(str::to_string).collect();
+    let answer = client.lease_call(&a.lease, &super::protocol::Plugins { references }).await?;
+    if let Some(reason) = answer.error {
+        return Ok(Err(reason));
     }
-    let resolved: Vec<Resolved> = match serde_json::from_value(answer["plugins"].clone()) {
-        Ok(r) => r,
-        Err(e) => return Ok(Err(format!("plugins: unexpected answer from the server: {e}"))),
-    };
+    let resolved = answer.plugins;
     // One job at a time changes the mirror.
     static SYNC: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _guard = SYNC.lock().await;
     let store = service.store();
     // What the server does not allow (any more) is not allowed here either: the step fails when
     // it runs, saying so, as on the embedded agent.
-    let unresolved: Vec<String> =
-        answer["unresolved"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let unresolved: Vec<String> = answer.unresolved.keys().cloned().collect();
     for p in store.plugins().await.map_err(|e| RemoteError::Setup(e.to_string()))? {
         if unresolved.contains(&p.name) && p.state == TrustState::Allowed {
             let _ = store.decide_plugin(&p.name, Some(&p.version), TrustState::Denied, None, "server").await;
         }
     }
-    for Resolved { record, config } in resolved {
+    for ResolvedPlugin { record, config } in resolved {
         let fail = |e: &dyn std::fmt::Display| format!("plugin \"{}\" {}: {e}", record.name, record.version);
         let local = store.plugin_by_digest(&record.digest).await.map_err(|e| RemoteError::Setup(e.to_string()))?;
         match local {

@@ -9,10 +9,9 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::agent::protocol::{self as p, LeaseAction, LeaseBody};
 use crate::agent::server_side::{self, Assignment, Reports, Update};
 use crate::engine::builds::Notice;
-use crate::exec::LogLine;
-use crate::status::Status;
 use crate::store::agents::{AgentInfo, AgentRecord, AgentTokenRecord, Needs};
 use crate::store::queue::{Lease, LeaseRequest};
 use axum::Json;
@@ -276,14 +275,6 @@ pub async fn lease(
     }
 }
 
-/// A call about a held lease.
-#[derive(Debug, Deserialize)]
-struct LeaseBody {
-    lease: Lease,
-    #[serde(flatten)]
-    rest: Value,
-}
-
 /// `renew`, `log-offset`, `log`, `update` and `finish` for a held lease.
 #[utoipa::path(post, path = "/api/v1/agent/leases/{entry}/{action}", params(("entry" = i64, Path, description = "queue entry"), ("action" = String, Path, description = "renew, log-offset, log, update or finish")), responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn lease_action(
@@ -293,158 +284,183 @@ pub async fn lease_action(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let c = caller(&s, &headers).await?;
+    let Some(action) = LeaseAction::parse(&action) else {
+        let known: Vec<&str> = LeaseAction::ALL.iter().map(|a| a.as_str()).collect();
+        return Err(ApiError::not_found(format!("no lease action `{action}` ({})", known.join(", "))));
+    };
     let body: LeaseBody =
         serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("invalid lease call: {e}")))?;
-    let lease = body.lease;
+    let lease = body.lease.clone();
     if lease.entry != entry {
         return Err(ApiError::bad_request("the lease in the body is not the one in the path"));
     }
-    let store = &s.builds.store;
-    match action.as_str() {
-        "renew" => {
-            store.agent_seen(&c.name, None).await?;
-            let r = store.renew(&lease, s.agents.lease_ttl).await?;
-            let cancel = matches!(r, crate::store::queue::Renewal::Cancel(_));
-            Ok(Json(json!({"cancel": cancel})))
+    let answer = match action {
+        LeaseAction::Renew => {
+            answer(renew(&s, &c.name, &lease, body.call::<p::Renew>().map_err(ApiError::bad_request)?).await?)
         }
-        "log-offset" => {
-            store.check_lease(&lease).await?;
-            Ok(Json(json!({"next": store.next_log_offset(lease.build_job_id).await?})))
+        LeaseAction::LogOffset => {
+            body.call::<p::LogOffset>().map_err(ApiError::bad_request)?;
+            store_ref(&s).check_lease(&lease).await?;
+            answer(p::LogOffsetAnswer { next: store_ref(&s).next_log_offset(lease.build_job_id).await? })
         }
-        "log" => {
-            let lines: Vec<LogLine> = serde_json::from_value(body.rest["lines"].clone())
-                .map_err(|e| ApiError::bad_request(format!("invalid log lines: {e}")))?;
-            let acknowledged = lines.last().map_or(0, |l| l.number);
-            apply_reports(&s, &lease, None, Reports { lines, updates: Vec::new() }).await?;
-            Ok(Json(json!({"acknowledged": acknowledged})))
+        LeaseAction::Log => {
+            let log: p::Log = body.call().map_err(ApiError::bad_request)?;
+            let acknowledged = log.lines.last().map_or(0, |l| l.number);
+            apply_reports(&s, &lease, None, Reports { lines: log.lines, updates: Vec::new() }).await?;
+            answer(p::Acknowledged { acknowledged })
         }
-        "update" => {
-            let update: Update =
-                serde_json::from_value(body.rest).map_err(|e| ApiError::bad_request(format!("invalid update: {e}")))?;
+        LeaseAction::Update => {
+            let update: Update = body.call().map_err(ApiError::bad_request)?;
             apply_reports(&s, &lease, None, Reports { lines: Vec::new(), updates: vec![update] }).await?;
-            Ok(Json(json!({})))
+            answer(p::Done {})
         }
-        "report" => {
-            let reports: Reports =
-                serde_json::from_value(body.rest).map_err(|e| ApiError::bad_request(format!("invalid report: {e}")))?;
+        LeaseAction::Report => {
+            let reports: Reports = body.call().map_err(ApiError::bad_request)?;
             let acknowledged = reports.lines.last().map_or(0, |l| l.number);
             apply_reports(&s, &lease, None, reports).await?;
-            Ok(Json(json!({"acknowledged": acknowledged})))
+            answer(p::Acknowledged { acknowledged })
         }
-        "finish" => {
-            #[derive(Deserialize)]
-            struct Finish {
-                status: Status,
-                reason: Option<String>,
-                outputs: Option<Value>,
-                sandbox: Option<String>,
-                /// What the agent had not reported when the steps ended.
-                #[serde(flatten)]
-                unsent: Reports,
-            }
-            let f: Finish =
-                serde_json::from_value(body.rest).map_err(|e| ApiError::bad_request(format!("invalid finish: {e}")))?;
-            if !f.status.is_finished() {
-                return Err(ApiError::bad_request(format!("`{}` is not a final status", f.status)));
-            }
-            let (build_id, job) = lease_job(&s, &lease).await?;
-            apply_reports(&s, &lease, Some((build_id, &job)), f.unsent).await?;
-            let ran = f.outputs.as_ref().map(|o| (o, f.sandbox.as_deref().unwrap_or("remote")));
-            server_side::finish(&s.builds, &lease, &job, build_id, f.status, f.reason.as_deref(), ran).await?;
-            tracing::info!(agent = %c.name, build = build_id, job = %job, status = %f.status, "job finished on a remote agent");
-            Ok(Json(json!({})))
+        LeaseAction::Finish => answer(finish(&s, &c.name, &lease, body.call().map_err(ApiError::bad_request)?).await?),
+        LeaseAction::Downloads => {
+            body.call::<p::Downloads>().map_err(ApiError::bad_request)?;
+            answer(downloads(&s, &lease).await?)
         }
-        "downloads" => {
-            let (build_id, _) = lease_job(&s, &lease).await?;
-            let spec = store.planned_job(lease.build_job_id).await?;
-            let plan = store.plan(build_id).await?;
-            let siblings = store.build_jobs(build_id).await?;
-            match crate::agent::storage::needed_files(store, &spec, &plan, &siblings, build_id).await? {
-                Ok(files) => Ok(Json(json!({"files": files}))),
-                Err(reason) => Ok(Json(json!({"error": reason}))),
-            }
+        LeaseAction::Artifacts => answer(artifacts(&s, &lease, body.call().map_err(ApiError::bad_request)?).await?),
+        LeaseAction::ResultFind => {
+            let find: p::ResultFind = body.call().map_err(ApiError::bad_request)?;
+            answer(result_find(&s, &lease, &find.fingerprint).await?)
         }
-        "artifacts" => {
-            let files: Vec<crate::store::storage::NewArtifactFile> = serde_json::from_value(body.rest["files"].clone())
-                .map_err(|e| ApiError::bad_request(format!("invalid artifact files: {e}")))?;
-            let blobs = s.builds.storage.blobs()?;
-            for f in &files {
-                if crate::engine::artifacts::BlobStore::open(&blobs, &f.sha256).is_err() {
-                    return Err(ApiError::bad_request(format!(
-                        "artifact file {} ({}) was not uploaded",
-                        f.path, f.sha256
-                    )));
-                }
-            }
-            store.artifact_insert(&lease, &files).await?;
-            Ok(Json(json!({"kept": files.len()})))
+        LeaseAction::ResultRecord => {
+            let record: p::ResultRecord = body.call().map_err(ApiError::bad_request)?;
+            answer(result_record(&s, &lease, &record.fingerprint).await?)
         }
-        "result-find" | "result-record" => {
-            let fingerprint = body.rest["fingerprint"].as_str().unwrap_or_default().to_string();
-            if fingerprint.len() != 64 {
-                return Err(ApiError::bad_request("a stage result fingerprint is 64 hex digits"));
-            }
+        LeaseAction::Plugins => answer(plugins(&s, &lease, body.call().map_err(ApiError::bad_request)?).await?),
+        LeaseAction::CacheFind => {
+            let find: p::CacheFind = body.call().map_err(ApiError::bad_request)?;
             let scope = lease_scope(&s, lease.entry, lease.token).await?;
-            let spec = store.planned_job(lease.build_job_id).await?;
-            if action == "result-record" {
-                if scope.writable {
-                    store.result_record(scope.job_id, &spec.id, &fingerprint, lease.build_job_id).await?;
-                }
-                return Ok(Json(json!({"recorded": scope.writable})));
-            }
-            let Some(hit) = store.result_find(scope.job_id, &spec.id, &fingerprint).await? else {
-                return Ok(Json(json!({"reused": false})));
+            let cache = crate::engine::cache::ResolvedCache {
+                key: find.key,
+                restore_keys: find.restore_keys,
+                paths: Vec::new(),
             };
-            // Reused here, as for the embedded agent: outputs, artifacts, the log line, the end.
-            let build = store.build_summary(scope.build_id).await?;
-            let job = store.job(&build.job).await?;
-            let masker = Arc::new(crate::exec::SecretMasker::new(Vec::<String>::new()).map_err(unavailable)?);
-            let storage =
-                crate::agent::storage::Storage::new(&s.builds, &job, &build, &lease, &masker, !scope.writable);
-            let nowhere = std::path::Path::new("/nonexistent/chengis-remote-workspace");
-            crate::agent::storage::reuse_result(&s.builds, &lease, &spec, &build, &storage, hit, &fingerprint, nowhere)
-                .await?;
-            Ok(Json(json!({"reused": true})))
+            answer(match crate::engine::cache::find(store_ref(&s), &scope, &cache).await {
+                Ok(entry) => p::CacheFindAnswer { entry: Some(entry), lines: Vec::new() },
+                Err(lines) => p::CacheFindAnswer { entry: None, lines },
+            })
         }
-        "plugins" => {
-            lease_job(&s, &lease).await?;
-            let references: Vec<String> = serde_json::from_value(body.rest["references"].clone())
-                .map_err(|e| ApiError::bad_request(format!("invalid plugin references: {e}")))?;
-            let Some(service) = &s.builds.plugins else {
-                return Ok(Json(json!({"error": "the server runs no plugin platform"})));
-            };
-            // Allowed ones with their grants and config; the others by name with why (their step
-            // fails when it runs, as on the embedded agent).
-            let (mut plugins, mut unresolved) = (Vec::new(), serde_json::Map::new());
-            for r in references.iter().take(64) {
-                match service.resolve_step_executor(r).await {
-                    Ok((record, _)) => {
-                        let config = store.plugin_config(&record.name).await?;
-                        plugins.push(json!({"record": record, "config": config}));
-                    }
-                    Err(e) => {
-                        let name = r.split_once('@').map_or(r.as_str(), |(n, _)| n);
-                        unresolved.insert(name.to_string(), json!(e.to_string()));
-                    }
-                }
-            }
-            Ok(Json(json!({ "plugins": plugins, "unresolved": unresolved })))
-        }
-        "cache-find" => {
-            let scope = lease_scope(&s, lease.entry, lease.token).await?;
-            let key = body.rest["key"].as_str().unwrap_or_default().to_string();
-            let restore_keys: Vec<String> =
-                serde_json::from_value(body.rest["restore_keys"].clone()).unwrap_or_default();
-            let cache = crate::engine::cache::ResolvedCache { key, restore_keys, paths: Vec::new() };
-            match crate::engine::cache::find(store, &scope, &cache).await {
-                Ok(entry) => Ok(Json(json!({ "entry": entry }))),
-                Err(lines) => Ok(Json(json!({ "lines": lines }))),
-            }
-        }
-        other => Err(ApiError::not_found(format!(
-            "no lease action `{other}` (renew, log-offset, log, update, finish, downloads, artifacts, cache-find, result-find, result-record, plugins)"
-        ))),
+    };
+    Ok(Json(answer))
+}
+
+/// The store behind the agent API.
+fn store_ref(s: &AppState) -> &crate::store::Store {
+    &s.builds.store
+}
+
+/// A typed answer as the route's JSON.
+fn answer<A: serde::Serialize>(a: A) -> Value {
+    serde_json::to_value(a).unwrap_or_default()
+}
+
+async fn renew(s: &AppState, agent: &str, lease: &Lease, _: p::Renew) -> Result<p::RenewAnswer, ApiError> {
+    let store = store_ref(s);
+    store.agent_seen(agent, None).await?;
+    let r = store.renew(lease, s.agents.lease_ttl).await?;
+    Ok(p::RenewAnswer { cancel: matches!(r, crate::store::queue::Renewal::Cancel(_)) })
+}
+
+async fn finish(s: &AppState, agent: &str, lease: &Lease, f: p::Finish) -> Result<p::Done, ApiError> {
+    if !f.status.is_finished() {
+        return Err(ApiError::bad_request(format!("`{}` is not a final status", f.status)));
     }
+    let (build_id, job) = lease_job(s, lease).await?;
+    apply_reports(s, lease, Some((build_id, &job)), f.unsent).await?;
+    let ran = f.outputs.as_ref().map(|o| (o, f.sandbox.as_deref().unwrap_or("remote")));
+    server_side::finish(&s.builds, lease, &job, build_id, f.status, f.reason.as_deref(), ran).await?;
+    tracing::info!(agent = %agent, build = build_id, job = %job, status = %f.status, "job finished on a remote agent");
+    Ok(p::Done {})
+}
+
+async fn downloads(s: &AppState, lease: &Lease) -> Result<p::DownloadsAnswer, ApiError> {
+    let store = store_ref(s);
+    let (build_id, _) = lease_job(s, lease).await?;
+    let spec = store.planned_job(lease.build_job_id).await?;
+    let plan = store.plan(build_id).await?;
+    let siblings = store.build_jobs(build_id).await?;
+    Ok(match crate::agent::storage::needed_files(store, &spec, &plan, &siblings, build_id).await? {
+        Ok(files) => p::DownloadsAnswer { files, error: None },
+        Err(reason) => p::DownloadsAnswer { files: Vec::new(), error: Some(reason) },
+    })
+}
+
+async fn artifacts(s: &AppState, lease: &Lease, call: p::Artifacts) -> Result<p::ArtifactsAnswer, ApiError> {
+    let blobs = s.builds.storage.blobs()?;
+    for f in &call.files {
+        if crate::engine::artifacts::BlobStore::open(&blobs, &f.sha256).is_err() {
+            return Err(ApiError::bad_request(format!("artifact file {} ({}) was not uploaded", f.path, f.sha256)));
+        }
+    }
+    store_ref(s).artifact_insert(lease, &call.files).await?;
+    Ok(p::ArtifactsAnswer { kept: call.files.len() })
+}
+
+fn check_fingerprint(fingerprint: &str) -> Result<(), ApiError> {
+    match fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+        true => Ok(()),
+        false => Err(ApiError::bad_request("a stage result fingerprint is 64 hex digits")),
+    }
+}
+
+async fn result_record(s: &AppState, lease: &Lease, fingerprint: &str) -> Result<p::ResultRecordAnswer, ApiError> {
+    check_fingerprint(fingerprint)?;
+    let store = store_ref(s);
+    let scope = lease_scope(s, lease.entry, lease.token).await?;
+    let spec = store.planned_job(lease.build_job_id).await?;
+    if scope.writable {
+        store.result_record(scope.job_id, &spec.id, fingerprint, lease.build_job_id).await?;
+    }
+    Ok(p::ResultRecordAnswer { recorded: scope.writable })
+}
+
+async fn result_find(s: &AppState, lease: &Lease, fingerprint: &str) -> Result<p::ResultFindAnswer, ApiError> {
+    check_fingerprint(fingerprint)?;
+    let store = store_ref(s);
+    let scope = lease_scope(s, lease.entry, lease.token).await?;
+    let spec = store.planned_job(lease.build_job_id).await?;
+    let Some(hit) = store.result_find(scope.job_id, &spec.id, fingerprint).await? else {
+        return Ok(p::ResultFindAnswer { reused: false });
+    };
+    // Reused here, as for the embedded agent: outputs, artifacts, the log line, the end.
+    let build = store.build_summary(scope.build_id).await?;
+    let job = store.job(&build.job).await?;
+    let masker = Arc::new(crate::exec::SecretMasker::new(Vec::<String>::new()).map_err(unavailable)?);
+    let storage = crate::agent::storage::Storage::new(&s.builds, &job, &build, lease, &masker, !scope.writable);
+    let nowhere = std::path::Path::new("/nonexistent/chengis-remote-workspace");
+    crate::agent::storage::reuse_result(&s.builds, lease, &spec, &build, &storage, hit, fingerprint, nowhere).await?;
+    Ok(p::ResultFindAnswer { reused: true })
+}
+
+async fn plugins(s: &AppState, lease: &Lease, call: p::Plugins) -> Result<p::PluginsAnswer, ApiError> {
+    lease_job(s, lease).await?;
+    let Some(service) = &s.builds.plugins else {
+        return Ok(p::PluginsAnswer { error: Some("the server runs no plugin platform".into()), ..Default::default() });
+    };
+    // Allowed ones with their grants and config; the others by name with why (their step fails
+    // when it runs, as on the embedded agent).
+    let mut out = p::PluginsAnswer::default();
+    for r in call.references.iter().take(64) {
+        match service.resolve_step_executor(r).await {
+            Ok((record, _)) => {
+                let config = store_ref(s).plugin_config(&record.name).await?;
+                out.plugins.push(p::ResolvedPlugin { record, config });
+            }
+            Err(e) => {
+                let name = r.split_once('@').map_or(r.as_str(), |(n, _)| n);
+                out.unresolved.insert(name.to_string(), e.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Stores an agent's log lines (numbered consecutively) and then its updates, each write fenced

@@ -1,0 +1,373 @@
+//! The agent protocol's lease calls, one Rust type each: what an agent sends about a lease it
+//! holds and what the server answers. The remote agent's client and the server's route both
+//! speak these types; neither builds or picks apart JSON by hand.
+//!
+//! On the wire a call is `POST /api/v1/agent/leases/{entry}/{action}` with the call's fields
+//! and `lease` in one JSON object; the answer is the call's [`LeaseCall::Answer`].
+
+use super::server_side::{Reports, Update};
+use crate::exec::LogLine;
+use crate::status::Status;
+use crate::store::plugins::PluginRecord;
+use crate::store::queue::Lease;
+use crate::store::storage::{ArtifactFile, CacheEntry, NewArtifactFile};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The lease calls, as named in the URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaseAction {
+    /// [`Renew`].
+    Renew,
+    /// [`LogOffset`].
+    LogOffset,
+    /// [`Log`].
+    Log,
+    /// [`Update`] (one step or test update).
+    Update,
+    /// [`Reports`] (lines and updates together).
+    Report,
+    /// [`Finish`].
+    Finish,
+    /// [`Downloads`].
+    Downloads,
+    /// [`Artifacts`].
+    Artifacts,
+    /// [`CacheFind`].
+    CacheFind,
+    /// [`ResultFind`].
+    ResultFind,
+    /// [`ResultRecord`].
+    ResultRecord,
+    /// [`Plugins`].
+    Plugins,
+}
+
+impl LeaseAction {
+    /// Every action, for error messages.
+    pub const ALL: [LeaseAction; 12] = [
+        LeaseAction::Renew,
+        LeaseAction::LogOffset,
+        LeaseAction::Log,
+        LeaseAction::Update,
+        LeaseAction::Report,
+        LeaseAction::Finish,
+        LeaseAction::Downloads,
+        LeaseAction::Artifacts,
+        LeaseAction::CacheFind,
+        LeaseAction::ResultFind,
+        LeaseAction::ResultRecord,
+        LeaseAction::Plugins,
+    ];
+
+    /// The name in the URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseAction::Renew => "renew",
+            LeaseAction::LogOffset => "log-offset",
+            LeaseAction::Log => "log",
+            LeaseAction::Update => "update",
+            LeaseAction::Report => "report",
+            LeaseAction::Finish => "finish",
+            LeaseAction::Downloads => "downloads",
+            LeaseAction::Artifacts => "artifacts",
+            LeaseAction::CacheFind => "cache-find",
+            LeaseAction::ResultFind => "result-find",
+            LeaseAction::ResultRecord => "result-record",
+            LeaseAction::Plugins => "plugins",
+        }
+    }
+
+    /// The action named `name` in a URL.
+    pub fn parse(name: &str) -> Option<LeaseAction> {
+        LeaseAction::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+}
+
+/// A call about a held lease: its action and the type of its answer.
+pub trait LeaseCall: Serialize + DeserializeOwned {
+    /// The action it is.
+    const ACTION: LeaseAction;
+    /// What the server answers.
+    type Answer: Serialize + DeserializeOwned;
+}
+
+/// The body of a lease call: the lease and the call's own fields.
+#[derive(Debug, Deserialize)]
+pub struct LeaseBody {
+    /// The lease the call is about.
+    pub lease: Lease,
+    /// The call's fields.
+    #[serde(flatten)]
+    pub rest: Value,
+}
+
+impl LeaseBody {
+    /// The call in the body, or why it is not one.
+    pub fn call<C: LeaseCall>(&self) -> Result<C, String> {
+        serde_json::from_value(self.rest.clone()).map_err(|e| format!("invalid {} call: {e}", C::ACTION.as_str()))
+    }
+}
+
+/// The JSON of `call` about `lease`, as sent.
+pub fn body<C: LeaseCall>(lease: &Lease, call: &C) -> Value {
+    let mut body = serde_json::to_value(call).unwrap_or_else(|_| Value::Object(Default::default()));
+    if !body.is_object() {
+        body = Value::Object(Default::default());
+    }
+    body["lease"] = serde_json::to_value(lease).unwrap_or_default();
+    body
+}
+
+/// An answer with nothing in it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Done {}
+
+/// Extend the lease.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Renew {}
+
+/// Whether the job should stop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewAnswer {
+    /// Cancellation was requested.
+    pub cancel: bool,
+}
+
+impl LeaseCall for Renew {
+    const ACTION: LeaseAction = LeaseAction::Renew;
+    type Answer = RenewAnswer;
+}
+
+/// The number the job's next log line gets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LogOffset {}
+
+/// The next line number.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogOffsetAnswer {
+    /// The next free line number.
+    pub next: u64,
+}
+
+impl LeaseCall for LogOffset {
+    const ACTION: LeaseAction = LeaseAction::LogOffset;
+    type Answer = LogOffsetAnswer;
+}
+
+/// Numbered log lines.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Log {
+    /// Consecutive lines.
+    pub lines: Vec<LogLine>,
+}
+
+/// The last line number stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Acknowledged {
+    /// The number of the last line stored (0: none).
+    pub acknowledged: u64,
+}
+
+impl LeaseCall for Log {
+    const ACTION: LeaseAction = LeaseAction::Log;
+    type Answer = Acknowledged;
+}
+
+impl LeaseCall for Update {
+    const ACTION: LeaseAction = LeaseAction::Update;
+    type Answer = Done;
+}
+
+impl LeaseCall for Reports {
+    const ACTION: LeaseAction = LeaseAction::Report;
+    type Answer = Acknowledged;
+}
+
+/// The job's end, with the reports not sent yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Finish {
+    /// Its final status.
+    pub status: Status,
+    /// Why, when it did not succeed.
+    pub reason: Option<String>,
+    /// Its outputs, when it ran.
+    pub outputs: Option<Value>,
+    /// The sandbox it ran in, when it ran.
+    pub sandbox: Option<String>,
+    /// What the agent had not reported when the steps ended.
+    #[serde(flatten)]
+    pub unsent: Reports,
+}
+
+impl LeaseCall for Finish {
+    const ACTION: LeaseAction = LeaseAction::Finish;
+    type Answer = Done;
+}
+
+/// The artifact files the job's `download:` names.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Downloads {}
+
+/// The files, or why the job cannot start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DownloadsAnswer {
+    /// The files to place.
+    #[serde(default)]
+    pub files: Vec<ArtifactFile>,
+    /// Why the job cannot start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LeaseCall for Downloads {
+    const ACTION: LeaseAction = LeaseAction::Downloads;
+    type Answer = DownloadsAnswer;
+}
+
+/// Artifact files the agent uploaded, to record.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Artifacts {
+    /// The files.
+    pub files: Vec<NewArtifactFile>,
+}
+
+/// How many were recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArtifactsAnswer {
+    /// Files recorded.
+    pub kept: usize,
+}
+
+impl LeaseCall for Artifacts {
+    const ACTION: LeaseAction = LeaseAction::Artifacts;
+    type Answer = ArtifactsAnswer;
+}
+
+/// The cache entry for a key (or one of its restore keys).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CacheFind {
+    /// The exact key.
+    pub key: String,
+    /// Prefixes to fall back to.
+    #[serde(default)]
+    pub restore_keys: Vec<String>,
+}
+
+/// The entry found, or the log lines saying why there is none.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CacheFindAnswer {
+    /// The entry to download.
+    #[serde(default)]
+    pub entry: Option<CacheEntry>,
+    /// Why there is none.
+    #[serde(default)]
+    pub lines: Vec<String>,
+}
+
+impl LeaseCall for CacheFind {
+    const ACTION: LeaseAction = LeaseAction::CacheFind;
+    type Answer = CacheFindAnswer;
+}
+
+/// Whether an earlier result of the same stage can stand for this job.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResultFind {
+    /// The stage's fingerprint (64 hex digits).
+    pub fingerprint: String,
+}
+
+/// Whether the earlier result was reused (the job then ended on the server).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultFindAnswer {
+    /// Reused: the agent stops here.
+    pub reused: bool,
+}
+
+impl LeaseCall for ResultFind {
+    const ACTION: LeaseAction = LeaseAction::ResultFind;
+    type Answer = ResultFindAnswer;
+}
+
+/// Records this job's result for its stage fingerprint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// The stage's fingerprint (64 hex digits).
+    pub fingerprint: String,
+}
+
+/// Whether it was recorded (builds of forks record nothing).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultRecordAnswer {
+    /// Recorded.
+    pub recorded: bool,
+}
+
+impl LeaseCall for ResultRecord {
+    const ACTION: LeaseAction = LeaseAction::ResultRecord;
+    type Answer = ResultRecordAnswer;
+}
+
+/// The step executors the job's `uses:` steps name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Plugins {
+    /// `name` or `name@version`.
+    pub references: Vec<String>,
+}
+
+/// One allowed step executor with its server-side config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolvedPlugin {
+    /// Its allowlist record (digest, grants).
+    pub record: PluginRecord,
+    /// Its server-side config.
+    #[serde(default)]
+    pub config: serde_json::Map<String, Value>,
+}
+
+/// The allowed ones, and why the others are not.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PluginsAnswer {
+    /// Allowed, with grants and config.
+    #[serde(default)]
+    pub plugins: Vec<ResolvedPlugin>,
+    /// Not allowed or unknown, by name, with why.
+    #[serde(default)]
+    pub unresolved: BTreeMap<String, String>,
+    /// The server runs no plugin platform.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LeaseCall for Plugins {
+    const ACTION: LeaseAction = LeaseAction::Plugins;
+    type Answer = PluginsAnswer;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_round_trips_its_name() {
+        for a in LeaseAction::ALL {
+            assert_eq!(LeaseAction::parse(a.as_str()), Some(a));
+            assert_eq!(serde_json::to_value(a).unwrap(), Value::String(a.as_str().into()));
+        }
+        assert_eq!(LeaseAction::parse("drop-tables"), None);
+    }
+
+    #[test]
+    fn a_body_carries_the_lease_beside_the_call() {
+        let lease = Lease { entry: 3, build_job_id: 7, token: 2, expires_ms: 9, attempt: 1, lost_from: None };
+        let b = body(&lease, &ResultFind { fingerprint: "ab".into() });
+        let parsed: LeaseBody = serde_json::from_value(b).unwrap();
+        assert_eq!(parsed.lease, lease);
+        assert_eq!(parsed.call::<ResultFind>().unwrap().fingerprint, "ab");
+        let err = parsed.call::<Artifacts>().unwrap_err();
+        assert!(err.starts_with("invalid artifacts call"), "{err}");
+    }
+}
