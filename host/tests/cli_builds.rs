@@ -269,3 +269,83 @@ fn builds_record_the_user_or_token_owner_who_started_them() {
         wait_build(&s, id, finished);
     }
 }
+
+/// A TCP proxy in front of the server that can cut every open connection at once (a dropped
+/// stream, as a restarted load balancer would cause); new connections keep working.
+struct Cutter {
+    port: u16,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Cutter {
+    fn start(target: &str) -> Cutter {
+        use std::net::{TcpListener, TcpStream};
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(&target) else { continue };
+                kept.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Cutter { port, open }
+    }
+
+    /// Cuts every open connection; returns how many there were.
+    fn cut(&self) -> usize {
+        let mut open = self.open.lock().unwrap();
+        let n = open.len();
+        for c in open.drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        n
+    }
+}
+
+#[test]
+fn wait_survives_a_dropped_event_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let slowish = repo(
+        &tmp.path().join("slowish"),
+        "jobs:\n  one:\n    steps:\n      - run: sleep 1; echo a\n  two:\n    needs: one\n    steps:\n      - run: sleep 2; echo b\n",
+    );
+    let db = databases(tmp.path()).remove(0);
+    let s = start(&tmp.path().join("data"), &db, &[]);
+    assert_eq!(cli(&s.url, &["job", "create", "slowish", "--repo", &slowish], None).0, 0);
+    let proxy = Cutter::start(&s.url);
+    let child = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .args(["build", "trigger", "slowish", "--wait", "--server", &format!("http://127.0.0.1:{}", proxy.port)])
+        .env("CHENGIS_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Cut the stream while job `one` runs and again while `two` runs.
+    wait_build(&s, 1, |b| b["jobs"][0]["job"]["status"] == "running");
+    assert!(proxy.cut() > 0, "the CLI was not connected");
+    wait_build(&s, 1, |b| b["jobs"][1]["job"]["status"] == "running");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(proxy.cut() > 0, "the CLI did not reconnect");
+    let out = child.wait_with_output().unwrap();
+    let returned = now_ms();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "each job's result once, then the build's: {stdout}");
+    assert!(lines[0].starts_with("job one: success (1s)"), "{stdout}");
+    assert!(lines[1].starts_with("job two: success (2s)"), "{stdout}");
+    assert!(lines[2].starts_with("build slowish#1 (id 1): success ("), "{stdout}");
+    let ended = build_of(&s, 1)["build"]["finished_ms"].as_i64().unwrap();
+    assert!(returned - ended < 1000, "--wait returned {} ms after the build finished", returned - ended);
+}
