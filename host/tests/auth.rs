@@ -72,6 +72,7 @@ fn concrete(path: &str) -> String {
     path.replace("{id}", "999999")
         .replace("{name}", "nope")
         .replace("{job}", "nope")
+        .replace("{number}", "1")
         .replace("{file}", "nope.svg")
         .replace("{decision}", "allow")
         .replace("{provider}", "github")

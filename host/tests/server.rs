@@ -473,7 +473,7 @@ fn the_cli_drives_the_server_and_rotates_keys() {
         let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
         let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
         let (_, logs, _) = cli(&s.url, &["build", "logs", &id.to_string()], None);
-        assert_eq!(logs, "token ***\ndone\n");
+        assert_eq!(logs, "[j] token ***\n[j] done\n");
         let (_, followed, _) = cli(&s.url, &["build", "logs", &id.to_string(), "--follow"], None);
         assert_eq!(followed, logs);
         let (_, shown, _) = cli(&s.url, &["build", "show", &id.to_string()], None);
@@ -496,7 +496,7 @@ fn the_cli_drives_the_server_and_rotates_keys() {
         assert_eq!(code, 0);
         let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
         let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
-        assert_eq!(cli(&s.url, &["build", "logs", &id.to_string()], None).1, "token ***\ndone\n");
+        assert_eq!(cli(&s.url, &["build", "logs", &id.to_string()], None).1, "[j] token ***\n[j] done\n");
     }
 }
 

@@ -95,9 +95,10 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
                 let labels: Vec<String> =
                     a["labels"].as_array().into_iter().flatten().map(|l| s(l).to_string()).collect();
                 let jobs: Vec<String> = a["current_jobs"].as_array().into_iter().flatten().map(s).collect();
-                let seen = (now - a["last_seen_ms"].as_i64().unwrap_or(now)).max(0) / 1000;
+                let seen = u64::try_from(now - a["last_seen_ms"].as_i64().unwrap_or(now)).unwrap_or(0);
+                let seen = chengis_model::human_duration(std::time::Duration::from_millis(seen));
                 out.push_str(&format!(
-                    "{:<28} {:<9} {:<24} {:>5} {:>5} {:>8} {:<12} {seen}s ago\n",
+                    "{:<28} {:<9} {:<24} {:>5} {:>5} {:>8} {:<12} {seen} ago\n",
                     s(&a["name"]),
                     s(&a["status"]),
                     labels.join(","),

@@ -5,7 +5,7 @@ use super::Format;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::time::Duration;
 
 /// Where the server is and how to print answers.
@@ -68,72 +68,6 @@ pub enum JobCommand {
     Delete {
         /// Job name.
         name: String,
-    },
-}
-
-/// `chengis build ...`.
-#[derive(Debug, Subcommand)]
-pub enum BuildCommand {
-    /// Start a build.
-    Trigger {
-        /// Job name.
-        job: String,
-        /// Branch to build.
-        #[arg(long, conflicts_with = "commit")]
-        branch: Option<String>,
-        /// Exact commit to build.
-        #[arg(long)]
-        commit: Option<String>,
-        /// Parameter (repeatable).
-        #[arg(long = "param", value_name = "K=V")]
-        params: Vec<String>,
-        /// Follow the build; exit non-zero unless it succeeds.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// List builds, newest first.
-    List {
-        /// Only this job.
-        #[arg(long)]
-        job: Option<String>,
-        /// Only this status.
-        #[arg(long)]
-        status: Option<String>,
-        /// Only this branch.
-        #[arg(long)]
-        branch: Option<String>,
-        /// Builds older than this id (the previous page's `next_cursor`).
-        #[arg(long)]
-        before: Option<i64>,
-        /// Page size.
-        #[arg(long, default_value_t = 20)]
-        limit: i64,
-    },
-    /// Show a build with its jobs and steps.
-    Show {
-        /// Build id.
-        id: i64,
-    },
-    /// Print a build's logs.
-    Logs {
-        /// Build id.
-        id: i64,
-        /// Only this job (planned id); default: every job in order.
-        #[arg(long)]
-        job: Option<String>,
-        /// Keep following until the job ends.
-        #[arg(long)]
-        follow: bool,
-    },
-    /// Cancel a build.
-    Cancel {
-        /// Build id.
-        id: i64,
-    },
-    /// Run a finished build again as a new attempt.
-    Retry {
-        /// Build id.
-        id: i64,
     },
 }
 
@@ -200,6 +134,14 @@ pub enum ScheduleCommand {
         /// Schedule id.
         id: i64,
     },
+}
+
+/// Why a stream could not be opened.
+pub(super) enum StreamError {
+    /// No answer (refused, reset, timed out) or a 5xx/429: worth trying again.
+    Unreachable(anyhow::Error),
+    /// The server refused (401, 403, 404, ...): final.
+    Refused(anyhow::Error),
 }
 
 /// A connection to the server's API.
@@ -270,11 +212,49 @@ impl Client {
     }
 
     pub(super) fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.answer(path, self.req(self.agent.get(&format!("{}{path}", self.base))).call())
+        self.get_as(path, path)
+    }
+
+    /// A GET whose errors start with `what` (`build hello#3: ...`) instead of the path.
+    pub(super) fn get_as(&self, what: &str, path: &str) -> anyhow::Result<Value> {
+        self.answer(what, self.req(self.agent.get(&format!("{}{path}", self.base))).call())
     }
 
     pub(super) fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.answer(path, self.req(self.agent.post(&format!("{}{path}", self.base))).send_json(body))
+        self.post_as(path, path, body)
+    }
+
+    /// A POST whose errors start with `what` instead of the path.
+    pub(super) fn post_as(&self, what: &str, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.answer(what, self.req(self.agent.post(&format!("{}{path}", self.base))).send_json(body))
+    }
+
+    /// Opens a server-sent event stream, resuming after `last_event_id`; `window` bounds how long
+    /// the connection is kept (`None`: for as long as the server sends).
+    pub(super) fn stream(
+        &self,
+        path: &str,
+        last_event_id: Option<&str>,
+        window: Option<Duration>,
+    ) -> Result<ureq::http::Response<ureq::Body>, StreamError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .req(self.agent.get(&url).config().timeout_global(window).build())
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        match req.call() {
+            Ok(r) if r.status().is_success() => Ok(r),
+            Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
+                Err(StreamError::Unreachable(anyhow!("{path}: HTTP {}", r.status().as_u16())))
+            }
+            Ok(r) => Err(StreamError::Refused(match self.answer(path, Ok(r)) {
+                Err(e) => e,
+                Ok(v) => anyhow!("{path}: unexpected answer {v}"),
+            })),
+            Err(e) => Err(StreamError::Unreachable(anyhow!("cannot reach the server at {} ({path}): {e}", self.base))),
+        }
     }
 
     pub(super) fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
@@ -356,208 +336,6 @@ pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
-}
-
-fn build_line(b: &Value) -> String {
-    format!(
-        "{:<6} {:<16} #{:<5} {:<10} {:<12} {:<8} {}\n",
-        s(&b["id"]),
-        s(&b["job"]),
-        s(&b["number"]),
-        s(&b["status"]),
-        s(&b["branch"]),
-        s(&b["commit_sha"]).chars().take(8).collect::<String>(),
-        b["reason"].as_str().unwrap_or("")
-    )
-}
-
-/// Runs `chengis build ...`.
-pub fn build(args: &ClientArgs, cmd: BuildCommand) -> anyhow::Result<i32> {
-    let c = Client::new(args)?;
-    match cmd {
-        BuildCommand::Trigger { job, branch, commit, params, wait } => {
-            let mut p = serde_json::Map::new();
-            for kv in params {
-                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--param takes NAME=VALUE, got `{kv}`"))?;
-                p.insert(k.to_string(), Value::String(v.to_string()));
-            }
-            let v = c.post(
-                &format!("/api/v1/jobs/{}/builds", enc(&job)),
-                json!({"branch": branch, "commit": commit, "params": p}),
-            )?;
-            let id = v["id"].as_i64().ok_or_else(|| anyhow!("the server answered without a build id"))?;
-            if !wait {
-                print(args.format, &v, |v| format!("build {} of {} queued (#{})\n", id, s(&v["job"]), s(&v["number"])));
-                return Ok(0);
-            }
-            if args.format == Format::Text {
-                eprintln!("build {id} of {job} queued; waiting");
-            }
-            let last = loop {
-                let b = c.get(&format!("/api/v1/builds/{id}"))?;
-                let status = b["build"]["status"].as_str().unwrap_or("").to_string();
-                if !matches!(status.as_str(), "queued" | "running") {
-                    break b;
-                }
-                std::thread::sleep(Duration::from_millis(300));
-            };
-            print(args.format, &last, show_text);
-            Ok(if last["build"]["status"] == "success" { 0 } else { 1 })
-        }
-        BuildCommand::List { job, status, branch, before, limit } => {
-            let mut q = vec![format!("limit={limit}")];
-            for (k, v) in [("job", job), ("status", status), ("branch", branch)] {
-                if let Some(v) = v {
-                    q.push(format!("{k}={}", enc(&v)));
-                }
-            }
-            if let Some(b) = before {
-                q.push(format!("before={b}"));
-            }
-            let v = c.get(&format!("/api/v1/builds?{}", q.join("&")))?;
-            print(args.format, &v, |v| {
-                let mut out = format!(
-                    "{:<6} {:<16} {:<6} {:<10} {:<12} {:<8} REASON\n",
-                    "ID", "JOB", "NUMBER", "STATUS", "BRANCH", "COMMIT"
-                );
-                for b in v["builds"].as_array().into_iter().flatten() {
-                    out.push_str(&build_line(b));
-                }
-                if let Some(next) = v["next_cursor"].as_i64() {
-                    out.push_str(&format!("older: --before {next}\n"));
-                }
-                out
-            });
-            Ok(0)
-        }
-        BuildCommand::Show { id } => {
-            let v = c.get(&format!("/api/v1/builds/{id}"))?;
-            print(args.format, &v, show_text);
-            Ok(0)
-        }
-        BuildCommand::Logs { id, job, follow } => {
-            let b = c.get(&format!("/api/v1/builds/{id}"))?;
-            let keys: Vec<String> = match job {
-                Some(j) => vec![j],
-                None => b["jobs"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|j| j["job"]["job_key"].as_str().map(str::to_string))
-                    .collect(),
-            };
-            for key in keys {
-                if follow {
-                    follow_logs(&c, args.format, id, &key)?;
-                } else {
-                    let v = c.get(&format!("/api/v1/builds/{id}/jobs/{}/logs", enc(&key)))?;
-                    for line in v["lines"].as_array().into_iter().flatten() {
-                        print_line(args.format, &key, line);
-                    }
-                }
-            }
-            Ok(0)
-        }
-        BuildCommand::Cancel { id } => {
-            let v = c.post(&format!("/api/v1/builds/{id}/cancel"), json!({}))?;
-            print(args.format, &v, |v| format!("build {id} is {}\n", s(&v["status"])));
-            Ok(0)
-        }
-        BuildCommand::Retry { id } => {
-            let v = c.post(&format!("/api/v1/builds/{id}/retry"), json!({}))?;
-            print(args.format, &v, |v| {
-                format!("build {} queued: attempt {} of build {id}\n", s(&v["id"]), s(&v["attempt"]))
-            });
-            Ok(0)
-        }
-    }
-}
-
-fn show_text(v: &Value) -> String {
-    let b = &v["build"];
-    let mut out = format!(
-        "build {} of {} #{}: {} (attempt {}, {} {})\n",
-        s(&b["id"]),
-        s(&b["job"]),
-        s(&b["number"]),
-        s(&b["status"]),
-        s(&b["attempt"]),
-        s(&b["branch"]),
-        s(&b["commit_sha"]).chars().take(8).collect::<String>()
-    );
-    if let Some(subject) = b["commit_message"].as_str().and_then(|m| m.lines().next()).filter(|m| !m.is_empty()) {
-        out.push_str(&format!("  {subject} ({})\n", s(&b["commit_author"])));
-    }
-    if let Some(r) = b["reason"].as_str() {
-        out.push_str(&format!("  {r}\n"));
-    }
-    for w in v["policy"]["warnings"].as_array().into_iter().flatten() {
-        out.push_str(&format!("  policy warning: {}\n", s(w)));
-    }
-    for j in v["jobs"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "  job {}: {}{}\n",
-            s(&j["job"]["job_key"]),
-            s(&j["job"]["status"]),
-            j["job"]["reason"].as_str().or(j["waiting_reason"].as_str()).map(|r| format!(" ({r})")).unwrap_or_default()
-        ));
-        for st in j["steps"].as_array().into_iter().flatten() {
-            out.push_str(&format!("    {} {}\n", s(&st["status"]), s(&st["name"])));
-        }
-    }
-    out
-}
-
-fn print_line(format: Format, job: &str, line: &Value) {
-    match format {
-        Format::Json => println!("{}", json!({"job": job, "line": line})),
-        Format::Text => println!("{}", line["text"].as_str().unwrap_or("")),
-    }
-}
-
-/// Follows a job's log over SSE, reconnecting with `Last-Event-ID` after a drop.
-fn follow_logs(c: &Client, format: Format, id: i64, job: &str) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/builds/{id}/jobs/{}/logs/stream", c.base, enc(job));
-    let mut last: Option<String> = None;
-    for _attempt in 0..100 {
-        let mut req = c.req(c.agent.get(&url).config().timeout_global(None).build());
-        if let Some(l) = &last {
-            req = req.header("Last-Event-ID", l);
-        }
-        let mut resp = match req.call() {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => bail!("following the log: HTTP {}", r.status().as_u16()),
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(500));
-                continue;
-            }
-        };
-        let reader = BufReader::new(resp.body_mut().as_reader());
-        let (mut event, mut data, mut event_id) = (String::new(), String::new(), None);
-        for line in reader.lines() {
-            let Ok(line) = line else { break };
-            if line.is_empty() {
-                if event == "end" {
-                    return Ok(());
-                }
-                if event == "line"
-                    && let Ok(v) = serde_json::from_str::<Value>(&data)
-                {
-                    print_line(format, job, &v);
-                    last = event_id.take();
-                }
-                event.clear();
-                data.clear();
-            } else if let Some(v) = line.strip_prefix("event:") {
-                event = v.trim().to_string();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push_str(v.trim_start());
-            } else if let Some(v) = line.strip_prefix("id:") {
-                event_id = Some(v.trim().to_string());
-            }
-        }
-    }
-    bail!("lost the log stream too many times")
 }
 
 /// Runs `chengis secret ...`.

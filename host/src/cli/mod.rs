@@ -2,6 +2,7 @@
 
 mod account;
 mod agent;
+mod build;
 mod client;
 mod docker;
 mod lint;
@@ -76,7 +77,7 @@ pub enum Command {
         client: client::ClientArgs,
         /// What to do.
         #[command(subcommand)]
-        command: client::BuildCommand,
+        command: build::BuildCommand,
     },
     /// Manage secrets on a server (values are write-only).
     Secret {
@@ -174,7 +175,7 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Migrate(args) => serve::migrate(args),
         Command::Plugin { db, command } => plugin::plugin(*db, command),
         Command::Job { client, command } => client::job(&client, command),
-        Command::Build { client, command } => client::build(&client, command),
+        Command::Build { client, command } => build::build(&client, command),
         Command::Secret { client, command } => client::secret(&client, command),
         Command::Schedule { client, command } => client::schedule(&client, command),
         Command::Cache { client, command } => storage::cache(&client, command),

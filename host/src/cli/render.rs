@@ -4,6 +4,7 @@
 use super::Format;
 use crate::engine::events::RunEvent;
 use crate::status::Status;
+use chengis_model::human_duration;
 use std::io::Write;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -98,7 +99,7 @@ impl Renderer {
                     self.paint("34", "│"),
                     self.symbol(*status),
                     name,
-                    self.paint("2", &format!("({})", fmt_duration(*duration)))
+                    self.paint("2", &format!("({})", human_duration(*duration)))
                 )
             }
             RunEvent::Tests { job, suites, .. } => {
@@ -114,7 +115,7 @@ impl Renderer {
                     self.tag(job),
                     self.paint("1;34", "└"),
                     self.symbol(*status),
-                    self.paint("2", &format!("in {}", fmt_duration(*duration)))
+                    self.paint("2", &format!("in {}", human_duration(*duration)))
                 )
             }
             RunEvent::RunFinished { status, duration } => self.summary(*status, *duration),
@@ -128,22 +129,10 @@ impl Renderer {
             let label = format!("{} {}", self.symbol(*s), s);
             let pad = 11usize.saturating_sub(s.as_str().chars().count() + 2);
             let why = reason.as_ref().map(|r| format!("  {r}")).unwrap_or_default();
-            out.push_str(&format!("{name:width$}  {label}{}  {:>9}{why}\n", " ".repeat(pad), fmt_duration(*d)));
+            out.push_str(&format!("{name:width$}  {label}{}  {:>9}{why}\n", " ".repeat(pad), human_duration(*d)));
         }
-        out.push_str(&format!("\n{} pipeline {status} in {}\n", self.symbol(status), fmt_duration(duration)));
+        out.push_str(&format!("\n{} pipeline {status} in {}\n", self.symbol(status), human_duration(duration)));
         out
-    }
-}
-
-/// `850ms`, `1.20s`, `2m05s`.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.2}s", d.as_secs_f64())
-    } else {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
     }
 }
 
@@ -152,10 +141,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(fmt_duration(Duration::from_millis(850)), "850ms");
-        assert_eq!(fmt_duration(Duration::from_millis(1200)), "1.20s");
-        assert_eq!(fmt_duration(Duration::from_secs(125)), "2m05s");
+    fn durations_read_as_people_say_them() {
+        let mut r = Renderer::new(Format::Text, false, false);
+        r.finished.push(("b".into(), Status::Success, None, Duration::from_secs(65)));
+        let s = r.summary(Status::Success, Duration::from_millis(65_350));
+        assert!(s.contains("1m 5s") && !s.contains("1m05s"), "{s}");
+        assert!(s.ends_with("pipeline success in 1m 5s\n"), "{s}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Jobs, builds and secrets: create, list, get, trigger, cancel, retry.
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::engine::builds::TriggerRequest;
 use crate::status::Status;
@@ -9,9 +10,9 @@ use crate::store::builds::{BuildJobRecord, BuildSummary, StepRecord};
 use crate::store::jobs::JobRecord;
 use crate::store::jobs::{JobUpdate, NewJob};
 use crate::store::secrets::SecretScope;
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -243,10 +244,17 @@ pub async fn delete_job(State(s): State<AppState>, ApiPath(name): ApiPath<String
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Who a build started through the API is attributed to: the signed-in user or the owner of
+/// the API token (the access middleware put the caller in the request's extensions).
+fn who(caller: Option<&Extension<Caller>>) -> String {
+    caller.and_then(|Extension(c)| c.user.as_ref()).map_or_else(|| "api".to_string(), |u| u.username.clone())
+}
+
 /// Triggers a build (the body is optional: the default branch, no parameters).
 #[utoipa::path(post, path = "/api/v1/jobs/{name}/builds", params(("name" = String, Path, description = "job name")), request_body = Option<TriggerRequest>, responses((status = 201, body = BuildSummary), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn trigger(
     State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
     ApiPath(name): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<BuildSummary>), ApiError> {
@@ -266,7 +274,7 @@ pub async fn trigger(
     {
         return Err(ApiError::bad_request(format!("`commit` must be a full 40-character SHA, got `{c}`")));
     }
-    let build = s.builds.trigger(&name, req, "manual", "api").await?;
+    let build = s.builds.trigger(&name, req, "manual", &who(caller.as_ref())).await?;
     Ok((StatusCode::CREATED, Json(build)))
 }
 
@@ -316,6 +324,21 @@ pub async fn list_builds(
 /// A build with its jobs and steps.
 #[utoipa::path(get, path = "/api/v1/builds/{id}", params(("id" = i64, Path, description = "build id")), responses((status = 200, body = BuildDetail), (status = 404, body = ErrorBody)))]
 pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<BuildDetail>, ApiError> {
+    Ok(Json(build_detail(&s, id).await?))
+}
+
+/// A build by its job and number within the job (`hello#3`), with its jobs and steps: the same
+/// answer as `GET /api/v1/builds/{id}`.
+#[utoipa::path(get, path = "/api/v1/jobs/{name}/builds/{number}", params(("name" = String, Path, description = "job name"), ("number" = i64, Path, description = "the build's number within the job")), responses((status = 200, body = BuildDetail), (status = 404, body = ErrorBody)))]
+pub async fn get_build_by_number(
+    State(s): State<AppState>,
+    ApiPath((name, number)): ApiPath<(String, i64)>,
+) -> Result<Json<BuildDetail>, ApiError> {
+    let id = s.builds.store.build_id_by_number(&name, number).await?;
+    Ok(Json(build_detail(&s, id).await?))
+}
+
+async fn build_detail(s: &AppState, id: i64) -> Result<BuildDetail, ApiError> {
     let store = &s.builds.store;
     let build = store.build_summary(id).await?;
     let mut jobs = Vec::new();
@@ -327,7 +350,7 @@ pub async fn get_build(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> 
         jobs.push(BuildJobDetail { job: j, steps, waiting_reason });
     }
     let policy = policy_of(store, id).await?;
-    Ok(Json(BuildDetail { build, jobs, policy }))
+    Ok(BuildDetail { build, jobs, policy })
 }
 
 /// The test cases a build's steps reported (e.g. with the `junit` plugin).
@@ -352,9 +375,10 @@ pub async fn cancel(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Res
 #[utoipa::path(post, path = "/api/v1/builds/{id}/retry", params(("id" = i64, Path, description = "build id")), responses((status = 201, body = BuildSummary), (status = 409, body = ErrorBody)))]
 pub async fn retry(
     State(s): State<AppState>,
+    caller: Option<Extension<Caller>>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<(StatusCode, Json<BuildSummary>), ApiError> {
-    let build = s.builds.retry(id, "api").await?;
+    let build = s.builds.retry(id, &who(caller.as_ref())).await?;
     Ok((StatusCode::CREATED, Json(build)))
 }
 

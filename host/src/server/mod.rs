@@ -79,6 +79,7 @@ pub fn routes() -> Routes {
         .add("PUT", "/api/v1/jobs/{name}", put(api::update_job))
         .add("DELETE", "/api/v1/jobs/{name}", delete(api::delete_job))
         .add("POST", "/api/v1/jobs/{name}/builds", post(api::trigger))
+        .add("GET", "/api/v1/jobs/{name}/builds/{number}", get(api::get_build_by_number))
         .add("GET", "/api/v1/builds", get(api::list_builds))
         .add("GET", "/api/v1/builds/{id}", get(api::get_build))
         .add("GET", "/api/v1/builds/{id}/tests", get(api::build_tests))

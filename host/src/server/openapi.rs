@@ -16,6 +16,7 @@ use utoipa::OpenApi;
         api::trigger,
         api::list_builds,
         api::get_build,
+        api::get_build_by_number,
         api::build_tests,
         api::cancel,
         api::retry,

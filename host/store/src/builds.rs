@@ -180,6 +180,22 @@ impl Store {
         Ok(())
     }
 
+    /// The id of build number `number` of job `job` (`hello#3`). Not found names the job when
+    /// it does not exist, else the build.
+    pub async fn build_id_by_number(&self, job: &str, number: i64) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT j.id AS job_id, b.id AS build_id FROM jobs j \
+             LEFT JOIN builds b ON b.job_id = j.id AND b.number = $2 WHERE j.name = $1",
+        )
+        .bind(job)
+        .bind(number)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("job `{job}`")))?;
+        let id: Option<i64> = row.try_get("build_id")?;
+        id.ok_or_else(|| StoreError::NotFound(format!("build number {number} of job `{job}`")))
+    }
+
     /// A build by id.
     pub async fn build(&self, id: i64) -> Result<BuildRecord, StoreError> {
         let row = sqlx::query("SELECT id, job_id, number, status, attempt FROM builds WHERE id = $1")

@@ -157,6 +157,7 @@ pub const RULES: &[Rule] = &[
     r("GET", "/agents", VIEW),
     r("GET", "/api/v1/jobs", VIEW),
     r("GET", "/api/v1/jobs/{name}", VIEW),
+    r("GET", "/api/v1/jobs/{name}/builds/{number}", VIEW),
     r("GET", "/api/v1/builds", VIEW),
     r("GET", "/api/v1/builds/{id}", VIEW),
     r("GET", "/api/v1/builds/{id}/tests", VIEW),
