@@ -782,3 +782,60 @@ fn every_case_on_every_executor() {
     }
     assert!(failures.is_empty(), "{} case/executor mismatches:\n{}", failures.len(), failures.join("\n"));
 }
+
+const LOST: &str = r#"
+name: lost
+jobs:
+  work:
+    steps:
+      - run: echo "start on $CHENGIS_AGENT_NAME"; sleep 30; echo "work must not finish"
+  report:
+    needs: work
+    if: always()
+    steps:
+      - run: echo "report saw ${{ needs.work.result }}"
+"#;
+
+/// The remote-agent scenario no static case can express: the agent running a job is killed
+/// (`kill -9`) mid-job, and so is the one that took it over; with `--max-attempts 2` the job
+/// ends `error` naming the lost agent, the `if: always()` dependant still runs, and the build
+/// reaches a final status.
+#[test]
+fn a_job_whose_agents_keep_getting_lost_ends_error_when_attempts_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("data"), &["--agents", "0", "--lease-ttl", "2s", "--max-attempts", "2"]);
+    let url = server.url.clone();
+    let repo_url = support::repo(&dir.path().join("repo"), LOST);
+    let (status, v) =
+        call("POST", &format!("{url}/api/v1/jobs"), Some(json!({"name": "lost", "repo_url": repo_url, "default_branch": "main"})));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call("POST", &format!("{url}/api/v1/jobs/lost/builds"), Some(json!({})));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    for name in ["lost-a", "lost-b"] {
+        let mut agent = start_agent(dir.path(), &url, name, &[]);
+        let line = format!("start on {name}");
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !job_logs(&url, id, "work").contains(&line) {
+            let (_, b) = call("GET", &format!("{url}/api/v1/builds/{id}"), None);
+            assert!(Instant::now() < deadline, "{name} never started the job: {b}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        signal(&agent.0, nix::sys::signal::Signal::SIGKILL);
+        let _ = agent.0.wait();
+    }
+    // A third agent polls: the server finds the job's attempts used up, ends it, and hands out
+    // the dependant.
+    let _survivor = start_agent(dir.path(), &url, "lost-c", &[]);
+    let build = support::wait_build(&server, id, support::finished);
+    let obs = observe_build(&url, id);
+    let work = &obs.jobs["work"];
+    assert_eq!(work.status, "error", "{build}");
+    let reason = work.reason.clone().unwrap_or_default();
+    assert!(reason.contains("agent lost-b lost"), "{reason}");
+    let report = &obs.jobs["report"];
+    assert_eq!(report.status, "success", "{build}");
+    assert!(report.logs.contains(&"report saw error".to_string()), "{:?}", report.logs);
+    assert!(!work.logs.iter().any(|l| l.contains("must not finish")), "{:?}", work.logs);
+    assert_eq!(obs.status, "error", "{build}");
+}
