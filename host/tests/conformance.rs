@@ -8,6 +8,7 @@
 //! readable diff per failing case and executor. `CHENGIS_BLESS=1` rewrites the expected files'
 //! statuses and reasons from the `chengis run` outcome (see `tests/conformance/README.md`).
 
+#[allow(dead_code, reason = "the images and object listing serve the other Docker tests")]
 mod docker_support;
 mod support;
 
