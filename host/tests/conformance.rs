@@ -270,14 +270,14 @@ fn compare_job(key: &str, spec: &Value, job: &ObsJob) -> Vec<String> {
         ));
     }
     diffs.extend(compare_reason(&format!("job `{key}`"), spec, job.reason.as_deref()));
-    if let (Some(want), Some(got)) = (spec["outputs"].as_object(), &job.outputs) {
-        if want != got {
-            diffs.push(format!(
-                "job `{key}`: outputs expected {}, got {}",
-                Value::Object(want.clone()),
-                Value::Object(got.clone())
-            ));
-        }
+    if let (Some(want), Some(got)) = (spec["outputs"].as_object(), &job.outputs)
+        && want != got
+    {
+        diffs.push(format!(
+            "job `{key}`: outputs expected {}, got {}",
+            Value::Object(want.clone()),
+            Value::Object(got.clone())
+        ));
     }
     let mut missing = Vec::new();
     for line in spec["logs"].as_array().into_iter().flatten() {
@@ -902,15 +902,29 @@ fn a_job_whose_agents_keep_getting_lost_ends_error_when_attempts_run_out() {
     // A third agent polls: the server finds the job's attempts used up, ends it, and hands out
     // the dependant.
     let _survivor = start_agent(dir.path(), &url, "lost-c", &[]);
-    let build = support::wait_build(&server, id, support::finished);
+    let deadline = Instant::now() + BUILD_LIMIT;
+    let build = loop {
+        let (_, b) = call("GET", &format!("{url}/api/v1/builds/{id}"), None);
+        if support::finished(&b) || Instant::now() > deadline {
+            break b;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let obs = observe_build(&url, id);
     let work = &obs.jobs["work"];
     assert_eq!(work.status, "error", "{build}");
     let reason = work.reason.clone().unwrap_or_default();
     assert!(reason.contains("agent lost-b lost"), "{reason}");
-    let report = &obs.jobs["report"];
-    assert_eq!(report.status, "success", "{build}");
-    assert!(report.logs.contains(&"report saw error".to_string()), "{:?}", report.logs);
     assert!(!work.logs.iter().any(|l| l.contains("must not finish")), "{:?}", work.logs);
+    let report = &obs.jobs["report"];
+    assert_eq!(
+        report.status,
+        "success",
+        "the `if: always()` dependant of the job that ran out of attempts did not run (waited {} s): {build}",
+        BUILD_LIMIT.as_secs()
+    );
+    assert!(report.logs.contains(&"report saw error".to_string()), "{:?}", report.logs);
     assert_eq!(obs.status, "error", "{build}");
+    let open: Vec<&ObsStep> = work.steps.iter().filter(|s| s.status == "running").collect();
+    assert!(open.is_empty(), "steps of the ended job still show `running`: {open:?}");
 }
