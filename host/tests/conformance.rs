@@ -744,7 +744,8 @@ fn run_on_server(
 
 /// Rewrites the expected file of `case` from the `chengis run` outcome: the build status and the
 /// jobs' statuses and reasons (a `reason_contains` is kept as written); jobs are added and
-/// removed to match. Everything else (logs, outputs, order, options) is left as written.
+/// removed to match. Everything else (logs, outputs, order, options) is left as written. A file
+/// is rewritten (pretty-printed) only when one of those changed.
 fn bless(case: &Case, obs: &Observed) {
     let mut exp = case.expected.clone();
     exp["status"] = Value::String(obs.status.clone());
@@ -768,6 +769,10 @@ fn bless(case: &Case, obs: &Observed) {
         jobs.insert(key.clone(), spec);
     }
     exp["jobs"] = Value::Object(jobs);
+    if exp == case.expected {
+        return;
+    }
+    eprintln!("conformance: blessed {}", case.expected_path.display());
     std::fs::write(&case.expected_path, serde_json::to_string_pretty(&exp).unwrap() + "\n").unwrap();
 }
 
