@@ -71,6 +71,10 @@ pub struct BuildView {
 }
 
 /// What the caller must do.
+///
+/// After a cancel, waiting jobs end `cancelled` as soon as their needs have ended, unless their
+/// `if:` holds for a cancelled build (`always()`, `cancelled()`): those run. Started jobs are
+/// asked to stop, except those whose `if:` holds for a cancelled build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Hand the job to an executor (spawn it, or enqueue it for an agent).
@@ -143,10 +147,21 @@ pub fn decide(
             let needs: Vec<(&str, Option<Status>)> =
                 job.needs.iter().map(|n| (n.as_str(), status_of(&state, n))).collect();
             let ready = needs.iter().all(|(_, s)| s.is_some());
-            let end = if build.cancelled {
-                Some((Status::Cancelled, BUILD_CANCELLED.to_string()))
-            } else if !ready {
+            let end = if !ready {
                 None
+            } else if build.cancelled {
+                // After a cancel only a job whose `if:` holds for a cancelled build runs
+                // (`always()`, `cancelled()`).
+                match job.condition.as_ref().map(|_| condition(job, ExprStatus::Cancelled)) {
+                    Some(Ok(true)) => {
+                        state[i] = JobState::Queued;
+                        out.push(Decision::Start { job: job.id.clone() });
+                        changed = true;
+                        continue;
+                    }
+                    Some(Err(e)) => Some((Status::Error, e)),
+                    Some(Ok(false)) | None => Some((Status::Cancelled, BUILD_CANCELLED.to_string())),
+                }
             } else if failed_fast(&state, &job.key) {
                 Some((Status::Cancelled, format!("another combination of `{}` failed (fail-fast)", job.key)))
             } else {
@@ -183,7 +198,12 @@ pub fn decide(
             if !state[i].started() || stop_asked[i] {
                 continue;
             }
+            let mut goes_on =
+                || view.job.condition.is_some() && matches!(condition(view.job, ExprStatus::Cancelled), Ok(true));
             let reason = if build.cancelled {
+                if goes_on() {
+                    continue;
+                }
                 BUILD_CANCELLED.to_string()
             } else if failed_fast(&state, &view.job.key) {
                 format!("another combination of `{}` failed (fail-fast)", view.job.key)
@@ -207,6 +227,9 @@ pub fn decide(
             out.push(Decision::Finish { status });
         }
         Some(JobState::Waiting) => out.push(Decision::StartPost { status }),
+        Some(JobState::Queued | JobState::Running) if build.cancelled => {
+            out.push(Decision::Stop { job: POST_JOB.into(), reason: BUILD_CANCELLED.into() })
+        }
         Some(JobState::Queued | JobState::Running) => {}
     }
     out

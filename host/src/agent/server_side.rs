@@ -139,7 +139,7 @@ pub async fn prepare(
     // The webhook event behind the build, if any (recorded as its `trigger` event).
     let trigger = ctx.trigger_context(build.id).await?;
     let mut contexts = BTreeMap::new();
-    contexts.insert("params".to_string(), context::object(plan.params.iter()));
+    contexts.insert("params".to_string(), context::params(&plan));
     contexts.insert("matrix".to_string(), context::object(spec.matrix.iter()));
     contexts.insert("needs".to_string(), needs);
     contexts.insert(

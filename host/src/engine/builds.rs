@@ -235,11 +235,12 @@ impl BuildContext {
         };
         // `concurrency.group` is decided now, from the parameters and the event, and stored
         // in the plan as text: later builds compare their group with it.
+        let params = super::context::params(&plan);
         if let Some(cc) = plan.concurrency.as_mut()
             && cc.group.contains("${{")
         {
             let contexts = super::context::Contexts {
-                params: super::context::object(&plan.params),
+                params,
                 git: crate::agent::server_side::git_context(&summary, context.as_ref()),
                 ..Default::default()
             };
@@ -378,10 +379,17 @@ impl BuildContext {
     /// [`BuildContext::schedule`] after a job ended `ended`.
     pub async fn schedule_after(&self, build_id: i64, ended: Option<Status>) -> Result<(), StoreError> {
         use chengis_model::schedule::{BuildView, Decision, JobState, JobView, POST_JOB, decide, has_post, post_job};
-        let (build_status, unenqueued, unfinished) = self.store.schedule_state(build_id).await?;
+        let state = self.store.schedule_state(build_id).await?;
+        let build_status = state.status;
+        let cancelled = build_status == Status::Cancelled || state.cancel_requested;
         // The common case of a wide build: a job succeeded, nothing new can start and jobs still
         // run; nothing for the scheduler to decide.
-        if unenqueued == 0 && unfinished > 0 && ended.is_some_and(|s| !s.is_failure()) && !build_status.is_finished() {
+        if state.unenqueued == 0
+            && state.unfinished > 0
+            && ended.is_some_and(|s| !s.is_failure())
+            && !build_status.is_finished()
+            && !cancelled
+        {
             self.notify(Notice::Build(build_id));
             return Ok(());
         }
@@ -406,18 +414,16 @@ impl BuildContext {
                 stop_requested: record(&job.id).and_then(|r| entry(r.id)).is_some_and(|q| q.cancel_requested),
             })
             .collect();
-        let build = BuildView {
-            cancelled: build_status == Status::Cancelled,
-            post: has_post(&plan).then(|| state_of(POST_JOB)),
-        };
+        let build = BuildView { cancelled, post: has_post(&plan).then(|| state_of(POST_JOB)) };
         let mut conditions = super::conditions::Conditions::new(self, build_id, &plan, &records);
         let decisions = {
-            let mut needed = Vec::new();
-            for v in &views {
-                if v.state == JobState::Waiting && v.job.condition.is_some() {
-                    needed.push(v.job);
-                }
-            }
+            // The conditions the scheduler may ask about: of waiting jobs, and of running ones
+            // once the build is cancelled (a job whose `if:` holds then goes on).
+            let needed: Vec<&chengis_pipeline::PlannedJob> = views
+                .iter()
+                .filter(|v| v.job.condition.is_some() && (v.state == JobState::Waiting || cancelled))
+                .map(|v| v.job)
+                .collect();
             conditions.load(&needed).await?;
             decide(&views, build, &mut |job, status| conditions.evaluate(job, status))
         };
@@ -474,7 +480,7 @@ impl BuildContext {
                 }
                 Decision::Finish { status } => {
                     if !build_status.is_finished() {
-                        if build_status == Status::Queued {
+                        if build_status == Status::Queued && status != Status::Cancelled {
                             match self.store.transition_build(build_id, Status::Running, None).await {
                                 Ok(()) | Err(StoreError::IllegalTransition { .. }) => {}
                                 Err(e) => return Err(e),
@@ -513,19 +519,20 @@ impl BuildContext {
         self.schedule_after(job.build_id, Some(job.status)).await
     }
 
-    /// Cancels a build: the build ends `cancelled` now; the scheduler ends its waiting jobs and
-    /// asks the running ones to stop (they end when their agents have stopped them).
+    /// Cancels a build: the scheduler ends its waiting jobs and asks the running ones to stop;
+    /// the build ends `cancelled` once every job has ended (within about a second: agents see
+    /// the request when they renew their lease).
     pub async fn cancel(&self, build_id: i64) -> Result<(), StoreError> {
         let build = self.store.build(build_id).await?;
-        if build.status.is_finished() || !self.store.cancel_build(build_id).await? {
+        if build.status.is_finished() || !self.store.request_build_cancel(build_id).await? {
+            let from = self.store.build(build_id).await.map_or(build.status, |b| b.status);
             return Err(StoreError::IllegalTransition {
                 what: format!("build {build_id}"),
-                from: if build.status.is_finished() { build.status } else { Status::Cancelled },
+                from,
                 to: Status::Cancelled,
             });
         }
-        self.store.add_event(build_id, "build_status", &serde_json::json!({"status": "cancelled"})).await?;
-        self.announce(build_id, crate::plugins::dispatch::Change::Build);
+        tracing::info!(build = build_id, "cancel requested");
         self.schedule(build_id).await
     }
 

@@ -58,7 +58,7 @@ impl<'a> Conditions<'a> {
         let build = store.build_summary(self.build_id).await?;
         let trigger = self.ctx.trigger_context(self.build_id).await?;
         let mut base = Contexts {
-            params: context::object(self.plan.params.iter()),
+            params: context::params(self.plan),
             build: json!({"id": build.id, "number": build.number, "job": build.job, "attempt": 1}),
             git: crate::agent::server_side::git_context(&build, trigger.as_ref()),
             ..Contexts::default()

@@ -54,6 +54,25 @@ impl EvalContext for Contexts {
     }
 }
 
+/// The `params` context of `plan`: each value as text, and parameters declared
+/// `type: boolean` as booleans (so that `if: ${{ params.dry }}` is false for `false`).
+pub fn params(plan: &chengis_pipeline::Plan) -> Value {
+    let boolean =
+        |k: &str| plan.declared_params.get(k).is_some_and(|p| p.kind == chengis_pipeline::model::ParamType::Boolean);
+    Value::Object(
+        plan.params
+            .iter()
+            .map(|(k, v)| {
+                let value = match boolean(k) {
+                    true => Value::Bool(v == "true"),
+                    false => Value::String(v.clone()),
+                };
+                (k.clone(), value)
+            })
+            .collect(),
+    )
+}
+
 /// An object of string values.
 pub fn object<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> Value {
     Value::Object(pairs.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>())

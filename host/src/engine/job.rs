@@ -236,7 +236,7 @@ async fn run_steps(
                 continue;
             }
         };
-        if !run && env.cancel.is_cancelled() && step.condition.is_none() {
+        if !run && env.cancel.is_cancelled() && step.condition.is_none() && failure.is_none() {
             // Stopped before this step began: the step and the job end `cancelled`.
             let reason = "was cancelled before it began".to_string();
             finish(env, spec.id, index, &step.name, Status::Cancelled, None, Some(reason.clone()), started).await;

@@ -89,7 +89,7 @@ pub async fn run_plan(
         set_var(&mut base, k, v);
     }
     let root_ctx = Contexts {
-        params: context::object(plan.params.iter()),
+        params: context::params(&plan),
         secrets: context::object(opts.secrets.iter()),
         git: opts.git.clone(),
         build: json!({"number": opts.build_number, "workspace": opts.workspace.display().to_string(), "pipeline": plan.name}),
@@ -182,7 +182,10 @@ pub async fn run_plan(
         ctx.env = env_object(&pipeline_env);
         ctx
     };
-    // The one scheduler decides; this loop carries its decisions out and waits for jobs.
+    // The one scheduler decides; this loop carries its decisions out and waits for jobs (or a
+    // cancel, which the scheduler then turns into stops).
+    let mut cancel_seen = false;
+    let post_stop = CancelSignal::new();
     let status = loop {
         let views: Vec<JobView> = plan
             .jobs
@@ -209,7 +212,9 @@ pub async fn run_plan(
                     let failed_need =
                         job.needs.iter().any(|n| results.get(n).is_some_and(|(r, _)| r.status != Status::Success));
                     ctx.status = Some(if failed_need { ExprStatus::Failure } else { ExprStatus::Success });
-                    let job_cancel = cancel.child();
+                    // Each job has its own signal: a cancel of the run reaches the jobs the
+                    // scheduler stops (a job whose `if:` holds after a cancel goes on).
+                    let job_cancel = CancelSignal::new();
                     stops[n] = Some(job_cancel.clone());
                     states[n] = JobState::Queued;
                     spawn(&mut running, job.clone(), job_env(&job.id, n, job_cancel), ctx);
@@ -232,20 +237,21 @@ pub async fn run_plan(
                     let result = JobResult { status, reason: Some(reason), outputs: IndexMap::new() };
                     results.insert(id, (result, Duration::ZERO));
                 }
-                Decision::Stop { job: id, .. } => {
-                    if let Some(n) = plan.jobs.iter().position(|j| j.id == id) {
+                Decision::Stop { job: id, .. } => match plan.jobs.iter().position(|j| j.id == id) {
+                    Some(n) => {
                         stop_asked[n] = true;
                         if let Some(stop) = &stops[n] {
                             stop.cancel();
                         }
                     }
-                }
+                    None => post_stop.cancel(),
+                },
                 Decision::StartPost { status } => {
                     post_state = Some(JobState::Queued);
                     if let Some(post) = post_job(&plan, status) {
                         let mut ctx = root_ctx.clone();
                         ctx.status = Some(post_expr_status(status));
-                        let env = job_env(POST_JOB, plan.jobs.len(), cancel.child());
+                        let env = job_env(POST_JOB, plan.jobs.len(), post_stop.clone());
                         spawn(&mut running, post, env, ctx);
                     } else {
                         post_state = Some(JobState::Done(Status::Skipped));
@@ -257,7 +263,14 @@ pub async fn run_plan(
         if let Some(status) = finished {
             break status;
         }
-        match running.join_next().await {
+        let next = tokio::select! {
+            next = running.join_next() => next,
+            _ = cancel.cancelled(), if !cancel_seen => {
+                cancel_seen = true;
+                continue;
+            }
+        };
+        match next {
             Some(Ok((id, result, duration))) => {
                 match plan.jobs.iter().position(|j| j.id == id) {
                     Some(n) => states[n] = JobState::Done(result.status),

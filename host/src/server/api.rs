@@ -364,11 +364,25 @@ pub async fn build_tests(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -
     Ok(Json(TestResults { passed, failed, skipped, tests }))
 }
 
-/// Cancels a build: queued jobs at once, running ones through their lease (within a second).
+/// Cancels a build: waiting jobs end at once, running ones are stopped through their lease;
+/// answers once the build has ended (`cancelled`), or after 10 s with the build as it is then
+/// (still `running` while an agent stops a job).
 #[utoipa::path(post, path = "/api/v1/builds/{id}/cancel", params(("id" = i64, Path, description = "build id")), responses((status = 200, body = BuildSummary), (status = 409, body = ErrorBody)))]
 pub async fn cancel(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<BuildSummary>, ApiError> {
+    let mut notices = s.builds.bus.subscribe();
     s.builds.cancel(id).await?;
-    Ok(Json(s.builds.store.build_summary(id).await?))
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let build = s.builds.store.build_summary(id).await?;
+        if build.status.is_finished() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(build));
+        }
+        let _ = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(250)),
+            notices.recv(),
+        )
+        .await;
+    }
 }
 
 /// Runs a finished build again as a new attempt linked to the first.

@@ -214,6 +214,19 @@ impl Store {
     }
 }
 
+/// What the scheduler reads first about a build (see [`Store::schedule_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleState {
+    /// The build's status.
+    pub status: Status,
+    /// A cancel was asked of it.
+    pub cancel_requested: bool,
+    /// Jobs queued but not in the queue yet.
+    pub unenqueued: i64,
+    /// Jobs not finished (queued or running).
+    pub unfinished: i64,
+}
+
 /// A build job as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct BuildJobRecord {
@@ -534,16 +547,15 @@ impl Store {
         Ok(())
     }
 
-    /// Marks an unfinished build `cancelled` (its jobs are ended by the scheduler); false when
-    /// it had already finished.
-    pub async fn cancel_build(&self, id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE builds SET status = 'cancelled', finished_ms = $1 WHERE id = $2 AND status IN ('queued', 'running')",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(self.pool())
-        .await?;
+    /// Asks an unfinished build to stop: the scheduler ends its waiting jobs, stops its running
+    /// ones and ends the build `cancelled` once every job has ended; false when it had already
+    /// finished.
+    pub async fn request_build_cancel(&self, id: i64) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE builds SET cancel_requested = 1 WHERE id = $1 AND status IN ('queued', 'running')")
+                .bind(id)
+                .execute(self.pool())
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -726,9 +738,9 @@ impl Store {
     /// but not in the queue yet, and how many have not finished (what [`Store::unenqueued_jobs`]
     /// and [`Store::unfinished_jobs`] count), so that the scheduler reads no more when a job of
     /// a wide build ends and nothing else can start.
-    pub async fn schedule_state(&self, build_id: i64) -> Result<(Status, i64, i64), StoreError> {
+    pub async fn schedule_state(&self, build_id: i64) -> Result<ScheduleState, StoreError> {
         let row = sqlx::query(
-            "SELECT status, \
+            "SELECT status, cancel_requested, \
              (SELECT COUNT(*) FROM build_jobs j WHERE j.build_id = builds.id AND j.status = 'queued' \
                AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.build_job_id = j.id)) AS unenqueued, \
              (SELECT COUNT(*) FROM build_jobs j WHERE j.build_id = builds.id AND j.status IN ('queued', 'running')) AS unfinished \
@@ -739,7 +751,13 @@ impl Store {
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("build {build_id}")))?;
         let status: String = row.try_get("status")?;
-        Ok((parse_status(&status)?, row.try_get("unenqueued")?, row.try_get("unfinished")?))
+        let cancel: i64 = row.try_get("cancel_requested")?;
+        Ok(ScheduleState {
+            status: parse_status(&status)?,
+            cancel_requested: cancel != 0,
+            unenqueued: row.try_get("unenqueued")?,
+            unfinished: row.try_get("unfinished")?,
+        })
     }
 
     /// How many jobs of build `build_id` have not finished (queued or running).

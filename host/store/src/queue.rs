@@ -232,7 +232,10 @@ impl Store {
                     );
                     tracing::warn!(build_job = c.build_job_id, "{reason}");
                     match self.transition_build_job(c.build_job_id, Status::Error, Some(&reason)).await {
-                        Ok(()) => ended.push((c.build_job_id, reason)),
+                        Ok(()) => {
+                            self.end_running_steps(c.build_job_id, Status::Error, &reason).await?;
+                            ended.push((c.build_job_id, reason))
+                        }
                         Err(StoreError::IllegalTransition { .. }) => {}
                         Err(e) => return Err(e),
                     }
@@ -412,6 +415,21 @@ impl Store {
             .execute(self.pool())
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Ends the steps of build job `build_job_id` still recorded `running` (their agent is
+    /// gone) with `status` and `reason`.
+    pub async fn end_running_steps(&self, build_job_id: i64, status: Status, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE build_steps SET status = $1, reason = $2, finished_ms = $3 WHERE build_job_id = $4 AND status = 'running'",
+        )
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(now_ms())
+        .bind(build_job_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     /// The queue rows of build `build_id`'s jobs.

@@ -92,14 +92,13 @@ fn cancel_ends_waiting_jobs_and_stops_started_ones() {
     let p = plan(CHAIN);
     let states = [JobState::Running, JobState::Waiting, JobState::Waiting];
     let build = BuildView { cancelled: true, post: None };
-    assert_eq!(
-        run(&p, &states, build),
-        vec![
-            end("b", Status::Cancelled, BUILD_CANCELLED),
-            end("c", Status::Cancelled, BUILD_CANCELLED),
-            Decision::Stop { job: "a".into(), reason: BUILD_CANCELLED.into() },
-        ]
-    );
+    // `b` and `c` wait for `a` to stop; then `b` ends and `c` (`always()`) runs.
+    assert_eq!(run(&p, &states, build), vec![Decision::Stop { job: "a".into(), reason: BUILD_CANCELLED.into() }]);
+    let stopped = [JobState::Done(Status::Cancelled), JobState::Waiting, JobState::Waiting];
+    assert_eq!(run(&p, &stopped, build), vec![end("b", Status::Cancelled, BUILD_CANCELLED), start("c")]);
+    // A running `always()` job is not stopped.
+    let cleaning = [JobState::Done(Status::Cancelled), JobState::Done(Status::Cancelled), JobState::Running];
+    assert_eq!(run(&p, &cleaning, build), vec![]);
     let done =
         [JobState::Done(Status::Cancelled), JobState::Done(Status::Cancelled), JobState::Done(Status::Cancelled)];
     assert_eq!(run(&p, &done, build), vec![Decision::Finish { status: Status::Cancelled }]);
