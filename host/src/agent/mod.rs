@@ -21,16 +21,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
+pub(crate) mod job_files;
 pub mod link;
 pub mod protocol;
 pub mod remote;
 pub mod remote_blobs;
 pub mod remote_plugins;
 pub mod server_side;
-pub(crate) mod storage;
+use job_files::{Storage, remove_workspace};
 use link::{Link, LinkError};
 use server_side::{Assignment, LocalParts, Reports, Update};
-use storage::{Storage, remove_workspace};
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
             return;
         }
         let free = slots.available_permits();
-        let disk_full = ctx.storage.disk_state() == crate::engine::storage::DiskState::Critical;
+        let disk_full = ctx.storage.disk_state() == crate::engine::disk::DiskState::Critical;
         if disk_full && last_disk_warning.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(60)) {
             tracing::error!(
                 agent = %cfg.name,
@@ -410,17 +410,17 @@ async fn run_assignment(
     let mut fingerprint: Option<String> = None;
     if let (Some(st), Some(parts)) = (&storage, &local) {
         match st.before_steps(&a, parts, &workspace, &info.sha, &ctx_values).await? {
-            storage::Before::Reused => {
+            job_files::Before::Reused => {
                 drop(env);
                 stop_helpers();
                 return Ok(());
             }
-            storage::Before::Fail(reason) => {
+            job_files::Before::Fail(reason) => {
                 drop(env);
                 stop_helpers();
                 return fail(link, &a, &reason).await;
             }
-            storage::Before::Run(p) => pending = Some(p),
+            job_files::Before::Run(p) => pending = Some(p),
         }
     } else if let Link::Remote(client, ..) = link {
         // A remote agent: the step executors it uses come as the server allows them; a stage
@@ -438,7 +438,7 @@ async fn run_assignment(
             }
         }
         let params = a.contexts.get("params").cloned().unwrap_or_default();
-        match storage::stage_fingerprint(&workspace, &info.sha, &a.spec, &a.plan_env, &params, &ctx_values.needs) {
+        match job_files::stage_fingerprint(&workspace, &info.sha, &a.spec, &a.plan_env, &params, &ctx_values.needs) {
             Ok(Some(fp)) => {
                 let answer = client.lease_call(&a.lease, &protocol::ResultFind { fingerprint: fp.clone() }).await?;
                 if answer.reused {
@@ -464,7 +464,7 @@ async fn run_assignment(
                 return fail(link, &a, &reason).await;
             }
         }
-        let caches = match storage::resolve_caches(&a.spec, &ctx_values) {
+        let caches = match job_files::resolve_caches(&a.spec, &ctx_values) {
             Ok(c) => c,
             Err(reason) => {
                 drop(env);
@@ -480,7 +480,7 @@ async fn run_assignment(
     }
     let retention = a.artifact_rules.retention_ms.map(Duration::from_millis);
     let remote_artifacts =
-        matches!(link, Link::Remote(..)).then(|| storage::resolve_artifacts(&a.spec, &ctx_values, retention));
+        matches!(link, Link::Remote(..)).then(|| job_files::resolve_artifacts(&a.spec, &ctx_values, retention));
     let first_line = known_or_asked(link, &a.lease, next_line).await?;
     let pump = tokio::spawn(pump_events(link.clone(), a.clone(), rx, first_line));
     let job_spec = JobSpec {
@@ -520,7 +520,7 @@ async fn run_assignment(
             Ok(specs) => {
                 let specs: Vec<_> = specs
                     .into_iter()
-                    .filter(|(when, _)| storage::wanted(*when, result.status))
+                    .filter(|(when, _)| job_files::wanted(*when, result.status))
                     .map(|(_, s)| s)
                     .collect();
                 match remote_blobs::keep(client, &a, specs, &workspace, &work.join("tmp")).await? {
@@ -585,7 +585,7 @@ async fn system_lines(
         return Ok(());
     }
     let first = known_or_asked(link, &a.lease, *next).await?;
-    link.append_log(&a.lease, &storage::system_log(first, masker, texts)).await?;
+    link.append_log(&a.lease, &job_files::system_log(first, masker, texts)).await?;
     *next = Some(first + texts.len() as u64);
     Ok(())
 }

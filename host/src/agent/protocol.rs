@@ -8,9 +8,9 @@
 use super::server_side::{Reports, Update};
 use crate::exec::LogLine;
 use crate::status::Status;
+use crate::store::artifacts::{ArtifactFile, CacheEntry, NewArtifactFile};
 use crate::store::plugins::PluginRecord;
 use crate::store::queue::Lease;
-use crate::store::storage::{ArtifactFile, CacheEntry, NewArtifactFile};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -125,7 +125,7 @@ pub async fn download(
     }
     let files = answer.files;
     let blobs = RemoteBlobs::new(client, &a.lease, tmp);
-    Ok(super::storage::place_all(blobs, workspace, files).await)
+    Ok(super::job_files::place_all(blobs, workspace, files).await)
 }
 
 /// Uploads a remote agent's artifacts and records them; the log lines, or why the job fails.
@@ -150,7 +150,7 @@ pub async fn keep(
         Err(e) => return Ok(Err(format!("artifacts: {e}"))),
     };
     client.lease_call(&a.lease, &super::protocol::Artifacts { files: collected.files.clone() }).await?;
-    Ok(Ok(super::storage::kept_lines(&specs, &collected)))
+    Ok(Ok(super::job_files::kept_lines(&specs, &collected)))
 }
 
 /// Restores one cache entry from the server into a remote agent's workspace (never fails the

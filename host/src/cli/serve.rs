@@ -241,11 +241,11 @@ async fn prune_webhook_deliveries(store: Store, retention: Duration) {
 }
 
 /// A `COUNT/PERIOD` rate such as `20/1m` as a limiter.
-fn rate(s: &str, what: &str) -> anyhow::Result<crate::server::hooks::RateLimiter> {
+fn rate(s: &str, what: &str) -> anyhow::Result<crate::server::webhooks::route::RateLimiter> {
     let (count, period) =
         s.split_once('/').ok_or_else(|| anyhow::anyhow!("{what} `{s}`: write COUNT/PERIOD, such as 20/1m"))?;
     let count: usize = count.trim().parse().map_err(|_| anyhow::anyhow!("{what} `{s}`: `{count}` is not a count"))?;
-    Ok(crate::server::hooks::RateLimiter::with_window(count, duration(period.trim(), what)?))
+    Ok(crate::server::webhooks::route::RateLimiter::with_window(count, duration(period.trim(), what)?))
 }
 
 /// The sign-in and rate-limit settings of the configuration.
@@ -365,14 +365,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         tokio::spawn(watch_agents(store.clone(), lease_ttl, shutdown.clone()));
         tokio::spawn(crate::engine::cron::run_scheduler(ctx.clone(), shutdown.clone()));
         tokio::spawn(prune_webhook_deliveries(store.clone(), webhook_retention));
-        tokio::spawn(crate::engine::storage::run_maintenance(store.clone(), storage, shutdown.clone()));
+        tokio::spawn(crate::engine::disk::run_maintenance(store.clone(), storage, shutdown.clone()));
         let listen = cfg.listen.clone().unwrap_or_default();
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("chengis listening on {scheme}://{addr}");
         tracing::info!(%addr, database = %redact_url(cfg.database_url.as_deref().unwrap_or_default()), "serving");
-        let hook_limiter = Arc::new(crate::server::hooks::RateLimiter::new(cfg.webhook_rate_limit.unwrap_or(120)));
+        let hook_limiter = Arc::new(crate::server::webhooks::route::RateLimiter::new(cfg.webhook_rate_limit.unwrap_or(120)));
         let agents = crate::server::agent_api::AgentSettings {
             lease_ttl,
             renew_every: Duration::from_secs(1),

@@ -2,7 +2,7 @@
 //! `CHENGIS_*` variables, config keys) and the `chengis cache|artifact` commands.
 
 use super::client::{Client, ClientArgs, enc, print, s};
-use crate::engine::storage::StorageConfig;
+use crate::engine::disk::StorageConfig;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};

@@ -39,7 +39,7 @@ pub struct BuildContext {
     /// The plugin platform (step executors, notifiers, SCM status, policies).
     pub plugins: Option<std::sync::Arc<crate::plugins::PluginService>>,
     /// Cache, artifact and retention settings.
-    pub storage: std::sync::Arc<super::storage::StorageConfig>,
+    pub storage: std::sync::Arc<super::disk::StorageConfig>,
 }
 
 /// What a trigger asks for.

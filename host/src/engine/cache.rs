@@ -3,8 +3,8 @@
 //! after a success when the key missed (own branch only, never from a fork), size limits, and
 //! the fingerprint behind `cache-result: true`.
 
-use super::storage::StorageConfig;
-use crate::store::storage::{CacheEntry, NewCacheEntry};
+use super::disk::StorageConfig;
+use crate::store::artifacts::{CacheEntry, NewCacheEntry};
 use crate::store::{Store, StoreError};
 use chengis_archive::select::select;
 use chengis_archive::tarzst::{PackLimits, Persisted, pack, persist, unpack};

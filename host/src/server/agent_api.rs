@@ -228,7 +228,7 @@ pub async fn lease(
         }
         better
     };
-    let disk_full = || s.builds.storage.disk_state() == crate::engine::storage::DiskState::Critical;
+    let disk_full = || s.builds.storage.disk_state() == crate::engine::disk::DiskState::Critical;
     // The state the poll found, then read again after each wait.
     let mut state = Some(polled.state);
     loop {
@@ -387,7 +387,7 @@ async fn downloads(s: &AppState, lease: &Lease) -> Result<p::DownloadsAnswer, Ap
     let spec = store.planned_job(lease.build_job_id).await?;
     let plan = store.plan(build_id).await?;
     let siblings = store.build_jobs(build_id).await?;
-    Ok(match crate::agent::storage::needed_files(store, &spec, &plan, &siblings, build_id).await? {
+    Ok(match crate::agent::job_files::needed_files(store, &spec, &plan, &siblings, build_id).await? {
         Ok(files) => p::DownloadsAnswer { files, error: None },
         Err(reason) => p::DownloadsAnswer { files: Vec::new(), error: Some(reason) },
     })
@@ -434,9 +434,9 @@ async fn result_find(s: &AppState, lease: &Lease, fingerprint: &str) -> Result<p
     let build = store.build_summary(scope.build_id).await?;
     let job = store.job(&build.job).await?;
     let masker = Arc::new(crate::exec::SecretMasker::new(Vec::<String>::new()).map_err(unavailable)?);
-    let storage = crate::agent::storage::Storage::new(&s.builds, &job, &build, lease, &masker, !scope.writable);
+    let storage = crate::agent::job_files::Storage::new(&s.builds, &job, &build, lease, &masker, !scope.writable);
     let nowhere = std::path::Path::new("/nonexistent/chengis-remote-workspace");
-    crate::agent::storage::reuse_result(&s.builds, lease, &spec, &build, &storage, hit, fingerprint, nowhere).await?;
+    crate::agent::job_files::reuse_result(&s.builds, lease, &spec, &build, &storage, hit, fingerprint, nowhere).await?;
     Ok(p::ResultFindAnswer { reused: true })
 }
 
@@ -715,7 +715,7 @@ async fn lease_scope(s: &AppState, entry: i64, token: i64) -> Result<crate::engi
     let build = store.build_summary(build_id).await?;
     let job = store.job(&build.job).await?;
     let fork = s.builds.trigger_context(build_id).await?.is_some_and(|t| t.fork);
-    Ok(crate::agent::storage::scope_of(&job, &build, fork))
+    Ok(crate::agent::job_files::scope_of(&job, &build, fork))
 }
 
 /// Sends a cache archive of the lease's job to the agent holding the lease.

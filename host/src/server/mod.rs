@@ -5,7 +5,7 @@ pub mod agent_api;
 mod api;
 pub mod auth;
 pub mod error;
-pub mod hooks;
+
 mod openapi;
 mod schedules;
 mod storage;
@@ -34,9 +34,9 @@ pub struct AppState {
     /// Secret encryption keys.
     pub keys: Arc<MasterKeys>,
     /// Webhook deliveries per job and minute.
-    pub hook_limiter: Arc<hooks::RateLimiter>,
+    pub hook_limiter: Arc<webhooks::route::RateLimiter>,
     /// Jobs and their webhook secrets, briefly kept for the receivers.
-    pub hook_cache: Arc<hooks::HookCache>,
+    pub hook_cache: Arc<webhooks::route::HookCache>,
     /// How remote agents lease.
     pub agents: agent_api::AgentSettings,
     /// Sign-in, lockout and rate-limit settings.
@@ -91,8 +91,8 @@ pub fn routes() -> Routes {
         .add("GET", "/api/v1/secrets", get(api::list_secrets))
         .add("PUT", "/api/v1/secrets/{name}", put(api::set_secret))
         .add("DELETE", "/api/v1/secrets/{name}", delete(api::delete_secret))
-        .add("GET", "/api/v1/webhooks", get(hooks::list))
-        .add("POST", "/api/v1/webhooks/{id}/replay", post(hooks::replay))
+        .add("GET", "/api/v1/webhooks", get(webhooks::route::list))
+        .add("POST", "/api/v1/webhooks/{id}/replay", post(webhooks::route::replay))
         .add("GET", "/api/v1/schedules", get(schedules::list))
         .add("POST", "/api/v1/schedules", post(schedules::create))
         .add("DELETE", "/api/v1/schedules/{id}", delete(schedules::delete))
@@ -119,7 +119,7 @@ pub fn routes() -> Routes {
         .add(
             "POST",
             "/hooks/{provider}/{job}",
-            post(hooks::receive).layer(DefaultBodyLimit::max(hooks::HOOK_BODY_LIMIT)),
+            post(webhooks::route::receive).layer(DefaultBodyLimit::max(webhooks::route::HOOK_BODY_LIMIT)),
         )
         .add("GET", "/login", get(auth::routes::login_form))
         .add("POST", "/login", post(auth::routes::login))

@@ -1,7 +1,8 @@
 //! The OpenAPI description of the API, generated from the handlers' annotations and the
 //! request/response types by utoipa, served at `/api/v1/openapi.json`.
 
-use super::{agent_api, api, auth, error, hooks, schedules, storage, stream};
+use super::webhooks::route as hooks;
+use super::{agent_api, api, auth, error, schedules, storage, stream};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]

@@ -5,8 +5,8 @@
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::engine::artifacts::{self, ArtifactError, BlobStore};
-use crate::engine::storage::{StorageReport, Swept};
-use crate::store::storage::{ArtifactFile, CacheEntry};
+use crate::engine::disk::{StorageReport, Swept};
+use crate::store::artifacts::{ArtifactFile, CacheEntry};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -206,13 +206,13 @@ pub async fn delete_cache(State(s): State<AppState>, ApiPath(id): ApiPath<i64>) 
 #[utoipa::path(get, path = "/api/v1/storage", responses((status = 200, body = StorageReport)))]
 pub async fn report(State(s): State<AppState>) -> Result<Json<StorageReport>, ApiError> {
     let cfg = &s.builds.storage;
-    Ok(Json(crate::engine::storage::report(&s.builds.store, cfg, &cfg.local_agents).await?))
+    Ok(Json(crate::engine::disk::report(&s.builds.store, cfg, &cfg.local_agents).await?))
 }
 
 /// Runs a maintenance pass now and answers what it deleted.
 #[utoipa::path(post, path = "/api/v1/storage/prune", responses((status = 200, body = Swept)))]
 pub async fn prune(State(s): State<AppState>) -> Result<Json<Swept>, ApiError> {
-    Ok(Json(crate::engine::storage::sweep(&s.builds.store, &s.builds.storage).await?))
+    Ok(Json(crate::engine::disk::sweep(&s.builds.store, &s.builds.storage).await?))
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! Storage: sqlx over SQLite (default, one file, WAL) or PostgreSQL, the migrations of both,
-//! and one file per table family (`jobs`, `builds`, `queue`, `secrets`, `storage`, ...).
+//! and one file per table family (`jobs`, `builds`, `queue`, `secrets`, `artifacts`, ...).
 //!
 //! Queries are written once against sqlx's `Any` driver with `$N` placeholders, which both
 //! backends accept; where the backends differ (leasing), the code says so. Times are stored as
 //! milliseconds since the Unix epoch.
 
 pub mod agents;
+pub mod artifacts;
 pub mod builds;
 pub mod events;
 pub mod jobs;
@@ -14,7 +15,6 @@ pub mod plugins;
 pub mod queue;
 pub mod schedules;
 pub mod secrets;
-pub mod storage;
 pub mod tests_results;
 pub mod users;
 pub mod webhooks;

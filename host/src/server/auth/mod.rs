@@ -37,11 +37,11 @@ pub struct AuthSettings {
     /// How long a locked account stays locked.
     pub lockout: Duration,
     /// Sign-in attempts per client address and per username in `limit_window`.
-    pub login_limit: super::hooks::RateLimiter,
+    pub login_limit: super::webhooks::route::RateLimiter,
     /// Sign-in attempts per username.
-    pub login_user_limit: super::hooks::RateLimiter,
+    pub login_user_limit: super::webhooks::route::RateLimiter,
     /// API and page requests per client address (anonymous) or per user.
-    pub request_limit: super::hooks::RateLimiter,
+    pub request_limit: super::webhooks::route::RateLimiter,
 }
 
 impl Default for AuthSettings {
@@ -52,9 +52,9 @@ impl Default for AuthSettings {
             public_badges: true,
             max_failures: 5,
             lockout: Duration::from_secs(15 * 60),
-            login_limit: super::hooks::RateLimiter::with_window(20, minute),
-            login_user_limit: super::hooks::RateLimiter::with_window(10, minute),
-            request_limit: super::hooks::RateLimiter::with_window(3000, minute),
+            login_limit: super::webhooks::route::RateLimiter::with_window(20, minute),
+            login_user_limit: super::webhooks::route::RateLimiter::with_window(10, minute),
+            request_limit: super::webhooks::route::RateLimiter::with_window(3000, minute),
         }
     }
 }

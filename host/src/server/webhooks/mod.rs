@@ -20,6 +20,7 @@ mod gitea;
 mod github;
 mod gitlab;
 mod json;
+pub mod route;
 mod verify;
 
 use axum::http::HeaderMap;

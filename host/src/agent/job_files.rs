@@ -9,10 +9,10 @@ use crate::engine::cache::{CacheScope, ResolvedCache};
 use crate::engine::context::Contexts;
 use crate::exec::{LogLine, SecretMasker, Stream};
 use crate::status::Status;
+use crate::store::artifacts::CachedResult;
 use crate::store::builds::{BuildJobRecord, BuildSummary};
 use crate::store::jobs::JobRecord;
 use crate::store::queue::Lease;
-use crate::store::storage::CachedResult;
 use crate::store::{StoreError, now_ms};
 use chengis_pipeline::model::When;
 use chengis_pipeline::{Plan, PlannedJob};
@@ -279,7 +279,7 @@ pub(crate) async fn needed_files(
     plan: &Plan,
     siblings: &[BuildJobRecord],
     build_id: i64,
-) -> Result<Result<Vec<crate::store::storage::ArtifactFile>, String>, StoreError> {
+) -> Result<Result<Vec<crate::store::artifacts::ArtifactFile>, String>, StoreError> {
     let needed: Vec<&str> = siblings
         .iter()
         .filter(|s| plan.jobs.iter().any(|p| p.id == s.job_key && spec.needs_keys.contains(&p.key)))
@@ -302,7 +302,7 @@ pub(crate) async fn needed_files(
 pub(crate) async fn place_all(
     blobs: impl crate::engine::artifacts::BlobStore + 'static,
     workspace: &Path,
-    files: Vec<crate::store::storage::ArtifactFile>,
+    files: Vec<crate::store::artifacts::ArtifactFile>,
 ) -> Result<String, String> {
     let ws = workspace.to_path_buf();
     let count = files.len();

@@ -5,10 +5,10 @@
 //! the event against the pipeline's `on:` (a push the pipeline does not want ends `skipped`).
 //! `GET /api/v1/webhooks` lists recorded deliveries.
 
-use super::AppState;
-use super::error::ApiError;
-use super::webhooks::{self, Event, PrAction, Provider};
+use super::{self as webhooks, Event, PrAction, Provider};
 use crate::engine::builds::{TriggerContext, TriggerRequest};
+use crate::server::AppState;
+use crate::server::error::ApiError;
 use crate::store::webhooks::{DeliveryOutcome, DeliveryRecord, NewDelivery};
 use axum::Json;
 use axum::body::Bytes;
@@ -334,10 +334,10 @@ async fn start(
 
 /// Replays a recorded delivery: its payload is processed again as a new delivery (same job,
 /// provider and event; no signature check, it was verified when it arrived).
-#[utoipa::path(post, path = "/api/v1/webhooks/{id}/replay", params(("id" = i64, Path, description = "delivery id")), responses((status = 202, body = Object), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/replay", params(("id" = i64, Path, description = "delivery id")), responses((status = 202, body = Object), (status = 404, body = crate::server::error::ErrorBody)))]
 pub async fn replay(
     State(s): State<AppState>,
-    super::error::ApiPath(id): super::error::ApiPath<i64>,
+    crate::server::error::ApiPath(id): crate::server::error::ApiPath<i64>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let started = Instant::now();
     let (record, payload) = s.builds.store.delivery_payload(id).await?;
