@@ -10,9 +10,13 @@
 //! - [`duration`]: [`human_duration`] (`2s`, `1m 5s`, `350ms`).
 //! - [`log`]: [`log::LogLine`] and its [`log::Stream`].
 //! - [`reports`]: test results a step reported.
+//! - [`protocol`]: the agent protocol (the lease, reports, one type per lease call).
+//! - [`records`]: plugins, cache entries and artifact files as every process sees them.
 
 pub mod duration;
 pub mod log;
+pub mod protocol;
+pub mod records;
 pub mod reports;
 pub mod schedule;
 pub mod status;

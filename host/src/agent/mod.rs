@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 pub(crate) mod job_files;
 pub mod link;
-pub mod protocol;
+pub use chengis_model::protocol;
 pub mod remote;
 pub mod remote_blobs;
 pub mod remote_plugins;

@@ -4,7 +4,6 @@
 
 use crate::engine::builds::{BuildContext, Notice, TriggerContext};
 use crate::engine::context;
-use crate::engine::events::TestSuiteReport;
 use crate::plugins::dispatch::Change;
 use crate::status::Status;
 use crate::store::StoreError;
@@ -205,65 +204,7 @@ impl Assignment {
     }
 }
 
-/// Log lines and updates of a running job sent together (the lines first).
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct Reports {
-    /// Numbered log lines, consecutive.
-    #[serde(default)]
-    pub lines: Vec<crate::exec::LogLine>,
-    /// Step and test updates, in the order they happened.
-    #[serde(default)]
-    pub updates: Vec<Update>,
-}
-
-impl Reports {
-    /// True when there is nothing to send.
-    pub fn is_empty(&self) -> bool {
-        self.lines.is_empty() && self.updates.is_empty()
-    }
-}
-
-/// What an agent reports about a running job besides log lines.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Update {
-    /// A step started.
-    StepStarted {
-        /// Step index.
-        step: usize,
-        /// Display name.
-        name: String,
-        /// When (ms since the epoch).
-        at_ms: i64,
-        /// Number of the step's first log line (absent from older agents).
-        #[serde(default)]
-        first_line: Option<u64>,
-    },
-    /// A step finished.
-    StepFinished {
-        /// Step index.
-        step: usize,
-        /// Display name.
-        name: String,
-        /// Result.
-        status: Status,
-        /// Exit code, when the process exited.
-        exit_code: Option<i32>,
-        /// Why, when it did not succeed.
-        reason: Option<String>,
-        /// When it started (ms since the epoch).
-        started_ms: Option<i64>,
-        /// When it ended.
-        at_ms: i64,
-    },
-    /// A step reported test results.
-    Tests {
-        /// Step index.
-        step: usize,
-        /// The suites.
-        suites: Vec<TestSuiteReport>,
-    },
-}
+pub use chengis_model::protocol::{Reports, Update};
 
 /// Records an update of the job `lease` holds (refused when the lease is stale).
 pub async fn apply(

@@ -5,35 +5,10 @@
 use super::builds::held_at;
 use super::queue::Lease;
 use super::{Backend, Store, StoreError, now_ms};
-use serde::Serialize;
+
+pub use chengis_model::records::{ArtifactFile, CacheEntry, NewArtifactFile};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
-
-/// A stored cache entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct CacheEntry {
-    /// Its id.
-    pub id: i64,
-    /// The job (by name).
-    pub job: String,
-    /// The branch (or tag ref) whose build wrote it.
-    pub scope: String,
-    /// The key.
-    pub key: String,
-    /// The archive's file name in the cache directory.
-    #[serde(skip)]
-    pub file: String,
-    /// Archive size in bytes.
-    pub size: i64,
-    /// SHA-256 of the archive.
-    pub sha256: String,
-    /// The build that saved it.
-    pub build_id: Option<i64>,
-    /// When it was saved.
-    pub created_ms: i64,
-    /// When it was last restored (or saved).
-    pub last_used_ms: i64,
-}
 
 /// A cache entry to record.
 #[derive(Debug, Clone)]
@@ -52,44 +27,6 @@ pub struct NewCacheEntry<'a> {
     pub sha256: &'a str,
     /// The build saving it.
     pub build_id: i64,
-}
-
-/// One stored artifact file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct ArtifactFile {
-    /// Its id (download with `GET /api/v1/artifacts/{id}`).
-    pub id: i64,
-    /// The build.
-    pub build_id: i64,
-    /// The planned job that produced it.
-    pub job: String,
-    /// The artifact's name.
-    pub name: String,
-    /// The file's path relative to the workspace.
-    pub path: String,
-    /// Size in bytes.
-    pub size: i64,
-    /// SHA-256 of the content.
-    pub sha256: String,
-    /// When it was stored.
-    pub created_ms: i64,
-    /// When it expires, if it does.
-    pub expires_ms: Option<i64>,
-}
-
-/// An artifact file to record.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct NewArtifactFile {
-    /// The artifact's name.
-    pub name: String,
-    /// Path relative to the workspace.
-    pub path: String,
-    /// Size.
-    pub size: i64,
-    /// SHA-256 (the blob's name).
-    pub sha256: String,
-    /// Expiry time.
-    pub expires_ms: Option<i64>,
 }
 
 /// A stage result that can stand in for a run.

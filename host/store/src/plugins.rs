@@ -3,75 +3,10 @@
 
 use super::jobs::is_unique_violation;
 use super::{Store, StoreError, now_ms};
-use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-/// An allowlist decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TrustState {
-    /// May be instantiated.
-    Allowed,
-    /// Never instantiated.
-    Denied,
-    /// Installed, waiting for an operator.
-    Pending,
-}
-
-impl TrustState {
-    /// The stored text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TrustState::Allowed => "allowed",
-            TrustState::Denied => "denied",
-            TrustState::Pending => "pending",
-        }
-    }
-
-    fn parse(s: &str) -> TrustState {
-        match s {
-            "allowed" => TrustState::Allowed,
-            "denied" => TrustState::Denied,
-            _ => TrustState::Pending,
-        }
-    }
-}
-
-/// A plugin as recorded in the allowlist.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct PluginRecord {
-    /// Database id.
-    pub id: i64,
-    /// Name from the manifest.
-    pub name: String,
-    /// Version from the manifest.
-    pub version: String,
-    /// `sha256:` and 64 hex digits of the component bytes.
-    pub digest: String,
-    /// The WIT world it implements.
-    pub world: String,
-    /// Kinds from the manifest.
-    pub kinds: Vec<String>,
-    /// Description from the manifest.
-    pub description: String,
-    /// Capabilities the manifest requests.
-    pub requested: Vec<String>,
-    /// Capabilities an operator granted.
-    pub granted: Vec<String>,
-    /// The decision.
-    pub state: TrustState,
-    /// Where the component is stored.
-    pub path: String,
-    /// Shipped with Chengis.
-    pub builtin: bool,
-    /// Who decided.
-    pub decided_by: Option<String>,
-    /// When (ms since the epoch).
-    pub decided_ms: Option<i64>,
-    /// When it was installed.
-    pub created_ms: i64,
-}
+pub use chengis_model::records::{PluginRecord, TrustState};
 
 /// What installing a plugin records.
 #[derive(Debug, Clone)]

@@ -17,6 +17,8 @@ use super::agents::Needs;
 use super::{Backend, Store, StoreError, now_ms};
 use chengis_model::Status;
 use sqlx::Row;
+
+pub use chengis_model::protocol::Lease;
 use std::time::Duration;
 
 /// Queue priority.
@@ -66,23 +68,6 @@ impl Priority {
             Priority::Low => 2,
         }
     }
-}
-
-/// A claim on a queue row.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Lease {
-    /// The queue row.
-    pub entry: i64,
-    /// The build job to run.
-    pub build_job_id: i64,
-    /// The fencing token: writes with an older one are refused.
-    pub token: i64,
-    /// When the lease runs out unless renewed (ms since the epoch).
-    pub expires_ms: i64,
-    /// How many times the row has been leased, this one included.
-    pub attempt: i64,
-    /// The agent whose expired lease this one replaces (it was lost), if any.
-    pub lost_from: Option<String>,
 }
 
 /// Says whether a job (by its labels and needs) is left for a better-placed agent.

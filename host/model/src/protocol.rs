@@ -1,20 +1,95 @@
-//! The agent protocol's lease calls, one Rust type each: what an agent sends about a lease it
-//! holds and what the server answers. The remote agent's client and the server's route both
+//! The agent protocol: the lease an agent holds, the reports it sends, and its lease calls, one
+//! Rust type each: what an agent sends about a lease it holds and what the server answers. The remote agent's client and the server's route both
 //! speak these types; neither builds or picks apart JSON by hand.
 //!
 //! On the wire a call is `POST /api/v1/agent/leases/{entry}/{action}` with the call's fields
 //! and `lease` in one JSON object; the answer is the call's [`LeaseCall::Answer`].
 
-use super::server_side::{Reports, Update};
-use crate::exec::LogLine;
+use crate::log::LogLine;
+use crate::records::{ArtifactFile, CacheEntry, NewArtifactFile, PluginRecord};
+use crate::reports::TestSuiteReport;
 use crate::status::Status;
-use crate::store::artifacts::{ArtifactFile, CacheEntry, NewArtifactFile};
-use crate::store::plugins::PluginRecord;
-use crate::store::queue::Lease;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+
+/// A claim on a queue row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The queue row.
+    pub entry: i64,
+    /// The build job to run.
+    pub build_job_id: i64,
+    /// The fencing token: writes with an older one are refused.
+    pub token: i64,
+    /// When the lease runs out unless renewed (ms since the epoch).
+    pub expires_ms: i64,
+    /// How many times the row has been leased, this one included.
+    pub attempt: i64,
+    /// The agent whose expired lease this one replaces (it was lost), if any.
+    pub lost_from: Option<String>,
+}
+
+/// Log lines and updates of a running job sent together (the lines first).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Reports {
+    /// Numbered log lines, consecutive.
+    #[serde(default)]
+    pub lines: Vec<LogLine>,
+    /// Step and test updates, in the order they happened.
+    #[serde(default)]
+    pub updates: Vec<Update>,
+}
+
+impl Reports {
+    /// True when there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty() && self.updates.is_empty()
+    }
+}
+
+/// What an agent reports about a running job besides log lines.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Update {
+    /// A step started.
+    StepStarted {
+        /// Step index.
+        step: usize,
+        /// Display name.
+        name: String,
+        /// When (ms since the epoch).
+        at_ms: i64,
+        /// Number of the step's first log line (absent from older agents).
+        #[serde(default)]
+        first_line: Option<u64>,
+    },
+    /// A step finished.
+    StepFinished {
+        /// Step index.
+        step: usize,
+        /// Display name.
+        name: String,
+        /// Result.
+        status: Status,
+        /// Exit code, when the process exited.
+        exit_code: Option<i32>,
+        /// Why, when it did not succeed.
+        reason: Option<String>,
+        /// When it started (ms since the epoch).
+        started_ms: Option<i64>,
+        /// When it ended.
+        at_ms: i64,
+    },
+    /// A step reported test results.
+    Tests {
+        /// Step index.
+        step: usize,
+        /// The suites.
+        suites: Vec<TestSuiteReport>,
+    },
+}
 
 /// The lease calls, as named in the URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
