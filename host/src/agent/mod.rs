@@ -337,15 +337,10 @@ async fn run_assignment(
         ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
         ("HOME".into(), std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())),
     ];
-    let mut base_env: Vec<(String, String)> = vec![
-        ("CI".into(), "true".into()),
-        ("CHENGIS".into(), "true".into()),
-        ("CHENGIS_WORKSPACE".into(), workspace.display().to_string()),
-        ("CHENGIS_BUILD_NUMBER".into(), a.build_number.to_string()),
-        ("CHENGIS_BUILD_ID".into(), a.build_id.to_string()),
-        ("CHENGIS_JOB".into(), a.spec.id.clone()),
-        ("CHENGIS_AGENT_NAME".into(), cfg.name.clone()),
-    ];
+    let mut base_env =
+        context::base_env(&workspace, a.build_number.max(0) as u64, &a.pipeline, Some(a.spec.id.as_str()));
+    context::set_var(&mut base_env, "CHENGIS_BUILD_ID", a.build_id.to_string());
+    context::set_var(&mut base_env, "CHENGIS_AGENT_NAME", cfg.name.clone());
     base_env.extend(info.env());
     for (k, text) in &a.plan_env {
         ctx_values.env = context::env_object(&base_env);

@@ -34,7 +34,8 @@ pub struct RunArgs {
     /// Read secrets from a file of `NAME=value` lines (`NAME<<EOF` for multi-line values).
     #[arg(long, value_name = "FILE")]
     pub secrets_file: Option<PathBuf>,
-    /// The workspace the steps run in; defaults to the repository holding the pipeline file.
+    /// The workspace the steps run in; defaults to the root of the git repository holding the
+    /// pipeline file (as on the server).
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Most jobs running at once; defaults to the number of cores.
@@ -256,10 +257,16 @@ fn select_jobs(mut plan: Plan, wanted: &[String]) -> anyhow::Result<Plan> {
     Ok(plan)
 }
 
-/// The repository root of a pipeline file: the parent of `.chengis/`, else the file's folder.
+/// The workspace of a pipeline file: the root of the git repository holding it (as on the
+/// server), else the parent of `.chengis/`, else the file's folder.
 fn repo_root(file: &Path) -> anyhow::Result<PathBuf> {
     let abs = file.canonicalize().with_context(|| format!("cannot resolve {}", file.display()))?;
     let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+    // As on the server, where jobs run at the root of the repository's checkout: the git
+    // repository holding the file, when there is one.
+    if let Some(root) = dir.ancestors().find(|d| d.join(".git").exists()) {
+        return Ok(root.to_path_buf());
+    }
     Ok(match dir.file_name() {
         Some(n) if n == ".chengis" => dir.parent().map(Path::to_path_buf).unwrap_or(dir),
         _ => dir,

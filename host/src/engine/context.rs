@@ -54,6 +54,31 @@ impl EvalContext for Contexts {
     }
 }
 
+/// The variables every step of a build sees, wherever it runs (`chengis run`, an agent): `CI`,
+/// `CHENGIS`, `CHENGIS_WORKSPACE`, `CHENGIS_BUILD_NUMBER`, `CHENGIS_PIPELINE` and, for a job,
+/// `CHENGIS_JOB`. Agents add `CHENGIS_BUILD_ID`, `CHENGIS_AGENT_NAME` and the checkout's `GIT_*`.
+pub fn base_env(
+    workspace: &std::path::Path,
+    build_number: u64,
+    pipeline: &str,
+    job: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (k, v) in [
+        ("CI", "true".to_string()),
+        ("CHENGIS", "true".to_string()),
+        ("CHENGIS_WORKSPACE", workspace.display().to_string()),
+        ("CHENGIS_BUILD_NUMBER", build_number.to_string()),
+        ("CHENGIS_PIPELINE", pipeline.to_string()),
+    ] {
+        set_var(&mut env, k, v);
+    }
+    if let Some(job) = job {
+        set_var(&mut env, "CHENGIS_JOB", job.to_string());
+    }
+    env
+}
+
 /// The `params` context of `plan`: each value as text, and parameters declared
 /// `type: boolean` as booleans (so that `if: ${{ params.dry }}` is false for `false`).
 pub fn params(plan: &chengis_pipeline::Plan) -> Value {

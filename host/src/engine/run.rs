@@ -78,16 +78,7 @@ pub async fn run_plan(
             workspace: opts.workspace.display().to_string(),
         })
         .await;
-    let mut base = Vec::new();
-    for (k, v) in [
-        ("CI", "true".to_string()),
-        ("CHENGIS", "true".to_string()),
-        ("CHENGIS_WORKSPACE", opts.workspace.display().to_string()),
-        ("CHENGIS_BUILD_NUMBER", opts.build_number.to_string()),
-        ("CHENGIS_PIPELINE", plan.name.clone()),
-    ] {
-        set_var(&mut base, k, v);
-    }
+    let base = context::base_env(&opts.workspace, opts.build_number, &plan.name, None);
     let root_ctx = Contexts {
         params: context::params(&plan),
         secrets: context::object(opts.secrets.iter()),
