@@ -8,12 +8,16 @@
 //! - [`schedule`]: [`schedule::decide`], a pure function over a build's job states, used by
 //!   `chengis run`, the server and every agent.
 //! - [`duration`]: [`human_duration`] (`2s`, `1m 5s`, `350ms`).
+//! - [`env`]: environments as ordered lists of variables.
+//! - [`events`]: what a run reports while it goes ([`events::RunEvent`]).
 //! - [`log`]: [`log::LogLine`] and its [`log::Stream`].
 //! - [`reports`]: test results a step reported.
 //! - [`protocol`]: the agent protocol (the lease, reports, one type per lease call).
 //! - [`records`]: plugins, cache entries and artifact files as every process sees them.
 
 pub mod duration;
+pub mod env;
+pub mod events;
 pub mod log;
 pub mod protocol;
 pub mod records;

@@ -145,7 +145,7 @@ pub async fn prepare(
         "build".to_string(),
         json!({"id": build.id, "number": build.number, "job": build.job, "attempt": lease.attempt}),
     );
-    contexts.insert("git".to_string(), git_context(&build, trigger.as_ref()));
+    contexts.insert("git".to_string(), crate::engine::builds::git_context(&build, trigger.as_ref()));
     let assignment = Assignment {
         lease: lease.clone(),
         build_id: build.id,
@@ -310,27 +310,4 @@ pub async fn finish(
     ctx.announce(build_id, Change::Job(job.to_string(), status));
     let _ = ctx.bus.send(Notice::Build(build_id));
     ctx.schedule_after(build_id, Some(status)).await
-}
-
-/// The `git` context of a server build: the commit (`sha`, `short_sha`, `branch`, `tag`,
-/// `message`, `author`), the `event` that started it (`push`, `tag`, `pull_request`,
-/// `schedule`, `manual`, ...) and, for pull requests, `pr` (`number`, `head`, `base`).
-pub(crate) fn git_context(build: &BuildSummary, trigger: Option<&TriggerContext>) -> Value {
-    let (branch, tag) = match build.branch.strip_prefix("refs/tags/") {
-        Some(tag) => (String::new(), tag.to_string()),
-        None => (build.branch.clone(), String::new()),
-    };
-    let mut git = json!({
-        "sha": build.commit_sha,
-        "short_sha": build.commit_sha.chars().take(8).collect::<String>(),
-        "branch": branch,
-        "tag": tag,
-        "message": build.commit_message,
-        "author": build.commit_author,
-        "event": trigger.as_ref().map_or(build.trigger.as_str(), |t| t.event.as_str()),
-    });
-    if let Some(t) = trigger.filter(|t| t.event == "pull_request") {
-        git["pr"] = json!({"number": t.pr_number, "head": t.branch, "base": t.base});
-    }
-    git
 }

@@ -239,11 +239,8 @@ impl BuildContext {
         if let Some(cc) = plan.concurrency.as_mut()
             && cc.group.contains("${{")
         {
-            let contexts = super::context::Contexts {
-                params,
-                git: crate::agent::server_side::git_context(&summary, context.as_ref()),
-                ..Default::default()
-            };
+            let contexts =
+                super::context::Contexts { params, git: git_context(&summary, context.as_ref()), ..Default::default() };
             match super::context::render_str(&cc.group, &contexts) {
                 Ok(group) => cc.group = group,
                 Err(e) => return self.fail_build(build_id, &format!("concurrency.group: {e}")).await,
@@ -568,4 +565,27 @@ impl BuildContext {
         });
         self.store.build_summary(build.id).await
     }
+}
+
+/// The `git` context of a server build: the commit (`sha`, `short_sha`, `branch`, `tag`,
+/// `message`, `author`), the `event` that started it (`push`, `tag`, `pull_request`,
+/// `schedule`, `manual`, ...) and, for pull requests, `pr` (`number`, `head`, `base`).
+pub fn git_context(build: &BuildSummary, trigger: Option<&TriggerContext>) -> serde_json::Value {
+    let (branch, tag) = match build.branch.strip_prefix("refs/tags/") {
+        Some(tag) => (String::new(), tag.to_string()),
+        None => (build.branch.clone(), String::new()),
+    };
+    let mut git = serde_json::json!({
+        "sha": build.commit_sha,
+        "short_sha": build.commit_sha.chars().take(8).collect::<String>(),
+        "branch": branch,
+        "tag": tag,
+        "message": build.commit_message,
+        "author": build.commit_author,
+        "event": trigger.as_ref().map_or(build.trigger.as_str(), |t| t.event.as_str()),
+    });
+    if let Some(t) = trigger.filter(|t| t.event == "pull_request") {
+        git["pr"] = serde_json::json!({"number": t.pr_number, "head": t.branch, "base": t.base});
+    }
+    git
 }

@@ -60,7 +60,7 @@ impl<'a> Conditions<'a> {
         let mut base = Contexts {
             params: context::params(self.plan),
             build: json!({"id": build.id, "number": build.number, "job": build.job, "attempt": 1}),
-            git: crate::agent::server_side::git_context(&build, trigger.as_ref()),
+            git: super::builds::git_context(&build, trigger.as_ref()),
             ..Contexts::default()
         };
         let wants_secrets = jobs.iter().any(|j| j.condition.as_deref().is_some_and(|c| c.contains("secrets")));

@@ -103,20 +103,7 @@ pub fn object<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> 
     Value::Object(pairs.into_iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect::<Map<_, _>>())
 }
 
-/// Sets `key` in an ordered environment, replacing an earlier value.
-pub fn set_var(env: &mut Vec<(String, String)>, key: &str, value: String) {
-    match env.iter_mut().find(|(k, _)| k == key) {
-        Some(slot) => slot.1 = value,
-        None => env.push((key.to_string(), value)),
-    }
-}
-
-/// Sets every variable of `extra` in `env` (later values win).
-pub fn merge_vars(env: &mut Vec<(String, String)>, extra: &[(String, String)]) {
-    for (k, v) in extra {
-        set_var(env, k, v.clone());
-    }
-}
+pub use chengis_model::env::{merge_vars, set_var};
 
 /// An environment as the `env` context.
 pub fn env_object(env: &[(String, String)]) -> Value {

@@ -6,9 +6,9 @@
 //! Plugin calls are synchronous and run on a blocking thread; the sandbox blocks that thread on
 //! the async executors through the runtime handle.
 
-use crate::engine::events::RunEvent;
 use crate::exec::docker::JobSandbox;
 use crate::exec::{CancelSignal, LogLine, SecretMasker, StepCommand, StepEnd, Stream};
+use chengis_model::events::RunEvent;
 use chengis_plugin_host::{ExecOutcome, ExecRequest, LogLevel, LogSink, Sandbox, SandboxError};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ impl Sandbox for StepSandbox {
         let task = match &self.target {
             SandboxTarget::Local { workspace, env } => {
                 let mut env = env.clone();
-                crate::engine::context::merge_vars(&mut env, &request.env);
+                chengis_model::env::merge_vars(&mut env, &request.env);
                 let cmd = StepCommand {
                     program: program.clone(),
                     args: args.to_vec(),
@@ -114,7 +114,7 @@ impl Sandbox for StepSandbox {
             }
             SandboxTarget::Container { sandbox, env } => {
                 let mut env = env.clone();
-                crate::engine::context::merge_vars(&mut env, &request.env);
+                chengis_model::env::merge_vars(&mut env, &request.env);
                 let step = StepCommand {
                     program: program.clone(),
                     args: args.to_vec(),

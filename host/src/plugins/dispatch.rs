@@ -5,10 +5,10 @@
 
 use super::bridge::{SandboxTarget, StepLog, StepSandbox};
 use super::{PluginService, PluginServiceError};
-use crate::engine::events::RunEvent;
 use crate::exec::{CancelSignal, SecretMasker};
 use crate::status::Status;
 use crate::store::builds::BuildSummary;
+use chengis_model::events::RunEvent;
 use chengis_pipeline::model::{Notify, When};
 use chengis_plugin_host::bindings::{notifier, policy, scm_status, step_executor};
 use chengis_plugin_host::{CallContext, ErrorKind, StepOutcome, World, types};
@@ -101,7 +101,7 @@ pub async fn run_step(service: Arc<PluginService>, call: StepCall) -> (Result<St
         Err(e) => return (Err(e.to_string()), first_line),
     };
     let mut config = server_config(&service, &record.name).await;
-    crate::engine::context::merge_vars(&mut config, &call.with.into_iter().collect::<Vec<_>>());
+    chengis_model::env::merge_vars(&mut config, &call.with.into_iter().collect::<Vec<_>>());
     let log = Arc::new(StepLog {
         events: call.events,
         job: call.job_id,
@@ -193,7 +193,7 @@ pub async fn notify(
             }
         };
         let mut config: Vec<(String, String)> = server_config(&service, &record.name).await;
-        crate::engine::context::merge_vars(&mut config, &with);
+        chengis_model::env::merge_vars(&mut config, &with);
         let ctx = server_call(&record.name, config, secrets.clone());
         let event = event.clone();
         let result = tokio::task::spawn_blocking(move || plugin.notify(&ctx, &event)).await;
