@@ -272,6 +272,10 @@ impl Decoder<'_> {
                 self.diags
                     .error("invalid-id", e.key_node.pos, &path, format!("`{}` is not a valid job id", e.key))
                     .help("a job id starts with a letter or `_` and holds letters, digits, `_` and `-`");
+            } else if e.key == "post" {
+                self.diags
+                    .error("reserved-job-id", e.key_node.pos, &path, "`post` is the job that runs the pipeline's `post:` steps")
+                    .help("name this job otherwise, `post-deploy` say");
             }
             if let Some(job) = self.job(&e.value, &path) {
                 out.insert(e.key, job);
