@@ -933,3 +933,68 @@ fn a_job_whose_agents_keep_getting_lost_ends_error_when_attempts_run_out() {
     let open: Vec<&ObsStep> = work.steps.iter().filter(|s| s.status == "running").collect();
     assert!(open.is_empty(), "steps of the ended job still show `running`: {open:?}");
 }
+
+/// Uses a secret, and has a dependant that runs whatever happened.
+const UNPREPARABLE: &str = r#"name: unpreparable
+jobs:
+  work:
+    env:
+      KEY: ${{ secrets.API_KEY }}
+    steps:
+      - run: echo "must not run"
+  after:
+    needs: work
+    if: always()
+    steps:
+      - run: echo "must not run either"
+"#;
+
+/// A job whose secrets cannot be decrypted (the master key was replaced) plans, cannot be
+/// prepared, and ends `error` with the real reason, on the embedded agent and on a remote one;
+/// the build moves on and ends; nobody blames a lost agent.
+#[test]
+fn a_job_that_cannot_be_prepared_ends_error_with_the_reason_on_every_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo_url = support::repo(&dir.path().join("repo"), UNPREPARABLE);
+    for remote in [false, true] {
+        let data = dir.path().join(if remote { "remote" } else { "embedded" });
+        let extra: &[&str] = if remote { &["--agents", "0"] } else { &[] };
+        {
+            let server = start_server(&data, extra);
+            let url = &server.url;
+            let job = json!({"name": "prep", "repo_url": repo_url, "default_branch": "main"});
+            let (status, v) = call("POST", &format!("{url}/api/v1/jobs"), Some(job));
+            assert_eq!(status, 201, "{v}");
+            let (status, v) =
+                call("PUT", &format!("{url}/api/v1/secrets/API_KEY"), Some(json!({"value": "key-12345"})));
+            assert_eq!(status, 204, "{v}");
+        }
+        // Another master key: the stored secret can no longer be decrypted.
+        std::fs::write(data.join("master.key"), format!("{}\n", "ab".repeat(32))).unwrap();
+        let server = start_server(&data, extra);
+        let url = server.url.clone();
+        let _agent = remote.then(|| start_agent(dir.path(), &url, "prep-agent", &[]));
+        let (status, v) = call("POST", &format!("{url}/api/v1/jobs/prep/builds"), Some(json!({})));
+        assert_eq!(status, 201, "{v}");
+        let id = v["id"].as_i64().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let b = loop {
+            let (_, b) = call("GET", &format!("{url}/api/v1/builds/{id}"), None);
+            if b["build"]["status"] != "queued" && b["build"]["status"] != "running" {
+                break b;
+            }
+            assert!(Instant::now() < deadline, "the build never ended (remote: {remote}): {b}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(b["build"]["status"], "error", "remote: {remote}: {b}");
+        let jobs = b["jobs"].as_array().unwrap();
+        let names: Vec<&str> = jobs.iter().filter_map(|j| j["job"]["job_key"].as_str()).collect();
+        assert_eq!(names, ["work", "after"], "{b}");
+        for job in jobs {
+            assert_eq!(job["job"]["status"], "error", "remote: {remote}: {job}");
+            let reason = job["job"]["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("could not be prepared") && reason.contains("master key"), "{reason}");
+            assert!(!reason.contains("lost"), "{reason}");
+        }
+    }
+}

@@ -171,16 +171,36 @@ impl BuildContext {
     }
 
     /// Plans a build: resolves the commit, reads the pipeline at it, plans, creates build jobs.
-    /// A pipeline that does not lint or plan ends the build as `error` with the diagnostics.
+    /// A pipeline that does not lint or plan ends the build as `error` with the diagnostics, and
+    /// so does any other failure while planning (a secret that cannot be decrypted, say): a
+    /// build always reaches a final status.
     pub async fn plan(&self, build_id: i64) -> Result<(), StoreError> {
+        match self.plan_build(build_id).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let reason = format!("the build could not be planned: {e}");
+                match self.store.build(build_id).await {
+                    Ok(b) if !b.status.is_finished() && self.store.build_jobs(build_id).await?.is_empty() => {
+                        self.fail_build(build_id, &reason).await?;
+                    }
+                    _ => {}
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn plan_build(&self, build_id: i64) -> Result<(), StoreError> {
         let summary = self.store.build_summary(build_id).await?;
         let params = self.store.build_params(build_id).await?;
         let job = self.store.job(&summary.job).await?;
         let mirror_dir = self.data_dir.join("mirrors").join(format!("{}.git", job.id));
         let (url, branch, commit) = (job.repo_url.clone(), summary.branch.clone(), summary.commit_sha.clone());
         let pipeline_path = job.pipeline_path.clone();
-        let creds =
-            super::checkout::GitCredentials::from_secrets(&self.store.secrets_for_job(&self.keys, &job.name).await?);
+        // Planning decrypts only the secrets the fetch needs.
+        let git_secrets =
+            self.store.secrets_named(&self.keys, &job.name, &super::checkout::GitCredentials::SECRETS).await?;
+        let creds = super::checkout::GitCredentials::from_secrets(&git_secrets);
         // A webhook event without its changed files: they come from the mirror (the push's
         // `before`, or for a new branch or a force push, where it left the default branch).
         let mut context = self.trigger_context(build_id).await?;

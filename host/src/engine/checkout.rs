@@ -89,6 +89,9 @@ impl std::fmt::Debug for GitCredentials {
 }
 
 impl GitCredentials {
+    /// The secrets credentials are read from.
+    pub const SECRETS: [&str; 4] = ["GIT_TOKEN", "GIT_USERNAME", "GIT_SSH_KEY", "GIT_SSH_KNOWN_HOSTS"];
+
     /// The credentials a job's secrets name, if any.
     pub fn from_secrets(secrets: &std::collections::BTreeMap<String, String>) -> Option<GitCredentials> {
         let token = secrets.get("GIT_TOKEN").cloned();

@@ -236,6 +236,26 @@ impl Store {
 
     /// The secrets a job may read, decrypted: global ones, overridden by the job's own.
     pub async fn secrets_for_job(&self, keys: &MasterKeys, job: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        self.job_secrets(keys, job, None).await
+    }
+
+    /// The secrets named `names` that job `job` sees (as [`Store::secrets_for_job`]); only those
+    /// are decrypted.
+    pub async fn secrets_named(
+        &self,
+        keys: &MasterKeys,
+        job: &str,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, String>, StoreError> {
+        self.job_secrets(keys, job, Some(names)).await
+    }
+
+    async fn job_secrets(
+        &self,
+        keys: &MasterKeys,
+        job: &str,
+        names: Option<&[&str]>,
+    ) -> Result<BTreeMap<String, String>, StoreError> {
         let job_scope = SecretScope::Job(job.to_string()).column();
         let rows = sqlx::query(
             "SELECT scope, name, key_id, nonce, ciphertext FROM secrets WHERE scope = '' OR scope = $1 ORDER BY scope",
@@ -245,6 +265,12 @@ impl Store {
         .await?;
         let mut out = BTreeMap::new();
         for row in rows {
+            if let Some(names) = names {
+                let name: String = row.try_get("name")?;
+                if !names.contains(&name.as_str()) {
+                    continue;
+                }
+            }
             let (_, name, value) = open_row(keys, &row)?;
             out.insert(name, value);
         }

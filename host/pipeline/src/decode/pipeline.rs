@@ -274,7 +274,12 @@ impl Decoder<'_> {
                     .help("a job id starts with a letter or `_` and holds letters, digits, `_` and `-`");
             } else if e.key == "post" {
                 self.diags
-                    .error("reserved-job-id", e.key_node.pos, &path, "`post` is the job that runs the pipeline's `post:` steps")
+                    .error(
+                        "reserved-job-id",
+                        e.key_node.pos,
+                        &path,
+                        "`post` is the job that runs the pipeline's `post:` steps",
+                    )
                     .help("name this job otherwise, `post-deploy` say");
             }
             if let Some(job) = self.job(&e.value, &path) {
