@@ -37,32 +37,6 @@ jobs:
 
 const SLOW: &str = "jobs:\n  s:\n    steps:\n      - run: echo started; sleep 60\n";
 
-/// Runs the CLI with `--server` and the environment given (no `CHENGIS_TOKEN` unless given).
-fn cli_env(server: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(args)
-        .args(["--server", server])
-        .env_remove("CHENGIS_TOKEN")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    } else {
-        drop(child.stdin.take());
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }

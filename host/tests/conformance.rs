@@ -500,26 +500,8 @@ impl Drop for AgentProcess {
 fn start_server(data: &Path, extra: &[&str]) -> Server {
     std::fs::create_dir_all(data).unwrap();
     let db = format!("sqlite://{}", data.join("db.sqlite").display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .args(["--database-url", &db])
-        .args(extra)
-        .env("CHENGIS_ADMIN_TOKEN", support::ADMIN_TOKEN)
-        .env("CHENGIS_ADMIN_PASSWORD", support::ADMIN_PASSWORD)
-        .env_remove("CHENGIS_MASTER_KEY")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data.join("server.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("chengis listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_string();
-    Server { child, url }
+    let log = std::fs::File::create(data.join("server.log")).unwrap();
+    support::start_with(data, &db, extra, &[], Stdio::from(log))
 }
 
 fn start_agent(dir: &Path, server: &str, name: &str, extra: &[&str]) -> AgentProcess {

@@ -51,10 +51,11 @@ pub fn start_with_stderr(data: &Path, db: &str, extra: &[&str], stderr: Stdio) -
 /// Starts `chengis serve` with extra flags and environment variables.
 pub fn start_with(data: &Path, db: &str, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
     let listen: &[&str] = if extra.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
+    let executors: &[&str] = if extra.contains(&"--executors") { &[] } else { &["--executors", "2"] };
     let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
         .arg("serve")
         .args(listen)
-        .args(["--executors", "2"])
+        .args(executors)
         .arg("--data-dir")
         .arg(data)
         .args(["--database-url", db])
@@ -216,12 +217,18 @@ pub fn log_texts(s: &Server, id: i64, job: &str) -> Vec<String> {
     v["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_string()).collect()
 }
 
-/// Runs the CLI against `server`; returns (exit code, stdout, stderr).
+/// Runs the CLI against `server` as the admin token; returns (exit code, stdout, stderr).
 pub fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    cli_env(server, args, &[("CHENGIS_TOKEN", ADMIN_TOKEN)], stdin)
+}
+
+/// Runs the CLI with `--server` and the environment given (no `CHENGIS_TOKEN` unless given).
+pub fn cli_env(server: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
         .args(args)
         .args(["--server", server])
-        .env("CHENGIS_TOKEN", ADMIN_TOKEN)
+        .env_remove("CHENGIS_TOKEN")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
