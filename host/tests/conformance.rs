@@ -817,7 +817,12 @@ fn every_case_on_every_executor() {
         }
     }
     let docker_cases = runnable.iter().filter(|c| c.docker).count();
-    println!(
+    // The counts go to the process's stderr directly, past the test harness's capture, so that
+    // every run (CI's included) shows them.
+    let mut summary = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        summary,
         "conformance: {} cases x 3 executors (+{docker_cases} docker{}), {:.0} s",
         runnable.len() - docker_cases,
         if skipped_docker > 0 { format!(", {skipped_docker} docker cases skipped: no Docker") } else { String::new() },
@@ -827,12 +832,17 @@ fn every_case_on_every_executor() {
         let total =
             |docker: bool| runnable.iter().filter(|c| c.docker == docker && c.excluded(executor).is_none()).count();
         let (plain, boxed) = passed.get(&executor).copied().unwrap_or_default();
-        println!(
+        let _ = writeln!(
+            summary,
             "conformance: {:<8} passed {plain}/{} (+{boxed}/{} docker)",
             executor.key(),
             total(false),
             total(true)
         );
+    }
+    {
+        use std::io::Write as _;
+        let _ = std::io::stderr().write_all(summary.as_bytes());
     }
     if blessing {
         println!(
