@@ -990,3 +990,42 @@ fn a_job_that_cannot_be_prepared_ends_error_with_the_reason_on_every_agent() {
         }
     }
 }
+
+/// A build is cancelled after its remote agent died mid-job (`kill -9`): nobody is left to stop
+/// the job, so the server ends it once its lease runs out, and the build ends `cancelled`.
+#[test]
+fn a_cancel_ends_the_build_when_the_agent_that_held_its_job_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("data"), &["--agents", "0", "--lease-ttl", "2s"]);
+    let url = server.url.clone();
+    let pipeline = "name: orphan\njobs:\n  work:\n    steps:\n      - run: echo started; sleep 60\n";
+    let repo_url = support::repo(&dir.path().join("repo"), pipeline);
+    let job = json!({"name": "orphan", "repo_url": repo_url, "default_branch": "main"});
+    let (status, v) = call("POST", &format!("{url}/api/v1/jobs"), Some(job));
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = call("POST", &format!("{url}/api/v1/jobs/orphan/builds"), Some(json!({})));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    let agent = start_agent(dir.path(), &url, "orphan-agent", &[]);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !job_logs(&url, id, "work").iter().any(|l| l == "started") {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&agent.0, nix::sys::signal::Signal::SIGKILL);
+    let (status, b) = call("POST", &format!("{url}/api/v1/builds/{id}/cancel"), None);
+    assert_eq!(status, 200, "{b}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let b = loop {
+        let (_, b) = call("GET", &format!("{url}/api/v1/builds/{id}"), None);
+        if b["build"]["status"] == "cancelled" {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the build never ended: {b}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let work = &b["jobs"][0];
+    assert_eq!(work["job"]["status"], "cancelled", "{b}");
+    assert!(work["job"]["reason"].as_str().unwrap_or_default().contains("stopped answering"), "{b}");
+    assert!(work["steps"].as_array().unwrap().iter().all(|s| s["status"] != "running"), "{b}");
+}

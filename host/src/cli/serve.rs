@@ -362,7 +362,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             store.register_agent(&info, true, None).await?;
             tokio::spawn(run_agent(ctx.clone(), keys.clone(), agent, shutdown.clone()));
         }
-        tokio::spawn(watch_agents(store.clone(), lease_ttl, shutdown.clone()));
+        tokio::spawn(watch_agents(ctx.clone(), lease_ttl, shutdown.clone()));
         tokio::spawn(crate::engine::cron::run_scheduler(ctx.clone(), shutdown.clone()));
         tokio::spawn(prune_webhook_deliveries(store.clone(), webhook_retention));
         tokio::spawn(crate::engine::disk::run_maintenance(store.clone(), storage, shutdown.clone()));
@@ -420,8 +420,10 @@ fn docker_settings_available() -> bool {
 }
 
 /// Every few seconds: records, on queued jobs that no registered agent can ever take (labels,
-/// resources), why they wait, and logs agents that went silent.
-async fn watch_agents(store: crate::store::Store, lease_ttl: Duration, shutdown: CancelSignal) {
+/// resources), why they wait, ends jobs asked to stop whose agents went silent (their builds
+/// move on), and logs agents that went silent.
+async fn watch_agents(ctx: BuildContext, lease_ttl: Duration, shutdown: CancelSignal) {
+    let store = ctx.store.clone();
     let silent = crate::server::agent_api::silence_ms(lease_ttl);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut offline: std::collections::HashSet<String> = Default::default();
@@ -429,6 +431,16 @@ async fn watch_agents(store: crate::store::Store, lease_ttl: Duration, shutdown:
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
+        }
+        match store.end_abandoned_stops().await {
+            Ok(ended) => {
+                for (build_job, reason) in ended {
+                    if let Err(e) = ctx.job_ended(build_job, &reason).await {
+                        tracing::warn!(build_job, "moving the build on: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("agent watch: {e}"),
         }
         if let Err(e) = store.mark_unmatchable(silent).await {
             tracing::debug!("agent watch: {e}");

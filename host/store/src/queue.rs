@@ -250,7 +250,7 @@ impl Store {
         };
         let sql = format!(
             "SELECT id, build_job_id, labels, attempts, lease_owner, leased_ms, cpu_millis, memory_mb FROM queue \
-             WHERE lease_owner IS NULL OR lease_expires_ms < $1 ORDER BY rank_ms, id LIMIT 64{lock}"
+             WHERE (lease_owner IS NULL OR lease_expires_ms < $1) AND cancel_requested = 0 ORDER BY rank_ms, id LIMIT 64{lock}"
         );
         let rows = sqlx::query(&sql).bind(now).fetch_all(&mut *conn).await?;
         let mut candidates = Vec::with_capacity(rows.len());
@@ -415,6 +415,33 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Ends the jobs a stop was asked of whose agents stopped answering (their leases ran out):
+    /// nobody is left to stop them, so they leave the queue and end `cancelled` here. Returns
+    /// the build jobs ended, with the reason.
+    pub async fn end_abandoned_stops(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let now = now_ms();
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "DELETE FROM queue WHERE cancel_requested = 1 AND lease_owner IS NOT NULL AND lease_expires_ms < $1 \
+             RETURNING build_job_id",
+        )
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        let reason = "cancelled; its agent stopped answering before it stopped the job";
+        let mut ended = Vec::new();
+        for id in ids {
+            match self.transition_build_job(id, Status::Cancelled, Some(reason)).await {
+                Ok(()) => {
+                    self.end_running_steps(id, Status::Cancelled, reason).await?;
+                    ended.push((id, reason.to_string()));
+                }
+                Err(StoreError::IllegalTransition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ended)
     }
 
     /// The queue rows of build `build_id`'s jobs.

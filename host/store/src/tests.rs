@@ -211,10 +211,34 @@ async fn expired_leases_are_fenced_and_retried_then_errored() {
         );
         assert!(store.request_cancel(ids[0]).await.unwrap());
         assert!(matches!(store.renew(&second, Duration::from_secs(30)).await.unwrap(), Renewal::Cancel(_)));
-        // Let the second lease expire too: max_attempts = 2, so the job is marked error.
-        sqlx::query("UPDATE queue SET lease_expires_ms = 0").execute(store.pool()).await.unwrap();
-        assert!(store.lease(&req("third", &[], 1)).await.unwrap().is_empty());
+        // Let the second lease expire too: max_attempts = 2, so the job is marked error, and its
+        // step left running ends with it.
+        sqlx::query("UPDATE queue SET lease_expires_ms = 0, cancel_requested = 0").execute(store.pool()).await.unwrap();
+        let batch = store.lease_batch(&req("third", &[], 1)).await.unwrap();
+        assert!(batch.leases.is_empty());
+        assert_eq!(batch.exhausted.len(), 1);
         assert_eq!(store.build_job_status(ids[0]).await.unwrap(), Status::Error);
+        assert_eq!(store.queue_depth().await.unwrap(), 0);
+        let steps = store.steps_of_build(store.build_job(ids[0]).await.unwrap().build_id).await.unwrap();
+        assert!(steps.values().flatten().all(|s| s.status == Status::Error), "{steps:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_stop_asked_of_a_silent_agent_ends_the_job_cancelled_and_is_never_leased_again() {
+    for (store, _dir) in stores().await {
+        let ids = job_with_build_jobs(&store, "s", 1).await;
+        store.enqueue(ids[0], Priority::Normal, &[]).await.unwrap();
+        let lease = store.lease(&req("gone", &[], 1)).await.unwrap().remove(0);
+        store.start_leased_job(&lease).await.unwrap();
+        assert_eq!(store.stop_job(ids[0], "stop").await.unwrap(), super::queue::Stopped::Asked);
+        // Nothing to end while the lease runs.
+        assert!(store.end_abandoned_stops().await.unwrap().is_empty());
+        sqlx::query("UPDATE queue SET lease_expires_ms = 0").execute(store.pool()).await.unwrap();
+        assert!(store.lease(&req("other", &[], 1)).await.unwrap().is_empty(), "a stopped job is not run again");
+        let ended = store.end_abandoned_stops().await.unwrap();
+        assert_eq!(ended.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[0]]);
+        assert_eq!(store.build_job_status(ids[0]).await.unwrap(), Status::Cancelled);
         assert_eq!(store.queue_depth().await.unwrap(), 0);
     }
 }
