@@ -15,6 +15,8 @@
 //! - [`protocol`]: the agent protocol (the lease, reports, one type per lease call).
 //! - [`records`]: plugins, cache entries and artifact files as every process sees them.
 
+#![warn(missing_docs)]
+
 pub mod duration;
 pub mod env;
 pub mod events;

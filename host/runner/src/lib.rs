@@ -6,4 +6,6 @@
 //!   output masked, split into numbered lines and capped by one shared path, and the
 //!   TERM-then-KILL sequence for timeouts and cancellation.
 
+#![warn(missing_docs)]
+
 pub mod exec;

@@ -5,6 +5,8 @@
 //! backends accept; where the backends differ (leasing), the code says so. Times are stored as
 //! milliseconds since the Unix epoch.
 
+#![warn(missing_docs)]
+
 pub mod agents;
 pub mod artifacts;
 pub mod builds;
