@@ -723,21 +723,9 @@ impl Store {
             .await?)
     }
 
-    /// The queued jobs of build `build_id` that are not in the queue yet (those the scheduler
-    /// may enqueue); one query however large the build.
-    pub async fn unenqueued_jobs(&self, build_id: i64) -> Result<Vec<BuildJobRecord>, StoreError> {
-        let sql = format!(
-            "{BUILD_JOB} WHERE build_id = $1 AND status = 'queued' \
-             AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.build_job_id = build_jobs.id) ORDER BY id"
-        );
-        let rows = sqlx::query(&sql).bind(build_id).fetch_all(self.pool()).await?;
-        rows.iter().map(build_job_from_row).collect()
-    }
-
-    /// In one query: whether build `build_id` has finished, how many of its jobs are queued
-    /// but not in the queue yet, and how many have not finished (what [`Store::unenqueued_jobs`]
-    /// and [`Store::unfinished_jobs`] count), so that the scheduler reads no more when a job of
-    /// a wide build ends and nothing else can start.
+    /// In one query: the build's status and cancel request, how many of its jobs are queued
+    /// but not in the queue yet, and how many have not finished, so that the scheduler reads no
+    /// more when a job of a wide build ends and nothing else can start.
     pub async fn schedule_state(&self, build_id: i64) -> Result<ScheduleState, StoreError> {
         let row = sqlx::query(
             "SELECT status, cancel_requested, \
@@ -758,15 +746,5 @@ impl Store {
             unenqueued: row.try_get("unenqueued")?,
             unfinished: row.try_get("unfinished")?,
         })
-    }
-
-    /// How many jobs of build `build_id` have not finished (queued or running).
-    pub async fn unfinished_jobs(&self, build_id: i64) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM build_jobs WHERE build_id = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(build_id)
-        .fetch_one(self.pool())
-        .await?)
     }
 }

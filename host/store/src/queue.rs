@@ -393,15 +393,6 @@ impl Store {
         }
     }
 
-    /// Asks whoever runs `build_job_id` to stop; seen at the next renewal.
-    pub async fn request_cancel(&self, build_job_id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE queue SET cancel_requested = 1 WHERE build_job_id = $1")
-            .bind(build_job_id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
     /// Ends the steps of build job `build_job_id` still recorded `running` (their agent is
     /// gone) with `status` and `reason`.
     pub async fn end_running_steps(&self, build_job_id: i64, status: Status, reason: &str) -> Result<(), StoreError> {

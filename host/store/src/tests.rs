@@ -209,7 +209,7 @@ async fn expired_leases_are_fenced_and_retried_then_errored() {
             store.renew(&second, Duration::from_secs(30)).await.unwrap(),
             Renewal::Continue(store_expiry(&store, second.entry).await)
         );
-        assert!(store.request_cancel(ids[0]).await.unwrap());
+        assert_eq!(store.stop_job(ids[0], "stop").await.unwrap(), super::queue::Stopped::Asked);
         assert!(matches!(store.renew(&second, Duration::from_secs(30)).await.unwrap(), Renewal::Cancel(_)));
         // Let the second lease expire too: max_attempts = 2, so the job is marked error, and its
         // step left running ends with it.
