@@ -29,3 +29,9 @@ pub mod status;
 
 pub use duration::human_duration;
 pub use status::Status;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,37 +1,32 @@
-//! The agent's storage steps around a job: resolving `cache:` and `artifacts:` with the job's
-//! contexts, placing upstream artifacts, keeping this job's artifacts, reusing a stage result,
-//! and the log lines that say what happened (System lines, masked, in the job's log).
+//! The embedded agent's storage steps around a job, on the server's own stores: placing
+//! upstream artifacts, restoring and saving caches, keeping this job's artifacts, reusing a
+//! stage result, and the log lines that say what happened (System lines, masked, in the job's
+//! log). Remote agents reach the same stores through the agent API, which uses the pieces here.
 
 use super::server_side::{Assignment, LocalParts, finish};
-use crate::engine::artifacts::{ArtifactSpec, collect, place};
 use crate::engine::builds::BuildContext;
 use crate::engine::cache::{CacheScope, ResolvedCache};
-use crate::engine::context::Contexts;
-use crate::exec::{LogLine, SecretMasker, Stream};
+use crate::exec::SecretMasker;
 use crate::status::Status;
+use crate::store::StoreError;
 use crate::store::artifacts::CachedResult;
 use crate::store::builds::{BuildJobRecord, BuildSummary};
 use crate::store::jobs::JobRecord;
 use crate::store::queue::Lease;
-use crate::store::{StoreError, now_ms};
+use chengis_agent::artifacts::{ArtifactSpec, collect};
+use chengis_agent::context::Contexts;
+use chengis_agent::files::{
+    kept_lines, place_all, remove_workspace, resolve_artifacts, resolve_caches, stage_fingerprint, system_log, wanted,
+};
+use chengis_agent::peer::Before;
 use chengis_pipeline::model::When;
 use chengis_pipeline::{Plan, PlannedJob};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 
-/// What the storage steps before a job decided.
-pub(crate) enum Before {
-    /// An earlier build's result was reused: the job has ended.
-    Reused,
-    /// The job cannot start (a missing artifact, an invalid cache key).
-    Fail(String),
-    /// Run the steps; then `after_steps` with this.
-    Run(Pending),
-}
-
 /// Storage work waiting for the steps to end.
-pub(crate) struct Pending {
+pub struct Pending {
     caches: Vec<ResolvedCache>,
     exact: Vec<bool>,
     artifacts: Result<Vec<(When, ArtifactSpec)>, String>,
@@ -70,7 +65,7 @@ impl<'a> Storage<'a> {
         workspace: &Path,
         sha: &str,
         ctx_values: &Contexts,
-    ) -> Result<Before, StoreError> {
+    ) -> Result<Before<Pending>, StoreError> {
         let (ctx, spec) = (self.ctx, &a.spec);
         let params = serde_json::to_value(&parts.plan.params).unwrap_or_default();
         let fingerprint = match stage_fingerprint(workspace, sha, spec, &parts.plan.env, &params, &ctx_values.needs) {
@@ -109,7 +104,7 @@ impl<'a> Storage<'a> {
         pending: Pending,
         parts: &LocalParts,
         spec: &PlannedJob,
-        result: &mut crate::engine::job::JobResult,
+        result: &mut chengis_agent::job::JobResult,
         workspace: &Path,
     ) -> Result<(), StoreError> {
         let ctx = self.ctx;
@@ -226,39 +221,6 @@ impl<'a> Storage<'a> {
     }
 }
 
-/// The fingerprint of a `cache-result: true` job run (`None` for other jobs): the commit's
-/// tree, the planned job, the pipeline env and parameters, and the needed jobs' outputs. `Err`:
-/// the log line saying why the job runs anyway.
-pub(crate) fn stage_fingerprint(
-    workspace: &Path,
-    sha: &str,
-    spec: &PlannedJob,
-    plan_env: &indexmap::IndexMap<String, chengis_pipeline::Text>,
-    params: &Value,
-    needs: &Value,
-) -> Result<Option<String>, String> {
-    if !spec.cache_result {
-        return Ok(None);
-    }
-    let stable = json!({"env": plan_env, "params": params, "needs": needs});
-    match crate::engine::cache::tree_of(workspace, sha) {
-        Ok(tree) => {
-            Ok(Some(crate::engine::cache::fingerprint(&tree, &serde_json::to_value(spec).unwrap_or_default(), &stable)))
-        }
-        Err(e) => Err(format!("result cache: cannot read the commit's tree ({e}); running the job")),
-    }
-}
-
-/// `texts` as System log lines numbered from `first`, masked.
-pub(crate) fn system_log(first: u64, masker: &SecretMasker, texts: &[String]) -> Vec<LogLine> {
-    let time_ms = u64::try_from(now_ms()).unwrap_or(0);
-    texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| LogLine { number: first + i as u64, stream: Stream::System, time_ms, text: masker.mask_str(t) })
-        .collect()
-}
-
 /// Whose caches a build of `job` reads and writes (`fork`: a pull request from a fork).
 pub(crate) fn scope_of(job: &JobRecord, build: &BuildSummary, fork: bool) -> CacheScope {
     let branch = if build.branch.is_empty() { job.default_branch.clone() } else { build.branch.clone() };
@@ -298,34 +260,6 @@ pub(crate) async fn needed_files(
     Ok(Ok(files))
 }
 
-/// Places `files` from `blobs` into the workspace, verifying each; the log line, or why not.
-pub(crate) async fn place_all(
-    blobs: impl crate::engine::artifacts::BlobStore + 'static,
-    workspace: &Path,
-    files: Vec<crate::store::artifacts::ArtifactFile>,
-) -> Result<String, String> {
-    let ws = workspace.to_path_buf();
-    let count = files.len();
-    match tokio::task::spawn_blocking(move || place(&blobs, &ws, &files)).await {
-        Ok(Ok(bytes)) => Ok(format!("download: placed {count} artifact files ({bytes} bytes) in the workspace")),
-        Ok(Err(e)) => Err(format!("download: {e}")),
-        Err(e) => Err(format!("download: {e}")),
-    }
-}
-
-/// The log lines about kept artifacts: warnings, then one line per artifact kept.
-pub(crate) fn kept_lines(specs: &[ArtifactSpec], collected: &crate::engine::artifacts::Collected) -> Vec<String> {
-    let mut lines: Vec<String> = collected.warnings.iter().map(|w| format!("warning: {w}")).collect();
-    for s in specs {
-        let (n, bytes) =
-            collected.files.iter().filter(|f| f.name == s.name).fold((0, 0), |(n, b), f| (n + 1, b + f.size));
-        if n > 0 {
-            lines.push(format!("artifacts: kept `{}` ({n} files, {bytes} bytes)", s.name));
-        }
-    }
-    lines
-}
-
 /// Ends a job with an earlier build's successful result: its outputs and artifacts, a log line
 /// and a `job_status` event that say where they came from.
 #[allow(clippy::too_many_arguments)]
@@ -362,70 +296,4 @@ pub(crate) async fn reuse_result(
     remove_workspace(workspace).await;
     let reason = format!("result reused from build #{}", hit.build_number);
     finish(ctx, lease, &spec.id, build.id, Status::Success, Some(&reason), None).await
-}
-
-/// Renders a text with `${{ }}` expressions against the job's contexts.
-fn render(s: &str, ctx: &Contexts, what: &str) -> Result<String, String> {
-    let t = chengis_pipeline::expr::parse_template(s).map_err(|e| format!("{what} `{s}`: {}", e.message))?;
-    t.render(ctx).map_err(|e| format!("{what} `{s}`: {e}"))
-}
-
-/// The job's `cache:` entries with their expressions evaluated (hashFiles sees the checkout).
-pub(crate) fn resolve_caches(spec: &PlannedJob, ctx: &Contexts) -> Result<Vec<ResolvedCache>, String> {
-    spec.cache
-        .iter()
-        .map(|c| {
-            let key = render(&c.key, ctx, "cache key")?;
-            if key.trim().is_empty() {
-                return Err(format!("cache key `{}` is empty once evaluated", c.key));
-            }
-            Ok(ResolvedCache {
-                key,
-                restore_keys: c.restore_keys.iter().map(|r| render(r, ctx, "restore key")).collect::<Result<_, _>>()?,
-                paths: c.paths.iter().map(|p| render(p, ctx, "cache path")).collect::<Result<_, _>>()?,
-            })
-        })
-        .collect()
-}
-
-/// The job's `artifacts:` entries with their `if` and expiry.
-pub(super) fn resolve_artifacts(
-    spec: &PlannedJob,
-    ctx: &Contexts,
-    default_retention: Option<std::time::Duration>,
-) -> Result<Vec<(When, ArtifactSpec)>, String> {
-    spec.artifacts
-        .iter()
-        .map(|a| {
-            let name = match &a.name {
-                Some(n) => render(n, ctx, "artifact name")?,
-                None => spec.key.clone(),
-            };
-            let life = match &a.expire_in {
-                Some(e) => Some(
-                    chengis_pipeline::duration::parse_duration(e)
-                        .map_err(|err| format!("artifact `{name}`: expire-in `{e}`: {err}"))?,
-                ),
-                None => default_retention,
-            };
-            let expires_ms = life.map(|d| now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
-            let paths = a.paths.iter().map(|p| render(p, ctx, "artifact path")).collect::<Result<_, _>>()?;
-            Ok((a.when.unwrap_or(When::OnSuccess), ArtifactSpec { name, paths, expires_ms }))
-        })
-        .collect()
-}
-
-/// Whether an artifact with this `if` is kept after a job that ended `status`.
-pub(super) fn wanted(when: When, status: Status) -> bool {
-    match when {
-        When::Always => true,
-        When::OnSuccess => status == Status::Success,
-        When::OnFailure => status != Status::Success && status != Status::Skipped,
-    }
-}
-
-/// Removes a job's workspace (in the background of the blocking pool).
-pub(super) async fn remove_workspace(workspace: &Path) {
-    let ws = workspace.to_path_buf();
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(ws)).await;
 }

@@ -1,20 +1,16 @@
-//! The engine: runs a plan's jobs and steps, propagates env and outputs, evaluates conditions,
-//! and reports what happens as [`events::RunEvent`]s; on the server, carries out the one
-//! scheduler's decisions for builds ([`builds`], [`conditions`]).
+//! The engine: the server's builds (trigger, plan, the one scheduler's decisions carried out,
+//! cancel, retry: [`builds`], [`conditions`]), `chengis run` ([`run`]), schedules, the server's
+//! caches and its disk. Running a job's steps (checkout, the job runner, contexts, artifacts)
+//! lives in the `chengis-agent` crate, re-exported here under the names the rest of this crate
+//! uses.
 
-pub mod artifacts;
 pub mod builds;
 pub mod cache;
-pub mod checkout;
 pub mod conditions;
-pub mod context;
 pub mod cron;
 pub mod disk;
-pub mod envfile;
 pub mod events;
-pub mod job;
-mod plugin_step;
 pub mod run;
-pub mod shell;
 
+pub use chengis_agent::{artifacts, checkout, context, envfile, job, shell};
 pub use run::{RunOptions, RunSummary, run_plan};

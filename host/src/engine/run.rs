@@ -117,7 +117,7 @@ pub async fn run_plan(
         },
         allowance_name: id.to_string(),
         owns_workspace: false,
-        plugins: opts.plugins.clone(),
+        plugins: opts.plugins.clone().map(|p| p as Arc<dyn chengis_agent::executors::StepExecutors>),
         plugin_build: None,
         masker: masker.clone(),
         cancel,

@@ -3,21 +3,14 @@
 //! on a blocking thread; a failing plugin is an error for that step, notification or policy,
 //! never for the server.
 
-use super::bridge::{SandboxTarget, StepLog, StepSandbox};
 use super::{PluginService, PluginServiceError};
-use crate::exec::{CancelSignal, SecretMasker};
 use crate::status::Status;
 use crate::store::builds::BuildSummary;
-use chengis_model::events::RunEvent;
 use chengis_pipeline::model::{Notify, When};
-use chengis_plugin_host::bindings::{notifier, policy, scm_status, step_executor};
-use chengis_plugin_host::{CallContext, ErrorKind, StepOutcome, World, types};
-use indexmap::IndexMap;
+use chengis_plugin_host::bindings::{notifier, policy, scm_status};
+use chengis_plugin_host::{CallContext, ErrorKind, World, types};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Every Chengis status as the plugin interface says it; `timed_out` is a failure there (the
 /// interface has no separate state), said explicitly rather than by a default branch.
@@ -53,90 +46,6 @@ pub fn wit_build(b: &BuildSummary, pipeline: &str, repository: &str) -> types::B
         url: None,
         duration_ms: b.started_ms.zip(b.finished_ms).map(|(s, f)| (f - s).max(0) as u64),
     }
-}
-
-/// One `uses:` step to run.
-pub struct StepCall {
-    /// `name` or `name@version`.
-    pub reference: String,
-    /// `with:` values (already rendered).
-    pub with: IndexMap<String, String>,
-    /// The job's secrets by name (the plugin reads only the granted ones).
-    pub secrets: HashMap<String, String>,
-    /// The build.
-    pub build: types::Build,
-    /// The job.
-    pub job: types::Job,
-    /// The step.
-    pub step: types::Step,
-    /// The job's environment at this step.
-    pub env: Vec<(String, String)>,
-    /// Where the step's commands run.
-    pub target: SandboxTarget,
-    /// The workspace on the host.
-    pub workspace: std::path::PathBuf,
-    /// Log lines go here.
-    pub events: mpsc::Sender<RunEvent>,
-    /// Planned job id.
-    pub job_id: String,
-    /// Step index.
-    pub index: usize,
-    /// First log line number.
-    pub first_line: u64,
-    /// Masks output.
-    pub masker: Arc<SecretMasker>,
-    /// Cancels the job.
-    pub cancel: CancelSignal,
-    /// TERM-to-KILL grace.
-    pub kill_grace: Duration,
-    /// Output cap.
-    pub output_cap: u64,
-}
-
-/// Runs a step executor; returns what it set, and the next log line number.
-pub async fn run_step(service: Arc<PluginService>, call: StepCall) -> (Result<StepOutcome, String>, u64) {
-    let first_line = call.first_line;
-    let (record, plugin) = match service.resolve_step_executor(&call.reference).await {
-        Ok(found) => found,
-        Err(e) => return (Err(e.to_string()), first_line),
-    };
-    let mut config = server_config(&service, &record.name).await;
-    chengis_model::env::merge_vars(&mut config, &call.with.into_iter().collect::<Vec<_>>());
-    let log = Arc::new(StepLog {
-        events: call.events,
-        job: call.job_id,
-        step: call.index,
-        masker: call.masker.clone(),
-        next_line: AtomicU64::new(first_line),
-    });
-    let sandbox = StepSandbox {
-        handle: tokio::runtime::Handle::current(),
-        target: call.target,
-        masker: call.masker,
-        cancel: call.cancel,
-        kill_grace: call.kill_grace,
-        output_cap: call.output_cap,
-    };
-    let ctx = CallContext {
-        config,
-        secrets: call.secrets,
-        log: Some(log.clone()),
-        sandbox: Some(Arc::new(sandbox)),
-        workspace: Some(call.workspace),
-    };
-    let invocation = step_executor::Invocation {
-        build: call.build,
-        job: call.job,
-        step: call.step,
-        env: call.env.into_iter().map(|(key, value)| types::KeyValue { key, value }).collect(),
-    };
-    let result = tokio::task::spawn_blocking(move || plugin.run_step(&ctx, &invocation)).await;
-    let outcome = match result {
-        Ok(Ok(outcome)) => Ok(outcome),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("plugin `{}` {}: {e}", record.name, record.version)),
-    };
-    (outcome, log.next_line())
 }
 
 /// Server-side config key of a notifier: which events the host sends it without a pipeline's
@@ -447,15 +356,7 @@ fn server_call(plugin: &str, config: Vec<(String, String)>, secrets: HashMap<Str
 
 /// The plugin's server-side configuration, without the host's own `chengis.*` keys.
 async fn server_config(service: &PluginService, name: &str) -> Vec<(String, String)> {
-    service
-        .store()
-        .plugin_config(name)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("chengis."))
-        .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
-        .collect()
+    chengis_agent::executors::plugin_config(&service.store().plugin_config(name).await.unwrap_or_default())
 }
 
 /// Notifier, reporter and policy log lines go to the server log.

@@ -4,11 +4,12 @@
 //! `chengis-plugin-host` crate.
 //!
 //! # Layout
-//! - this file: [`PluginService`], the allowlist and component files.
-//! - [`bridge`]: the log sink and sandbox the runtime calls back into.
+//! - this file: [`PluginService`], the allowlist and component files; it answers the job
+//!   runner's [`StepExecutors`] questions for the embedded agent and `chengis run`.
 //! - [`dispatch`]: build events and plans turned into notifier, SCM status and policy calls.
+//!
+//! `uses:` steps themselves run in the agent crate (`chengis_agent::plugin_step`).
 
-pub mod bridge;
 pub mod dispatch;
 
 use crate::store::plugins::{NewPlugin, PluginRecord, TrustState};
@@ -38,10 +39,7 @@ pub const BUILTINS: &[(&str, &[u8])] = &[
     ("http.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_http.wasm"))),
 ];
 
-/// Server-side config key: the per-call time limit of a plugin.
-pub const LIMIT_TIMEOUT: &str = "chengis.timeout";
-/// Server-side config key: the memory cap of a plugin.
-pub const LIMIT_MEMORY: &str = "chengis.memory";
+pub use chengis_agent::executors::{LIMIT_MEMORY, LIMIT_TIMEOUT, StepExecutor, StepExecutors};
 
 /// What can go wrong managing or calling plugins, said so that an operator can act.
 #[derive(Debug, Error)]
@@ -333,35 +331,14 @@ impl PluginService {
     /// `128m`). These keys are the host's and never reach the plugin.
     pub async fn limits_for(&self, record: &PluginRecord, base: Limits) -> Limits {
         let config = self.store.plugin_config(&record.name).await.unwrap_or_default();
-        let text = |key: &str| config.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        let mut limits = base;
-        if let Some(t) = text(LIMIT_TIMEOUT) {
-            match chengis_pipeline::duration::parse_duration(&t) {
-                Ok(d) => limits.timeout = d,
-                Err(e) => tracing::warn!(plugin = %record.name, "{LIMIT_TIMEOUT} `{t}`: {e}"),
-            }
-        }
-        if let Some(m) = text(LIMIT_MEMORY) {
-            match chengis_pipeline::container::parse_memory(&m) {
-                Ok(bytes) => limits.memory_bytes = bytes as usize,
-                Err(e) => tracing::warn!(plugin = %record.name, "{LIMIT_MEMORY} `{m}`: {e}"),
-            }
-        }
-        limits
+        chengis_agent::executors::limits_from_config(&record.name, &config, base)
     }
 
     /// Like [`PluginService::resolve`] for a step executor, loaded with step limits: steps may
     /// run for as long as their commands do (the step's own `timeout:` stops them).
     pub async fn resolve_step_executor(&self, reference: &str) -> Result<(PluginRecord, Plugin), PluginServiceError> {
         let (record, _) = self.resolve(reference, World::StepExecutor).await?;
-        // A step is bounded by its own `timeout:`; its outputs and test reports (thousands of
-        // cases from a junit step) may be larger than a notification's.
-        let base = Limits {
-            timeout: std::time::Duration::from_secs(24 * 3600),
-            output_bytes: 32 * 1024 * 1024,
-            ..self.limits
-        };
-        let limits = self.limits_for(&record, base).await;
+        let limits = self.limits_for(&record, chengis_agent::executors::step_limits(self.limits)).await;
         let plugin = self.load_with(&record, limits)?;
         Ok((record, plugin))
     }
@@ -457,6 +434,20 @@ impl PluginService {
 
     /// Whether the granted capabilities of `record` include secret `name`.
     pub fn secret_granted(record: &PluginRecord, name: &str) -> bool {
-        record.granted.iter().any(|g| g == &format!("secret:{name}"))
+        chengis_agent::executors::secret_granted(record, name)
+    }
+}
+
+impl StepExecutors for PluginService {
+    fn step_executor<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> chengis_agent::executors::BoxFuture<'a, Result<StepExecutor, String>> {
+        Box::pin(async move {
+            let (record, plugin) = self.resolve_step_executor(reference).await.map_err(|e| e.to_string())?;
+            let config = self.store.plugin_config(&record.name).await.unwrap_or_default();
+            let config = chengis_agent::executors::plugin_config(&config);
+            Ok(StepExecutor { record, plugin, config })
+        })
     }
 }

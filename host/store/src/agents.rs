@@ -4,35 +4,7 @@
 use super::{Store, StoreError, now_ms};
 use sqlx::Row;
 
-/// What an agent says about itself when it registers.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct AgentInfo {
-    /// Unique name (lease owner).
-    pub name: String,
-    /// Labels a job's `runs-on` must be a subset of.
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// Jobs at once.
-    pub executors: i64,
-    /// Operating system (`linux`, ...).
-    #[serde(default)]
-    pub os: String,
-    /// CPU architecture (`x86_64`, ...).
-    #[serde(default)]
-    pub arch: String,
-    /// CPU cores.
-    #[serde(default)]
-    pub cpus: i64,
-    /// Memory in MiB.
-    #[serde(default)]
-    pub memory_mb: i64,
-    /// Whether a Docker engine answers on the agent's host.
-    #[serde(default)]
-    pub docker: bool,
-    /// The agent's Chengis version.
-    #[serde(default)]
-    pub version: String,
-}
+pub use chengis_model::protocol::{AgentInfo, Needs};
 
 /// A registered agent as the API shows it.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -315,36 +287,6 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         rows.iter().map(|r| Ok((r.try_get("build_job_id")?, r.try_get("waiting_reason")?))).collect()
-    }
-}
-
-/// What a job needs from the agent that runs it (`resources:` of the pipeline).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Needs {
-    /// Thousandths of a CPU core (0: no requirement).
-    pub cpu_millis: i64,
-    /// Memory in MiB (0: no requirement).
-    pub memory_mb: i64,
-}
-
-impl Needs {
-    /// What a planned job's `resources:` ask of its agent.
-    pub fn of(spec: &chengis_pipeline::PlannedJob) -> Needs {
-        Needs {
-            cpu_millis: spec.container.nano_cpus.map_or(0, |n| (n / 1_000_000) as i64),
-            memory_mb: spec.container.memory.map_or(0, |m| (m >> 20) as i64),
-        }
-    }
-
-    /// Whether the job fits in `free` resources right now.
-    pub fn fits_in(&self, free: Needs) -> bool {
-        self.cpu_millis <= free.cpu_millis && self.memory_mb <= free.memory_mb
-    }
-
-    /// Whether an agent with `cpus` cores and `memory_mb` MiB (0: unknown, fits all) can ever
-    /// run the job.
-    pub fn fits(&self, cpus: i64, memory_mb: i64) -> bool {
-        (cpus <= 0 || self.cpu_millis <= cpus * 1000) && (memory_mb <= 0 || self.memory_mb <= memory_mb)
     }
 }
 

@@ -6,10 +6,10 @@
 //! Plugin calls are synchronous and run on a blocking thread; the sandbox blocks that thread on
 //! the async executors through the runtime handle.
 
-use crate::exec::docker::JobSandbox;
-use crate::exec::{CancelSignal, LogLine, SecretMasker, StepCommand, StepEnd, Stream};
 use chengis_model::events::RunEvent;
 use chengis_plugin_host::{ExecOutcome, ExecRequest, LogLevel, LogSink, Sandbox, SandboxError};
+use chengis_runner::exec::docker::JobSandbox;
+use chengis_runner::exec::{CancelSignal, LogLine, SecretMasker, StepCommand, StepEnd, Stream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,7 +110,8 @@ impl Sandbox for StepSandbox {
                     kill_grace: self.kill_grace,
                     output_cap: self.output_cap,
                 };
-                self.handle.spawn(async move { crate::exec::run_step(cmd, &masker, &cancel, 1, &tx, wrap).await })
+                self.handle
+                    .spawn(async move { chengis_runner::exec::run_step(cmd, &masker, &cancel, 1, &tx, wrap).await })
             }
             SandboxTarget::Container { sandbox, env } => {
                 let mut env = env.clone();
@@ -119,7 +120,7 @@ impl Sandbox for StepSandbox {
                     program: program.clone(),
                     args: args.to_vec(),
                     env,
-                    cwd: PathBuf::from(crate::exec::docker::spec::WORKSPACE).join(&workdir),
+                    cwd: PathBuf::from(chengis_runner::exec::docker::spec::WORKSPACE).join(&workdir),
                     timeout: Some(request.timeout),
                     kill_grace: self.kill_grace,
                     output_cap: self.output_cap,

@@ -2,19 +2,20 @@
 //! the plugin's server-side config), only the secrets its grant allows, and the job's sandbox
 //! for the commands it runs; what it sets becomes the step's outputs and env.
 
-use super::context::{self, Contexts, set_var};
-use super::events::{RunEvent, TestCaseReport, TestOutcome, TestSuiteReport, test_counts};
-use super::job::{JobEnv, Written};
-use crate::exec::docker::JobSandbox;
-use crate::plugins::PluginService;
-use crate::plugins::bridge::SandboxTarget;
-use crate::plugins::dispatch::{self, StepCall};
-use crate::status::Status;
+use super::bridge::{SandboxTarget, StepLog, StepSandbox};
+use super::{JobEnv, Written};
+use crate::context::{self, Contexts, set_var};
+use crate::executors::{StepExecutor, StepExecutors, secret_granted};
+use chengis_model::events::{RunEvent, TestCaseReport, TestOutcome, TestSuiteReport, test_counts};
+use chengis_model::status::Status;
 use chengis_pipeline::plan::{Piece, PlannedStep};
-use chengis_plugin_host::{World, outputs, types};
+use chengis_plugin_host::bindings::step_executor;
+use chengis_plugin_host::{CallContext, outputs, types};
+use chengis_runner::exec::docker::JobSandbox;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// The secret names a text's expressions read (`secrets.NAME`).
@@ -34,8 +35,8 @@ fn secrets_read(src: &str) -> Vec<String> {
 
 /// Runs a `uses:` step; returns its status, reason and what it wrote.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn run(
-    service: &Arc<PluginService>,
+pub(crate) async fn run(
+    executors: &Arc<dyn StepExecutors>,
     step: &PlannedStep,
     uses: &str,
     index: usize,
@@ -48,12 +49,13 @@ pub(super) async fn run(
     sandbox: Option<&Arc<JobSandbox>>,
 ) -> (Status, Option<String>, Written) {
     let fail = |reason: String| (Status::Error, Some(reason), Written::default());
-    let (record, _) = match service.resolve(uses, World::StepExecutor).await {
+    let executor = match executors.step_executor(uses).await {
         Ok(found) => found,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(e),
     };
+    let record = executor.record.clone();
     // `${{ secrets.X }}` in `with:` only for secrets the plugin's grant allows.
-    let granted = |name: &str| PluginService::secret_granted(&record, name);
+    let granted = |name: &str| secret_granted(&record, name);
     for (key, text) in &step.with {
         for piece in &text.0 {
             if let Piece::Expr(src) = piece
@@ -103,7 +105,6 @@ pub(super) async fn run(
         })
     });
     let call = StepCall {
-        reference: uses.to_string(),
         with,
         secrets,
         build: env.plugin_build.clone().unwrap_or_else(|| types::Build {
@@ -143,7 +144,7 @@ pub(super) async fn run(
         kill_grace: env.kill_grace,
         output_cap: env.output_cap,
     };
-    let (outcome, next) = dispatch::run_step(service.clone(), call).await;
+    let (outcome, next) = run_call(executor, call).await;
     *next_line = next;
     if let Some(timer) = timer {
         timer.abort();
@@ -199,6 +200,68 @@ fn suite_report(suite: &outputs::TestSuite) -> TestSuiteReport {
         })
         .collect();
     TestSuiteReport { name: suite.name.clone(), cases }
+}
+
+/// One `uses:` step to run.
+struct StepCall {
+    with: indexmap::IndexMap<String, String>,
+    secrets: HashMap<String, String>,
+    build: types::Build,
+    job: types::Job,
+    step: types::Step,
+    env: Vec<(String, String)>,
+    target: SandboxTarget,
+    workspace: std::path::PathBuf,
+    events: tokio::sync::mpsc::Sender<RunEvent>,
+    job_id: String,
+    index: usize,
+    first_line: u64,
+    masker: Arc<chengis_runner::exec::SecretMasker>,
+    cancel: chengis_runner::exec::CancelSignal,
+    kill_grace: Duration,
+    output_cap: u64,
+}
+
+/// Runs a step executor on a blocking thread; returns what it set, and the next log line
+/// number.
+async fn run_call(executor: StepExecutor, call: StepCall) -> (Result<chengis_plugin_host::StepOutcome, String>, u64) {
+    let StepExecutor { record, plugin, mut config } = executor;
+    chengis_model::env::merge_vars(&mut config, &call.with.into_iter().collect::<Vec<_>>());
+    let log = Arc::new(StepLog {
+        events: call.events,
+        job: call.job_id,
+        step: call.index,
+        masker: call.masker.clone(),
+        next_line: AtomicU64::new(call.first_line),
+    });
+    let sandbox = StepSandbox {
+        handle: tokio::runtime::Handle::current(),
+        target: call.target,
+        masker: call.masker,
+        cancel: call.cancel,
+        kill_grace: call.kill_grace,
+        output_cap: call.output_cap,
+    };
+    let ctx = CallContext {
+        config,
+        secrets: call.secrets,
+        log: Some(log.clone()),
+        sandbox: Some(Arc::new(sandbox)),
+        workspace: Some(call.workspace),
+    };
+    let invocation = step_executor::Invocation {
+        build: call.build,
+        job: call.job,
+        step: call.step,
+        env: call.env.into_iter().map(|(key, value)| types::KeyValue { key, value }).collect(),
+    };
+    let result = tokio::task::spawn_blocking(move || plugin.run_step(&ctx, &invocation)).await;
+    let outcome = match result {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("plugin `{}` {}: {e}", record.name, record.version)),
+    };
+    (outcome, log.next_line())
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! Uploads carry their SHA-256, which the server checks while storing; downloads are checked
 //! against the digest they were asked for before anything is placed in the workspace.
 
-use super::remote::{Attempt, Client, RemoteError};
-use crate::engine::artifacts::{ArtifactError, Blob, BlobStore, copy_hashing};
-use crate::store::queue::Lease;
+use crate::artifacts::{ArtifactError, Blob, BlobStore, copy_hashing};
+use crate::remote::{Attempt, Client, RemoteError};
+use chengis_model::protocol::Lease;
 use serde_json::Value;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -114,28 +114,28 @@ impl BlobStore for RemoteBlobs {
 /// Places the artifacts `download:` names (of the jobs in `needs`) into the workspace of a
 /// remote agent's job; `Err` inside: the job cannot start.
 pub async fn download(
-    client: &std::sync::Arc<super::remote::Client>,
-    a: &super::server_side::Assignment,
+    client: &std::sync::Arc<crate::remote::Client>,
+    a: &crate::assignment::Assignment,
     workspace: &Path,
     tmp: &Path,
-) -> Result<Result<String, String>, super::remote::RemoteError> {
-    let answer = client.lease_call(&a.lease, &super::protocol::Downloads {}).await?;
+) -> Result<Result<String, String>, crate::remote::RemoteError> {
+    let answer = client.lease_call(&a.lease, &chengis_model::protocol::Downloads {}).await?;
     if let Some(reason) = answer.error {
         return Ok(Err(reason));
     }
     let files = answer.files;
     let blobs = RemoteBlobs::new(client, &a.lease, tmp);
-    Ok(super::job_files::place_all(blobs, workspace, files).await)
+    Ok(crate::files::place_all(blobs, workspace, files).await)
 }
 
 /// Uploads a remote agent's artifacts and records them; the log lines, or why the job fails.
 pub async fn keep(
-    client: &std::sync::Arc<super::remote::Client>,
-    a: &super::server_side::Assignment,
-    specs: Vec<crate::engine::artifacts::ArtifactSpec>,
+    client: &std::sync::Arc<crate::remote::Client>,
+    a: &crate::assignment::Assignment,
+    specs: Vec<crate::artifacts::ArtifactSpec>,
     workspace: &Path,
     tmp: &Path,
-) -> Result<Result<Vec<String>, String>, super::remote::RemoteError> {
+) -> Result<Result<Vec<String>, String>, crate::remote::RemoteError> {
     if specs.is_empty() {
         return Ok(Ok(Vec::new()));
     }
@@ -143,27 +143,27 @@ pub async fn keep(
     let (ws, owned) = (workspace.to_path_buf(), specs.clone());
     let (limit, fail) = (a.artifact_rules.max_job, a.artifact_rules.fail_over_cap);
     let collected =
-        tokio::task::spawn_blocking(move || crate::engine::artifacts::collect(&blobs, &ws, &owned, limit, fail)).await;
+        tokio::task::spawn_blocking(move || crate::artifacts::collect(&blobs, &ws, &owned, limit, fail)).await;
     let collected = match collected {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Ok(Err(format!("artifacts: {e}"))),
         Err(e) => return Ok(Err(format!("artifacts: {e}"))),
     };
-    client.lease_call(&a.lease, &super::protocol::Artifacts { files: collected.files.clone() }).await?;
-    Ok(Ok(super::job_files::kept_lines(&specs, &collected)))
+    client.lease_call(&a.lease, &chengis_model::protocol::Artifacts { files: collected.files.clone() }).await?;
+    Ok(Ok(crate::files::kept_lines(&specs, &collected)))
 }
 
 /// Restores one cache entry from the server into a remote agent's workspace (never fails the
 /// job: a miss or an unusable archive is a line in the log).
 pub async fn restore_cache(
-    client: &std::sync::Arc<super::remote::Client>,
-    a: &super::server_side::Assignment,
-    cache: &crate::engine::cache::ResolvedCache,
+    client: &std::sync::Arc<crate::remote::Client>,
+    a: &crate::assignment::Assignment,
+    cache: &crate::cache::ResolvedCache,
     workspace: &Path,
     tmp: &Path,
-) -> Result<crate::engine::cache::Restored, super::remote::RemoteError> {
-    use crate::engine::cache::Restored;
-    let find = super::protocol::CacheFind { key: cache.key.clone(), restore_keys: cache.restore_keys.clone() };
+) -> Result<crate::cache::Restored, crate::remote::RemoteError> {
+    use crate::cache::Restored;
+    let find = chengis_model::protocol::CacheFind { key: cache.key.clone(), restore_keys: cache.restore_keys.clone() };
     let answer = client.lease_call(&a.lease, &find).await?;
     let Some(entry) = answer.entry else {
         return Ok(Restored { exact: false, lines: answer.lines });
@@ -173,7 +173,7 @@ pub async fn restore_cache(
     let restored = tokio::task::spawn_blocking(move || -> Result<Restored, String> {
         let archive = fetch(&c, "cache download", &url, &tmp)?;
         // The archive is verified against the entry's SHA-256 before anything is extracted.
-        Ok(crate::engine::cache::unpack_entry(archive.path(), &entry, &wanted, &ws).unwrap_or_else(|r| r))
+        Ok(crate::cache::unpack_entry(archive.path(), &entry, &wanted, &ws).unwrap_or_else(|r| r))
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
@@ -186,9 +186,9 @@ pub async fn restore_cache(
 /// Packs a cache's paths on a remote agent and uploads the archive to the server, which keeps
 /// it unless another build saved the key first; the log lines.
 pub async fn save_cache(
-    client: &std::sync::Arc<super::remote::Client>,
-    a: &super::server_side::Assignment,
-    cache: &crate::engine::cache::ResolvedCache,
+    client: &std::sync::Arc<crate::remote::Client>,
+    a: &crate::assignment::Assignment,
+    cache: &crate::cache::ResolvedCache,
     workspace: &Path,
     tmp: &Path,
 ) -> Vec<String> {
@@ -196,14 +196,14 @@ pub async fn save_cache(
     let (limit, key, lease) = (a.artifact_rules.cache_max_entry, cache.key.clone(), a.lease.clone());
     let saved = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
         std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-        let Some(packed) = crate::engine::cache::pack_paths(&ws, &paths, &tmp, limit)? else {
+        let Some(packed) = crate::cache::pack_paths(&ws, &paths, &tmp, limit)? else {
             return Ok(vec![format!("cache `{key}`: not saved: no file matches {}", paths.join(", "))]);
         };
         let url = format!(
             "/api/v1/agent/leases/{}/caches?token={}&key={}&files={}",
             lease.entry,
             lease.token,
-            super::remote::percent_encode(&key),
+            crate::remote::percent_encode(&key),
             packed.files
         );
         let v = upload(&c, "cache upload", &url, packed.file.path(), &packed.sha256, packed.size)?;

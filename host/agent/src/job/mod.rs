@@ -2,19 +2,19 @@
 //! container when it names an image), env and output propagation, conditions,
 //! `continue-on-error`, step and job timeouts.
 
-use super::context::{self, Contexts, env_object, set_var};
-use super::envfile;
-use super::events::RunEvent;
-use super::shell::{self, ScriptCommand};
-use crate::exec::docker::{
-    DockerRuntime, JobSandbox, SandboxLabels, SandboxRequest, ServiceRequest, spec as docker_spec,
-};
-use crate::exec::{CancelSignal, ExecError, SecretMasker, StepCommand, StepEnd, StepReport};
-use crate::status::Status;
+use crate::context::{self, Contexts, env_object, set_var};
+use crate::envfile;
+use crate::shell::{self, ScriptCommand};
+use chengis_model::events::RunEvent;
+use chengis_model::status::Status;
 use chengis_pipeline::container::ContainerOptions;
 use chengis_pipeline::expr::Status as ExprStatus;
 use chengis_pipeline::model::Service;
 use chengis_pipeline::plan::{Piece, PlannedJob, PlannedStep, Text};
+use chengis_runner::exec::docker::{
+    DockerRuntime, JobSandbox, SandboxLabels, SandboxRequest, ServiceRequest, spec as docker_spec,
+};
+use chengis_runner::exec::{CancelSignal, ExecError, SecretMasker, StepCommand, StepEnd, StepReport};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{Instrument, info_span};
+
+pub mod bridge;
+mod plugin_step;
 
 /// Everything a job run shares with the rest of the run.
 pub struct JobEnv {
@@ -44,7 +47,7 @@ pub struct JobEnv {
     /// a `user:` get it handed over (chown) so that steps can write to it.
     pub owns_workspace: bool,
     /// The plugin platform, for `uses:` steps (none for `chengis run`).
-    pub plugins: Option<Arc<crate::plugins::PluginService>>,
+    pub plugins: Option<Arc<dyn crate::executors::StepExecutors>>,
     /// The build as step-executor plugins see it.
     pub plugin_build: Option<chengis_plugin_host::types::Build>,
     /// The masker of the run's secrets.
@@ -369,8 +372,7 @@ async fn run_one(
         }
         set_var(&mut step_env, "CHENGIS_STEP", step.name.clone());
         let (status, reason, written) =
-            super::plugin_step::run(service, step, uses, index, env, ctx, step_env, limit, job_id, next_line, sandbox)
-                .await;
+            plugin_step::run(service, step, uses, index, env, ctx, step_env, limit, job_id, next_line, sandbox).await;
         return (status, None, reason, written);
     };
     // `${{ }}` in `run:` reaches the shell as environment variables, never spliced into the text.
@@ -460,7 +462,7 @@ async fn run_one(
         run_in_container(cmd, step_image.as_deref(), sandbox, env, job_id, index, *next_line).await
     } else {
         let wrap = |line| RunEvent::Log { job: job_id.to_string(), step: index, line };
-        crate::exec::run_step(cmd, &env.masker, &env.cancel, *next_line, &env.events, wrap).await
+        chengis_runner::exec::run_step(cmd, &env.masker, &env.cancel, *next_line, &env.events, wrap).await
     };
     if let Ok(r) = &report {
         *next_line = r.next_line;
@@ -483,7 +485,7 @@ async fn run_one(
                 Some(match limit {
                     Some(bytes) => format!(
                         "was killed: oom (out of memory: over the job's memory limit of {})",
-                        crate::exec::human_size(bytes)
+                        chengis_runner::exec::human_size(bytes)
                     ),
                     None => "was killed: oom (out of memory)".into(),
                 }),

@@ -3,11 +3,15 @@
 //! reports over HTTP. Every call goes through one retry helper, so the agent lives through
 //! server restarts, 5xx answers and network cuts; `SIGTERM` drains it.
 
-use super::server_side::Assignment;
-use super::{AgentConfig, link::Link};
-use crate::exec::CancelSignal;
-use crate::store::agents::{AgentInfo, Needs};
-use crate::store::queue::Lease;
+pub mod blobs;
+pub mod peer;
+pub mod plugins;
+
+use crate::assignment::Assignment;
+use crate::runner::AgentConfig;
+use chengis_model::protocol::Lease;
+use chengis_model::protocol::{AgentInfo, Needs};
+use chengis_runner::exec::CancelSignal;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::io::Read;
@@ -51,6 +55,15 @@ pub enum RemoteError {
     /// The agent's own setup failed (CA file, working directory).
     #[error("{0}")]
     Setup(String),
+}
+
+impl From<RemoteError> for crate::peer::PeerError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::Stale(msg) => crate::peer::PeerError::Stale(msg),
+            other => crate::peer::PeerError::Server(Box::new(other)),
+        }
+    }
 }
 
 /// One failed attempt, classified.
@@ -193,7 +206,7 @@ impl Client {
     }
 
     /// A call about a held lease (see [`super::protocol`]), answered with its typed answer.
-    pub async fn lease_call<C: super::protocol::LeaseCall>(
+    pub async fn lease_call<C: chengis_model::protocol::LeaseCall>(
         self: &Arc<Self>,
         lease: &Lease,
         call: &C,
@@ -201,7 +214,7 @@ impl Client {
         let action = C::ACTION.as_str();
         let what = format!("{action} (build job {})", lease.build_job_id);
         let path = format!("/api/v1/agent/leases/{}/{action}", lease.entry);
-        self.call(&what, &path, super::protocol::body(lease, call), None).await
+        self.call(&what, &path, chengis_model::protocol::body(lease, call), None).await
     }
 }
 
@@ -276,8 +289,11 @@ impl Backoff {
 /// `d` scaled by a random factor in [0.5, 1.0), so agents that failed together do not retry in
 /// lockstep.
 fn jitter(d: Duration) -> Duration {
-    use aes_gcm::aead::rand_core::RngCore;
-    let r = aes_gcm::aead::OsRng.next_u32() as f64 / u32::MAX as f64;
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly keyed hash of the time: varies per call and per process.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    let r = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
     d.mul_f64(0.5 + r / 2.0)
 }
 
@@ -347,15 +363,9 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
         executors = run.executors,
         "registered; polling for jobs"
     );
-    // The agent's own allowlist mirror for `uses:` steps (see `remote_plugins`).
-    let plugins = match super::remote_plugins::open(&cfg.work_dir).await {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::warn!("no plugin platform on this agent (`uses:` steps will fail): {e}");
-            None
-        }
-    };
-    let link = Link::Remote(client.clone(), cfg.work_dir.clone(), plugins);
+    // The agent's copy of the server's decisions for `uses:` steps (see `plugins`).
+    let plugins = Arc::new(plugins::Mirror::open(&cfg.work_dir).map_err(RemoteError::Setup)?);
+    let link = peer::RemotePeer::new(client.clone(), cfg.work_dir.clone(), plugins);
     let slots = Arc::new(Semaphore::new(run.executors.max(1)));
     let jobs = CancelSignal::new();
     // Set when a job's lease turned out stale: the agent registers again, which lets it take
@@ -438,7 +448,7 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
                 (link.clone(), run.clone(), jobs.clone(), lost.clone(), job_ended.clone());
             let handle = tokio::spawn(
                 async move {
-                    if let Err(e) = super::execute(&link, &run, a, None, Some(stop)).await {
+                    if let Err(e) = crate::runner::execute(&link, &run, a, Some(stop)).await {
                         tracing::error!("running the job: {e}");
                         if e.is_stale() {
                             lost.store(true, std::sync::atomic::Ordering::Relaxed);

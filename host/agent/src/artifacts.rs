@@ -2,10 +2,10 @@
 //! so nothing escapes the data directory), collecting a job's `artifacts:` from its workspace,
 //! and placing upstream artifacts into a downstream job's workspace (checksums verified).
 
-use crate::store::artifacts::{ArtifactFile, NewArtifactFile};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use chengis_archive::select::{EntryKind, select};
+use chengis_model::records::{ArtifactFile, NewArtifactFile};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
