@@ -259,4 +259,11 @@ fn a_pipeline_over_the_job_limit_ends_its_build_with_the_linters_message() {
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("too-many-jobs") && text.contains("limit of 256"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
+        .arg("lint")
+        .arg(&path)
+        .args(["--max-jobs", "257"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -9,7 +9,7 @@
 //! | provider | authenticity | delivery id (required) | event name |
 //! |---|---|---|---|
 //! | GitHub | `X-Hub-Signature-256: sha256=<hex>` | `X-GitHub-Delivery` | `X-GitHub-Event` |
-//! | GitLab | `X-Gitlab-Token: <secret>` | `Idempotency-Key` (GitLab 17.4+, kept across retries), else `X-Gitlab-Event-UUID` | `X-Gitlab-Event` |
+//! | GitLab | `X-Gitlab-Token: <secret>` | `Idempotency-Key` (newer GitLab; the same for every retry), else `X-Gitlab-Event-UUID` | `X-Gitlab-Event` |
 //! | Gitea | `X-Gitea-Signature: <hex>` | `X-Gitea-Delivery` (or the `X-GitHub-Delivery` it also sends) | `X-Gitea-Event` |
 //! | Bitbucket | `X-Hub-Signature: sha256=<hex>` | `X-Request-UUID` | `X-Event-Key` |
 //! | generic | see [`generic`] | `X-Chengis-Delivery` (signed) | always `push` |
