@@ -1011,7 +1011,9 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
         Some(json!({"webhook_secret": "second-webhook-secret-456"})),
     );
     assert_eq!(st, 200);
-    let (st, v) = hook(&hook_url, &headers("ping", "d-6", github_signature(secret, "{}")), "{}");
+    // (Each ping its own body: a body is processed once per job, whatever its delivery id.)
+    let ping = |n: u32| format!("{{\"zen\": \"ping {n}\"}}");
+    let (st, v) = hook(&hook_url, &headers("ping", "d-6", github_signature(secret, &ping(6))), &ping(6));
     assert_eq!((st, v["status"].as_str()), (200, Some("pong")), "{v}");
     let (st, _) = call(
         "PUT",
@@ -1019,16 +1021,18 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
         Some(json!({"webhook_secret": "third-webhook-secret-7890"})),
     );
     assert_eq!(st, 200);
-    let (st, _) = hook(&hook_url, &headers("ping", "d-7", github_signature(secret, "{}")), "{}");
+    let (st, _) = hook(&hook_url, &headers("ping", "d-7", github_signature(secret, &ping(7))), &ping(7));
     assert_eq!(st, 401);
-    let (st, v) = hook(&hook_url, &headers("ping", "d-8", github_signature("second-webhook-secret-456", "{}")), "{}");
+    let (st, v) =
+        hook(&hook_url, &headers("ping", "d-8", github_signature("second-webhook-secret-456", &ping(8))), &ping(8));
     assert_eq!(st, 200, "{v}");
     // The CLI sets it too.
     let (code, out, err) =
         cli(&s.url, &["job", "update", "app", "--webhook-secret", "fourth-webhook-secret-000"], None);
     assert_eq!(code, 0, "{out}{err}");
-    let (st, v) = hook(&hook_url, &headers("ping", "d-9", github_signature("fourth-webhook-secret-000", "{}")), "{}");
-    assert_eq!(st, 200, "{v}");
+    let (st, v) =
+        hook(&hook_url, &headers("ping", "d-9", github_signature("fourth-webhook-secret-000", &ping(9))), &ping(9));
+    assert_eq!((st, v["status"].as_str()), (200, Some("pong")), "{v}");
     // Unknown provider or job: 404 JSON.
     let (st, v) = hook(&format!("{}/hooks/sourceforge/app", s.url), &[], "{}");
     assert_eq!((st, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
@@ -1315,8 +1319,15 @@ fn every_forge_delivers_a_signed_push_from_its_documented_payload() {
                 "generic",
                 generic.clone(),
                 vec![
+                    ("X-Chengis-Delivery", "3f1c2a7e-5b8d-4c1e-9f0a-2b3c4d5e6f70".into()),
                     ("X-Chengis-Timestamp", now.clone()),
-                    ("X-Chengis-Signature", format!("sha256={}", hmac_hex(secret, &format!("{now}.{generic}")))),
+                    (
+                        "X-Chengis-Signature",
+                        format!(
+                            "sha256={}",
+                            hmac_hex(secret, &format!("3f1c2a7e-5b8d-4c1e-9f0a-2b3c4d5e6f70.{now}.{generic}"))
+                        ),
+                    ),
                 ],
             ),
         ]

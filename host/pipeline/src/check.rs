@@ -16,12 +16,39 @@ pub struct LintOptions {
     pub max_matrix: usize,
     /// Largest pipeline file accepted, in bytes.
     pub max_bytes: usize,
+    /// Most jobs a pipeline may plan, matrix combinations counted one by one.
+    pub max_jobs: usize,
 }
 
 impl Default for LintOptions {
+    /// The defaults, with `max_jobs` from [`default_max_jobs`].
     fn default() -> Self {
-        LintOptions { max_matrix: matrix::DEFAULT_MAX_COMBINATIONS, max_bytes: crate::DEFAULT_MAX_BYTES }
+        LintOptions {
+            max_matrix: matrix::DEFAULT_MAX_COMBINATIONS,
+            max_bytes: crate::DEFAULT_MAX_BYTES,
+            max_jobs: default_max_jobs(),
+        }
     }
+}
+
+/// The built-in cap on the jobs of one pipeline (after matrix expansion): a pipeline of
+/// thousands of jobs holds an agent for minutes and floods the queue.
+pub const DEFAULT_MAX_JOBS: usize = 256;
+
+/// The process-wide cap [`LintOptions::default`] uses; [`DEFAULT_MAX_JOBS`] until
+/// [`set_default_max_jobs`] changes it.
+static MAX_JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_JOBS);
+
+/// The cap on planned jobs that [`LintOptions::default`] carries.
+pub fn default_max_jobs() -> usize {
+    MAX_JOBS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets the cap on planned jobs for every later [`LintOptions::default`] of this process
+/// (`chengis serve --max-jobs` does so once at start, so that every build the server plans is
+/// held to it). 0 is taken as 1: a pipeline has at least one job.
+pub fn set_default_max_jobs(max: usize) {
+    MAX_JOBS.store(max.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
 struct Checker<'a> {
@@ -29,11 +56,13 @@ struct Checker<'a> {
     src: &'a str,
     diags: &'a mut Diagnostics,
     max_matrix: usize,
+    /// The jobs the pipeline plans so far (a matrix job counts its combinations).
+    planned_jobs: usize,
 }
 
 /// Runs every semantic check; returns the job ids in dependency order when the graph is sound.
 pub fn check(decoded: &Decoded, src: &str, opts: &LintOptions, diags: &mut Diagnostics) -> Vec<String> {
-    let mut c = Checker { decoded, src, diags, max_matrix: opts.max_matrix };
+    let mut c = Checker { decoded, src, diags, max_matrix: opts.max_matrix, planned_jobs: 0 };
     let p: &Pipeline = &decoded.pipeline;
     if let Some(on) = &p.on {
         for (name, f) in [("push", &on.push), ("pull_request", &on.pull_request), ("tag", &on.tag)] {
@@ -55,6 +84,7 @@ pub fn check(decoded: &Decoded, src: &str, opts: &LintOptions, diags: &mut Diagn
     for (id, job) in &p.jobs {
         c.job(id, job, &params);
     }
+    c.job_count(opts.max_jobs);
     if let Some(post) = &p.post {
         for (name, steps) in
             [("always", &post.always), ("on-success", &post.on_success), ("on-failure", &post.on_failure)]
@@ -276,9 +306,37 @@ impl Checker<'_> {
         }
     }
 
+    /// Reports a pipeline that plans more than `max` jobs, at its `jobs:` key.
+    fn job_count(&mut self, max: usize) {
+        let count = self.planned_jobs;
+        if count <= max {
+            return;
+        }
+        // The `jobs:` key itself, not the first job under it.
+        let key = self.decoded.spans.node("").and_then(|root| match &root.kind {
+            crate::yaml::NodeKind::Map(entries) => {
+                entries.iter().find(|(k, _)| k.as_scalar() == Some("jobs")).map(|(k, _)| k.pos)
+            }
+            _ => None,
+        });
+        let pos = key.unwrap_or_else(|| self.decoded.spans.pos("jobs"));
+        self.diags
+            .error(
+                "too-many-jobs",
+                pos,
+                "jobs",
+                format!("the pipeline plans {count} jobs (matrix combinations counted), more than the limit of {max}"),
+            )
+            .help(
+                "merge jobs, shrink matrices, or split the pipeline; the server's limit is `chengis serve --max-jobs`",
+            );
+    }
+
     fn job(&mut self, id: &str, job: &Job, params: &[String]) {
         let path = child("jobs", id);
         let mut matrix_keys: Vec<String> = Vec::new();
+        // A job plans once, or once per matrix combination (at least once, as the planner does).
+        let mut planned = 1usize;
         if let Some(strategy) = &job.strategy {
             let mpath = child(&child(&path, "strategy"), "matrix");
             for combo in strategy.matrix.include.iter() {
@@ -287,6 +345,7 @@ impl Checker<'_> {
             matrix_keys.extend(strategy.matrix.axes.keys().cloned());
             match matrix::expand(&strategy.matrix, self.max_matrix) {
                 Ok(exp) => {
+                    planned = exp.combinations.len().max(1);
                     for i in exp.unused_excludes {
                         let ep = index(&child(&mpath, "exclude"), i);
                         let pos = self.pos(&ep, None);
@@ -299,6 +358,7 @@ impl Checker<'_> {
                     }
                 }
                 Err(MatrixError::TooMany { count, max }) => {
+                    planned = count.max(1);
                     let pos = self.pos(&mpath, None);
                     self.diags
                         .error(
@@ -311,6 +371,7 @@ impl Checker<'_> {
                 }
             }
         }
+        self.planned_jobs = self.planned_jobs.saturating_add(planned);
         let scope = [Scope::Needs(&job.needs), Scope::Matrix(&matrix_keys), Scope::Params(params)];
         if let Some(cond) = &job.condition {
             self.condition(cond, &child(&path, "if"), &scope);
@@ -532,4 +593,60 @@ fn cron_field(f: &str, lo: u32, hi: u32) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod job_limit_tests {
+    use super::LintOptions;
+    use crate::lint::lint;
+
+    /// A pipeline of `plain` jobs and `matrices` jobs of 5 x 5 combinations.
+    fn pipeline(plain: usize, matrices: usize) -> String {
+        let mut src = String::from("name: big\njobs:\n");
+        for i in 0..plain {
+            src.push_str(&format!("  j{i}:\n    steps:\n      - run: 'true'\n"));
+        }
+        for i in 0..matrices {
+            src.push_str(&format!(
+                "  m{i}:\n    strategy:\n      matrix:\n        a: [1, 2, 3, 4, 5]\n        b: [1, 2, 3, 4, 5]\n    steps:\n      - run: 'true'\n"
+            ));
+        }
+        src
+    }
+
+    fn too_many(src: &str, opts: &LintOptions) -> Vec<crate::Diagnostic> {
+        lint(src, "big.yml", opts).diagnostics.into_iter().filter(|d| d.code == "too-many-jobs").collect()
+    }
+
+    #[test]
+    fn a_pipeline_over_the_job_limit_is_an_error_at_its_jobs_key() {
+        let opts = LintOptions { max_jobs: 256, ..LintOptions::default() };
+        assert!(too_many(&pipeline(256, 0), &opts).is_empty(), "256 jobs are within the limit");
+        let found = too_many(&pipeline(257, 0), &opts);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let d = &found[0];
+        assert_eq!(d.severity, crate::Severity::Error);
+        assert_eq!((d.file.as_str(), d.line, d.column), ("big.yml", 2, 1), "at `jobs:`");
+        assert!(d.message.contains("257 jobs") && d.message.contains("limit of 256"), "{}", d.message);
+        assert!(d.to_string().starts_with("big.yml:2:1"), "{d}");
+    }
+
+    #[test]
+    fn matrix_combinations_count_as_jobs() {
+        // 10 matrix jobs of 25 combinations and 7 plain jobs: 257 planned jobs from 17 keys.
+        let src = pipeline(7, 10);
+        let opts = LintOptions { max_jobs: 256, ..LintOptions::default() };
+        let found = too_many(&src, &opts);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("257 jobs"), "{}", found[0].message);
+        let opts = LintOptions { max_jobs: 257, ..LintOptions::default() };
+        assert!(too_many(&src, &opts).is_empty());
+        assert!(!lint(&src, "big.yml", &opts).has_errors());
+    }
+
+    #[test]
+    fn the_default_limit_is_256() {
+        assert_eq!(super::DEFAULT_MAX_JOBS, 256);
+        assert!(LintOptions::default().max_jobs >= 1);
+    }
 }

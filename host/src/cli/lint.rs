@@ -18,12 +18,16 @@ pub struct LintArgs {
     /// Most combinations a matrix may expand to.
     #[arg(long, default_value_t = chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS)]
     pub max_matrix: usize,
+    /// Most jobs the pipeline may plan, matrix combinations counted (as `chengis serve
+    /// --max-jobs`).
+    #[arg(long, default_value_t = chengis_pipeline::check::DEFAULT_MAX_JOBS)]
+    pub max_jobs: usize,
 }
 
 /// Runs `chengis lint`; exit code 1 when any file has an error, 2 when a file cannot be read.
 pub fn lint(args: LintArgs) -> anyhow::Result<i32> {
     let files = if args.files.is_empty() { vec![files::find(&std::env::current_dir()?)?] } else { args.files };
-    let opts = LintOptions { max_matrix: args.max_matrix, ..LintOptions::default() };
+    let opts = LintOptions { max_matrix: args.max_matrix, max_jobs: args.max_jobs.max(1), ..LintOptions::default() };
     let color = std::io::stdout().is_terminal();
     let mut code = 0;
     let mut json = Vec::new();

@@ -49,9 +49,18 @@ pub struct ServeArgs {
     /// Webhook deliveries accepted per job and minute; more are answered 429 [default: 120].
     #[arg(long, env = "CHENGIS_WEBHOOK_RATE_LIMIT")]
     pub webhook_rate_limit: Option<usize>,
-    /// How long recorded webhook deliveries are kept, such as `30d` [default: 30d].
+    /// How long recorded webhook deliveries are kept, such as `30d` [default: 30d]. A body seen
+    /// within this window is answered `duplicate` and starts nothing.
     #[arg(long, env = "CHENGIS_WEBHOOK_RETENTION")]
     pub webhook_retention: Option<String>,
+    /// Most jobs one pipeline may plan, matrix combinations counted; a pipeline over it ends
+    /// its build `error` with the linter's message [default: 256].
+    #[arg(long, env = "CHENGIS_MAX_JOBS")]
+    pub max_jobs: Option<usize>,
+    /// Live streams (build events and logs) one user may hold open at once; more are answered
+    /// 429 [default: 16].
+    #[arg(long, env = "CHENGIS_MAX_STREAMS_PER_USER")]
+    pub max_streams_per_user: Option<usize>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, env = "CHENGIS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -100,6 +109,8 @@ const CONFIG_KEYS: &[&str] = &[
     "public_url",
     "webhook_rate_limit",
     "webhook_retention",
+    "max_jobs",
+    "max_streams_per_user",
     "tls_cert",
     "tls_key",
     "private_badges",
@@ -137,6 +148,10 @@ pub struct ServeConfig {
     pub webhook_rate_limit: Option<usize>,
     /// How long webhook deliveries are kept.
     pub webhook_retention: Option<String>,
+    /// Most jobs one pipeline may plan.
+    pub max_jobs: Option<usize>,
+    /// Live streams one user may hold open at once.
+    pub max_streams_per_user: Option<usize>,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// Badges need a signed-in viewer.
@@ -208,6 +223,12 @@ impl ServeArgs {
             webhook_rate_limit: Some(self.webhook_rate_limit.or(file.webhook_rate_limit).unwrap_or(120)),
             webhook_retention: Some(
                 self.webhook_retention.clone().or(file.webhook_retention).unwrap_or_else(|| "30d".into()),
+            ),
+            max_jobs: Some(self.max_jobs.or(file.max_jobs).unwrap_or(chengis_pipeline::check::DEFAULT_MAX_JOBS)),
+            max_streams_per_user: Some(
+                self.max_streams_per_user
+                    .or(file.max_streams_per_user)
+                    .unwrap_or(crate::server::stream::DEFAULT_STREAMS_PER_USER),
             ),
             tls_cert: self.tls_cert.clone().or(file.tls_cert),
             tls_key: self.tls_key.clone().or(file.tls_key),
@@ -301,6 +322,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     if lease_ttl < Duration::from_secs(2) {
         bail!("lease_ttl must be at least 2s: the agent renews every second");
     }
+    let max_jobs = cfg.max_jobs.unwrap_or(chengis_pipeline::check::DEFAULT_MAX_JOBS);
+    if max_jobs == 0 {
+        bail!("max_jobs must be at least 1");
+    }
+    // Every build this server plans is linted with `LintOptions::default()`, which carries it.
+    chengis_pipeline::check::set_default_max_jobs(max_jobs);
+    let max_streams = cfg.max_streams_per_user.unwrap_or(crate::server::stream::DEFAULT_STREAMS_PER_USER);
+    if max_streams == 0 {
+        bail!("max_streams_per_user must be at least 1");
+    }
     cfg.storage.config(PathBuf::new())?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(crate::server::tls::acceptor(cert, key)?),
@@ -379,7 +410,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             max_attempts: cfg.max_attempts.unwrap_or(2),
             pollers: Default::default(),
         };
-        let app = router(AppState { builds: ctx, keys, hook_limiter, hook_cache: Default::default(), agents, auth })
+        let streams = Arc::new(crate::server::stream::Streams::new(max_streams));
+        let app = router(AppState {
+            builds: ctx,
+            keys,
+            hook_limiter,
+            hook_cache: Default::default(),
+            agents,
+            auth,
+            streams,
+        })
             .into_make_service_with_connect_info::<crate::server::auth::ClientAddr>();
         let stop = shutdown.clone();
         let signalled = async move {

@@ -9,7 +9,7 @@ pub mod error;
 mod openapi;
 mod schedules;
 mod storage;
-mod stream;
+pub mod stream;
 pub mod tls;
 pub mod views;
 pub mod webhooks;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub agents: agent_api::AgentSettings,
     /// Sign-in, lockout and rate-limit settings.
     pub auth: auth::Settings,
+    /// Open live streams per user, capped.
+    pub streams: Arc<stream::Streams>,
 }
 
 /// The router under construction and every `(method, path)` it registered; the route-table

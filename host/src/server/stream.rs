@@ -1,23 +1,126 @@
 //! Logs and build events: `GET .../logs?offset=N` for a page, and SSE streams that resume at
 //! `Last-Event-ID` (the line number, or the event id) with no gap and no duplicate. Both read
 //! the store; notices on the bus only wake them early.
+//!
+//! Each stream is one task that reads the store and sends to the response body. The task ends
+//! as soon as the client leaves: while it waits it also watches the body's channel close (the
+//! server drops the body when the connection ends; a keep-alive comment every
+//! [`KEEP_ALIVE`] makes a silently vanished client fail a write), so an abandoned stream stops
+//! reading the store at once instead of at its next send. Each user holds at most
+//! [`Streams::per_user`] streams; the slot is held by the task and freed when it ends.
 
 use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::engine::builds::Notice;
 use crate::exec::LogLine;
 use crate::store::builds::BuildJobRecord;
-use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, ToSchema};
+
+/// How many live streams one user may hold open at once unless `chengis serve
+/// --max-streams-per-user` says otherwise.
+pub const DEFAULT_STREAMS_PER_USER: usize = 16;
+
+/// How often an idle stream sends a keep-alive comment (so that a client that vanished without
+/// closing its connection fails a write, and proxies keep the connection).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// The open live streams of each user, capped at [`Streams::per_user`].
+#[derive(Debug)]
+pub struct Streams {
+    per_user: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams::new(DEFAULT_STREAMS_PER_USER)
+    }
+}
+
+impl Streams {
+    /// At most `per_user` open streams per user (at least 1).
+    pub fn new(per_user: usize) -> Self {
+        Streams { per_user: per_user.max(1), open: Mutex::new(HashMap::new()) }
+    }
+
+    /// The cap.
+    pub fn per_user(&self) -> usize {
+        self.per_user
+    }
+
+    /// Takes a slot for `user`; `None` when they hold [`Streams::per_user`] already.
+    pub fn open(self: &Arc<Self>, user: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(user.to_string()).or_default();
+        if *count >= self.per_user {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot { streams: self.clone(), user: user.to_string() })
+    }
+
+    /// How many streams `user` holds open.
+    pub fn open_for(&self, user: &str) -> usize {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).get(user).copied().unwrap_or(0)
+    }
+}
+
+/// One open stream's slot; dropping it (when the stream's task ends) frees the slot.
+#[derive(Debug)]
+pub struct StreamSlot {
+    streams: Arc<Streams>,
+    user: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.streams.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A slot for the caller's new stream, or 429 naming the cap.
+fn open_slot(s: &AppState, caller: Option<&super::auth::Caller>) -> Result<StreamSlot, ApiError> {
+    // Streams need a viewer, so there is always a user; the address is a fallback only.
+    let user = caller.map_or_else(
+        || "anonymous".to_string(),
+        |c| match &c.user {
+            Some(u) => format!("user:{}", u.username),
+            None => format!("addr:{}", c.ip),
+        },
+    );
+    s.streams.open(&user).ok_or_else(|| ApiError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        code: "too_many_streams",
+        message: format!(
+            "you have {} live streams open, the most one user may hold; close one (or wait for it to end) and try again",
+            s.streams.per_user()
+        ),
+        details: serde_json::json!({"limit": s.streams.per_user()}),
+    })
+}
+
+/// The SSE response of a stream task's channel.
+fn sse(rx: mpsc::Receiver<Result<Event, Infallible>>) -> Response {
+    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response()
+}
 
 /// Query of the log routes.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -74,13 +177,17 @@ pub async fn log_stream(
     State(s): State<AppState>,
     ApiPath((build, job)): ApiPath<(i64, String)>,
     ApiQuery(q): ApiQuery<LogQuery>,
+    caller: Option<Extension<super::auth::Caller>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let j = find_job(&s, build, &job).await?;
+    let slot = open_slot(&s, caller.as_deref())?;
     let mut next = resume_point(&headers, q.offset);
     let (tx, rx) = mpsc::channel(64);
     let mut notices = s.builds.bus.subscribe();
     tokio::spawn(async move {
+        // Held for as long as the task runs: the task is the stream.
+        let _slot = slot;
         let store = &s.builds.store;
         loop {
             let finished = store.build_job_status(j.id).await.map(|st| st.is_finished()).unwrap_or(true);
@@ -106,10 +213,13 @@ pub async fn log_stream(
             if !lines.is_empty() {
                 continue;
             }
-            wait(&mut notices, |n| *n == Notice::Log(j.id) || *n == Notice::Build(j.build_id)).await;
+            let want = |n: &Notice| *n == Notice::Log(j.id) || *n == Notice::Build(j.build_id);
+            if wait(&mut notices, &tx, want).await == Woken::Gone {
+                return;
+            }
         }
     });
-    Ok(Sse::new(ReceiverStream::<Result<Event, Infallible>>::new(rx)).keep_alive(KeepAlive::default()).into_response())
+    Ok(sse(rx))
 }
 
 /// `GET /api/v1/builds/{id}/events`: SSE of the build's status changes (id = event id), ending
@@ -118,13 +228,17 @@ pub async fn log_stream(
 pub async fn build_events(
     State(s): State<AppState>,
     ApiPath(build): ApiPath<i64>,
+    caller: Option<Extension<super::auth::Caller>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     s.builds.store.build(build).await?;
+    let slot = open_slot(&s, caller.as_deref())?;
     let mut after = resume_point(&headers, None) as i64 - 1;
     let (tx, rx) = mpsc::channel(64);
     let mut notices = s.builds.bus.subscribe();
     tokio::spawn(async move {
+        // Held for as long as the task runs: the task is the stream.
+        let _slot = slot;
         let store = &s.builds.store;
         loop {
             let finished = store.build(build).await.map(|b| b.status.is_finished()).unwrap_or(true);
@@ -142,28 +256,79 @@ pub async fn build_events(
                 let _ = tx.send(Ok(Event::default().event("end").data("{}"))).await;
                 return;
             }
-            if events.is_empty() {
-                wait(&mut notices, |n| *n == Notice::Build(build)).await;
+            if events.is_empty() && wait(&mut notices, &tx, |n| *n == Notice::Build(build)).await == Woken::Gone {
+                return;
             }
         }
     });
-    Ok(Sse::new(ReceiverStream::<Result<Event, Infallible>>::new(rx)).keep_alive(KeepAlive::default()).into_response())
+    Ok(sse(rx))
 }
 
-/// Waits for a matching notice, or one second (the store is the truth; notices only hurry).
-async fn wait(notices: &mut tokio::sync::broadcast::Receiver<Notice>, want: impl Fn(&Notice) -> bool) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+/// Why [`wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Woken {
+    /// A matching notice (or missed notices) arrived: read the store now.
+    Notice,
+    /// A second passed: read the store anyway (it is the truth; notices only hurry).
+    Timeout,
+    /// The client left (the response body, and with it the channel's receiver, is gone).
+    Gone,
+}
+
+/// Waits for a matching notice or one second, and ends early when the client leaves.
+async fn wait<T>(
+    notices: &mut tokio::sync::broadcast::Receiver<Notice>,
+    tx: &mpsc::Sender<T>,
+    want: impl Fn(&Notice) -> bool,
+) -> Woken {
+    let notice = async {
         loop {
             match notices.recv().await {
-                Ok(n) if want(&n) => return,
+                Ok(n) if want(&n) => return Woken::Notice,
                 Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    return;
-                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return Woken::Notice,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
             }
         }
-    })
-    .await;
+    };
+    tokio::select! {
+        biased;
+        () = tx.closed() => Woken::Gone,
+        woken = notice => woken,
+        () = tokio::time::sleep(Duration::from_secs(1)) => Woken::Timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_whose_client_left_stops_waiting_instead_of_reading_again() {
+        let (bus, mut notices) = tokio::sync::broadcast::channel::<Notice>(8);
+        let (tx, rx) = mpsc::channel::<u8>(1);
+        // Connected and quiet: the wait ends after its second, and the stream reads again.
+        assert_eq!(wait(&mut notices, &tx, |_| true).await, Woken::Timeout);
+        bus.send(Notice::Build(7)).unwrap();
+        assert_eq!(wait(&mut notices, &tx, |n| *n == Notice::Build(7)).await, Woken::Notice);
+        // The client leaves in the middle of a wait: the wait says so, instead of a timeout
+        // that would send the task back to the store.
+        let waiting = tokio::spawn(async move { wait(&mut notices, &tx, |_| false).await });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert_eq!(waiting.await.unwrap(), Woken::Gone);
+    }
+
+    #[test]
+    fn each_user_holds_at_most_the_cap_and_a_closed_stream_frees_its_slot() {
+        let streams = Arc::new(Streams::new(2));
+        let a = streams.open("user:ada").unwrap();
+        let _b = streams.open("user:ada").unwrap();
+        assert!(streams.open("user:ada").is_none(), "a third stream is over the cap");
+        let _other = streams.open("user:bob").expect("the cap is per user");
+        drop(a);
+        assert_eq!(streams.open_for("user:ada"), 1);
+        assert!(streams.open("user:ada").is_some(), "a closed stream frees its slot");
+        assert_eq!(Streams::new(0).per_user(), 1);
+    }
 }

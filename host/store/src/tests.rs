@@ -380,6 +380,7 @@ async fn webhook_secrets_rotate_and_deliveries_deduplicate_and_expire() {
             provider: "github",
             event: "ping",
             delivery_id: Some(id),
+            body_digest: None,
             payload: b"{\"zen\": \"Keep it logically awesome.\"}",
         };
         let first = store.record_delivery(&d("a"), &outcome).await.unwrap();

@@ -1,6 +1,8 @@
 //! Webhook state: each job's webhook secrets (the current one and, during a rotation, the
 //! previous one, encrypted like every other secret) and the log of deliveries with their
-//! compressed payloads, which also tells a repeated delivery from a new one.
+//! compressed payloads, which also tells a repeated delivery from a new one: by its delivery
+//! id, and by the digest of its body (a signed body replayed under a new id), both per job and
+//! provider, for as long as deliveries are kept.
 
 use super::secrets::{MasterKeys, SecretScope, open_row};
 use super::{Store, StoreError, now_ms};
@@ -24,6 +26,9 @@ pub struct NewDelivery<'a> {
     pub event: &'a str,
     /// The forge's delivery id, when it sent one.
     pub delivery_id: Option<&'a str>,
+    /// The digest of the body, when a second delivery of the same body must start nothing
+    /// (`None` for an operator's replay of a recorded delivery).
+    pub body_digest: Option<&'a str>,
     /// The raw body.
     pub payload: &'a [u8],
 }
@@ -56,6 +61,7 @@ struct DeliveryRow {
     provider: String,
     event: String,
     delivery_id: Option<String>,
+    body_digest: Option<String>,
     /// Deflate-compressed.
     payload: Vec<u8>,
     received_ms: i64,
@@ -184,7 +190,8 @@ impl Store {
     }
 
     /// Records a delivery with what became of it so far; `None` when the job already has one
-    /// with the same provider and delivery id (a repeat: it must start nothing). Deliveries
+    /// with the same provider and delivery id, or with the same provider and body digest (a
+    /// repeat or a replay: it must start nothing; [`Store::delivery_seen`] tells which). Deliveries
     /// arriving together are written in one transaction by one writer (group commit), so
     /// concurrent receivers neither wait for each other's commits nor fight for SQLite's write
     /// lock; each answer still waits for its own row to be committed.
@@ -199,6 +206,7 @@ impl Store {
             provider: d.provider.to_string(),
             event: d.event.to_string(),
             delivery_id: d.delivery_id.map(str::to_string),
+            body_digest: d.body_digest.map(str::to_string),
             payload,
             received_ms: now_ms(),
             outcome: outcome.clone(),
@@ -215,9 +223,9 @@ impl Store {
     async fn insert_delivery(conn: &mut sqlx::AnyConnection, row: &DeliveryRow) -> Result<Option<i64>, StoreError> {
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO webhook_deliveries (job_id, provider, event, delivery_id, status, payload, received_ms, \
-             repository, git_ref, commit_sha, detail, processing_ms) \
-             SELECT j.id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM jobs j WHERE j.name = $1 \
-             ON CONFLICT (job_id, provider, delivery_id) DO NOTHING RETURNING id",
+             repository, git_ref, commit_sha, detail, processing_ms, body_digest) \
+             SELECT j.id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM jobs j WHERE j.name = $1 \
+             ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(&row.job)
         .bind(&row.provider)
@@ -231,6 +239,7 @@ impl Store {
         .bind(&row.outcome.commit_sha)
         .bind(&row.outcome.detail)
         .bind(row.outcome.processing_ms)
+        .bind(&row.body_digest)
         .fetch_optional(&mut *conn)
         .await?;
         Ok(id)
@@ -270,6 +279,21 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Whether the job already has a recorded delivery from `provider` with this delivery id
+    /// (after [`Store::record_delivery`] answered `None`: otherwise it was the same body).
+    pub async fn delivery_seen(&self, job: &str, provider: &str, delivery_id: &str) -> Result<bool, StoreError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT d.id FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id \
+             WHERE j.name = $1 AND d.provider = $2 AND d.delivery_id = $3",
+        )
+        .bind(job)
+        .bind(provider)
+        .bind(delivery_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(found.is_some())
     }
 
     /// Records what became of a delivery.
@@ -373,6 +397,52 @@ mod deflate_tests {
                 flate2::read::DeflateDecoder::new(&packed[..]).read_to_end(&mut back).unwrap();
                 assert_eq!(back, data);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::{DeliveryOutcome, NewDelivery};
+    use crate::jobs::NewJob;
+    use crate::testdb::stores;
+
+    /// A push delivery of the same body each time.
+    fn d<'a>(job: &'a str, provider: &'a str, id: &'a str, digest: Option<&'a str>) -> NewDelivery<'a> {
+        let payload = br#"{"ref":"refs/heads/main"}"#;
+        NewDelivery { job, provider, event: "push", delivery_id: Some(id), body_digest: digest, payload }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_processed_once_per_job_and_provider_whatever_its_delivery_id() {
+        for (store, _dir) in stores().await {
+            for name in ["one", "two"] {
+                let job = NewJob {
+                    name: name.into(),
+                    repo_url: "file:///r".into(),
+                    default_branch: "main".into(),
+                    pipeline_path: None,
+                    submodules: false,
+                };
+                store.create_job(&job).await.unwrap();
+            }
+            let outcome = DeliveryOutcome { status: "accepted", ..DeliveryOutcome::default() };
+            let digest = "d".repeat(64);
+            let digest = digest.as_str();
+            assert!(store.record_delivery(&d("one", "github", "a", Some(digest)), &outcome).await.unwrap().is_some());
+            // The same signed body under a new delivery id: a replay, recorded nowhere.
+            assert_eq!(store.record_delivery(&d("one", "github", "b", Some(digest)), &outcome).await.unwrap(), None);
+            assert!(!store.delivery_seen("one", "github", "b").await.unwrap(), "the replay left no row");
+            assert!(store.delivery_seen("one", "github", "a").await.unwrap());
+            // Another job or another provider is another hook: the body is new there.
+            assert!(store.record_delivery(&d("two", "github", "a", Some(digest)), &outcome).await.unwrap().is_some());
+            assert!(store.record_delivery(&d("one", "gitea", "a", Some(digest)), &outcome).await.unwrap().is_some());
+            // An operator's replay carries no digest and is recorded.
+            assert!(store.record_delivery(&d("one", "github", "replay-1", None), &outcome).await.unwrap().is_some());
+            assert!(store.record_delivery(&d("one", "github", "replay-2", None), &outcome).await.unwrap().is_some());
+            // Once pruned (past the retention), the digest is forgotten with its delivery.
+            assert_eq!(store.prune_deliveries(crate::now_ms() + 1).await.unwrap(), 5);
+            assert!(store.record_delivery(&d("one", "github", "c", Some(digest)), &outcome).await.unwrap().is_some());
         }
     }
 }

@@ -1,36 +1,43 @@
 //! Chengis's own generic webhook format, for any system that can sign a request: a CI script, a
-//! forge without a dedicated receiver, another Chengis server. It uses the same signing scheme
-//! as Chengis's `webhook` notifier plugin (`plugins/webhook/README.md`), so one can feed the other.
+//! forge without a dedicated receiver, another Chengis server.
 //!
 //! # The request
 //!
 //! ```http
-//! POST /hooks/<hook> HTTP/1.1
+//! POST /hooks/generic/<job> HTTP/1.1
 //! Content-Type: application/json
+//! X-Chengis-Delivery: 3f1c2a7e-5b8d-4c1e-9f0a-2b3c4d5e6f70
 //! X-Chengis-Timestamp: 1700000000
 //! X-Chengis-Signature: sha256=<64 hex digits>
-//! X-Chengis-Delivery: 3f1c2a...            (optional)
 //!
 //! {"ref": "refs/heads/main", "commit": "0123456789abcdef0123456789abcdef01234567"}
 //! ```
 //!
+//! - `X-Chengis-Delivery`: the delivery's id, 1 to 128 printable ASCII characters without `.`
+//!   (a UUID is a good choice), the same for every retry of one delivery. Required: without it
+//!   the request is refused (400). A delivery id seen before for the job is a duplicate.
 //! - `X-Chengis-Timestamp`: when the request was made, in Unix seconds (digits only). A request
 //!   more than 300 s older or newer than the receiver's clock is refused as a replay
 //!   ([`super::VerifyError::Stale`]).
 //! - `X-Chengis-Signature`: `sha256=` and the hex HMAC-SHA256, keyed with the hook's secret, of
-//!   the timestamp, a `.`, and the raw body bytes: `HMAC(secret, "<timestamp>.<body>")`.
-//! - `X-Chengis-Delivery`: an optional id (up to 128 printable ASCII characters), the same for
-//!   every retry, by which repeats are dropped. Without it the delivery id is derived from the
-//!   timestamp and the body, so an identical request replayed within the 5 minutes is a duplicate.
+//!   the delivery id, a `.`, the timestamp, a `.`, and the raw body bytes:
+//!   `HMAC(secret, "<delivery>.<timestamp>.<body>")`. The id and the timestamp are signed, so a
+//!   captured request cannot be sent again under a new id or a fresh timestamp; within the
+//!   window the id makes it a duplicate, and the same body is processed once anyway.
+//!
+//! This is not the signing scheme of the `webhook` notifier plugin (which signs
+//! `"<timestamp>.<body>"`): a receiver of this format needs the delivery id in the signature.
 //!
 //! Signing it from a shell:
 //!
 //! ```sh
+//! id=$(cat /proc/sys/kernel/random/uuid)
 //! ts=$(date +%s)
 //! body='{"ref":"refs/heads/main","commit":"'"$(git rev-parse HEAD)"'"}'
-//! sig=$(printf '%s.%s' "$ts" "$body" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/^.* //')
-//! curl -fsS -H "X-Chengis-Timestamp: $ts" -H "X-Chengis-Signature: sha256=$sig" \
-//!   -H 'Content-Type: application/json' -d "$body" https://ci.example.com/hooks/<hook>
+//! sig=$(printf '%s.%s.%s' "$id" "$ts" "$body" | openssl dgst -sha256 -hmac "$SECRET" -hex | sed 's/^.* //')
+//! curl -fsS -H "X-Chengis-Delivery: $id" -H "X-Chengis-Timestamp: $ts" \
+//!   -H "X-Chengis-Signature: sha256=$sig" -H 'Content-Type: application/json' \
+//!   -d "$body" https://ci.example.com/hooks/generic/<job>
 //! ```
 //!
 //! # The body
@@ -49,26 +56,33 @@
 
 use super::json::Node;
 use super::verify::{hmac_matches, signature_bytes};
-use super::{Event, GENERIC_MAX_SKEW_SECS, ParseError, PushParts, VerifyError, header_str, wrong};
+use super::{Event, GENERIC_MAX_SKEW_SECS, ParseError, Provider, PushParts, VerifyError, wrong};
 use axum::http::HeaderMap;
-use sha2::{Digest, Sha256};
 
 /// The header carrying the timestamp.
 pub const TIMESTAMP_HEADER: &str = "x-chengis-timestamp";
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "x-chengis-signature";
-/// The header carrying the optional delivery id.
+/// The header carrying the (required, signed) delivery id.
 pub const DELIVERY_HEADER: &str = "x-chengis-delivery";
 
-/// Checks the timestamp against `now_unix`, then the signature against each secret.
+/// Checks the delivery id's presence, the timestamp against `now_unix`, then the signature of
+/// `"<delivery>.<timestamp>.<body>"` against each secret.
 pub(super) fn verify(headers: &HeaderMap, body: &[u8], secrets: &[&[u8]], now_unix: i64) -> Result<(), VerifyError> {
+    let delivery = match super::delivery_id(Provider::Generic, headers) {
+        Some(id) => id,
+        None if headers.contains_key(DELIVERY_HEADER) => {
+            return Err(VerifyError::Malformed { header: DELIVERY_HEADER });
+        }
+        None => return Err(VerifyError::Missing { header: DELIVERY_HEADER }),
+    };
     let timestamp = timestamp(headers)?;
     let signature = signature_bytes(headers, SIGNATURE_HEADER, Some("sha256="))?;
     let age_secs = now_unix.saturating_sub(timestamp.1);
     if age_secs.unsigned_abs() > GENERIC_MAX_SKEW_SECS.unsigned_abs() {
         return Err(VerifyError::Stale { age_secs });
     }
-    hmac_matches(&signature, &[timestamp.0.as_bytes(), b".", body], secrets)
+    hmac_matches(&signature, &[delivery.as_bytes(), b".", timestamp.0.as_bytes(), b".", body], secrets)
 }
 
 /// The timestamp header as sent and as a number.
@@ -81,17 +95,6 @@ fn timestamp(headers: &HeaderMap) -> Result<(&str, i64), VerifyError> {
     }
     let value = text.parse().map_err(|_| malformed)?;
     Ok((text, value))
-}
-
-/// The delivery id when `X-Chengis-Delivery` is absent: the first 128 bits, in hex, of SHA-256
-/// over the timestamp, a `.` and the body; `None` without a timestamp.
-pub(super) fn fallback_delivery_id(headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let timestamp = header_str(headers, TIMESTAMP_HEADER)?;
-    let mut digest = Sha256::new();
-    digest.update(timestamp.as_bytes());
-    digest.update(b".");
-    digest.update(body);
-    Some(hex::encode(&digest.finalize()[..16]))
 }
 
 /// Parses the body into a push.

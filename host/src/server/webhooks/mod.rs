@@ -6,13 +6,18 @@
 //! live elsewhere and call [`verify`], [`delivery_id`], [`event_name`] and [`parse`] in that
 //! order. Errors never echo a signature, a token or the body, so they are safe to log.
 //!
-//! | provider | authenticity | delivery id | event name |
+//! | provider | authenticity | delivery id (required) | event name |
 //! |---|---|---|---|
 //! | GitHub | `X-Hub-Signature-256: sha256=<hex>` | `X-GitHub-Delivery` | `X-GitHub-Event` |
-//! | GitLab | `X-Gitlab-Token: <secret>` | `Idempotency-Key`, else `X-Gitlab-Event-UUID` | `X-Gitlab-Event` |
-//! | Gitea | `X-Gitea-Signature: <hex>` | `X-Gitea-Delivery` | `X-Gitea-Event` |
+//! | GitLab | `X-Gitlab-Token: <secret>` | `Idempotency-Key` (newer GitLab; the same for every retry), else `X-Gitlab-Event-UUID` | `X-Gitlab-Event` |
+//! | Gitea | `X-Gitea-Signature: <hex>` | `X-Gitea-Delivery` (or the `X-GitHub-Delivery` it also sends) | `X-Gitea-Event` |
 //! | Bitbucket | `X-Hub-Signature: sha256=<hex>` | `X-Request-UUID` | `X-Event-Key` |
-//! | generic | see [`generic`] | `X-Chengis-Delivery` | always `push` |
+//! | generic | see [`generic`] | `X-Chengis-Delivery` (signed) | always `push` |
+//!
+//! Every forge here sends a delivery id, so a delivery without one is refused: it cannot be
+//! told apart from a replay. Only the generic format signs its id; the forges sign the body
+//! alone, so the receiver also remembers a digest of each body (per job and provider, for the
+//! delivery retention) and processes a signed body once whatever id comes with it.
 
 mod bitbucket;
 pub mod generic;
@@ -324,24 +329,37 @@ pub fn verify(
     }
 }
 
+/// The headers that may carry the provider's delivery id, in the order they are read, as the
+/// forges spell them (for error messages; header lookups ignore case).
+pub fn delivery_headers(provider: Provider) -> &'static [&'static str] {
+    match provider {
+        Provider::Github => &["X-GitHub-Delivery"],
+        Provider::Gitlab => &["Idempotency-Key", "X-Gitlab-Event-UUID"],
+        Provider::Gitea => &["X-Gitea-Delivery", "X-GitHub-Delivery"],
+        Provider::Bitbucket => &["X-Request-UUID"],
+        Provider::Generic => &["X-Chengis-Delivery"],
+    }
+}
+
 /// The delivery's id, for replay protection: the same for every retry of one delivery. `None`
 /// when the header is absent or not a plausible id (empty, over 128 bytes, or not printable
-/// ASCII). For the generic format without `X-Chengis-Delivery`, a digest of the timestamp and
-/// the body stands in, so that a replayed request is still recognised.
-pub fn delivery_id(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    let names: &[&str] = match provider {
-        Provider::Github => &["x-github-delivery"],
-        Provider::Gitlab => &["idempotency-key", "x-gitlab-event-uuid"],
-        Provider::Gitea => &["x-gitea-delivery", "x-github-delivery"],
-        Provider::Bitbucket => &["x-request-uuid"],
-        Provider::Generic => &["x-chengis-delivery"],
-    };
-    let found = names.iter().find_map(|name| header_str(headers, name).filter(|v| plausible_id(v)));
-    match (found, provider) {
-        (Some(id), _) => Some(id.to_owned()),
-        (None, Provider::Generic) => generic::fallback_delivery_id(headers, body),
-        (None, _) => None,
+/// ASCII; for the generic format also when it holds a `.`, the separator of what is signed).
+/// Every provider sends one, so `None` means the delivery must be refused.
+pub fn delivery_id(provider: Provider, headers: &HeaderMap) -> Option<String> {
+    let found = delivery_headers(provider).iter().find_map(|name| {
+        header_str(headers, &name.to_ascii_lowercase()).filter(|v| plausible_id(v)).map(str::to_owned)
+    });
+    match provider {
+        Provider::Generic => found.filter(|id| !id.contains('.')),
+        _ => found,
     }
+}
+
+/// The digest by which a body already processed for a job and provider is recognised: the hex
+/// SHA-256 of the raw body (the store keeps one per job and provider).
+pub fn body_digest(body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(body))
 }
 
 /// The event's name as the forge sent it (`push`, `Merge Request Hook`, `repo:push`, ...), for

@@ -1,6 +1,8 @@
-//! `POST /hooks/{provider}/{job}`: the HTTP side of the SCM webhook receivers. A delivery is
+//! `POST /hooks/{provider}/{job}`: the HTTP side of the SCM webhook receivers. A delivery
+//! without a delivery id is refused (400: it could not be told from a replay); the rest is
 //! verified against the job's webhook secrets (constant time, two secrets during a rotation),
-//! recorded with its delivery id (a repeat is answered `duplicate` and starts nothing), parsed,
+//! recorded with its delivery id and the digest of its body (a repeated id, or a body already
+//! received under another id, is answered 200 `duplicate` and starts nothing), parsed,
 //! and turned into a build of the commit it names; planning happens after the answer and checks
 //! the event against the pipeline's `on:` (a push the pipeline does not want ends `skipped`).
 //! `GET /api/v1/webhooks` lists recorded deliveries.
@@ -142,6 +144,22 @@ pub async fn receive(
     let store = &s.builds.store;
     let hook = s.hook_cache.get(&s, &job).await?;
     let record = &hook.job;
+    let Some(delivery_id) = webhooks::delivery_id(provider, &headers) else {
+        let names = webhooks::delivery_headers(provider);
+        tracing::warn!(job = %record.name, provider = provider.as_str(), "webhook refused: no delivery id");
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "missing_delivery_id",
+            message: format!(
+                "the {} webhook has no delivery id: header `{}` is missing or not 1 to 128 printable characters{}; \
+                 a delivery without one cannot be told from a replay and is refused",
+                provider.as_str(),
+                names.join("` or `"),
+                if provider == Provider::Generic { " without `.`" } else { "" },
+            ),
+            details: json!({"headers": names}),
+        });
+    };
     let secret_refs: Vec<&str> = hook.secrets.iter().map(String::as_str).collect();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     if let Err(e) = webhooks::verify(provider, &headers, &body, &secret_refs, now) {
@@ -170,21 +188,42 @@ pub async fn receive(
         return Ok(response);
     }
     let event = webhooks::event_name(provider, &headers).unwrap_or_else(|| "unknown".into());
-    let delivery_id = webhooks::delivery_id(provider, &headers, &body);
+    let digest = webhooks::body_digest(&body);
     let new = NewDelivery {
         job: &record.name,
         provider: provider.as_str(),
         event: &event,
-        delivery_id: delivery_id.as_deref(),
+        delivery_id: Some(&delivery_id),
+        body_digest: Some(&digest),
         payload: &body,
     };
     let (mut outcome, action) = decide(provider, &event, webhooks::parse(provider, &headers, &body));
     outcome.processing_ms = started.elapsed().as_millis() as i64;
     // One write for what starts no build; a build adds its id afterwards.
     let Some(id) = store.record_delivery(&new, &outcome).await? else {
-        return Ok((StatusCode::OK, Json(json!({"status": "duplicate", "delivery": delivery_id}))).into_response());
+        return duplicate(&s, &record.name, provider, &delivery_id).await;
     };
     act(&s, &record.name, provider, id, outcome, action, started).await.map(IntoResponse::into_response)
+}
+
+/// The answer to a delivery the job has had already: 200 `duplicate`, nothing started. A
+/// repeated delivery id is a forge's retry; the same body under a new id is a replay of a
+/// captured request (the forges do not sign their ids) and is logged as such.
+async fn duplicate(s: &AppState, job: &str, provider: Provider, delivery_id: &str) -> Result<Response, ApiError> {
+    let retry = s.builds.store.delivery_seen(job, provider.as_str(), delivery_id).await?;
+    let reason = if retry {
+        "this delivery id was received before"
+    } else {
+        tracing::warn!(
+            job,
+            provider = provider.as_str(),
+            delivery = delivery_id,
+            "webhook body received before under another delivery id (a replay?); nothing started"
+        );
+        "this body was received before under another delivery id"
+    };
+    let body = json!({"status": "duplicate", "delivery": delivery_id, "triggered": false, "reason": reason});
+    Ok((StatusCode::OK, Json(body)).into_response())
 }
 
 /// What a delivery asks for, decided before it is recorded.
@@ -356,6 +395,8 @@ pub async fn replay(
         provider: provider.as_str(),
         event: &record.event,
         delivery_id: Some(&replay_id),
+        // An operator's replay is meant to run again: it is not held to the body's digest.
+        body_digest: None,
         payload: &payload,
     };
     let (outcome, action) = decide(provider, &record.event, webhooks::parse(provider, &headers, &payload));

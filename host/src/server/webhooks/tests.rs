@@ -506,9 +506,15 @@ fn gitlab_token() {
     assert_eq!(verify(Provider::Gitlab, &h, body, &[], NOW), Err(VerifyError::NoSecret));
 }
 
+const GENERIC_ID: &str = "3f1c2a7e-5b8d-4c1e-9f0a-2b3c4d5e6f70";
+
 fn generic_headers(timestamp: &str, secret: &str, body: &[u8]) -> HeaderMap {
-    let sig = hmac_hex(secret, &[timestamp.as_bytes(), b".", body]);
-    headers(&[("X-Chengis-Timestamp", timestamp), ("X-Chengis-Signature", &format!("sha256={sig}"))])
+    let sig = hmac_hex(secret, &[GENERIC_ID.as_bytes(), b".", timestamp.as_bytes(), b".", body]);
+    headers(&[
+        ("X-Chengis-Delivery", GENERIC_ID),
+        ("X-Chengis-Timestamp", timestamp),
+        ("X-Chengis-Signature", &format!("sha256={sig}")),
+    ])
 }
 
 #[test]
@@ -528,24 +534,58 @@ fn generic_signature_and_timestamp() {
     let mut moved = h.clone();
     moved.insert("x-chengis-timestamp", HeaderValue::from_static("1700000001"));
     assert_eq!(verify(Provider::Generic, &moved, body, &[SECRET], NOW), Err(VerifyError::Mismatch));
+    // The delivery id is part of what is signed: a captured request under a new id is refused.
+    let mut renamed = h.clone();
+    renamed.insert("x-chengis-delivery", HeaderValue::from_static("another-delivery-id"));
+    assert_eq!(verify(Provider::Generic, &renamed, body, &[SECRET], NOW), Err(VerifyError::Mismatch));
+    // The former scheme (timestamp and body, without the id) is refused.
+    let unsigned_id = hmac_hex(SECRET, &[ts.as_bytes(), b".", body]);
+    let old_scheme = headers(&[
+        ("X-Chengis-Delivery", GENERIC_ID),
+        ("X-Chengis-Timestamp", &ts),
+        ("X-Chengis-Signature", &format!("sha256={unsigned_id}")),
+    ]);
+    assert_eq!(verify(Provider::Generic, &old_scheme, body, &[SECRET], NOW), Err(VerifyError::Mismatch));
+    // Without the id, or with one holding the separator, nothing can be verified.
+    let mut no_id = h.clone();
+    no_id.remove("x-chengis-delivery");
+    assert_eq!(
+        verify(Provider::Generic, &no_id, body, &[SECRET], NOW),
+        Err(VerifyError::Missing { header: "x-chengis-delivery" })
+    );
+    let mut dotted = h.clone();
+    dotted.insert("x-chengis-delivery", HeaderValue::from_static("a.b"));
+    assert_eq!(
+        verify(Provider::Generic, &dotted, body, &[SECRET], NOW),
+        Err(VerifyError::Malformed { header: "x-chengis-delivery" })
+    );
     // A signature over the body alone (GitHub's scheme) is refused.
     let github_style = hmac_hex(SECRET, &[body]);
-    let h2 = headers(&[("X-Chengis-Timestamp", &ts), ("X-Chengis-Signature", &format!("sha256={github_style}"))]);
+    let h2 = headers(&[
+        ("X-Chengis-Delivery", GENERIC_ID),
+        ("X-Chengis-Timestamp", &ts),
+        ("X-Chengis-Signature", &format!("sha256={github_style}")),
+    ]);
     assert_eq!(verify(Provider::Generic, &h2, body, &[SECRET], NOW), Err(VerifyError::Mismatch));
-    let no_ts = headers(&[("X-Chengis-Signature", &format!("sha256={github_style}"))]);
+    let no_ts =
+        headers(&[("X-Chengis-Delivery", GENERIC_ID), ("X-Chengis-Signature", &format!("sha256={github_style}"))]);
     assert_eq!(
         verify(Provider::Generic, &no_ts, body, &[SECRET], NOW),
         Err(VerifyError::Missing { header: "x-chengis-timestamp" })
     );
     for bad in ["-5", "17e8", " 1700000000", "99999999999999999999", ""] {
-        let h = headers(&[("X-Chengis-Timestamp", bad), ("X-Chengis-Signature", "sha256=00")]);
+        let h = headers(&[
+            ("X-Chengis-Delivery", GENERIC_ID),
+            ("X-Chengis-Timestamp", bad),
+            ("X-Chengis-Signature", "sha256=00"),
+        ]);
         assert_eq!(
             verify(Provider::Generic, &h, body, &[SECRET], NOW),
             Err(VerifyError::Malformed { header: "x-chengis-timestamp" }),
             "{bad:?}"
         );
     }
-    let no_sig = headers(&[("X-Chengis-Timestamp", &ts)]);
+    let no_sig = headers(&[("X-Chengis-Delivery", GENERIC_ID), ("X-Chengis-Timestamp", &ts)]);
     assert_eq!(
         verify(Provider::Generic, &no_sig, body, &[SECRET], NOW),
         Err(VerifyError::Missing { header: "x-chengis-signature" })
@@ -581,29 +621,33 @@ fn delivery_ids_from_each_header() {
         (Provider::Generic, "X-Chengis-Delivery"),
     ];
     for (provider, header) in cases {
-        assert_eq!(delivery_id(provider, &headers(&[(header, id)]), b"{}").as_deref(), Some(id), "{header}");
+        assert_eq!(delivery_id(provider, &headers(&[(header, id)])).as_deref(), Some(id), "{header}");
     }
     let both = headers(&[("X-Gitlab-Event-UUID", "event-uuid"), ("Idempotency-Key", "idem-key")]);
-    assert_eq!(delivery_id(Provider::Gitlab, &both, b"{}").as_deref(), Some("idem-key"));
-    assert_eq!(delivery_id(Provider::Github, &headers(&[]), b"{}"), None);
-    assert_eq!(delivery_id(Provider::Github, &headers(&[("X-GitHub-Delivery", "")]), b"{}"), None);
+    assert_eq!(delivery_id(Provider::Gitlab, &both).as_deref(), Some("idem-key"));
+    assert_eq!(delivery_id(Provider::Github, &headers(&[])), None);
+    assert_eq!(delivery_id(Provider::Github, &headers(&[("X-GitHub-Delivery", "")])), None);
     let long = "a".repeat(129);
-    assert_eq!(delivery_id(Provider::Github, &headers(&[("X-GitHub-Delivery", &long)]), b"{}"), None);
-    assert_eq!(delivery_id(Provider::Github, &headers(&[("X-GitHub-Delivery", "a b")]), b"{}"), None);
+    assert_eq!(delivery_id(Provider::Github, &headers(&[("X-GitHub-Delivery", &long)])), None);
+    assert_eq!(delivery_id(Provider::Github, &headers(&[("X-GitHub-Delivery", "a b")])), None);
     // Forgejo and older Gitea also send GitHub's header.
-    assert_eq!(delivery_id(Provider::Gitea, &headers(&[("X-GitHub-Delivery", id)]), b"{}").as_deref(), Some(id));
+    assert_eq!(delivery_id(Provider::Gitea, &headers(&[("X-GitHub-Delivery", id)])).as_deref(), Some(id));
 }
 
 #[test]
-fn generic_delivery_id_falls_back_to_a_digest() {
-    let body = fixture!("generic", "push_branch").as_bytes();
-    let h = generic_headers("1700000000", SECRET, body);
-    let id = delivery_id(Provider::Generic, &h, body).expect("derived id");
-    assert_eq!(id.len(), 32);
-    assert_eq!(delivery_id(Provider::Generic, &h, body).as_deref(), Some(id.as_str()), "stable for a replay");
-    let later = generic_headers("1700000001", SECRET, body);
-    assert_ne!(delivery_id(Provider::Generic, &later, body).as_deref(), Some(id.as_str()));
-    assert_eq!(delivery_id(Provider::Generic, &headers(&[]), body), None);
+fn generic_delivery_id_is_required_and_has_no_dot() {
+    assert_eq!(delivery_id(Provider::Generic, &headers(&[])), None, "no fallback: the id is required");
+    assert_eq!(delivery_id(Provider::Generic, &headers(&[("X-Chengis-Delivery", "a.b")])), None);
+    // Other providers' ids may hold dots (they are not part of what is signed).
+    assert_eq!(delivery_id(Provider::Github, &headers(&[("X-GitHub-Delivery", "a.b")])).as_deref(), Some("a.b"));
+    assert_eq!(delivery_headers(Provider::Gitlab), ["Idempotency-Key", "X-Gitlab-Event-UUID"]);
+}
+
+#[test]
+fn body_digests_tell_bodies_apart() {
+    assert_eq!(body_digest(b"{}"), body_digest(b"{}"));
+    assert_ne!(body_digest(b"{}"), body_digest(b"{ }"));
+    assert_eq!(body_digest(b"").len(), 64);
 }
 
 #[test]
