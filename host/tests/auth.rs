@@ -197,6 +197,8 @@ fn sessions_tokens_lockout_csrf_rate_limits_and_the_audit_chain() {
                 "40/3s",
                 "--login-rate-limit",
                 "12/3s",
+                "--trusted-proxies",
+                "127.0.0.1",
             ],
         );
         call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
@@ -275,13 +277,19 @@ fn sessions_tokens_lockout_csrf_rate_limits_and_the_audit_chain() {
         assert_eq!(call_as(&t, "DELETE", &format!("{}/api/v1/tokens/{id}", s.url), None).0, 204);
         assert_eq!(call_as(&t, "GET", &format!("{}/api/v1/builds", s.url), None).0, 401);
 
-        // Lockout: 3 failures lock the account for 3 s, even for the right password.
+        // Lockout: failures from 3 client addresses (behind the trusted proxy) lock the account
+        // for 3 s, even for the right password. (One address alone cannot: security_auth.rs.)
         add_user(&s, "lou", "viewer");
-        for _ in 0..3 {
-            assert_eq!(login("lou", "not-the-password").0, 401);
+        let login_from = |ip: &str, user: &str, password: &str| {
+            let body = json!({"username": user, "password": password}).to_string();
+            let a = send("POST", &format!("{}/api/v1/login", s.url), &[("x-forwarded-for", ip)], Some(&body));
+            (a.status, serde_json::from_str::<Value>(&a.body).unwrap())
+        };
+        for ip in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            assert_eq!(login_from(ip, "lou", "not-the-password").0, 401);
         }
         let locked_at = Instant::now();
-        let (st, v) = login("lou", "lou-password-1234");
+        let (st, v) = login_from("192.0.2.4", "lou", "lou-password-1234");
         assert_eq!(st, 401, "locked: {v}");
         assert_eq!(v["error"]["message"], wrong["error"]["message"]);
         while locked_at.elapsed() < Duration::from_millis(3200) {

@@ -145,6 +145,70 @@ pub enum UserCommand {
         /// Username.
         name: String,
     },
+    /// On the server host, without signing in: set a user's password (read from standard
+    /// input) straight in the database and lift any lockout. The recovery path when an admin
+    /// is locked out or has lost the password; works whether the server runs or not. Ends the
+    /// user's sessions and tokens.
+    ResetPassword {
+        /// Username.
+        name: String,
+        /// The server's database settings.
+        #[command(flatten)]
+        db: LocalDb,
+    },
+}
+
+/// Where the server's database is, for commands run on the server host.
+#[derive(Debug, Args)]
+pub struct LocalDb {
+    /// The server's data directory [default: ./chengis-data].
+    #[arg(long, env = "CHENGIS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The server's database URL [default: SQLite in the data directory].
+    #[arg(long, env = "CHENGIS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The server's config file (for its data directory and database URL).
+    #[arg(long, env = "CHENGIS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// `chengis user reset-password`: works on the database, not through the server.
+fn reset_password(name: &str, db: LocalDb) -> anyhow::Result<i32> {
+    let password = read_password()?;
+    if password.chars().count() < crate::server::auth::MIN_PASSWORD {
+        bail!("a password needs at least {} characters", crate::server::auth::MIN_PASSWORD);
+    }
+    let args = super::serve::ServeArgs {
+        data_dir: db.data_dir,
+        database_url: db.database_url,
+        config: db.config,
+        ..Default::default()
+    };
+    let cfg = args.resolve()?;
+    let url = cfg.database_url.clone().unwrap_or_default();
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && !std::path::Path::new(path).exists()
+    {
+        bail!("no database at {path}: give the server's --data-dir or --database-url");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let store = super::serve::open_store(&cfg).await?;
+        let (user, _) = store.user_by_name(name).await?.with_context(|| format!("no user `{name}`"))?;
+        let hash = crate::server::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
+        store.set_password(user.id, &hash).await?;
+        store
+            .audit(
+                "system",
+                "local",
+                "user.password",
+                &format!("user:{name}"),
+                "reset on the server host (chengis user reset-password); lockout lifted",
+            )
+            .await?;
+        println!("password of {name} reset and any lockout lifted; their sessions and tokens ended");
+        Ok(0)
+    })
 }
 
 fn read_password() -> anyhow::Result<String> {
@@ -176,6 +240,7 @@ pub fn user(args: &ClientArgs, cmd: UserCommand) -> anyhow::Result<i32> {
         UserCommand::Role { name, role } => c.patch(&format!("/api/v1/users/{}", enc(&name)), json!({"role": role}))?,
         UserCommand::Disable { name } => c.patch(&format!("/api/v1/users/{}", enc(&name)), json!({"active": false}))?,
         UserCommand::Enable { name } => c.patch(&format!("/api/v1/users/{}", enc(&name)), json!({"active": true}))?,
+        UserCommand::ResetPassword { name, db } => return reset_password(&name, db),
     };
     print(args.format, &v, shown);
     Ok(0)

@@ -70,19 +70,26 @@ pub struct ServeArgs {
     /// Badges need a signed-in viewer (by default `/badge/...` is public).
     #[arg(long, env = "CHENGIS_PRIVATE_BADGES")]
     pub private_badges: bool,
-    /// Failed sign-ins in a row that lock an account [default: 5].
+    /// Client addresses (IPv6: /64 networks) whose failed sign-ins, within the lockout period,
+    /// lock an account; one address counts once, so one client alone never locks an account
+    /// (it waits longer after each failure instead) [default: 5].
     #[arg(long, env = "CHENGIS_LOGIN_MAX_FAILURES")]
     pub login_max_failures: Option<i64>,
     /// How long a locked account stays locked, such as `15m` [default: 15m].
     #[arg(long, env = "CHENGIS_LOGIN_LOCKOUT")]
     pub login_lockout: Option<String>,
-    /// Sign-in attempts per client address, and per username, as COUNT/PERIOD [default: 20/1m].
+    /// Sign-in attempts per client address as COUNT/PERIOD [default: 20/1m].
     #[arg(long, env = "CHENGIS_LOGIN_RATE_LIMIT")]
     pub login_rate_limit: Option<String>,
     /// API and page requests per user (or per address, signed out) as COUNT/PERIOD; more are
     /// answered 429 with Retry-After [default: 3000/1m].
     #[arg(long, env = "CHENGIS_RATE_LIMIT")]
     pub rate_limit: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For`/`Forwarded` headers give the client's address
+    /// (for rate limits, sign-in backoff and the audit log), comma-separated addresses or
+    /// networks such as `10.0.0.0/8,127.0.0.1`. Without it those headers are ignored.
+    #[arg(long, env = "CHENGIS_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// A TOML file with any of these settings (snake_case keys).
     #[arg(long, env = "CHENGIS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -118,6 +125,7 @@ const CONFIG_KEYS: &[&str] = &[
     "login_lockout",
     "login_rate_limit",
     "rate_limit",
+    "trusted_proxies",
     "docker_allow_privileged",
     "docker_allow_socket",
     "docker_memory",
@@ -164,6 +172,8 @@ pub struct ServeConfig {
     pub login_rate_limit: Option<String>,
     /// Requests per user or address (COUNT/PERIOD).
     pub rate_limit: Option<String>,
+    /// Proxies whose forwarding headers are believed (comma-separated networks).
+    pub trusted_proxies: Option<String>,
     /// TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
     /// Container settings.
@@ -239,6 +249,7 @@ impl ServeArgs {
                 self.login_rate_limit.clone().or(file.login_rate_limit).unwrap_or_else(|| "20/1m".into()),
             ),
             rate_limit: Some(self.rate_limit.clone().or(file.rate_limit).unwrap_or_else(|| "3000/1m".into())),
+            trusted_proxies: self.trusted_proxies.clone().or(file.trusted_proxies),
             docker: self.docker.over(&file.docker),
             storage: self.storage.over(&file.storage),
         })
@@ -271,15 +282,26 @@ fn rate(s: &str, what: &str) -> anyhow::Result<crate::server::webhooks::route::R
 
 /// The sign-in and rate-limit settings of the configuration.
 fn auth_settings(cfg: &ServeConfig, tls: bool) -> anyhow::Result<crate::server::auth::AuthSettings> {
+    use crate::server::auth::{LoginBackoff, TrustedProxies};
     let login = cfg.login_rate_limit.as_deref().unwrap_or("20/1m");
+    let lockout = duration(cfg.login_lockout.as_deref().unwrap_or("15m"), "login_lockout")?;
+    let trusted_proxies = TrustedProxies::parse(cfg.trusted_proxies.as_deref().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("trusted_proxies: {e}"))?;
+    if !trusted_proxies.0.is_empty() {
+        tracing::info!(
+            "believing X-Forwarded-For/Forwarded from {}",
+            cfg.trusted_proxies.as_deref().unwrap_or_default()
+        );
+    }
     Ok(crate::server::auth::AuthSettings {
         tls,
         public_badges: !cfg.private_badges.unwrap_or(false),
         max_failures: cfg.login_max_failures.unwrap_or(5).max(1),
-        lockout: duration(cfg.login_lockout.as_deref().unwrap_or("15m"), "login_lockout")?,
+        lockout,
         login_limit: rate(login, "login_rate_limit")?,
-        login_user_limit: rate(login, "login_rate_limit")?,
+        login_backoff: LoginBackoff::new(LoginBackoff::FREE_FAILURES, lockout.max(Duration::from_secs(1))),
         request_limit: rate(cfg.rate_limit.as_deref().unwrap_or("3000/1m"), "rate_limit")?,
+        trusted_proxies,
     })
 }
 

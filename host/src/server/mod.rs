@@ -140,13 +140,15 @@ pub fn routes() -> Routes {
         .merge_views()
 }
 
-/// The whole router: every route behind the access middleware, JSON or HTML 404s for the rest.
+/// The whole router: every route behind the access middleware, JSON or HTML 404s for the rest,
+/// and the security headers on every answer.
 pub fn router(state: AppState) -> Router {
     routes()
         .router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(auth::security_headers))
         .with_state(state)
 }
 

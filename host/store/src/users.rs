@@ -87,6 +87,9 @@ pub struct TokenRecord {
     pub last_used_ms: Option<i64>,
     /// When revoked.
     pub revoked_ms: Option<i64>,
+    /// The token it was made with, if any: it is valid only while that one is (revoking the
+    /// parent revokes it; its expiry is never later than the parent's).
+    pub parent_id: Option<i64>,
 }
 
 /// One entry of the audit log.
@@ -141,7 +144,7 @@ fn user_from_row(row: &sqlx::any::AnyRow) -> Result<UserRecord, StoreError> {
 }
 
 const TOKEN: &str =
-    "SELECT id, user_id, name, scopes, created_ms, expires_ms, last_used_ms, revoked_ms FROM api_tokens";
+    "SELECT id, user_id, name, scopes, created_ms, expires_ms, last_used_ms, revoked_ms, parent_id FROM api_tokens";
 
 fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenRecord, StoreError> {
     token_from_columns(row, "id", "created_ms")
@@ -161,7 +164,24 @@ fn token_from_columns(row: &sqlx::any::AnyRow, id: &str, created: &str) -> Resul
         expires_ms: row.try_get("expires_ms")?,
         last_used_ms: row.try_get("last_used_ms")?,
         revoked_ms: row.try_get("revoked_ms")?,
+        parent_id: row.try_get("parent_id")?,
     })
+}
+
+/// The longest audit field kept, in characters; longer ones are cut with [`TRUNCATED`].
+pub const AUDIT_FIELD_MAX: usize = 256;
+/// What marks a cut audit field.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// `text`, cut to [`AUDIT_FIELD_MAX`] characters (marker included) when longer.
+pub fn bounded(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().count() <= AUDIT_FIELD_MAX {
+        return text.into();
+    }
+    let keep = AUDIT_FIELD_MAX - TRUNCATED.chars().count();
+    let mut out: String = text.chars().take(keep).collect();
+    out.push_str(TRUNCATED);
+    out.into()
 }
 
 /// The hash of an audit entry: SHA-256 over its id, time and fields (actor, ip, action, target,
@@ -247,6 +267,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("user {id}")));
         }
+        sqlx::query("DELETE FROM login_failures WHERE user_id = $1").bind(id).execute(self.pool()).await?;
         self.user(id).await
     }
 
@@ -271,27 +292,66 @@ impl Store {
         self.user(id).await
     }
 
-    /// Counts a failed sign-in; the `max`-th in a row locks the account until `lock_until_ms`.
-    /// Returns the user as it is now.
-    pub async fn login_failed(&self, id: i64, max: i64, lock_until_ms: i64) -> Result<UserRecord, StoreError> {
+    /// Counts a failed sign-in of account `id` from client address `ip` (a network key: one
+    /// address, or one IPv6 /64). Failures are counted per address: an address that failed
+    /// several times counts once, so one client alone can never lock an account. When failures
+    /// from `max` different addresses happened since `since_ms` (and since the last good
+    /// sign-in or lockout), the account is locked until `lock_until_ms` and the count starts
+    /// over. Returns the user as it is now.
+    pub async fn login_failed(
+        &self,
+        id: i64,
+        ip: &str,
+        max: i64,
+        since_ms: i64,
+        lock_until_ms: i64,
+    ) -> Result<UserRecord, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM login_failures WHERE user_id = $1 AND at_ms < $2")
+            .bind(id)
+            .bind(since_ms)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
-            "UPDATE users SET failed_logins = failed_logins + 1, locked_until_ms = CASE WHEN failed_logins + 1 >= $1 \
-             THEN $2 ELSE locked_until_ms END WHERE id = $3",
+            "INSERT INTO login_failures (user_id, ip, at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id, ip) DO UPDATE SET at_ms = excluded.at_ms",
         )
-        .bind(max)
-        .bind(lock_until_ms)
         .bind(id)
-        .execute(self.pool())
+        .bind(ip)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        let addresses: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM login_failures WHERE user_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if addresses >= max {
+            sqlx::query("UPDATE users SET failed_logins = $1, locked_until_ms = $2 WHERE id = $3")
+                .bind(addresses)
+                .bind(lock_until_ms)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM login_failures WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
+        } else {
+            sqlx::query("UPDATE users SET failed_logins = $1 WHERE id = $2")
+                .bind(addresses)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         self.user(id).await
     }
 
-    /// Clears the failed sign-in count after a good one.
+    /// Clears the failed sign-ins (and any lock) after a good one.
     pub async fn login_succeeded(&self, id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE users SET failed_logins = 0, locked_until_ms = 0 WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;
+        sqlx::query("DELETE FROM login_failures WHERE user_id = $1").bind(id).execute(self.pool()).await?;
         Ok(())
     }
 
@@ -337,16 +397,19 @@ impl Store {
         Ok(())
     }
 
-    /// Creates an API token for `user`; returns its record and the secret (shown once).
+    /// Creates an API token for `user`, made through token `parent` when given (the new token
+    /// is then valid only while the parent is); returns its record and the secret (shown once).
+    /// The caller checks that the scopes and expiry are within the parent's.
     pub async fn create_api_token(
         &self,
         user: &UserRecord,
         name: &str,
         scopes: &[String],
         expires_ms: Option<i64>,
+        parent: Option<i64>,
     ) -> Result<(TokenRecord, String), StoreError> {
         let secret = super::new_secret("chgu_");
-        let record = self.insert_api_token(user, name, scopes, &secret, expires_ms).await?;
+        let record = self.insert_api_token(user, name, scopes, &secret, expires_ms, parent).await?;
         Ok((record, secret))
     }
 
@@ -359,7 +422,7 @@ impl Store {
         scopes: &[String],
         secret: &str,
     ) -> Result<TokenRecord, StoreError> {
-        self.insert_api_token(user, name, scopes, secret, None).await
+        self.insert_api_token(user, name, scopes, secret, None, None).await
     }
 
     async fn insert_api_token(
@@ -369,10 +432,11 @@ impl Store {
         scopes: &[String],
         secret: &str,
         expires_ms: Option<i64>,
+        parent: Option<i64>,
     ) -> Result<TokenRecord, StoreError> {
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_tokens (user_id, name, digest, scopes, session_version, created_ms, expires_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            "INSERT INTO api_tokens (user_id, name, digest, scopes, session_version, created_ms, expires_ms, parent_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         )
         .bind(user.id)
         .bind(name)
@@ -381,6 +445,7 @@ impl Store {
         .bind(user.session_version)
         .bind(now_ms())
         .bind(expires_ms)
+        .bind(parent)
         .fetch_one(self.pool())
         .await?;
         let row = sqlx::query(&format!("{TOKEN} WHERE id = $1")).bind(id).fetch_one(self.pool()).await?;
@@ -395,9 +460,11 @@ impl Store {
         let row = sqlx::query(
             "SELECT u.id, u.username, u.role, u.active, u.session_version, u.failed_logins, u.locked_until_ms, \
              u.created_ms, t.id AS token_id, t.user_id, t.name, t.scopes, t.created_ms AS token_created_ms, \
-             t.expires_ms, t.last_used_ms, t.revoked_ms FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             t.expires_ms, t.last_used_ms, t.revoked_ms, t.parent_id FROM api_tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.digest = $1 AND t.revoked_ms IS NULL AND (t.expires_ms IS NULL OR t.expires_ms > $2) \
-             AND u.active = 1 AND u.session_version = t.session_version",
+             AND u.active = 1 AND u.session_version = t.session_version \
+             AND (t.parent_id IS NULL OR EXISTS (SELECT 1 FROM api_tokens p WHERE p.id = t.parent_id \
+             AND p.revoked_ms IS NULL AND (p.expires_ms IS NULL OR p.expires_ms > $2)))",
         )
         .bind(secret_digest(secret))
         .bind(now)
@@ -424,23 +491,38 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
-    /// Revokes a token (of `user_id`, when given); `NotFound` otherwise.
+    /// Revokes a token (of `user_id`, when given) and every token made through it, at any
+    /// depth; `NotFound` when there is no such live token.
     pub async fn revoke_api_token(&self, id: i64, user_id: Option<i64>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE api_tokens SET revoked_ms = $1 WHERE id = $2 AND ($3 = 0 OR user_id = $3) AND revoked_ms IS NULL",
         )
-        .bind(now_ms())
+        .bind(now)
         .bind(id)
         .bind(user_id.unwrap_or(0))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("live API token {id}")));
         }
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_ms = $1 WHERE revoked_ms IS NULL AND id IN (\
+             WITH RECURSIVE below(id) AS (SELECT id FROM api_tokens WHERE parent_id = $2 \
+             UNION SELECT t.id FROM api_tokens t JOIN below b ON t.parent_id = b.id) SELECT id FROM below)",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Appends an entry to the audit chain. The entry's id is the head's plus one and the head
+    /// Appends an entry to the audit chain; each field is cut to [`AUDIT_FIELD_MAX`]
+    /// characters (with [`TRUNCATED`] at the end), so no request can grow the log by more than
+    /// a bounded amount. The entry's id is the head's plus one and the head
     /// moves in the same transaction (a write first, so SQLite takes its lock at once); a
     /// concurrent append makes one of the two retry.
     pub async fn audit(
@@ -451,6 +533,8 @@ impl Store {
         target: &str,
         details: &str,
     ) -> Result<(), StoreError> {
+        let cut = [bounded(actor), bounded(ip), bounded(action), bounded(target), bounded(details)];
+        let [actor, ip, action, target, details] = [&*cut[0], &*cut[1], &*cut[2], &*cut[3], &*cut[4]];
         for _ in 0..20 {
             let row =
                 sqlx::query("SELECT last_id, last_hash FROM audit_head WHERE one = 1").fetch_one(self.pool()).await?;
@@ -562,5 +646,99 @@ impl Store {
             )
         });
         Ok(AuditVerdict { entries: checked, problem })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdb::stores;
+
+    async fn user(store: &Store, name: &str) -> UserRecord {
+        store.create_user(name, "hash", Role::Admin).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn revoking_a_token_revokes_every_token_made_through_it() {
+        for (store, _dir) in stores().await {
+            let ada = user(&store, "ada").await;
+            let scopes = vec!["builds:read".to_string()];
+            let (root, root_secret) = store.create_api_token(&ada, "root", &scopes, None, None).await.unwrap();
+            let (child, child_secret) = store.create_api_token(&ada, "c", &scopes, None, Some(root.id)).await.unwrap();
+            let (_, grandchild) = store.create_api_token(&ada, "g", &scopes, None, Some(child.id)).await.unwrap();
+            let (_, other) = store.create_api_token(&ada, "other", &scopes, None, None).await.unwrap();
+            assert_eq!(child.parent_id, Some(root.id));
+            for s in [&root_secret, &child_secret, &grandchild, &other] {
+                assert!(store.api_token(s).await.unwrap().is_some());
+            }
+            store.revoke_api_token(root.id, Some(ada.id)).await.unwrap();
+            for s in [&root_secret, &child_secret, &grandchild] {
+                assert!(store.api_token(s).await.unwrap().is_none(), "still live after its ancestor's revocation");
+            }
+            assert!(store.api_token(&other).await.unwrap().is_some(), "an unrelated token lives on");
+            let listed = store.api_tokens(Some(ada.id)).await.unwrap();
+            assert_eq!(listed.iter().filter(|t| t.revoked_ms.is_some()).count(), 3);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_whose_parent_expired_is_refused() {
+        for (store, _dir) in stores().await {
+            let ada = user(&store, "ada").await;
+            let scopes = vec!["builds:read".to_string()];
+            let (root, _) = store.create_api_token(&ada, "root", &scopes, None, None).await.unwrap();
+            let (_, child) = store.create_api_token(&ada, "c", &scopes, None, Some(root.id)).await.unwrap();
+            assert!(store.api_token(&child).await.unwrap().is_some());
+            sqlx::query("UPDATE api_tokens SET expires_ms = 1 WHERE id = $1")
+                .bind(root.id)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            assert!(store.api_token(&child).await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn one_address_never_locks_an_account_several_do() {
+        for (store, _dir) in stores().await {
+            let ada = user(&store, "ada").await;
+            let far = now_ms() + 60_000;
+            for _ in 0..20 {
+                let u = store.login_failed(ada.id, "192.0.2.1", 3, 0, far).await.unwrap();
+                assert_eq!((u.failed_logins, u.locked_until_ms), (1, 0), "one address counts once");
+            }
+            let u = store.login_failed(ada.id, "192.0.2.2", 3, 0, far).await.unwrap();
+            assert_eq!((u.failed_logins, u.locked_until_ms), (2, 0));
+            // Failures older than the window do not count.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let u = store.login_failed(ada.id, "192.0.2.3", 3, now_ms(), far).await.unwrap();
+            assert_eq!((u.failed_logins, u.locked_until_ms), (1, 0), "old failures were forgotten: {u:?}");
+            store.login_failed(ada.id, "192.0.2.4", 3, 0, far).await.unwrap();
+            let u = store.login_failed(ada.id, "192.0.2.5", 3, 0, far).await.unwrap();
+            assert_eq!(u.locked_until_ms, far, "three addresses lock");
+            // A new password clears the lock (the recovery path).
+            let u = store.set_password(ada.id, "new-hash").await.unwrap();
+            assert_eq!((u.failed_logins, u.locked_until_ms), (0, 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_fields_are_bounded() {
+        for (store, _dir) in stores().await {
+            let long = "x".repeat(1 << 20);
+            store
+                .audit(&long, "127.0.0.1", "login.failure", &format!("user:{long}"), "é".repeat(300).as_str())
+                .await
+                .unwrap();
+            store.audit("ada", "127.0.0.1", "login.success", "user:ada", "short").await.unwrap();
+            let entries = store.audit_entries(0, 10).await.unwrap();
+            let e = &entries[0];
+            for field in [&e.actor, &e.target, &e.details] {
+                assert_eq!(field.chars().count(), AUDIT_FIELD_MAX, "{field}");
+                assert!(field.ends_with(TRUNCATED));
+            }
+            assert_eq!(entries[1].details, "short");
+            assert!(store.verify_audit().await.unwrap().problem.is_none());
+        }
     }
 }

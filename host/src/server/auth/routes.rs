@@ -3,21 +3,29 @@
 //! tokens, users (admins), and the audit log (admins: JSON, CSV, chain check).
 
 use super::rules::Scope;
-use super::{COOKIE, Caller, SESSION_TTL, Via, hash_password, record, verify_password};
+use super::{COOKIE, Caller, ClientIp, SESSION_TTL, Via, hash_password, record, verify_password};
 use crate::server::AppState;
 use crate::server::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use crate::server::views::{PageError, static_version};
 use crate::store::users::{Role, TokenRecord, UserRecord};
 use askama::Template;
 use axum::Extension;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The one answer to every failed sign-in (unknown user, wrong password, locked, disabled).
-const BAD_LOGIN: &str = "wrong username or password (5 failures in a row lock an account for a while)";
+const BAD_LOGIN: &str =
+    "wrong username or password (failures slow this address down; failures from many addresses lock the account)";
+
+/// The longest username accepted at sign-in (as when users are created); longer ones are
+/// refused before any lookup, rate limit or audit entry.
+pub const MAX_USERNAME: usize = 64;
+
+/// The longest token lifetime `expires_in` may ask for.
+pub const MAX_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Template)]
 #[template(path = "login.html")]
@@ -37,10 +45,19 @@ pub struct NextQuery {
     next: Option<String>,
 }
 
-/// Only paths on this server: `/x`, never `//host` or `https://...`.
+/// Only paths on this server: `/x`, never `//host`, `/\\host`, `https://...`; and only
+/// printable ASCII without spaces (browsers drop tabs and newlines, turning `/\t/host` into
+/// `//host`). Anything else is `/`.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && n.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -63,8 +80,13 @@ pub async fn login_form(Query(q): Query<NextQuery>) -> Response {
     login_page(StatusCode::OK, safe_next(q.next.as_deref()), String::new(), None)
 }
 
-fn ip_of(addr: Option<Extension<ConnectInfo<super::ClientAddr>>>) -> String {
-    addr.map_or_else(|| "unknown".into(), |Extension(ConnectInfo(super::ClientAddr(a)))| a.ip().to_string())
+fn ip_of(addr: Option<Extension<ClientIp>>) -> String {
+    addr.map_or_else(|| "unknown".into(), |Extension(ClientIp(a))| a)
+}
+
+/// The refusal of a username longer than [`MAX_USERNAME`].
+fn too_long_username() -> String {
+    format!("a username has at most {MAX_USERNAME} characters")
 }
 
 /// Checks a username and password with rate limits and lockout; the same error for every
@@ -76,11 +98,19 @@ async fn check_login(
     password: &str,
 ) -> Result<UserRecord, (StatusCode, String, u64)> {
     let auth = &s.auth;
+    if username.chars().count() > MAX_USERNAME {
+        return Err((StatusCode::BAD_REQUEST, too_long_username(), 0));
+    }
+    let net = super::network_key(ip);
     if let Some(wait) = auth.login_limit.check(&format!("ip:{ip}")) {
         return Err((StatusCode::TOO_MANY_REQUESTS, format!("too many sign-in attempts; try again in {wait} s"), wait));
     }
-    if let Some(wait) = auth.login_user_limit.check(&format!("user:{username}")) {
-        return Err((StatusCode::TOO_MANY_REQUESTS, format!("too many sign-in attempts; try again in {wait} s"), wait));
+    if let Some(wait) = auth.login_backoff.check(&net) {
+        return Err((
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("failed sign-ins from this address: wait {wait} s before trying again"),
+            wait,
+        ));
     }
     let unavailable = |e: crate::store::StoreError| (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), 0);
     let found = s.builds.store.user_by_name(username).await.map_err(unavailable)?;
@@ -92,6 +122,9 @@ async fn check_login(
         tracing::info!(%ip, "sign-in refused for `{username}`: {why}");
         (StatusCode::UNAUTHORIZED, BAD_LOGIN.to_string(), 0)
     };
+    if !ok {
+        auth.login_backoff.failed(&net);
+    }
     let Some((user, _)) = found else {
         record(s, username, ip, "login.failure", &format!("user:{username}"), "unknown user").await;
         return Err(fail("unknown user"));
@@ -102,13 +135,16 @@ async fn check_login(
     }
     if !ok || !user.active {
         let why = if ok { "disabled" } else { "wrong password" };
-        let until = now + auth.lockout.as_millis() as i64;
-        let after = s.builds.store.login_failed(user.id, auth.max_failures, until).await.map_err(unavailable)?;
+        let lockout = i64::try_from(auth.lockout.as_millis()).unwrap_or(i64::MAX / 2);
+        let (since, until) = (now.saturating_sub(lockout), now.saturating_add(lockout));
+        let store = &s.builds.store;
+        let after = store.login_failed(user.id, &net, auth.max_failures, since, until).await.map_err(unavailable)?;
         let details = if after.locked_until_ms > now { format!("{why}; locked") } else { why.to_string() };
         record(s, username, ip, "login.failure", &format!("user:{username}"), &details).await;
         return Err(fail(why));
     }
     s.builds.store.login_succeeded(user.id).await.map_err(unavailable)?;
+    auth.login_backoff.succeeded(&net);
     Ok(user)
 }
 
@@ -127,18 +163,27 @@ fn session_cookie(s: &AppState, value: &str, max_age: u64) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("chengis_session=; Path=/"))
 }
 
-/// `POST /login`: a new session (any session cookie the browser had is ended: rotation).
+/// `POST /login`: a new session (any session cookie the browser had is ended: rotation). A
+/// post whose `Origin` is another site is refused (login CSRF: signing a victim's browser in
+/// to the attacker's account).
 pub async fn login(
     State(s): State<AppState>,
-    addr: Option<Extension<ConnectInfo<super::ClientAddr>>>,
+    addr: Option<Extension<ClientIp>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let ip = ip_of(addr);
+    if let Err(message) = super::same_origin(&headers) {
+        tracing::warn!(%ip, "refused a sign-in: {message}");
+        return PageError { status: StatusCode::FORBIDDEN, message }.into_response();
+    }
     let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&body) else {
         return login_page(StatusCode::BAD_REQUEST, "/".into(), String::new(), Some("fill in both fields".into()));
     };
     let next = safe_next(form.next.as_deref());
+    if form.username.chars().count() > MAX_USERNAME {
+        return login_page(StatusCode::BAD_REQUEST, next, String::new(), Some(too_long_username()));
+    }
     let user = match check_login(&s, &ip, &form.username, &form.password).await {
         Ok(u) => u,
         Err((status, message, wait)) => {
@@ -191,15 +236,19 @@ pub struct ApiLogin {
 #[utoipa::path(post, path = "/api/v1/login", request_body = ApiLogin, responses((status = 201, description = "`{token, user}`"), (status = 401, body = crate::server::error::ErrorBody), (status = 429, body = crate::server::error::ErrorBody)))]
 pub async fn api_login(
     State(s): State<AppState>,
-    addr: Option<Extension<ConnectInfo<super::ClientAddr>>>,
+    addr: Option<Extension<ClientIp>>,
     ApiJson(body): ApiJson<ApiLogin>,
 ) -> Result<Response, ApiError> {
     let ip = ip_of(addr);
     let user = match check_login(&s, &ip, &body.username, &body.password).await {
         Ok(u) => u,
         Err((status, message, wait)) => {
-            let code = if status == StatusCode::TOO_MANY_REQUESTS { "rate_limited" } else { "unauthorized" };
-            let mut resp = ApiError { status, code, message, details: Value::Null }.into_response();
+            let (code, details) = match status {
+                StatusCode::TOO_MANY_REQUESTS => ("rate_limited", Value::Null),
+                StatusCode::BAD_REQUEST => ("bad_request", json!({"field": "username", "max": MAX_USERNAME})),
+                _ => ("unauthorized", Value::Null),
+            };
+            let mut resp = ApiError { status, code, message, details }.into_response();
             if wait > 0 {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
             }
@@ -207,7 +256,8 @@ pub async fn api_login(
         }
     };
     let name = body.token_name.unwrap_or_else(|| "cli".into());
-    let (token, secret) = s.builds.store.create_api_token(&user, &name, &Scope::names_for(user.role), None).await?;
+    let (token, secret) =
+        s.builds.store.create_api_token(&user, &name, &Scope::names_for(user.role), None, None).await?;
     record(&s, &user.username, &ip, "login.success", &format!("user:{}", user.username), "api token").await;
     record(&s, &user.username, &ip, "token.create", &format!("token:{}", token.id), &name).await;
     Ok((StatusCode::CREATED, axum::Json(json!({"token": secret, "user": user, "token_info": token}))).into_response())
@@ -294,15 +344,29 @@ pub async fn change_password(
 pub struct NewToken {
     /// A name to recognise it by.
     pub name: String,
-    /// Scopes (default: every scope the role allows).
+    /// Scopes (default: every scope the caller holds: the role's through a session, the
+    /// calling token's through a token).
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
-    /// Lifetime such as `30d` (default: no expiry).
+    /// Lifetime such as `30d`, at most 365 days (default: no expiry through a session; the
+    /// calling token's expiry through a token).
     #[serde(default)]
     pub expires_in: Option<String>,
 }
 
-/// `POST /api/v1/tokens`: a token of the caller (shown once).
+/// A 400 about `expires_in`, naming the field and the bound.
+fn bad_expiry(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        code: "bad_request",
+        message,
+        details: json!({"field": "expires_in", "max": "365d"}),
+    }
+}
+
+/// `POST /api/v1/tokens`: a token of the caller (shown once). Through a token (which needs the
+/// `tokens:write` scope), the new token holds at most the calling token's scopes, expires no
+/// later than it, and is revoked with it.
 #[utoipa::path(post, path = "/api/v1/tokens", request_body = NewToken, responses((status = 201, description = "`{token, info}`"), (status = 400, body = crate::server::error::ErrorBody)))]
 pub async fn create_token(
     State(s): State<AppState>,
@@ -310,26 +374,54 @@ pub async fn create_token(
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     let user = me(&caller)?;
-    let allowed = Scope::names_for(user.role);
+    let role_scopes = Scope::names_for(user.role);
+    let (allowed, parent, parent_expiry): (Vec<String>, Option<i64>, Option<i64>) = match &caller.via {
+        Via::Token { id, scopes, expires_ms } => {
+            (role_scopes.iter().filter(|sc| scopes.contains(sc)).cloned().collect(), Some(*id), *expires_ms)
+        }
+        _ => (role_scopes.clone(), None, None),
+    };
     let scopes = body.scopes.unwrap_or_else(|| allowed.clone());
     if let Some(bad) = scopes.iter().find(|sc| !allowed.contains(sc)) {
-        let known = Scope::all_names();
-        let why =
-            if known.contains(bad) { format!("the {} role cannot hold it", user.role) } else { "unknown scope".into() };
+        let why = if !Scope::all_names().contains(bad) {
+            "unknown scope".to_string()
+        } else if !role_scopes.contains(bad) {
+            format!("the {} role cannot hold it", user.role)
+        } else {
+            "the token making this one does not hold it (a token cannot grant more than it has)".to_string()
+        };
         return Err(ApiError::bad_request(format!("scope `{bad}`: {why}; allowed: {}", allowed.join(", "))));
     }
+    let now = crate::store::now_ms();
     let expires_ms = match body.expires_in.as_deref() {
-        None => None,
+        None => parent_expiry,
         Some(text) => {
-            let d = humantime::parse_duration(text)
-                .map_err(|e| ApiError::bad_request(format!("`expires_in` `{text}`: {e} (for example 30d or 12h)")))?;
-            Some(crate::store::now_ms() + d.as_millis() as i64)
+            let d = humantime::parse_duration(text).map_err(|e| {
+                bad_expiry(format!("`expires_in` `{text}`: {e} (for example 30d or 12h; at most 365d)"))
+            })?;
+            if d > MAX_TOKEN_LIFETIME {
+                return Err(bad_expiry(format!("`expires_in` `{text}` is longer than the maximum of 365d")));
+            }
+            if d.is_zero() {
+                return Err(bad_expiry(format!("`expires_in` `{text}`: a token must live for some time")));
+            }
+            // At most a year: no overflow.
+            let at = now + d.as_millis() as i64;
+            if let Some(limit) = parent_expiry
+                && at > limit
+            {
+                return Err(bad_expiry(format!(
+                    "`expires_in` `{text}`: a token made through another token cannot outlive it (it expires at {})",
+                    crate::server::views::time_iso(limit)
+                )));
+            }
+            Some(at)
         }
     };
     if body.name.trim().is_empty() {
         return Err(ApiError::bad_request("a token needs a name"));
     }
-    let (info, secret) = s.builds.store.create_api_token(user, body.name.trim(), &scopes, expires_ms).await?;
+    let (info, secret) = s.builds.store.create_api_token(user, body.name.trim(), &scopes, expires_ms, parent).await?;
     Ok((StatusCode::CREATED, axum::Json(json!({"token": secret, "info": info}))))
 }
 
@@ -355,7 +447,8 @@ pub async fn list_tokens(
     Ok(axum::Json(json!({"tokens": tokens})))
 }
 
-/// `DELETE /api/v1/tokens/{id}`: revokes a token of the caller (admins: anyone's), at once.
+/// `DELETE /api/v1/tokens/{id}`: revokes a token of the caller (admins: anyone's), at once,
+/// with every token made through it.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", params(("id" = i64, Path, description = "token id")), responses((status = 204, description = "revoked"), (status = 404, body = crate::server::error::ErrorBody)))]
 pub async fn revoke_token(
     State(s): State<AppState>,
@@ -469,9 +562,12 @@ pub struct AuditQuery {
     limit: Option<i64>,
 }
 
+/// A CSV cell, quoted when needed. Spreadsheet formulas are defused: a cell starting with `=`,
+/// `+`, `-` or `@`, even after spaces, tabs or line breaks (which spreadsheets skip), gets a
+/// leading `'`.
 fn csv_field(text: &str) -> String {
-    // Also defuses spreadsheet formulas.
-    let t = if text.starts_with(['=', '+', '-', '@']) { format!("'{text}") } else { text.to_string() };
+    let formula = text.trim_start_matches([' ', '\t', '\r', '\n']).starts_with(['=', '+', '-', '@']);
+    let t = if formula { format!("'{text}") } else { text.to_string() };
     if t.contains([',', '"', '\n', '\r']) { format!("\"{}\"", t.replace('"', "\"\"")) } else { t }
 }
 
@@ -514,4 +610,54 @@ pub async fn audit(State(s): State<AppState>, ApiQuery(q): ApiQuery<AuditQuery>)
 pub async fn audit_verify(State(s): State<AppState>) -> Result<axum::Json<Value>, ApiError> {
     let v = s.builds.store.verify_audit().await?;
     Ok(axum::Json(json!({"entries": v.entries, "ok": v.problem.is_none(), "problem": v.problem})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_a_path_of_this_server() {
+        for ok in ["/", "/jobs/app", "/builds/3?x=1&y=%20z"] {
+            assert_eq!(safe_next(Some(ok)), ok);
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/\r\n/evil.example",
+            "/x y",
+            " /x",
+            "/x\u{0}",
+            "/\u{a0}/evil",
+            "/caf\u{e9}",
+            "https://evil.example",
+            "evil",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn csv_cells_never_start_a_formula() {
+        for (given, want) in [
+            ("=1+1", "'=1+1"),
+            ("+1", "'+1"),
+            ("-1", "'-1"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            (" =1", "' =1"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "\"'\r=1\""),
+            ("\n =HYPERLINK(x)", "\"'\n =HYPERLINK(x)\""),
+            ("plain", "plain"),
+            ("a=b", "a=b"),
+            (" x", " x"),
+            ("a,b", "\"a,b\""),
+        ] {
+            assert_eq!(csv_field(given), want, "{given:?}");
+        }
+    }
 }

@@ -22,6 +22,10 @@ pub enum Scope {
     AgentsAdmin,
     /// Manage users, read the audit log, replay webhooks, prune storage.
     ServerAdmin,
+    /// Manage the owner's own credentials: create and revoke their API tokens, change their
+    /// password. Browser sessions need no scope; a token needs this one (so a token handed to
+    /// automation cannot mint more tokens unless it was made to).
+    TokensWrite,
     /// No particular scope (signing in is enough).
     Any,
 }
@@ -37,12 +41,13 @@ impl Scope {
             Scope::PluginsAdmin => "plugins:admin",
             Scope::AgentsAdmin => "agents:admin",
             Scope::ServerAdmin => "server:admin",
+            Scope::TokensWrite => "tokens:write",
             Scope::Any => "",
         }
     }
 
     /// Every scope a token can carry.
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::BuildsRead,
         Scope::BuildsWrite,
         Scope::JobsWrite,
@@ -50,6 +55,7 @@ impl Scope {
         Scope::PluginsAdmin,
         Scope::AgentsAdmin,
         Scope::ServerAdmin,
+        Scope::TokensWrite,
     ];
 
     /// Every scope's name.
@@ -60,7 +66,7 @@ impl Scope {
     /// The least role that may hold the scope.
     pub fn min_role(self) -> Role {
         match self {
-            Scope::BuildsRead | Scope::Any => Role::Viewer,
+            Scope::BuildsRead | Scope::TokensWrite | Scope::Any => Role::Viewer,
             Scope::BuildsWrite | Scope::JobsWrite | Scope::SecretsWrite => Role::Developer,
             Scope::PluginsAdmin | Scope::AgentsAdmin | Scope::ServerAdmin => Role::Admin,
         }
@@ -81,7 +87,7 @@ pub enum Access {
     Agent,
     /// Badges: public unless the server is started with `--private-badges`.
     Badge,
-    /// Any signed-in user (their own tokens, password, sign-out).
+    /// Any signed-in user (their token list, sign-out).
     SignedIn,
     /// At least this role, and for tokens this scope.
     Role(Role, Scope),
@@ -116,6 +122,8 @@ const JOBS: Access = Access::Role(Role::Developer, Scope::JobsWrite);
 const PLUGINS: Access = Access::Role(Role::Admin, Scope::PluginsAdmin);
 const AGENTS: Access = Access::Role(Role::Admin, Scope::AgentsAdmin);
 const ADMIN: Access = Access::Role(Role::Admin, Scope::ServerAdmin);
+/// The caller's own credentials: a session, or a token with `tokens:write`.
+const ACCOUNT: Access = Access::Role(Role::Viewer, Scope::TokensWrite);
 
 /// Every route of the server.
 pub const RULES: &[Rule] = &[
@@ -143,10 +151,11 @@ pub const RULES: &[Rule] = &[
     // Any signed-in user.
     r("POST", "/logout", Access::SignedIn),
     r("GET", "/api/v1/me", Access::SignedIn),
-    a("POST", "/api/v1/me/password", Access::SignedIn, "user.password"),
     r("GET", "/api/v1/tokens", Access::SignedIn),
-    a("POST", "/api/v1/tokens", Access::SignedIn, "token.create"),
-    a("DELETE", "/api/v1/tokens/{id}", Access::SignedIn, "token.revoke"),
+    // Their own credentials: a session, or a token with `tokens:write`.
+    a("POST", "/api/v1/me/password", ACCOUNT, "user.password"),
+    a("POST", "/api/v1/tokens", ACCOUNT, "token.create"),
+    a("DELETE", "/api/v1/tokens/{id}", ACCOUNT, "token.revoke"),
     // Viewers: read.
     r("GET", "/", VIEW),
     r("GET", "/jobs/{name}", VIEW),
@@ -243,7 +252,7 @@ mod tests {
 
     #[test]
     fn scopes_follow_roles() {
-        assert_eq!(Scope::names_for(Role::Viewer), ["builds:read"]);
+        assert_eq!(Scope::names_for(Role::Viewer), ["builds:read", "tokens:write"]);
         assert!(Scope::names_for(Role::Developer).contains(&"secrets:write".to_string()));
         assert!(!Scope::names_for(Role::Developer).contains(&"plugins:admin".to_string()));
         assert_eq!(Scope::names_for(Role::Admin).len(), Scope::ALL.len());
