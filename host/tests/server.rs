@@ -497,6 +497,23 @@ fn the_cli_drives_the_server_and_rotates_keys() {
         let (_, out, _) = cli(&s.url, &["build", "list", "--job", "app", "--format", "json"], None);
         let id = serde_json::from_str::<Value>(&out).unwrap()["builds"][0]["id"].as_i64().unwrap();
         assert_eq!(cli(&s.url, &["build", "logs", &id.to_string()], None).1, "[j] token ***\n[j] done\n");
+
+        // Rotate again while the server runs: it picks the new key up (no restart), decrypts
+        // the re-encrypted secret for the next build and encrypts new secrets with the new key.
+        let out = Command::new(env!("CARGO_BIN_EXE_chengis"))
+            .args(["secret", "rotate-key", "--database-url", db])
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("CHENGIS_MASTER_KEY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read_to_string(data.join("master.key")).unwrap().lines().count(), 3);
+        let (code, out, _) = cli(&s.url, &["build", "trigger", "app", "--wait"], None);
+        assert_eq!(code, 0, "a build after an online rotation: {out}");
+        assert_eq!(cli(&s.url, &["secret", "set", "TOKEN"], Some("set-after-rotation\n")).0, 0);
+        let (code, out, _) = cli(&s.url, &["build", "trigger", "app", "--wait"], None);
+        assert_eq!(code, 0, "{out}");
     }
 }
 

@@ -35,16 +35,34 @@ impl SecretScope {
     }
 }
 
-/// The master keys: the current one encrypts; all of them decrypt.
-#[derive(Clone)]
+/// The master keys: the current one encrypts; all of them decrypt. Keys read from a key file
+/// follow it: a key id this process does not know (a value encrypted after `chengis secret
+/// rotate-key` ran beside a running server) and a changed file (before encrypting) read the
+/// file again, so a running server picks a rotation up without a restart.
 pub struct MasterKeys {
+    ring: std::sync::RwLock<Ring>,
+    file: Option<std::path::PathBuf>,
+}
+
+/// The keys as last read.
+#[derive(Clone)]
+struct Ring {
     current: String,
     keys: BTreeMap<String, [u8; 32]>,
+    /// The key file's modification time and size when read.
+    stamp: Option<(std::time::SystemTime, u64)>,
+}
+
+impl Clone for MasterKeys {
+    fn clone(&self) -> Self {
+        MasterKeys { ring: std::sync::RwLock::new(self.ring()), file: self.file.clone() }
+    }
 }
 
 impl std::fmt::Debug for MasterKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKeys").field("current", &self.current).field("ids", &self.keys.keys()).finish()
+        let ring = self.ring();
+        f.debug_struct("MasterKeys").field("current", &ring.current).field("ids", &ring.keys.keys()).finish()
     }
 }
 
@@ -70,13 +88,39 @@ fn key_id(key: &[u8; 32]) -> String {
     to_hex(&Sha256::digest(key)[..4])
 }
 
+/// The modification time and size of the key file, when it can be read.
+fn stamp_of(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Reads a key file: one hex key per line, the last line current.
+fn read_key_file(path: &Path) -> Result<Ring, StoreError> {
+    let io = |e: std::io::Error| StoreError::Crypto(format!("master key file {}: {e}", path.display()));
+    let stamp = stamp_of(path);
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let mut keys = BTreeMap::new();
+    let mut current = None;
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let key = parse_hex_key(line).ok_or_else(|| {
+            StoreError::Crypto(format!("master key file {} line {}: not 64 hex characters", path.display(), n + 1))
+        })?;
+        let id = key_id(&key);
+        keys.insert(id.clone(), key);
+        current = Some(id);
+    }
+    let current = current.ok_or_else(|| StoreError::Crypto(format!("master key file {} is empty", path.display())))?;
+    Ok(Ring { current, keys, stamp })
+}
+
 impl MasterKeys {
     /// One key given as 64 hex characters (the `CHENGIS_MASTER_KEY` form).
     pub fn from_hex(hex: &str) -> Result<MasterKeys, StoreError> {
         let key = parse_hex_key(hex)
             .ok_or_else(|| StoreError::Crypto("the master key must be 64 hexadecimal characters (32 bytes)".into()))?;
         let id = key_id(&key);
-        Ok(MasterKeys { current: id.clone(), keys: BTreeMap::from([(id, key)]) })
+        let ring = Ring { current: id.clone(), keys: BTreeMap::from([(id, key)]), stamp: None };
+        Ok(MasterKeys { ring: std::sync::RwLock::new(ring), file: None })
     }
 
     /// Reads the key file (one hex key per line, the last line current), creating it with a
@@ -90,54 +134,84 @@ impl MasterKeys {
             write_key_file(path, &[to_hex(&key)]).map_err(io)?;
             true
         };
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        let mut keys = BTreeMap::new();
-        let mut current = None;
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let key = parse_hex_key(line).ok_or_else(|| {
-                StoreError::Crypto(format!("master key file {} line {}: not 64 hex characters", path.display(), n + 1))
-            })?;
-            let id = key_id(&key);
-            keys.insert(id.clone(), key);
-            current = Some(id);
+        let ring = read_key_file(path)?;
+        Ok((MasterKeys { ring: std::sync::RwLock::new(ring), file: Some(path.to_path_buf()) }, created))
+    }
+
+    fn ring(&self) -> Ring {
+        self.ring.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reads the key file again (keys from `CHENGIS_MASTER_KEY` have none). A file that cannot
+    /// be read now keeps the keys already known.
+    fn reload(&self) {
+        let Some(path) = &self.file else { return };
+        match read_key_file(path) {
+            Ok(ring) => {
+                let mut held = self.ring.write().unwrap_or_else(|e| e.into_inner());
+                if held.current != ring.current {
+                    tracing::info!("master key file {} changed: key {} is current now", path.display(), ring.current);
+                }
+                // Keys only ever join: a key removed from the file stays known to this process.
+                let mut keys = std::mem::take(&mut held.keys);
+                keys.extend(ring.keys);
+                *held = Ring { current: ring.current, keys, stamp: ring.stamp };
+            }
+            Err(e) => tracing::warn!("reading the master key file again: {e}"),
         }
-        let current =
-            current.ok_or_else(|| StoreError::Crypto(format!("master key file {} is empty", path.display())))?;
-        Ok((MasterKeys { current, keys }, created))
+    }
+
+    /// Reads the key file again when it changed since it was read.
+    fn follow_file(&self) {
+        if let Some(path) = &self.file
+            && stamp_of(path) != self.ring.read().unwrap_or_else(|e| e.into_inner()).stamp
+        {
+            self.reload();
+        }
     }
 
     /// Adds a new random key to the key file and makes it current; returns its id.
     pub fn add_key(&mut self, path: &Path) -> Result<String, StoreError> {
         let key: [u8; 32] = Aes256Gcm::generate_key(OsRng).into();
         let id = key_id(&key);
-        self.keys.insert(id.clone(), key);
-        self.current = id.clone();
-        let mut lines: Vec<String> = self.keys.iter().filter(|(k, _)| **k != id).map(|(_, v)| to_hex(v)).collect();
+        let mut ring = self.ring();
+        ring.keys.insert(id.clone(), key);
+        ring.current = id.clone();
+        let mut lines: Vec<String> = ring.keys.iter().filter(|(k, _)| **k != id).map(|(_, v)| to_hex(v)).collect();
         lines.push(to_hex(&key));
         write_key_file(path, &lines)
             .map_err(|e| StoreError::Crypto(format!("master key file {}: {e}", path.display())))?;
+        ring.stamp = stamp_of(path);
+        *self.ring.write().unwrap_or_else(|e| e.into_inner()) = ring;
         Ok(id)
     }
 
     /// The id of the key new values are encrypted with.
-    pub fn current_id(&self) -> &str {
-        &self.current
+    pub fn current_id(&self) -> String {
+        self.follow_file();
+        self.ring().current
     }
 
     fn cipher(&self, id: &str) -> Result<Aes256Gcm, StoreError> {
-        let key = self.keys.get(id).ok_or_else(|| {
+        let known = |ring: &Ring| ring.keys.get(id).map(|k| Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(k)));
+        if let Some(c) = known(&self.ring.read().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(c);
+        }
+        // Encrypted under a key added since this process read the file: read it again.
+        self.reload();
+        known(&self.ring.read().unwrap_or_else(|e| e.into_inner())).ok_or_else(|| {
             StoreError::Crypto(format!("secret encrypted with key `{id}`, which is not among the master keys"))
-        })?;
-        Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)))
+        })
     }
 
     fn seal(&self, aad: &str, value: &str) -> Result<(String, Vec<u8>, Vec<u8>), StoreError> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let current = self.current_id();
         let ct = self
-            .cipher(&self.current)?
+            .cipher(&current)?
             .encrypt(&nonce, Payload { msg: value.as_bytes(), aad: aad.as_bytes() })
             .map_err(|_| StoreError::Crypto("encryption failed".into()))?;
-        Ok((self.current.clone(), nonce.to_vec(), ct))
+        Ok((current, nonce.to_vec(), ct))
     }
 
     fn open(&self, aad: &str, id: &str, nonce: &[u8], ct: &[u8]) -> Result<String, StoreError> {

@@ -281,12 +281,23 @@ async fn secrets_are_encrypted_scoped_and_rotatable() {
         assert!(!err.to_string().contains("-value"), "{err}");
         store.set_secret(&keys, &SecretScope::Global, "TOKEN", "global-value").await.unwrap();
 
+        // A running server's keys, read before the rotation another process does.
+        let (server_keys, _) = MasterKeys::load_or_create(&keyfile).unwrap();
         let old = keys.current_id().to_string();
         let new = keys.add_key(&keyfile).unwrap();
         assert_ne!(old, new);
         assert_eq!(store.rotate_secrets(&keys).await.unwrap(), 3);
         let ids: Vec<String> = sqlx::query_scalar("SELECT key_id FROM secrets").fetch_all(store.pool()).await.unwrap();
         assert!(ids.iter().all(|i| *i == new));
+        // The running server decrypts what was re-encrypted under the new key, and encrypts new
+        // values with it, without a restart.
+        assert_eq!(store.secrets_for_job(&server_keys, "app").await.unwrap()["TOKEN"], "app-value");
+        store.set_secret(&server_keys, &SecretScope::Global, "LATER", "later-value").await.unwrap();
+        let later: String = sqlx::query_scalar("SELECT key_id FROM secrets WHERE name = 'LATER'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(later, new);
         let (reloaded, created) = MasterKeys::load_or_create(&keyfile).unwrap();
         assert!(!created);
         assert_eq!(reloaded.current_id(), new);
