@@ -1370,3 +1370,75 @@ fn every_forge_delivers_a_signed_push_from_its_documented_payload() {
     let (_, builds) = call("GET", &format!("{}/api/v1/builds?job=forge", s.url), None);
     assert_eq!(builds["builds"].as_array().unwrap().len(), 5, "{builds}");
 }
+
+#[test]
+fn pull_requests_from_forks_get_no_secrets_unless_an_admin_opts_the_job_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("repo");
+    let url = repo(
+        &dir,
+        "jobs:\n  build:\n    steps:\n      - env:\n          T: ${{ secrets.TOKEN }}\n        run: if [ -n \"$T\" ]; then echo has-secret; else echo no-secret; fi\n",
+    );
+    let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(&dir).output().unwrap();
+    let sha = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    for (n, db) in databases(tmp.path()).iter().enumerate() {
+        let s = start(&tmp.path().join(format!("data{n}")), db, &[]);
+        let secret = "fork-webhook-secret-0123";
+        let (st, _) = call(
+            "POST",
+            &format!("{}/api/v1/jobs", s.url),
+            Some(json!({"name": "app", "repo_url": url, "webhook_secret": secret})),
+        );
+        assert_eq!(st, 201);
+        assert_eq!(call("PUT", &format!("{}/api/v1/secrets/TOKEN", s.url), Some(json!({"value": "s3cr3t"}))).0, 204);
+        let hook_url = format!("{}/hooks/github/app", s.url);
+        // A pull request whose head lives in another repository; `title` makes each body new.
+        let deliver = |delivery: &str, head_repo: &str| {
+            let body = json!({"action": "opened", "number": 9,
+                "pull_request": {"number": 9, "title": delivery, "user": {"login": "mallory"},
+                                 "head": {"sha": sha, "ref": "evil", "repo": {"clone_url": head_repo}},
+                                 "base": {"ref": "main", "sha": sha}},
+                "repository": {"full_name": "acme/app", "clone_url": "https://github.com/acme/app.git"}})
+            .to_string();
+            let headers = [
+                ("X-GitHub-Event", "pull_request".to_string()),
+                ("X-GitHub-Delivery", delivery.to_string()),
+                ("X-Hub-Signature-256", github_signature(secret, &body)),
+            ];
+            let (st, v) = hook(&hook_url, &headers, &body);
+            assert_eq!((st, v["status"].as_str()), (202, Some("accepted")), "{v}");
+            let id = v["build"].as_i64().unwrap();
+            let b = wait_build(&s, id, finished);
+            assert_eq!(b["build"]["status"], "success", "{b}");
+            log_texts(&s, id, "build")
+        };
+        let fork = "https://github.com/mallory/app.git";
+        assert_eq!(deliver("fork-1", fork), ["no-secret"], "a fork's pull request gets no secrets");
+        assert_eq!(
+            deliver("same-1", "https://github.com/acme/app.git"),
+            ["has-secret"],
+            "a pull request from the repository itself does"
+        );
+        // Only an admin opts the job in; a developer is refused with a JSON error.
+        let (st, _) = call(
+            "POST",
+            &format!("{}/api/v1/users", s.url),
+            Some(json!({"username": "dev", "password": "dev-password-1234", "role": "developer"})),
+        );
+        assert_eq!(st, 201);
+        let (st, v) = call_as(
+            "",
+            "POST",
+            &format!("{}/api/v1/login", s.url),
+            Some(json!({"username": "dev", "password": "dev-password-1234"})),
+        );
+        assert_eq!(st, 201, "{v}");
+        let dev = format!("Bearer {}", v["token"].as_str().unwrap());
+        let (st, v) = call_as(&dev, "PUT", &format!("{}/api/v1/jobs/app", s.url), Some(json!({"fork_secrets": true})));
+        assert_eq!((st, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
+        assert_eq!(deliver("fork-2", fork), ["no-secret"]);
+        let (st, v) = call("PUT", &format!("{}/api/v1/jobs/app", s.url), Some(json!({"fork_secrets": true})));
+        assert_eq!((st, v["fork_secrets"].as_bool()), (200, Some(true)), "{v}");
+        assert_eq!(deliver("fork-3", fork), ["has-secret"], "the admin opted the job in");
+    }
+}

@@ -79,9 +79,18 @@ pub async fn prepare(
         }
         false => failed_need.is_none(),
     };
-    let secrets = store.secrets_for_job(keys, &build.job).await?;
     // The webhook event behind the build, if any (recorded as its `trigger` event).
     let trigger = ctx.trigger_context(build.id).await?;
+    // A pull request from a fork runs a pipeline file its author wrote: no secrets, unless an
+    // admin opted the job in (its caches are read-only too: see `job_files::scope_of`).
+    let fork = trigger.as_ref().is_some_and(|t| t.fork);
+    let secrets = match fork && !job_record.fork_secrets {
+        true => {
+            tracing::info!(build = build.id, job = %spec.id, "pull request from a fork: the job's secrets are withheld");
+            BTreeMap::new()
+        }
+        false => store.secrets_for_job(keys, &build.job).await?,
+    };
     let mut contexts = BTreeMap::new();
     contexts.insert("params".to_string(), context::params(&plan));
     contexts.insert("matrix".to_string(), context::object(spec.matrix.iter()));

@@ -61,6 +61,10 @@ pub enum JobCommand {
         /// Keep only the newest N finished builds (0 keeps all).
         #[arg(long)]
         keep_builds: Option<i64>,
+        /// Give builds of pull requests from forks the job's secrets (admins only; off by
+        /// default: a fork's pipeline file decides what its steps do with them).
+        #[arg(long, value_name = "true|false")]
+        fork_secrets: Option<bool>,
     },
     /// List jobs.
     List,
@@ -302,10 +306,13 @@ pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
             let v = c.post("/api/v1/jobs", body)?;
             print(args.format, &v, |v| format!("created job {} ({})\n", s(&v["name"]), s(&v["repo_url"])));
         }
-        JobCommand::Update { name, repo, branch, webhook_secret, keep_builds } => {
+        JobCommand::Update { name, repo, branch, webhook_secret, keep_builds, fork_secrets } => {
             let mut body = json!({});
             if let Some(n) = keep_builds {
                 body["keep_builds"] = json!(n);
+            }
+            if let Some(on) = fork_secrets {
+                body["fork_secrets"] = json!(on);
             }
             for (key, value) in [("repo_url", repo), ("default_branch", branch), ("webhook_secret", webhook_secret)] {
                 if let Some(v) = value {

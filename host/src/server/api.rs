@@ -177,6 +177,10 @@ pub struct UpdateJob {
     /// the maintenance loop.
     #[serde(default)]
     keep_builds: Option<i64>,
+    /// Give builds of pull requests from forks the job's secrets (admins only: a fork's
+    /// pipeline file decides what its steps do with them).
+    #[serde(default)]
+    fork_secrets: Option<bool>,
 }
 
 fn valid_webhook_secret(secret: &str) -> Result<(), ApiError> {
@@ -199,9 +203,15 @@ mod double_option {
 #[utoipa::path(put, path = "/api/v1/jobs/{name}", params(("name" = String, Path, description = "job name")), request_body = UpdateJob, responses((status = 200, body = JobRecord), (status = 404, body = ErrorBody)))]
 pub async fn update_job(
     State(s): State<AppState>,
+    Extension(caller): Extension<crate::server::auth::Caller>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<UpdateJob>,
 ) -> Result<Json<JobRecord>, ApiError> {
+    if body.fork_secrets == Some(true) && !caller.is_admin_with(crate::server::auth::rules::Scope::ServerAdmin) {
+        return Err(ApiError::forbidden(
+            "`fork_secrets` gives a fork's pull requests the job's secrets: only an admin (signed in, or with a `server:admin` token) can turn it on",
+        ));
+    }
     if body.repo_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
         return Err(ApiError::bad_request("`repo_url` must not be empty"));
     }
@@ -221,6 +231,7 @@ pub async fn update_job(
                 default_branch: body.default_branch.as_deref(),
                 pipeline_path: body.pipeline_path.as_ref().map(|p| p.as_deref()),
                 submodules: body.submodules,
+                fork_secrets: body.fork_secrets,
             },
         )
         .await?;

@@ -47,6 +47,11 @@ impl ApiError {
         ApiError { status: StatusCode::BAD_REQUEST, code: "bad_request", message: message.into(), details: json!(null) }
     }
 
+    /// A 403 with a message.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::FORBIDDEN, code: "forbidden", message: message.into(), details: json!(null) }
+    }
+
     /// A 404 with a message.
     pub fn not_found(message: impl Into<String>) -> Self {
         ApiError { status: StatusCode::NOT_FOUND, code: "not_found", message: message.into(), details: json!(null) }

@@ -22,6 +22,9 @@ pub struct JobRecord {
     pub submodules: bool,
     /// Only the newest N finished builds are kept (None: all).
     pub keep_builds: Option<i64>,
+    /// Builds of pull requests from forks get the job's secrets too (an admin's choice; off by
+    /// default: a fork's pipeline file could send them anywhere).
+    pub fork_secrets: bool,
     /// Creation time (ms since the epoch).
     pub created_ms: i64,
 }
@@ -52,6 +55,8 @@ pub struct JobUpdate<'a> {
     pub pipeline_path: Option<Option<&'a str>>,
     /// Check out submodules or not.
     pub submodules: Option<bool>,
+    /// Give pull requests from forks the job's secrets or not.
+    pub fork_secrets: Option<bool>,
 }
 
 fn job_from_row(row: &AnyRow) -> Result<JobRecord, sqlx::Error> {
@@ -63,11 +68,13 @@ fn job_from_row(row: &AnyRow) -> Result<JobRecord, sqlx::Error> {
         pipeline_path: row.try_get("pipeline_path")?,
         submodules: row.try_get::<i64, _>("submodules")? != 0,
         keep_builds: row.try_get("keep_builds")?,
+        fork_secrets: row.try_get::<i64, _>("fork_secrets")? != 0,
         created_ms: row.try_get("created_ms")?,
     })
 }
 
-const COLUMNS: &str = "id, name, repo_url, default_branch, pipeline_path, submodules, keep_builds, created_ms";
+const COLUMNS: &str =
+    "id, name, repo_url, default_branch, pipeline_path, submodules, keep_builds, fork_secrets, created_ms";
 
 /// True for a unique-constraint violation.
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -118,12 +125,13 @@ impl Store {
             None => current.pipeline_path.clone(),
         };
         sqlx::query(
-            "UPDATE jobs SET repo_url = $1, default_branch = $2, pipeline_path = $3, submodules = $4 WHERE id = $5",
+            "UPDATE jobs SET repo_url = $1, default_branch = $2, pipeline_path = $3, submodules = $4, fork_secrets = $5 WHERE id = $6",
         )
         .bind(change.repo_url.unwrap_or(&current.repo_url))
         .bind(change.default_branch.unwrap_or(&current.default_branch))
         .bind(path)
         .bind(i64::from(change.submodules.unwrap_or(current.submodules)))
+        .bind(i64::from(change.fork_secrets.unwrap_or(current.fork_secrets)))
         .bind(current.id)
         .execute(self.pool())
         .await?;

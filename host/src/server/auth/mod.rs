@@ -310,6 +310,16 @@ impl Caller {
     pub fn at_least(&self, role: Role) -> bool {
         self.user.as_ref().is_some_and(|u| u.role >= role)
     }
+
+    /// Whether the caller is an admin and, when calling with a token, the token holds `scope`.
+    pub fn is_admin_with(&self, scope: rules::Scope) -> bool {
+        self.at_least(Role::Admin)
+            && match &self.via {
+                Via::Token { scopes, .. } => scopes.iter().any(|s| s == scope.as_str()),
+                Via::Session { .. } => true,
+                Via::Anonymous => false,
+            }
+    }
 }
 
 /// The client's address, from the connection (plain TCP or TLS).
