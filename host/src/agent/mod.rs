@@ -25,6 +25,9 @@ use local::LocalPeer;
 pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfig, shutdown: CancelSignal) {
     let slots = Arc::new(Semaphore::new(cfg.executors.max(1)));
     let mut notices = ctx.bus.subscribe();
+    // A job that ends frees its slot only after its workspace is cleaned: it wakes the loop
+    // then, so the freed slot leases at once instead of at the next timer.
+    let slot_freed = Arc::new(tokio::sync::Notify::new());
     let mut last_disk_warning = None;
     loop {
         if shutdown.is_cancelled() {
@@ -60,7 +63,7 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
                     }
                     for lease in batch.leases {
                         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                        let (ctx, keys, cfg) = (ctx.clone(), keys.clone(), cfg.clone());
+                        let (ctx, keys, cfg, freed) = (ctx.clone(), keys.clone(), cfg.clone(), slot_freed.clone());
                         let span =
                             tracing::info_span!("build_job", build_job = lease.build_job_id, attempt = lease.attempt);
                         tokio::spawn(
@@ -79,6 +82,7 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
                                     }
                                 }
                                 drop(permit);
+                                freed.notify_one();
                             }
                             .instrument(span),
                         );
@@ -87,10 +91,11 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
                 Err(e) => tracing::warn!("lease failed: {e}"),
             }
         }
-        // Long poll: wake on an enqueue notice, a finished job, or every half second (expired
+        // Long poll: wake on an enqueue notice, a finished job, a freed slot, or every half second (expired
         // leases of other agents, delayed work).
         tokio::select! {
             _ = notices.recv() => {}
+            _ = slot_freed.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.cancelled() => return,
         }

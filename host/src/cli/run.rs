@@ -152,7 +152,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         docker: DockerRuntime::new(format!("run@{}", hostname()), args.docker.settings()?),
         plugins: None,
     };
-    let uses_plugins = plan.jobs.iter().flat_map(|j| &j.steps).any(|s| s.uses.is_some());
+    // The plugins the pipeline's `uses:` steps name (`name` of `name@version`).
+    let used: Vec<String> = plan
+        .jobs
+        .iter()
+        .flat_map(|j| &j.steps)
+        .filter_map(|s| s.uses.as_deref())
+        .map(|u| u.split('@').next().unwrap_or(u).to_string())
+        .collect();
+    let uses_plugins = !used.is_empty();
     let uses_docker = plan.jobs.iter().any(|j| j.image.is_some() || j.steps.iter().any(|s| s.image.is_some()));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let docker = run_opts.docker.clone();
@@ -160,7 +168,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let plugin_dir = args.plugin_dir.clone();
     let status = runtime.block_on(async move {
         if uses_plugins {
-            run_opts.plugins = Some(local_plugins(plugin_dir).await?);
+            run_opts.plugins = Some(local_plugins(plugin_dir, &used).await?);
         }
         if uses_docker {
             // Containers of earlier runs whose `chengis run` process is gone (killed, crashed).
@@ -195,9 +203,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// The plugin platform of local runs: an allowlist of its own (a SQLite file in `dir`, by
-/// default `~/.cache/chengis/run`) with the builtin plugins pinned; `chengis plugin --data-dir
-/// DIR install ...` adds others. Compiled components are cached there too.
-async fn local_plugins(dir: Option<PathBuf>) -> anyhow::Result<Arc<crate::plugins::PluginService>> {
+/// default `~/.cache/chengis/run`) with the builtin plugins among `used` pinned (only those are
+/// compiled); `chengis plugin --data-dir DIR install ...` adds others. Compiled components are
+/// cached there too.
+async fn local_plugins(dir: Option<PathBuf>, used: &[String]) -> anyhow::Result<Arc<crate::plugins::PluginService>> {
     let dir = match dir {
         Some(d) => d,
         None => {
@@ -211,7 +220,8 @@ async fn local_plugins(dir: Option<PathBuf>) -> anyhow::Result<Arc<crate::plugin
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let store = crate::store::Store::open(&format!("sqlite://{}", dir.join("chengis.db").display())).await?;
     let service = crate::plugins::PluginService::new(store, &dir)?;
-    service.install_builtins().await?;
+    let used: Vec<&str> = used.iter().map(String::as_str).collect();
+    service.install_builtins_named(Some(&used)).await?;
     Ok(Arc::new(service))
 }
 

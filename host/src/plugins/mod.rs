@@ -270,8 +270,22 @@ impl PluginService {
     /// outbound HTTP or TCP to `*` destinations, which the operator narrows by granting) unless already
     /// recorded: done at every start, so a new binary pins its new builtins.
     pub async fn install_builtins(&self) -> Result<Vec<PluginRecord>, PluginServiceError> {
+        self.install_builtins_named(None).await
+    }
+
+    /// Like [`PluginService::install_builtins`], for the builtins whose file is named after one
+    /// of `names` only (all when `None`): a local run pins (and so compiles) only the builtins
+    /// its pipeline uses.
+    pub async fn install_builtins_named(
+        &self,
+        names: Option<&[&str]>,
+    ) -> Result<Vec<PluginRecord>, PluginServiceError> {
         let mut out = Vec::new();
-        for (_, bytes) in BUILTINS {
+        for (file, bytes) in BUILTINS {
+            let stem = file.trim_end_matches(".wasm");
+            if names.is_some_and(|names| !names.contains(&stem)) {
+                continue;
+            }
             // Already pinned (every start but the first): no need to compile it to read its
             // manifest.
             if let Some(existing) = self.store.plugin_by_digest(&Digest::of(bytes).to_string()).await? {
