@@ -29,6 +29,33 @@ pub struct Lease {
     pub attempt: i64,
     /// The agent whose expired lease this one replaces (it was lost), if any.
     pub lost_from: Option<String>,
+    /// The lease's secret, sent only to the agent that took the lease: every call about the
+    /// lease presents it (in the body, or in the [`LEASE_SECRET_HEADER`] of a transfer).
+    /// Absent from leases of older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<LeaseSecret>,
+}
+
+/// The header that carries a lease's secret on blob, cache and plugin transfers (a header, not
+/// the URL's query, so that no access log or proxy records it).
+pub const LEASE_SECRET_HEADER: &str = "Chengis-Lease-Secret";
+
+/// A lease's secret (256 random bits in hex). Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseSecret(pub String);
+
+impl LeaseSecret {
+    /// The secret itself, to send to the server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for LeaseSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseSecret(..)")
+    }
 }
 
 /// Log lines and updates of a running job sent together (the lines first).
@@ -497,12 +524,40 @@ mod tests {
 
     #[test]
     fn a_body_carries_the_lease_beside_the_call() {
-        let lease = Lease { entry: 3, build_job_id: 7, token: 2, expires_ms: 9, attempt: 1, lost_from: None };
+        let lease = Lease {
+            entry: 3,
+            build_job_id: 7,
+            token: 2,
+            expires_ms: 9,
+            attempt: 1,
+            lost_from: None,
+            secret: Some(LeaseSecret("s3cr3t".into())),
+        };
         let b = body(&lease, &ResultFind { fingerprint: "ab".into() });
         let parsed: LeaseBody = serde_json::from_value(b).unwrap();
         assert_eq!(parsed.lease, lease);
         assert_eq!(parsed.call::<ResultFind>().unwrap().fingerprint, "ab");
         let err = parsed.call::<Artifacts>().unwrap_err();
         assert!(err.starts_with("invalid artifacts call"), "{err}");
+    }
+
+    #[test]
+    fn a_lease_secret_travels_in_json_but_never_in_debug_output() {
+        let lease = Lease {
+            entry: 1,
+            build_job_id: 1,
+            token: 1,
+            expires_ms: 1,
+            attempt: 1,
+            lost_from: None,
+            secret: Some(LeaseSecret("chgl_very_secret".into())),
+        };
+        assert_eq!(serde_json::to_value(&lease).unwrap()["secret"], "chgl_very_secret");
+        assert!(!format!("{lease:?}").contains("very_secret"), "{lease:?}");
+        let old: Lease = serde_json::from_str(
+            r#"{"entry":1,"build_job_id":1,"token":1,"expires_ms":1,"attempt":1,"lost_from":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.secret, None);
     }
 }

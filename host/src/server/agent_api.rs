@@ -6,6 +6,14 @@
 //! answers as soon as there is work, or after `wait_ms` with none. Every write about a job
 //! carries the lease; a stale one (the job was leased again after the agent went silent) is
 //! answered 409 `stale_lease`, and the agent drops the job.
+//!
+//! Who may call: an agent token, under an agent name that token registered (a name is bound to
+//! the token that registered it; the embedded agents' names are never a remote agent's). A call
+//! about a lease must come from the agent that holds it and present the lease's secret, which
+//! only that agent received (in the body's `lease`, or the `Chengis-Lease-Secret` header of a
+//! transfer); anything else is 403 `not_lease_holder`. An agent records as artifacts only the
+//! blobs it uploaded through the lease, so a blob is readable through a lease only when a job of
+//! that build recorded it.
 
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
@@ -13,7 +21,7 @@ use crate::agent::protocol::{self as p, LeaseAction, LeaseBody};
 use crate::agent::server_side::{self, Assignment, Reports, Update};
 use crate::engine::builds::Notice;
 use crate::store::agents::{AgentInfo, AgentRecord, AgentTokenRecord, Needs};
-use crate::store::queue::{Lease, LeaseRequest};
+use crate::store::queue::{Lease, LeaseRequest, LeaseSecret, NotHolder};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -122,6 +130,73 @@ async fn caller(s: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     Ok(Caller { token_id, name })
 }
 
+/// Whether `name` is an embedded agent's: one of this server's, or shaped like one
+/// (`embedded-N@host`, as `chengis serve` names them), so that a later start with more
+/// embedded agents finds its names free.
+fn reserved(s: &AppState, name: &str) -> bool {
+    let shaped = name
+        .strip_prefix("embedded-")
+        .and_then(|rest| rest.split_once('@'))
+        .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    shaped || s.builds.storage.local_agents.iter().any(|a| a == name)
+}
+
+fn forbidden(code: &'static str, message: String) -> ApiError {
+    ApiError { status: StatusCode::FORBIDDEN, code, message, details: json!(null) }
+}
+
+/// [`caller`], refused (403) unless the agent name is the caller's own: not an embedded agent's,
+/// and, once registered, registered with this token. `registered`: an unregistered name is
+/// refused too (calls about leases); otherwise it passes (the lease poll answers it).
+async fn bound_caller(s: &AppState, headers: &HeaderMap, registered: bool) -> Result<Caller, ApiError> {
+    let c = caller(s, headers).await?;
+    let name_taken = || {
+        forbidden(
+            "agent_name_not_yours",
+            format!("the agent name `{}` is not registered with this token: register it first", c.name),
+        )
+    };
+    if reserved(s, &c.name) {
+        return Err(forbidden("agent_name_not_yours", format!("the name `{}` belongs to an embedded agent", c.name)));
+    }
+    match s.builds.store.agent_bound_to(&c.name, c.token_id).await? {
+        Some(true) => Ok(c),
+        None if !registered => Ok(c),
+        _ => Err(name_taken()),
+    }
+}
+
+/// The lease `token` on queue entry `entry` as the store holds it, when the calling agent holds
+/// it and `secret` is its secret; 403 `not_lease_holder` otherwise, 409 when it is stale.
+async fn held(
+    s: &AppState,
+    c: &Caller,
+    entry: i64,
+    token: i64,
+    secret: Option<&LeaseSecret>,
+) -> Result<Lease, ApiError> {
+    match s.builds.store.held_by(entry, token, &c.name, secret).await? {
+        Ok(lease) => Ok(lease),
+        Err(NotHolder::Owner) => {
+            Err(forbidden("not_lease_holder", format!("queue entry {entry} is leased to another agent")))
+        }
+        Err(NotHolder::Secret) => Err(forbidden(
+            "not_lease_holder",
+            format!("a call about the lease on queue entry {entry} needs the secret that came with the lease"),
+        )),
+    }
+}
+
+/// [`held`] for a transfer: the secret comes in the `Chengis-Lease-Secret` header.
+async fn held_transfer(s: &AppState, headers: &HeaderMap, entry: i64, token: i64) -> Result<Lease, ApiError> {
+    let c = bound_caller(s, headers, true).await?;
+    let secret = headers
+        .get(chengis_model::protocol::LEASE_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| LeaseSecret(v.to_string()));
+    held(s, &c, entry, token, secret.as_ref()).await
+}
+
 /// What the server tells a registered agent.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Registered {
@@ -145,7 +220,7 @@ pub async fn register(
             info.name, c.name
         )));
     }
-    if s.builds.storage.local_agents.contains(&info.name) {
+    if reserved(&s, &info.name) {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             code: "conflict",
@@ -154,7 +229,17 @@ pub async fn register(
         });
     }
     info.executors = info.executors.clamp(1, 1024);
-    s.builds.store.register_agent(&info, false, Some(c.token_id)).await?;
+    if !s.builds.store.register_remote_agent(&info, c.token_id).await? {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "agent_name_taken",
+            message: format!(
+                "the agent name `{}` is registered with another agent token: choose another --name, or revoke that token first",
+                info.name
+            ),
+            details: json!(null),
+        });
+    }
     tracing::info!(agent = %info.name, labels = ?info.labels, executors = info.executors, "agent registered");
     Ok(Json(Registered {
         lease_ttl_ms: s.agents.lease_ttl.as_millis() as u64,
@@ -195,7 +280,7 @@ pub async fn lease(
     headers: HeaderMap,
     ApiJson(poll): ApiJson<LeasePoll>,
 ) -> Result<Json<Leased>, ApiError> {
-    let c = caller(&s, &headers).await?;
+    let c = bound_caller(&s, &headers, false).await?;
     let Some(polled) = s.builds.store.agent_polled(&c.name, "online").await? else {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
@@ -283,16 +368,20 @@ pub async fn lease_action(
     ApiPath((entry, action)): ApiPath<(i64, String)>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = caller(&s, &headers).await?;
+    let c = bound_caller(&s, &headers, true).await?;
     let Some(action) = LeaseAction::parse(&action) else {
         let known: Vec<&str> = LeaseAction::ALL.iter().map(|a| a.as_str()).collect();
         return Err(ApiError::not_found(format!("no lease action `{action}` ({})", known.join(", "))));
     };
     let body: LeaseBody =
         serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("invalid lease call: {e}")))?;
-    let lease = body.lease.clone();
-    if lease.entry != entry {
+    if body.lease.entry != entry {
         return Err(ApiError::bad_request("the lease in the body is not the one in the path"));
+    }
+    // From here on the lease is the store's, not the body's.
+    let lease = held(&s, &c, entry, body.lease.token, body.lease.secret.as_ref()).await?;
+    if lease.build_job_id != body.lease.build_job_id {
+        return Err(ApiError::bad_request("the lease in the body names another build job"));
     }
     let answer = match action {
         LeaseAction::Renew => {
@@ -337,7 +426,7 @@ pub async fn lease_action(
         LeaseAction::Plugins => answer(plugins(&s, &lease, body.call().map_err(ApiError::bad_request)?).await?),
         LeaseAction::CacheFind => {
             let find: p::CacheFind = body.call().map_err(ApiError::bad_request)?;
-            let scope = lease_scope(&s, lease.entry, lease.token).await?;
+            let scope = lease_scope(&s, &lease).await?;
             let cache = crate::engine::cache::ResolvedCache {
                 key: find.key,
                 restore_keys: find.restore_keys,
@@ -395,9 +484,16 @@ async fn downloads(s: &AppState, lease: &Lease) -> Result<p::DownloadsAnswer, Ap
 
 async fn artifacts(s: &AppState, lease: &Lease, call: p::Artifacts) -> Result<p::ArtifactsAnswer, ApiError> {
     let blobs = s.builds.storage.blobs()?;
+    // Only blobs this lease uploaded: recording another build's digest must not make its file
+    // readable through this lease.
+    let shas: Vec<&str> = call.files.iter().map(|f| f.sha256.as_str()).collect();
+    let missing = store_ref(s).not_uploaded(lease, &shas).await?;
     for f in &call.files {
-        if crate::engine::artifacts::BlobStore::open(&blobs, &f.sha256).is_err() {
-            return Err(ApiError::bad_request(format!("artifact file {} ({}) was not uploaded", f.path, f.sha256)));
+        if missing.contains(&f.sha256) || crate::engine::artifacts::BlobStore::open(&blobs, &f.sha256).is_err() {
+            return Err(ApiError::bad_request(format!(
+                "artifact file {} ({}) was not uploaded through this lease",
+                f.path, f.sha256
+            )));
         }
     }
     store_ref(s).artifact_insert(lease, &call.files).await?;
@@ -414,7 +510,7 @@ fn check_fingerprint(fingerprint: &str) -> Result<(), ApiError> {
 async fn result_record(s: &AppState, lease: &Lease, fingerprint: &str) -> Result<p::ResultRecordAnswer, ApiError> {
     check_fingerprint(fingerprint)?;
     let store = store_ref(s);
-    let scope = lease_scope(s, lease.entry, lease.token).await?;
+    let scope = lease_scope(s, lease).await?;
     let spec = store.planned_job(lease.build_job_id).await?;
     if scope.writable {
         store.result_record(scope.job_id, &spec.id, fingerprint, lease.build_job_id).await?;
@@ -425,7 +521,7 @@ async fn result_record(s: &AppState, lease: &Lease, fingerprint: &str) -> Result
 async fn result_find(s: &AppState, lease: &Lease, fingerprint: &str) -> Result<p::ResultFindAnswer, ApiError> {
     check_fingerprint(fingerprint)?;
     let store = store_ref(s);
-    let scope = lease_scope(s, lease.entry, lease.token).await?;
+    let scope = lease_scope(s, lease).await?;
     let spec = store.planned_job(lease.build_job_id).await?;
     let Some(hit) = store.result_find(scope.job_id, &spec.id, fingerprint).await? else {
         return Ok(p::ResultFindAnswer { reused: false });
@@ -504,7 +600,7 @@ pub async fn state(
     headers: HeaderMap,
     ApiJson(body): ApiJson<AgentState>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = caller(&s, &headers).await?;
+    let c = bound_caller(&s, &headers, false).await?;
     if !matches!(body.state.as_str(), "draining" | "drained") {
         return Err(ApiError::bad_request(format!("unknown agent state `{}`: draining or drained", body.state)));
     }
@@ -593,10 +689,9 @@ pub struct LeaseToken {
     pub token: i64,
 }
 
-/// The build of the job a lease holds (409 when the lease is stale).
-async fn held_build(s: &AppState, entry: i64, token: i64) -> Result<i64, ApiError> {
-    let build_job_id: i64 = s.builds.store.held_build_job(entry, token).await?;
-    Ok(s.builds.store.build_job(build_job_id).await?.build_id)
+/// The build of the job `lease` holds.
+async fn held_build(s: &AppState, lease: &Lease) -> Result<i64, ApiError> {
+    Ok(s.builds.store.build_job(lease.build_job_id).await?.build_id)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -657,7 +752,7 @@ async fn receive(
 
 /// Stores an artifact file uploaded by the agent holding the lease; the body's SHA-256 must
 /// match `X-Checksum-Sha256`, and the body may not exceed the per-job artifact cap.
-#[utoipa::path(put, path = "/api/v1/agent/leases/{entry}/blobs", params(("entry" = i64, Path, description = "queue entry"), LeaseToken, ("X-Checksum-Sha256" = String, Header, description = "SHA-256 of the body")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/agent/leases/{entry}/blobs", params(("entry" = i64, Path, description = "queue entry"), LeaseToken, ("Chengis-Lease-Secret" = String, Header, description = "the secret that came with the lease"), ("X-Checksum-Sha256" = String, Header, description = "SHA-256 of the body")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn put_blob(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -665,8 +760,7 @@ pub async fn put_blob(
     super::error::ApiQuery(q): super::error::ApiQuery<LeaseToken>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
-    caller(&s, &headers).await?;
-    held_build(&s, entry, q.token).await?;
+    let lease = held_transfer(&s, &headers, entry, q.token).await?;
     let blobs = s.builds.storage.blobs()?;
     let tmp = tempfile::NamedTempFile::new_in(blobs.root().join("tmp")).map_err(unavailable)?;
     let (size, sha256) =
@@ -675,19 +769,20 @@ pub async fn put_blob(
     let name = tmp.path().file_name().map(|n| format!("tmp/{}", n.to_string_lossy())).unwrap_or_default();
     let _path = tmp.into_temp_path();
     let stored = blobs.adopt(&name, &sha256, size)?;
+    s.builds.store.lease_upload(&lease, &stored.sha256).await?;
     Ok(Json(json!({"sha256": stored.sha256, "size": stored.size})))
 }
 
 /// Sends an artifact file of the lease's build to the agent holding the lease.
-#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/blobs/{sha256}", params(("entry" = i64, Path, description = "queue entry"), ("sha256" = String, Path, description = "the file's SHA-256"), LeaseToken), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/blobs/{sha256}", params(("entry" = i64, Path, description = "queue entry"), ("sha256" = String, Path, description = "the file's SHA-256"), LeaseToken, ("Chengis-Lease-Secret" = String, Header, description = "the secret that came with the lease")), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn get_blob(
     State(s): State<AppState>,
     headers: HeaderMap,
     ApiPath((entry, sha)): ApiPath<(i64, String)>,
     super::error::ApiQuery(q): super::error::ApiQuery<LeaseToken>,
 ) -> Result<axum::response::Response, ApiError> {
-    caller(&s, &headers).await?;
-    let build_id = held_build(&s, entry, q.token).await?;
+    let lease = held_transfer(&s, &headers, entry, q.token).await?;
+    let build_id = held_build(&s, &lease).await?;
     // Only files of this build: a lease is no key to every artifact of the server.
     if !s.builds.store.artifacts_of_build(build_id).await?.iter().any(|f| f.sha256 == sha) {
         return Err(ApiError::not_found(format!("build {build_id} has no artifact file {sha}")));
@@ -709,9 +804,9 @@ pub async fn get_blob(
 }
 
 /// The cache scope of the build a lease holds (its job, branch, default branch, fork or not).
-async fn lease_scope(s: &AppState, entry: i64, token: i64) -> Result<crate::engine::cache::CacheScope, ApiError> {
+async fn lease_scope(s: &AppState, lease: &Lease) -> Result<crate::engine::cache::CacheScope, ApiError> {
     let store = &s.builds.store;
-    let build_id = held_build(s, entry, token).await?;
+    let build_id = held_build(s, lease).await?;
     let build = store.build_summary(build_id).await?;
     let job = store.job(&build.job).await?;
     let fork = s.builds.trigger_context(build_id).await?.is_some_and(|t| t.fork);
@@ -719,15 +814,15 @@ async fn lease_scope(s: &AppState, entry: i64, token: i64) -> Result<crate::engi
 }
 
 /// Sends a cache archive of the lease's job to the agent holding the lease.
-#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/caches/{id}", params(("entry" = i64, Path, description = "queue entry"), ("id" = i64, Path, description = "cache entry id"), LeaseToken), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/caches/{id}", params(("entry" = i64, Path, description = "queue entry"), ("id" = i64, Path, description = "cache entry id"), LeaseToken, ("Chengis-Lease-Secret" = String, Header, description = "the secret that came with the lease")), responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn get_cache(
     State(s): State<AppState>,
     headers: HeaderMap,
     ApiPath((entry, id)): ApiPath<(i64, i64)>,
     super::error::ApiQuery(q): super::error::ApiQuery<LeaseToken>,
 ) -> Result<axum::response::Response, ApiError> {
-    caller(&s, &headers).await?;
-    let scope = lease_scope(&s, entry, q.token).await?;
+    let lease = held_transfer(&s, &headers, entry, q.token).await?;
+    let scope = lease_scope(&s, &lease).await?;
     let job = s.builds.store.build_summary(scope.build_id).await?.job;
     let cache = s.builds.store.cache_list(None).await?.into_iter().find(|c| c.id == id);
     // Only the entries this build may read.
@@ -757,7 +852,7 @@ pub struct CacheUpload {
 
 /// Saves a cache archive packed by the agent holding the lease (SHA-256 in
 /// `X-Checksum-Sha256`, at most the largest cache entry); the first save of a key wins.
-#[utoipa::path(put, path = "/api/v1/agent/leases/{entry}/caches", params(("entry" = i64, Path, description = "queue entry"), CacheUpload, ("X-Checksum-Sha256" = String, Header, description = "SHA-256 of the body")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+#[utoipa::path(put, path = "/api/v1/agent/leases/{entry}/caches", params(("entry" = i64, Path, description = "queue entry"), CacheUpload, ("Chengis-Lease-Secret" = String, Header, description = "the secret that came with the lease"), ("X-Checksum-Sha256" = String, Header, description = "SHA-256 of the body")), request_body(content = Vec<u8>, content_type = "application/octet-stream"), responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn put_cache(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -765,8 +860,8 @@ pub async fn put_cache(
     super::error::ApiQuery(q): super::error::ApiQuery<CacheUpload>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
-    caller(&s, &headers).await?;
-    let scope = lease_scope(&s, entry, q.token).await?;
+    let lease = held_transfer(&s, &headers, entry, q.token).await?;
+    let scope = lease_scope(&s, &lease).await?;
     if q.key.is_empty() || q.key.len() > 512 {
         return Err(ApiError::bad_request("a cache key has 1 to 512 characters"));
     }
@@ -783,15 +878,14 @@ pub async fn put_cache(
 
 /// Sends the component of an allowed step executor to the agent holding the lease (the agent
 /// checks the digest before recording it).
-#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/plugins/{digest}", params(("entry" = i64, Path, description = "queue entry"), ("digest" = String, Path, description = "the component's `sha256:` digest"), LeaseToken), responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/agent/leases/{entry}/plugins/{digest}", params(("entry" = i64, Path, description = "queue entry"), ("digest" = String, Path, description = "the component's `sha256:` digest"), LeaseToken, ("Chengis-Lease-Secret" = String, Header, description = "the secret that came with the lease")), responses((status = 200, content_type = "application/wasm", body = Vec<u8>), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn get_plugin(
     State(s): State<AppState>,
     headers: HeaderMap,
     ApiPath((entry, digest)): ApiPath<(i64, String)>,
     super::error::ApiQuery(q): super::error::ApiQuery<LeaseToken>,
 ) -> Result<axum::response::Response, ApiError> {
-    caller(&s, &headers).await?;
-    held_build(&s, entry, q.token).await?;
+    held_transfer(&s, &headers, entry, q.token).await?;
     let record = s.builds.store.plugin_by_digest(&digest).await?.filter(|p| {
         p.state == crate::store::plugins::TrustState::Allowed
             && p.world == crate::plugins::world_name(chengis_plugin_host::World::StepExecutor)

@@ -42,21 +42,41 @@ pub struct AgentTokenRecord {
 use super::secret_digest as digest;
 
 impl Store {
-    /// Records (or refreshes) an agent's registration.
+    /// Records (or refreshes) an agent's registration (the embedded agents register so).
     pub async fn register_agent(
         &self,
         info: &AgentInfo,
         embedded: bool,
         token_id: Option<i64>,
     ) -> Result<(), StoreError> {
+        self.upsert_agent(info, embedded, token_id, "").await?;
+        Ok(())
+    }
+
+    /// Records (or refreshes) the registration of a remote agent presenting token `token_id`;
+    /// false, and nothing written, when the name belongs to an embedded agent or to another
+    /// live token: a name is bound to the token that registered it until that token is revoked.
+    pub async fn register_remote_agent(&self, info: &AgentInfo, token_id: i64) -> Result<bool, StoreError> {
+        let guard = " WHERE agents.embedded = 0 AND (agents.token_id IS NULL OR agents.token_id = $11 \
+             OR EXISTS (SELECT 1 FROM agent_tokens t WHERE t.id = agents.token_id AND t.revoked_ms IS NOT NULL))";
+        self.upsert_agent(info, false, Some(token_id), guard).await
+    }
+
+    async fn upsert_agent(
+        &self,
+        info: &AgentInfo,
+        embedded: bool,
+        token_id: Option<i64>,
+        guard: &str,
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
         let labels = serde_json::to_string(&info.labels).unwrap_or_else(|_| "[]".into());
-        sqlx::query(
+        let done = sqlx::query(&format!(
             "INSERT INTO agents (name, labels, executors, os, arch, cpus, memory_mb, docker, version, embedded, state, token_id, registered_ms, last_seen_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'online', $11, $12, $12) \
              ON CONFLICT (name) DO UPDATE SET labels = $2, executors = $3, os = $4, arch = $5, cpus = $6, memory_mb = $7, \
-             docker = $8, version = $9, embedded = $10, state = 'online', token_id = $11, registered_ms = $12, last_seen_ms = $12",
-        )
+             docker = $8, version = $9, embedded = $10, state = 'online', token_id = $11, registered_ms = $12, last_seen_ms = $12{guard}"
+        ))
         .bind(&info.name)
         .bind(labels)
         .bind(info.executors)
@@ -71,7 +91,22 @@ impl Store {
         .bind(now)
         .execute(self.pool())
         .await?;
-        Ok(())
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether agent `name` is registered by token `token_id` (and is not embedded): `None`
+    /// when no agent of that name is registered.
+    pub async fn agent_bound_to(&self, name: &str, token_id: i64) -> Result<Option<bool>, StoreError> {
+        let row = sqlx::query("SELECT token_id, embedded FROM agents WHERE name = $1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| {
+            let bound: Option<i64> = r.try_get("token_id")?;
+            let embedded: i64 = r.try_get("embedded")?;
+            Ok(embedded == 0 && bound == Some(token_id))
+        })
+        .transpose()
     }
 
     /// Notes a call from `name` (its heartbeat), setting its state (`online`, `draining`,
@@ -323,4 +358,52 @@ pub struct PolledAgent {
     pub registered_ms: i64,
     /// `online`, `draining` or `drained`.
     pub state: String,
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+    use crate::testdb::stores;
+
+    fn info(name: &str) -> AgentInfo {
+        AgentInfo {
+            name: name.into(),
+            labels: vec!["linux".into()],
+            executors: 1,
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            cpus: 2,
+            memory_mb: 1024,
+            docker: false,
+            version: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_name_is_bound_to_the_token_that_registered_it() {
+        for (store, _dir) in stores().await {
+            let (one, _) = store.create_agent_token("one").await.unwrap();
+            let (two, _) = store.create_agent_token("two").await.unwrap();
+            assert!(store.register_remote_agent(&info("a"), one).await.unwrap());
+            assert!(store.register_remote_agent(&info("a"), one).await.unwrap(), "the same token registers again");
+            let mut other = info("a");
+            other.labels = vec!["stolen".into()];
+            assert!(!store.register_remote_agent(&other, two).await.unwrap());
+            let listed = store.agents(60_000).await.unwrap();
+            assert_eq!(listed[0].info.labels, vec!["linux".to_string()], "the refused registration wrote nothing");
+            assert_eq!(store.agent_bound_to("a", one).await.unwrap(), Some(true));
+            assert_eq!(store.agent_bound_to("a", two).await.unwrap(), Some(false));
+            assert_eq!(store.agent_bound_to("nobody", one).await.unwrap(), None);
+
+            // An embedded agent's name is no remote token's.
+            store.register_agent(&info("embedded-0@host"), true, None).await.unwrap();
+            assert!(!store.register_remote_agent(&info("embedded-0@host"), one).await.unwrap());
+            assert_eq!(store.agent_bound_to("embedded-0@host", one).await.unwrap(), Some(false));
+
+            // Once its token is revoked, the name is free for another.
+            assert!(store.revoke_agent_token("one").await.unwrap());
+            assert!(store.register_remote_agent(&info("a"), two).await.unwrap());
+            assert_eq!(store.agent_bound_to("a", two).await.unwrap(), Some(true));
+        }
+    }
 }

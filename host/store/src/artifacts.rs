@@ -276,6 +276,37 @@ impl Store {
         Ok(())
     }
 
+    /// Notes that the agent holding `lease` uploaded the blob `sha256` through it (refused for a
+    /// stale lease): only such blobs may it record ([`Store::not_uploaded`]).
+    pub async fn lease_upload(&self, lease: &Lease, sha256: &str) -> Result<(), StoreError> {
+        self.check_lease(lease).await?;
+        sqlx::query(
+            "INSERT INTO lease_uploads (entry, token, sha256, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (entry, token, sha256) DO NOTHING",
+        )
+        .bind(lease.entry)
+        .bind(lease.token)
+        .bind(sha256)
+        .bind(now_ms())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Those of `shas` the agent holding `lease` did not upload through it: recording one would
+    /// make another build's file readable through this lease.
+    pub async fn not_uploaded(&self, lease: &Lease, shas: &[&str]) -> Result<Vec<String>, StoreError> {
+        let uploaded: HashSet<String> =
+            sqlx::query_scalar("SELECT sha256 FROM lease_uploads WHERE entry = $1 AND token = $2")
+                .bind(lease.entry)
+                .bind(lease.token)
+                .fetch_all(self.pool())
+                .await?
+                .into_iter()
+                .collect();
+        Ok(shas.iter().filter(|s| !uploaded.contains(**s)).map(|s| s.to_string()).collect())
+    }
+
     /// Gives a leased job the artifact rows of an earlier build job (a reused stage result).
     pub async fn artifact_copy(&self, lease: &Lease, from_build_job: i64) -> Result<u64, StoreError> {
         let done = sqlx::query(&format!(
@@ -449,5 +480,45 @@ impl Store {
             return Err(StoreError::NotFound(format!("job `{job}`")));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::*;
+    use crate::queue::Priority;
+    use crate::queue::holder_tests::{build_job, request};
+    use crate::testdb::stores;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_lease_may_record_only_the_blobs_it_uploaded_through_itself() {
+        for (store, _dir) in stores().await {
+            let (mine, theirs) = ("a".repeat(64), "b".repeat(64));
+            let bj = build_job(&store, "uploads").await;
+            store.enqueue(bj, Priority::Normal, &[]).await.unwrap();
+            let first = store.lease(&request("agent-a", Duration::from_millis(1))).await.unwrap().remove(0);
+            store.lease_upload(&first, &mine).await.unwrap();
+            store.lease_upload(&first, &mine).await.unwrap();
+            assert_eq!(store.not_uploaded(&first, &[&mine, &theirs]).await.unwrap(), vec![theirs.clone()]);
+
+            // A new claim of the row starts with nothing uploaded; the stale one uploads nothing.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let next = store.lease(&request("agent-b", Duration::from_secs(30))).await.unwrap().remove(0);
+            assert_eq!(store.not_uploaded(&next, &[&mine]).await.unwrap(), vec![mine.clone()]);
+            let err = store.lease_upload(&first, &theirs).await.unwrap_err();
+            assert!(matches!(err, StoreError::StaleLease { .. }), "{err}");
+            let left: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM lease_uploads").fetch_one(store.pool()).await.unwrap();
+            assert_eq!(left, 0);
+
+            // The job's end forgets its uploads.
+            store.lease_upload(&next, &mine).await.unwrap();
+            store.start_leased_job(&next).await.unwrap();
+            store.complete(&next, chengis_model::Status::Success, None).await.unwrap();
+            let left: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM lease_uploads").fetch_one(store.pool()).await.unwrap();
+            assert_eq!(left, 0);
+        }
     }
 }

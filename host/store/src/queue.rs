@@ -12,13 +12,19 @@
 //! other. Every claim increments the row's fencing token; renewals, completions and any other
 //! write carry the token and are refused once it is stale. An expired lease makes the row
 //! leasable again (at-least-once); after `max_attempts` claims the job is marked `error`.
+//!
+//! Every claim also draws a random secret, returned only in the claim's [`Lease`]; the row keeps
+//! its SHA-256. The fencing token says which claim is current, the secret who made it: the agent
+//! API accepts a call about a lease only from the agent that holds it with its secret
+//! ([`Store::held_by`]). The embedded agent's leases carry a secret too, unchecked in-process.
 
 use super::agents::Needs;
 use super::{Backend, Store, StoreError, now_ms};
 use chengis_model::Status;
 use sqlx::Row;
+use subtle::ConstantTimeEq;
 
-pub use chengis_model::protocol::Lease;
+pub use chengis_model::protocol::{Lease, LeaseSecret};
 use std::time::Duration;
 
 /// Queue priority.
@@ -113,6 +119,15 @@ pub struct LeaseBatch {
     pub leases: Vec<Lease>,
     /// Build jobs ended `error` here, with the reason.
     pub exhausted: Vec<(i64, String)>,
+}
+
+/// Why [`Store::held_by`] refused a call about a lease that is current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotHolder {
+    /// Another agent holds the lease.
+    Owner,
+    /// The call presented no secret, or not the lease's.
+    Secret,
 }
 
 /// A build job's row in the queue, as the scheduler sees it.
@@ -292,17 +307,22 @@ impl Store {
                 exhausted.push(c);
                 continue;
             }
+            let secret = super::new_secret("chgl_");
             let claimed = sqlx::query(
                 "UPDATE queue SET lease_owner = $1, lease_expires_ms = $2, fencing_token = fencing_token + 1, attempts = attempts + 1, \
-                 leased_ms = $4 WHERE id = $3 AND (lease_owner IS NULL OR lease_expires_ms < $4) RETURNING fencing_token, attempts",
+                 leased_ms = $4, lease_secret = $5 WHERE id = $3 AND (lease_owner IS NULL OR lease_expires_ms < $4) \
+                 RETURNING fencing_token, attempts",
             )
             .bind(req.agent)
             .bind(expires)
             .bind(c.id)
             .bind(now)
+            .bind(super::secret_digest(&secret))
             .fetch_optional(&mut *conn)
             .await?;
             if let Some(row) = claimed {
+                // What an earlier claim of the row uploaded is no longer anyone's to record.
+                sqlx::query("DELETE FROM lease_uploads WHERE entry = $1").bind(c.id).execute(&mut *conn).await?;
                 leases.push(Lease {
                     entry: c.id,
                     build_job_id: c.build_job_id,
@@ -310,6 +330,7 @@ impl Store {
                     expires_ms: expires,
                     attempt: row.try_get("attempts")?,
                     lost_from: c.owner.clone(),
+                    secret: Some(LeaseSecret(secret)),
                 });
             }
         }
@@ -332,15 +353,47 @@ impl Store {
         Ok(if cancel != 0 { Renewal::Cancel(expires) } else { Renewal::Continue(expires) })
     }
 
-    /// The build job of queue entry `entry` while `token` is its current fencing token.
-    pub async fn held_build_job(&self, entry: i64, token: i64) -> Result<i64, StoreError> {
-        let held: Option<i64> =
-            sqlx::query_scalar("SELECT build_job_id FROM queue WHERE id = $1 AND fencing_token = $2")
-                .bind(entry)
-                .bind(token)
-                .fetch_optional(self.pool())
-                .await?;
-        held.ok_or(StoreError::StaleLease { entry, token })
+    /// The current lease `token` on queue entry `entry`, when agent `owner` holds it and
+    /// `secret` is its secret: the check of every call an agent makes about a lease. A lease
+    /// that is no longer current (or was taken before leases had secrets) is
+    /// [`StoreError::StaleLease`]; one held by another agent, or called without its secret, is
+    /// `Ok(Err(_))`. The secret is compared by digest, in constant time.
+    pub async fn held_by(
+        &self,
+        entry: i64,
+        token: i64,
+        owner: &str,
+        secret: Option<&LeaseSecret>,
+    ) -> Result<Result<Lease, NotHolder>, StoreError> {
+        let row = sqlx::query(
+            "SELECT build_job_id, lease_owner, lease_expires_ms, attempts, lease_secret FROM queue \
+             WHERE id = $1 AND fencing_token = $2 AND lease_owner IS NOT NULL",
+        )
+        .bind(entry)
+        .bind(token)
+        .fetch_optional(self.pool())
+        .await?;
+        let stale = || StoreError::StaleLease { entry, token };
+        let row = row.ok_or_else(stale)?;
+        let holder: String = row.try_get("lease_owner")?;
+        let stored: Option<String> = row.try_get("lease_secret")?;
+        if holder.as_bytes().ct_eq(owner.as_bytes()).unwrap_u8() == 0 {
+            return Ok(Err(NotHolder::Owner));
+        }
+        let Some(stored) = stored else { return Err(stale()) };
+        let Some(secret) = secret else { return Ok(Err(NotHolder::Secret)) };
+        if super::secret_digest(secret.expose()).as_bytes().ct_eq(stored.as_bytes()).unwrap_u8() == 0 {
+            return Ok(Err(NotHolder::Secret));
+        }
+        Ok(Ok(Lease {
+            entry,
+            build_job_id: row.try_get("build_job_id")?,
+            token,
+            expires_ms: row.try_get("lease_expires_ms")?,
+            attempt: row.try_get("attempts")?,
+            lost_from: None,
+            secret: Some(secret.clone()),
+        }))
     }
 
     /// Fails unless `lease` still holds its row: the check every write by a lease holder makes.
@@ -383,6 +436,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::StaleLease { entry: lease.entry, token: lease.token });
         }
+        sqlx::query("DELETE FROM lease_uploads WHERE entry = $1").bind(lease.entry).execute(&mut *tx).await?;
         tx.commit().await?;
         match self.transition_build_job(lease.build_job_id, status, reason).await {
             Err(StoreError::IllegalTransition { from: Status::Queued, .. }) => {
@@ -484,5 +538,93 @@ impl Store {
     /// Rows waiting or running.
     pub async fn queue_depth(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM queue").fetch_one(self.pool()).await?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod holder_tests {
+    use super::*;
+    use crate::testdb::stores;
+
+    /// A new build job of a new job named `name`.
+    pub(crate) async fn build_job(store: &Store, name: &str) -> i64 {
+        let job = store
+            .create_job(&crate::jobs::NewJob {
+                name: name.into(),
+                repo_url: "file:///r".into(),
+                default_branch: "main".into(),
+                pipeline_path: None,
+                submodules: false,
+            })
+            .await
+            .unwrap();
+        let new = crate::builds::NewBuild { trigger: "manual".into(), ..Default::default() };
+        let build = store.create_build(job.id, &new).await.unwrap();
+        store.create_build_job(build.id, "j", &serde_json::json!({})).await.unwrap()
+    }
+
+    /// A lease request of agent `agent` for one job, lasting `ttl`.
+    pub(crate) fn request(agent: &str, ttl: Duration) -> LeaseRequest<'_> {
+        LeaseRequest {
+            agent,
+            labels: &[],
+            capacity: 1,
+            ttl,
+            max_attempts: 5,
+            free: None,
+            defer: None,
+            registered_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_agent_holding_a_lease_with_its_secret_may_call_about_it() {
+        for (store, _dir) in stores().await {
+            let bj = build_job(&store, "held").await;
+            store.enqueue(bj, Priority::Normal, &[]).await.unwrap();
+            let short = store.lease(&request("agent-a", Duration::from_millis(1))).await.unwrap().remove(0);
+            let secret = short.secret.clone().expect("a lease carries its secret");
+            assert!(secret.expose().len() >= 64, "too short a secret");
+            // The row keeps only the secret's digest.
+            let stored: Option<String> = sqlx::query_scalar("SELECT lease_secret FROM queue WHERE id = $1")
+                .bind(short.entry)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(stored, Some(crate::secret_digest(secret.expose())));
+
+            let held = store.held_by(short.entry, short.token, "agent-a", Some(&secret)).await.unwrap().unwrap();
+            assert_eq!((held.build_job_id, held.token, held.attempt), (bj, short.token, 1));
+            let as_b = store.held_by(short.entry, short.token, "agent-b", Some(&secret)).await.unwrap();
+            assert_eq!(as_b, Err(NotHolder::Owner));
+            let bare = store.held_by(short.entry, short.token, "agent-a", None).await.unwrap();
+            assert_eq!(bare, Err(NotHolder::Secret));
+            let guessed = LeaseSecret("chgl_00".into());
+            let wrong = store.held_by(short.entry, short.token, "agent-a", Some(&guessed)).await.unwrap();
+            assert_eq!(wrong, Err(NotHolder::Secret));
+            let stale = store.held_by(short.entry, short.token + 1, "agent-a", Some(&secret)).await.unwrap_err();
+            assert!(matches!(stale, StoreError::StaleLease { .. }), "{stale}");
+
+            // The next claim of the row, even by the same agent, draws a new secret: the old one
+            // opens nothing, and the old token is stale.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let next = store.lease(&request("agent-a", Duration::from_secs(30))).await.unwrap().remove(0);
+            assert_eq!(next.entry, short.entry);
+            assert_ne!(next.secret, short.secret);
+            let old = store.held_by(next.entry, next.token, "agent-a", Some(&secret)).await.unwrap();
+            assert_eq!(old, Err(NotHolder::Secret));
+            let stale = store.held_by(short.entry, short.token, "agent-a", Some(&secret)).await.unwrap_err();
+            assert!(matches!(stale, StoreError::StaleLease { .. }), "{stale}");
+            assert!(store.held_by(next.entry, next.token, "agent-a", next.secret.as_ref()).await.unwrap().is_ok());
+
+            // A lease taken before leases had secrets is stale for the agent API.
+            sqlx::query("UPDATE queue SET lease_secret = NULL WHERE id = $1")
+                .bind(next.entry)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            let before = store.held_by(next.entry, next.token, "agent-a", next.secret.as_ref()).await.unwrap_err();
+            assert!(matches!(before, StoreError::StaleLease { .. }), "{before}");
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! Artifact content between a remote agent and the server: a [`BlobStore`] whose blobs live on
 //! the server, reached through the lease (`PUT`/`GET /api/v1/agent/leases/{entry}/blobs`).
 //! Uploads carry their SHA-256, which the server checks while storing; downloads are checked
-//! against the digest they were asked for before anything is placed in the workspace.
+//! against the digest they were asked for before anything is placed in the workspace. Every
+//! transfer presents the lease's secret in the `Chengis-Lease-Secret` header (never in the URL,
+//! which proxies and access logs record).
 
 use crate::artifacts::{ArtifactError, Blob, BlobStore, copy_hashing};
 use crate::remote::{Attempt, Client, RemoteError};
-use chengis_model::protocol::Lease;
+use chengis_model::protocol::{LEASE_SECRET_HEADER, Lease, LeaseSecret};
 use serde_json::Value;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ pub struct RemoteBlobs {
     client: Arc<Client>,
     url: String,
     lease_token: i64,
+    secret: Option<LeaseSecret>,
     tmp: PathBuf,
 }
 
@@ -31,12 +34,24 @@ fn temp_file(tmp: &Path) -> Result<tempfile::NamedTempFile, String> {
         .map_err(|e| format!("cannot create a temporary file in {}: {e}", tmp.display()))
 }
 
-/// Downloads `url` (through the agent's retry helper) into a new temporary file in `tmp`.
-pub(crate) fn fetch(client: &Client, what: &str, url: &str, tmp: &Path) -> Result<tempfile::NamedTempFile, String> {
+/// Downloads `url` (through the agent's retry helper) into a new temporary file in `tmp`,
+/// presenting the lease's `secret`.
+pub(crate) fn fetch(
+    client: &Client,
+    what: &str,
+    url: &str,
+    secret: Option<&LeaseSecret>,
+    tmp: &Path,
+) -> Result<tempfile::NamedTempFile, String> {
     client
         .retry_blocking(what, |c| {
             let mut resp = c.send(what, |http, base, auth, name| {
-                http.get(&format!("{base}{url}")).header("Authorization", auth).header("Chengis-Agent", name).call()
+                let mut req =
+                    http.get(&format!("{base}{url}")).header("Authorization", auth).header("Chengis-Agent", name);
+                if let Some(secret) = secret {
+                    req = req.header(LEASE_SECRET_HEADER, secret.expose());
+                }
+                req.call()
             })?;
             let mut file = temp_file(tmp).map_err(|e| Attempt::Fail(RemoteError::Setup(e)))?;
             let mut body = resp.body_mut().with_config().limit(u64::MAX).reader();
@@ -47,20 +62,30 @@ pub(crate) fn fetch(client: &Client, what: &str, url: &str, tmp: &Path) -> Resul
         .map_err(|e| e.to_string())
 }
 
-/// Uploads the file at `path` with its SHA-256 to `url` (through the agent's retry helper);
+/// Where an upload goes: the URL and the lease's secret.
+struct Target<'a> {
+    url: &'a str,
+    secret: Option<&'a LeaseSecret>,
+}
+
+/// Uploads the file at `path` with its SHA-256 to `to` (through the agent's retry helper);
 /// the JSON answer.
-fn upload(client: &Client, what: &str, url: &str, path: &Path, sha256: &str, size: u64) -> Result<Value, String> {
+fn upload(client: &Client, what: &str, to: Target<'_>, path: &Path, sha256: &str, size: u64) -> Result<Value, String> {
     client
         .retry_blocking(what, |c| {
             let body = std::fs::File::open(path)
                 .map_err(|e| Attempt::Fail(RemoteError::Setup(format!("cannot read {}: {e}", path.display()))))?;
             let mut resp = c.send(what, |http, base, auth, name| {
-                http.put(&format!("{base}{url}"))
+                let mut req = http
+                    .put(&format!("{base}{}", to.url))
                     .header("Authorization", auth)
                     .header("Chengis-Agent", name)
                     .header("X-Checksum-Sha256", sha256)
-                    .header("Content-Length", &size.to_string())
-                    .send(body)
+                    .header("Content-Length", &size.to_string());
+                if let Some(secret) = to.secret {
+                    req = req.header(LEASE_SECRET_HEADER, secret.expose());
+                }
+                req.send(body)
             })?;
             resp.body_mut().read_json::<Value>().map_err(|e| Attempt::Retry(format!("reading the answer: {e}"), None))
         })
@@ -74,6 +99,7 @@ impl RemoteBlobs {
             client: client.clone(),
             url: format!("/api/v1/agent/leases/{}/blobs", lease.entry),
             lease_token: lease.token,
+            secret: lease.secret.clone(),
             tmp: tmp.to_path_buf(),
         }
     }
@@ -86,14 +112,15 @@ impl BlobStore for RemoteBlobs {
         let shown = file.path().display().to_string();
         let (sha256, size) = copy_hashing(src, file.as_file_mut(), &shown)?;
         let url = format!("{}?token={}", self.url, self.lease_token);
-        upload(&self.client, "artifact upload", &url, file.path(), &sha256, size)
+        let to = Target { url: &url, secret: self.secret.as_ref() };
+        upload(&self.client, "artifact upload", to, file.path(), &sha256, size)
             .map_err(|e| remote("cannot upload", &shown, e))?;
         Ok(Blob { sha256, size })
     }
 
     fn open(&self, sha256: &str) -> Result<std::fs::File, ArtifactError> {
         let url = format!("{}/{sha256}?token={}", self.url, self.lease_token);
-        let file = fetch(&self.client, "artifact download", &url, &self.tmp)
+        let file = fetch(&self.client, "artifact download", &url, self.secret.as_ref(), &self.tmp)
             .map_err(|e| remote("cannot download", sha256, e))?;
         // The caller checks the content against `sha256` while copying it out; the name goes
         // now, the open file stays readable until dropped.
@@ -170,8 +197,9 @@ pub async fn restore_cache(
     };
     let url = format!("/api/v1/agent/leases/{}/caches/{}?token={}", a.lease.entry, entry.id, a.lease.token);
     let (c, tmp, ws, wanted) = (client.clone(), tmp.to_path_buf(), workspace.to_path_buf(), cache.clone());
+    let secret = a.lease.secret.clone();
     let restored = tokio::task::spawn_blocking(move || -> Result<Restored, String> {
-        let archive = fetch(&c, "cache download", &url, &tmp)?;
+        let archive = fetch(&c, "cache download", &url, secret.as_ref(), &tmp)?;
         // The archive is verified against the entry's SHA-256 before anything is extracted.
         Ok(crate::cache::unpack_entry(archive.path(), &entry, &wanted, &ws).unwrap_or_else(|r| r))
     })
@@ -206,7 +234,8 @@ pub async fn save_cache(
             crate::remote::percent_encode(&key),
             packed.files
         );
-        let v = upload(&c, "cache upload", &url, packed.file.path(), &packed.sha256, packed.size)?;
+        let to = Target { url: &url, secret: lease.secret.as_ref() };
+        let v = upload(&c, "cache upload", to, packed.file.path(), &packed.sha256, packed.size)?;
         Ok(serde_json::from_value(v["lines"].clone()).unwrap_or_default())
     })
     .await

@@ -132,6 +132,10 @@ impl Client {
         let message = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
         Err(match status {
             401 | 403 => Attempt::Fail(RemoteError::Unauthorized(message)),
+            // The name is another token's: no lease is involved, and trying again cannot help.
+            409 if value["error"]["code"] == "agent_name_taken" => {
+                Attempt::Fail(RemoteError::Refused { what: what.to_string(), message, status })
+            }
             409 => Attempt::Fail(RemoteError::Stale(message)),
             408 | 429 | 500..=599 => Attempt::Retry(format!("HTTP {status}: {message}"), retry_after),
             _ => Attempt::Fail(RemoteError::Refused { what: what.to_string(), message, status }),

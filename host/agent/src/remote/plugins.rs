@@ -92,11 +92,12 @@ impl Mirror {
             if !present {
                 let url =
                     format!("/api/v1/agent/leases/{}/plugins/{}?token={}", a.lease.entry, record.digest, a.lease.token);
-                let (c, tmp) = (client.clone(), tmp.to_path_buf());
-                let fetched =
-                    tokio::task::spawn_blocking(move || super::blobs::fetch(&c, "plugin download", &url, &tmp))
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
+                let (c, tmp, secret) = (client.clone(), tmp.to_path_buf(), a.lease.secret.clone());
+                let fetched = tokio::task::spawn_blocking(move || {
+                    super::blobs::fetch(&c, "plugin download", &url, secret.as_ref(), &tmp)
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
                 let file = match fetched {
                     Ok(f) => f,
                     Err(e) => return Ok(Err(fail(&e))),
