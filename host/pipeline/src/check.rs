@@ -21,12 +21,11 @@ pub struct LintOptions {
 }
 
 impl Default for LintOptions {
-    /// The defaults, with `max_jobs` from [`default_max_jobs`].
     fn default() -> Self {
         LintOptions {
             max_matrix: matrix::DEFAULT_MAX_COMBINATIONS,
             max_bytes: crate::DEFAULT_MAX_BYTES,
-            max_jobs: default_max_jobs(),
+            max_jobs: DEFAULT_MAX_JOBS,
         }
     }
 }
@@ -34,22 +33,6 @@ impl Default for LintOptions {
 /// The built-in cap on the jobs of one pipeline (after matrix expansion): a pipeline of
 /// thousands of jobs holds an agent for minutes and floods the queue.
 pub const DEFAULT_MAX_JOBS: usize = 256;
-
-/// The process-wide cap [`LintOptions::default`] uses; [`DEFAULT_MAX_JOBS`] until
-/// [`set_default_max_jobs`] changes it.
-static MAX_JOBS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_JOBS);
-
-/// The cap on planned jobs that [`LintOptions::default`] carries.
-pub fn default_max_jobs() -> usize {
-    MAX_JOBS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Sets the cap on planned jobs for every later [`LintOptions::default`] of this process
-/// (`chengis serve --max-jobs` does so once at start, so that every build the server plans is
-/// held to it). 0 is taken as 1: a pipeline has at least one job.
-pub fn set_default_max_jobs(max: usize) {
-    MAX_JOBS.store(max.max(1), std::sync::atomic::Ordering::Relaxed);
-}
 
 struct Checker<'a> {
     decoded: &'a Decoded,

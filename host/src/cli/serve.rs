@@ -348,8 +348,6 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     if max_jobs == 0 {
         bail!("max_jobs must be at least 1");
     }
-    // Every build this server plans is linted with `LintOptions::default()`, which carries it.
-    chengis_pipeline::check::set_default_max_jobs(max_jobs);
     let max_streams = cfg.max_streams_per_user.unwrap_or(crate::server::stream::DEFAULT_STREAMS_PER_USER);
     if max_streams == 0 {
         bail!("max_streams_per_user must be at least 1");
@@ -382,6 +380,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             data_dir: data_dir.clone(),
             bus,
             max_matrix: chengis_pipeline::matrix::DEFAULT_MAX_COMBINATIONS,
+            max_jobs,
             keys: keys.clone(),
             plugins: Some(plugins),
             storage: storage.clone(),

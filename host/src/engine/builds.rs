@@ -34,6 +34,9 @@ pub struct BuildContext {
     pub bus: broadcast::Sender<Notice>,
     /// Most matrix combinations per job.
     pub max_matrix: usize,
+    /// Most planned jobs of one pipeline (`--max-jobs`); a pipeline over it ends its build
+    /// `error` with the linter's `too-many-jobs`.
+    pub max_jobs: usize,
     /// Secret keys (the planner reads the job's git credentials).
     pub keys: std::sync::Arc<crate::store::secrets::MasterKeys>,
     /// The plugin platform (step executors, notifiers, SCM status, policies).
@@ -243,7 +246,7 @@ impl BuildContext {
             // own environment.
             let no_vars = |_: &str| None;
             let inputs = PlanInputs { params: &params, vars: &no_vars, max_matrix: self.max_matrix };
-            let opts = LintOptions { max_matrix: self.max_matrix, ..LintOptions::default() };
+            let opts = LintOptions { max_matrix: self.max_matrix, max_jobs: self.max_jobs, ..LintOptions::default() };
             lint_and_plan(&text, &path, &opts, &inputs)
         };
         let mut plan = match planned {
