@@ -282,8 +282,21 @@ async fn run_steps(
         let mut step_outputs = serde_json::Map::new();
         for (k, v) in &written.outputs {
             // Later steps of this job see the value; the job's outputs (stored, shown, and read
-            // by other jobs) go through the log's masker like every log line.
-            outputs.insert(k.clone(), env.masker.mask_str(v));
+            // by other jobs) go through the log's masker like every log line, and the log says
+            // so (as GitHub Actions does).
+            let masked = env.masker.mask_str(v);
+            if masked != *v {
+                let text = format!("warning: output `{k}` contains a secret; it is stored and passed on masked");
+                let line = chengis_model::log::LogLine {
+                    number: next_line,
+                    stream: chengis_model::log::Stream::System,
+                    time_ms: u64::try_from(chengis_model::now_ms()).unwrap_or(0),
+                    text,
+                };
+                next_line += 1;
+                let _ = env.events.send(RunEvent::Log { job: spec.id.to_string(), step: index, line }).await;
+            }
+            outputs.insert(k.clone(), masked);
             step_outputs.insert(k.clone(), Value::String(v.clone()));
         }
         let outcome = status.as_str();
