@@ -242,3 +242,50 @@ fn a_killed_servers_step_never_runs_beside_its_retry() {
     let server_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(server_log.contains("an earlier server left running"), "{server_log}");
 }
+
+#[test]
+fn a_killed_agents_step_never_runs_beside_its_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let db = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let (server, _log) = start_logged(&data, &db, &["--agents", "0", "--lease-ttl", "2s"]);
+    let (code, out, err) = cli(&server.url, &["agent-token", "create", "--name", "pool"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    let token = out.lines().last().unwrap().trim().to_string();
+    let work = dir.path().join("agent-work");
+    let agent_log = dir.path().join("agent.log");
+    let start = || {
+        Agent(
+            Command::new(env!("CARGO_BIN_EXE_chengis"))
+                .args(["agent", "--server", &server.url, "--name", "remote-a", "--host-steps", "trusted"])
+                .arg("--work-dir")
+                .arg(&work)
+                .env("CHENGIS_AGENT_TOKEN", &token)
+                .stdout(Stdio::null())
+                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&agent_log).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let out = dir.path().join("appended.txt");
+    let pipeline = format!(
+        "name: slow\njobs:\n  slow:\n    steps:\n      - run: |\n          echo started\n          sleep 4\n          echo x >> '{}'\n",
+        out.display()
+    );
+    create_job(&server.url, "slow", &repo(&dir.path().join("repo"), &pipeline));
+    let mut agent = start();
+    let id = trigger(&server.url, "slow");
+    wait_for("the step to start", Duration::from_secs(30), || {
+        log_of(&server.url, id, "slow").contains(&"started".into())
+    });
+    agent.0.kill().unwrap();
+    agent.0.wait().unwrap();
+    // The same agent (same work directory) comes back: it kills what it left before leasing.
+    let _agent = start();
+    let build = wait_build(&server, id, finished);
+    assert_eq!(build["build"]["status"], "success", "{build}");
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(text.lines().count(), 1, "the step ran beside its retry: {text:?}");
+    let log = std::fs::read_to_string(&agent_log).unwrap_or_default();
+    assert!(log.contains("an earlier agent left running"), "{log}");
+}
