@@ -308,10 +308,11 @@ fn retention_deletes_exactly_what_it_should() {
     let ids: Vec<i64> = (0..3).map(|_| run(&s, "app", json!({})).0).collect();
     // The report expired after 1s; an old orphaned workspace and an unreferenced blob wait.
     std::thread::sleep(Duration::from_millis(1200));
-    let orphan = data.join("workspaces").join("999999");
+    // Workspaces live in the work directory beside the data directory (issue 24).
+    let orphan = tmp.path().join("data-work/workspaces").join("999999");
     std::fs::create_dir_all(&orphan).unwrap();
     std::fs::write(orphan.join("junk"), "x").unwrap();
-    let recent = data.join("workspaces").join("999998");
+    let recent = tmp.path().join("data-work/workspaces").join("999998");
     std::fs::create_dir_all(&recent).unwrap();
     std::fs::create_dir_all(data.join("artifacts/ab")).unwrap();
     let stray = data.join("artifacts/ab").join("ab".repeat(32));

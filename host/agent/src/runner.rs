@@ -17,6 +17,7 @@ use chengis_model::protocol::{Lease, Reports, Update};
 use chengis_model::status::Status;
 use chengis_runner::exec::docker::{DockerRuntime, SandboxLabels};
 use chengis_runner::exec::{CancelSignal, SecretMasker};
+use chengis_runner::sandbox::{HostPolicy, StepHost};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ pub struct AgentConfig {
     pub output_cap: u64,
     /// Containers for jobs that name an image.
     pub docker: Arc<DockerRuntime>,
+    /// How steps without an image run (`--host-steps`), and where running steps are recorded.
+    pub host: Arc<HostPolicy>,
 }
 
 /// Runs a leased job on this agent: checkout at the exact commit, the work before the steps,
@@ -290,6 +293,11 @@ async fn run_assignment<P: Peer>(
         events: tx,
         kill_grace: cfg.kill_grace,
         output_cap: cfg.output_cap,
+        host: Some(StepHost {
+            policy: cfg.host.clone(),
+            writable: vec![workspace.clone(), site.state_dir.clone()],
+            readable: site.cache.iter().cloned().collect(),
+        }),
     };
     let renewer = tokio::spawn(renew_loop(peer.clone(), a.lease.clone(), cfg.lease_ttl, cfg.renew_every, cancel));
     let stop_helpers = || {
@@ -336,6 +344,12 @@ async fn run_assignment<P: Peer>(
     let ctx_after = ctx_values.clone();
     let mut result = run_job(job_spec, &env, ctx_values).await;
     drop(env);
+    if cfg.host.user.is_some() {
+        // The steps ran as the step user: the work after them (and the cleanup) sees the
+        // agent's own files again.
+        let ws = workspace.clone();
+        let _ = tokio::task::spawn_blocking(move || chengis_runner::sandbox::reclaim(&ws)).await;
+    }
     // The pump only fails with a stale lease; a pump that panicked lost its unsent reports.
     let (mut unsent, mut pump_error) = match pump.await {
         Ok(Ok(reports)) => (reports, None),

@@ -46,7 +46,7 @@ impl Peer for LocalPeer {
     type Prepared = Pending;
 
     fn work_dir(&self) -> &Path {
-        &self.ctx.data_dir
+        &self.ctx.storage.work_dir
     }
 
     fn executors(&self) -> Option<Arc<dyn StepExecutors>> {

@@ -25,9 +25,22 @@ pub struct AgentArgs {
     /// Output format (for `list`).
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub format: super::Format,
-    /// The agent token (from `chengis agent-token create`).
+    /// The agent token (from `chengis agent-token create`). On the command line it is visible
+    /// to every process of the host (`/proc/<pid>/cmdline`): prefer `CHENGIS_AGENT_TOKEN` or
+    /// `--token-file`.
     #[arg(long, env = "CHENGIS_AGENT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the agent token (read once at start).
+    #[arg(long, env = "CHENGIS_AGENT_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// How steps without an image run: `sandboxed` (as the step user when root, under
+    /// Landlock: no access to the agent's files or other workspaces), `docker` (refused: give
+    /// them an image) or `trusted` (with the agent's authority).
+    #[arg(long, env = "CHENGIS_HOST_STEPS", default_value = "sandboxed")]
+    pub host_steps: String,
+    /// The unprivileged user sandboxed steps run as when the agent runs as root [default: nobody].
+    #[arg(long, env = "CHENGIS_STEP_USER")]
+    pub step_user: Option<String>,
     /// Labels a job's `runs-on` must be a subset of (comma-separated).
     #[arg(long, value_delimiter = ',', env = "CHENGIS_AGENT_LABELS")]
     pub labels: Vec<String>,
@@ -112,11 +125,26 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         });
         return Ok(0);
     }
-    let Some(token) = args.token.clone().filter(|t| !t.is_empty()) else {
+    let from_file = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the token file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let Some(token) = from_file.or_else(|| args.token.clone()).filter(|t| !t.is_empty()) else {
         bail!(
-            "an agent token is required: --token T or CHENGIS_AGENT_TOKEN (create one with `chengis agent-token create`)"
+            "an agent token is required: CHENGIS_AGENT_TOKEN, --token-file F or --token T (create one with `chengis agent-token create`)"
         );
     };
+    if std::env::args().any(|a| a == "--token" || a.starts_with("--token=")) {
+        tracing::warn!(
+            "--token on the command line is readable by every process on this host in /proc/<pid>/cmdline: pass \
+             CHENGIS_AGENT_TOKEN or --token-file instead"
+        );
+    }
     let drain_deadline = humantime::parse_duration(&args.drain_timeout)
         .with_context(|| format!("--drain-timeout `{}` is not a duration such as 10m", args.drain_timeout))?;
     let name = args.name.clone().unwrap_or_else(|| {
@@ -126,6 +154,26 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&args.work_dir)
         .with_context(|| format!("cannot create the work directory {}", args.work_dir.display()))?;
     let work_dir = std::fs::canonicalize(&args.work_dir)?;
+    let mode: chengis_runner::sandbox::HostSteps = args.host_steps.parse()?;
+    let host = chengis_runner::sandbox::HostPolicy::new(
+        mode,
+        args.step_user.as_deref(),
+        &[&work_dir],
+        work_dir.join("running-steps"),
+    )?;
+    if host.user.is_some() {
+        chengis_runner::sandbox::searchable(&work_dir);
+    }
+    match host.describe() {
+        Ok(text) => tracing::info!("{text}"),
+        Err(text) => tracing::warn!("{text}"),
+    }
+    // Steps an earlier process of this agent left running go before anything is leased.
+    let killed = chengis_runner::sandbox::records::reap(&host.records);
+    if killed > 0 {
+        tracing::warn!("killed {killed} step process group(s) an earlier agent left running");
+    }
+    let host = std::sync::Arc::new(host);
     let docker_present =
         std::env::var_os("DOCKER_HOST").is_some() || std::path::Path::new("/var/run/docker.sock").exists();
     let info = host_facts(name.clone(), args.labels.clone(), args.executors, docker_present);
@@ -141,6 +189,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
             max_attempts: 2,
             kill_grace: Duration::from_secs(10),
             output_cap: 10 << 20,
+            host,
         };
         // Containers of an earlier process of this agent (killed mid-job) go first.
         if let Err(e) = run.docker.reap(|_, _| false).await {

@@ -12,6 +12,7 @@ use crate::server::{AppState, router};
 use crate::store::secrets::MasterKeys;
 use crate::store::{Store, redact_url};
 use anyhow::{Context, bail};
+use chengis_runner::sandbox::{HostPolicy, HostSteps};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -24,9 +25,22 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
     #[arg(long, env = "CHENGIS_LISTEN")]
     pub listen: Option<String>,
-    /// Data directory: database, master key, mirrors, workspaces [default: ./chengis-data].
+    /// Data directory: database, master key, mirrors, caches, artifacts [default: ./chengis-data].
     #[arg(long, env = "CHENGIS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The embedded agents' work directory: workspaces and step files, outside the data
+    /// directory [default: the data directory's path with `-work` appended].
+    #[arg(long, env = "CHENGIS_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// How steps without an image run on the embedded agents: `sandboxed` (as the step user
+    /// when root, under Landlock: no access to the data directory), `docker` (refused: give
+    /// them an image) or `trusted` (with the server's authority) [default: sandboxed].
+    #[arg(long, env = "CHENGIS_HOST_STEPS")]
+    pub host_steps: Option<String>,
+    /// The unprivileged user sandboxed steps run as when the server runs as root
+    /// [default: nobody].
+    #[arg(long, env = "CHENGIS_STEP_USER")]
+    pub step_user: Option<String>,
     /// Database URL: sqlite://PATH or postgres://... [default: SQLite in the data directory].
     #[arg(long, env = "CHENGIS_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -108,6 +122,9 @@ pub struct ServeArgs {
 const CONFIG_KEYS: &[&str] = &[
     "listen",
     "data_dir",
+    "work_dir",
+    "host_steps",
+    "step_user",
     "database_url",
     "executors",
     "agents",
@@ -140,6 +157,12 @@ pub struct ServeConfig {
     pub listen: Option<String>,
     /// Data directory.
     pub data_dir: Option<PathBuf>,
+    /// The embedded agents' work directory.
+    pub work_dir: Option<PathBuf>,
+    /// How steps without an image run.
+    pub host_steps: Option<String>,
+    /// The user sandboxed steps run as (when root).
+    pub step_user: Option<String>,
     /// Database URL.
     pub database_url: Option<String>,
     /// Executors.
@@ -224,6 +247,9 @@ impl ServeArgs {
                     .trim_end_matches('/')
                     .to_string(),
             ),
+            work_dir: Some(self.work_dir.clone().or(file.work_dir).unwrap_or_else(|| sibling_work_dir(&data_dir))),
+            host_steps: Some(self.host_steps.clone().or(file.host_steps).unwrap_or_else(|| "sandboxed".into())),
+            step_user: self.step_user.clone().or(file.step_user),
             data_dir: Some(data_dir),
             database_url: Some(database_url),
             executors: Some(self.executors.or(file.executors).unwrap_or(cores)),
@@ -254,6 +280,39 @@ impl ServeArgs {
             storage: self.storage.over(&file.storage),
         })
     }
+}
+
+/// The default work directory of the embedded agents: beside the data directory, its name
+/// with `-work` appended.
+fn sibling_work_dir(data_dir: &std::path::Path) -> PathBuf {
+    let name = data_dir.file_name().map_or_else(|| "chengis-data".into(), |n| n.to_string_lossy().into_owned());
+    data_dir.with_file_name(format!("{name}-work"))
+}
+
+/// The host-step policy of the embedded agents: the mode, the step user, the directories
+/// steps must not reach (checked), the running-step records (under the data directory). Makes
+/// the data directory private to this user and the work directory's parents searchable by the
+/// step user.
+fn host_policy(
+    cfg: &ServeConfig,
+    data_dir: &std::path::Path,
+    work_dir: &std::path::Path,
+) -> anyhow::Result<Arc<HostPolicy>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode: HostSteps = cfg.host_steps.as_deref().unwrap_or("sandboxed").parse()?;
+    if let Err(e) = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!("cannot make the data directory {} private (mode 700): {e}", data_dir.display());
+    }
+    let policy =
+        HostPolicy::new(mode, cfg.step_user.as_deref(), &[data_dir, work_dir], data_dir.join("running-steps"))?;
+    if policy.user.is_some() {
+        chengis_runner::sandbox::searchable(work_dir);
+    }
+    match policy.describe() {
+        Ok(text) => tracing::info!("{text}"),
+        Err(text) => tracing::warn!("{text}"),
+    }
+    Ok(Arc::new(policy))
 }
 
 /// Deletes recorded webhook deliveries older than `retention`, at start and every hour.
@@ -319,7 +378,7 @@ pub async fn open_store(cfg: &ServeConfig) -> anyhow::Result<Store> {
 
 /// Loads the master key from `CHENGIS_MASTER_KEY` or the key file in the data directory.
 pub fn master_keys(data_dir: &std::path::Path) -> anyhow::Result<MasterKeys> {
-    if let Ok(hex) = std::env::var("CHENGIS_MASTER_KEY") {
+    if let Some(hex) = super::startup_var("CHENGIS_MASTER_KEY") {
         return Ok(MasterKeys::from_hex(&hex)?);
     }
     let path = data_dir.join("master.key");
@@ -365,6 +424,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         crate::server::auth::bootstrap(&store).await.map_err(|e| anyhow::anyhow!("first admin: {e}"))?;
         // Absolute, so that workspace paths handed to steps do not depend on where they run.
         let data_dir = std::fs::canonicalize(cfg.data_dir.clone().unwrap_or_default())?;
+        let work_dir = cfg.work_dir.clone().unwrap_or_else(|| sibling_work_dir(&data_dir));
+        std::fs::create_dir_all(&work_dir)
+            .with_context(|| format!("cannot create the work directory {}", work_dir.display()))?;
+        let work_dir = std::fs::canonicalize(&work_dir)?;
+        if work_dir.starts_with(&data_dir) || data_dir.starts_with(&work_dir) {
+            bail!(
+                "the work directory {} and the data directory {} must not hold one another: steps work in the \
+                 work directory and must never reach the data",
+                work_dir.display(),
+                data_dir.display()
+            );
+        }
+        let host = host_policy(&cfg, &data_dir, &work_dir)?;
+        // Steps a killed predecessor left running go before anything is leased again.
+        let killed = chengis_runner::sandbox::records::reap(&host.records);
+        if killed > 0 {
+            tracing::warn!("killed {killed} step process group(s) an earlier server left running");
+        }
         let keys = Arc::new(master_keys(&data_dir)?);
         let (bus, _) = tokio::sync::broadcast::channel(1024);
         let plugins = Arc::new(PluginService::new(store.clone(), &data_dir)?);
@@ -373,6 +450,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             tracing::debug!(plugin = %p.name, version = %p.version, digest = %p.digest, "builtin plugin pinned");
         }
         let mut storage = cfg.storage.config(data_dir.clone())?;
+        storage.work_dir = work_dir.clone();
         storage.local_agents = (0..cfg.agents.unwrap_or(1)).map(agent_name).collect();
         let storage = Arc::new(storage);
         let ctx = BuildContext {
@@ -404,6 +482,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 max_attempts: cfg.max_attempts.unwrap_or(2),
                 kill_grace: Duration::from_secs(10),
                 output_cap: 10 << 20,
+                host: host.clone(),
             };
             let info = crate::agent::remote::host_facts(
                 agent.name.clone(),

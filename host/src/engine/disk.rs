@@ -40,6 +40,9 @@ pub struct StorageConfig {
     pub maintenance_every: Duration,
     /// The names of this server's embedded agents (they share the workspace directory).
     pub local_agents: Vec<String>,
+    /// The embedded agents' work directory (`workspaces/`, step state, object caches), outside
+    /// the data directory so that steps never reach the data [default: the data directory].
+    pub work_dir: PathBuf,
 }
 
 impl StorageConfig {
@@ -50,6 +53,7 @@ impl StorageConfig {
         const GIB: u64 = 1 << 30;
         const DAY: u64 = 86_400;
         StorageConfig {
+            work_dir: data_dir.clone(),
             data_dir,
             cache_max_entry: 2 * GIB,
             cache_max_total: 10 * GIB,
@@ -79,7 +83,7 @@ impl StorageConfig {
 
     /// Where job workspaces live.
     pub fn workspace_dir(&self) -> PathBuf {
-        self.data_dir.join("workspaces")
+        self.work_dir.join("workspaces")
     }
 
     /// The artifact blob store.

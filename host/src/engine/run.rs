@@ -124,6 +124,7 @@ pub async fn run_plan(
         events: events.clone(),
         kill_grace: opts.kill_grace,
         output_cap: opts.output_cap,
+        host: None,
     };
 
     let semaphore = Arc::new(Semaphore::new(opts.parallel.max(1)));

@@ -60,6 +60,8 @@ pub enum SandboxTarget {
         workspace: PathBuf,
         /// The step's whole environment.
         env: Vec<(String, String)>,
+        /// The agent's host-step sandbox.
+        host: Option<chengis_runner::sandbox::StepHost>,
     },
     /// The job's container, with this environment (on top of the image's).
     Container {
@@ -98,7 +100,7 @@ impl Sandbox for StepSandbox {
         // The command runs on the async runtime; this (blocking) thread forwards its lines to
         // the plugin as they come, so output is live and no async context is blocked.
         let task = match &self.target {
-            SandboxTarget::Local { workspace, env } => {
+            SandboxTarget::Local { workspace, env, host } => {
                 let mut env = env.clone();
                 chengis_model::env::merge_vars(&mut env, &request.env);
                 let cmd = StepCommand {
@@ -109,6 +111,7 @@ impl Sandbox for StepSandbox {
                     timeout: Some(request.timeout),
                     kill_grace: self.kill_grace,
                     output_cap: self.output_cap,
+                    host: host.clone(),
                 };
                 self.handle
                     .spawn(async move { chengis_runner::exec::run_step(cmd, &masker, &cancel, 1, &tx, wrap).await })
@@ -124,6 +127,7 @@ impl Sandbox for StepSandbox {
                     timeout: Some(request.timeout),
                     kill_grace: self.kill_grace,
                     output_cap: self.output_cap,
+                    host: None,
                 };
                 let sandbox = sandbox.clone();
                 self.handle.spawn(async move { sandbox.run_step(step, &masker, &cancel, 1, &tx, wrap).await })

@@ -60,6 +60,9 @@ pub struct JobEnv {
     pub kill_grace: Duration,
     /// Per-step output cap in bytes.
     pub output_cap: u64,
+    /// How steps without an image run on this agent (sandbox, step user, process-group
+    /// records); `None` runs them as this process (`chengis run`).
+    pub host: Option<chengis_runner::sandbox::StepHost>,
 }
 
 /// What a finished job hands to its dependents.
@@ -460,6 +463,9 @@ async fn run_one(
     } else {
         let mut full_env = env.host_env.clone();
         context::merge_vars(&mut full_env, &step_env);
+        if let Err(e) = sandbox_home(env, &mut full_env) {
+            return (Status::Error, None, Some(e), Written::default());
+        }
         full_env
     };
     let cmd = StepCommand {
@@ -470,6 +476,7 @@ async fn run_one(
         timeout: limit,
         kill_grace: env.kill_grace,
         output_cap: env.output_cap,
+        host: if container { None } else { env.host.clone() },
     };
     let report = if container {
         run_in_container(cmd, step_image.as_deref(), sandbox, env, job_id, index, *next_line).await
@@ -569,6 +576,21 @@ async fn run_in_container(
             report
         }
     }
+}
+
+/// A sandboxed host step's `HOME` and `TMPDIR`: directories of its job's state (the agent's
+/// home and `/tmp` are out of its reach).
+pub(crate) fn sandbox_home(env: &JobEnv, vars: &mut Vec<(String, String)>) -> Result<(), String> {
+    use chengis_runner::sandbox::HostSteps;
+    if env.host.as_ref().is_none_or(|h| h.policy.mode != HostSteps::Sandboxed) {
+        return Ok(());
+    }
+    for (var, dir) in [("HOME", "home"), ("TMPDIR", "tmp")] {
+        let path = env.state_dir.join(dir);
+        std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        set_var(vars, var, path.display().to_string());
+    }
+    Ok(())
 }
 
 /// Resolves `rel` inside `root`, refusing absolute paths and `..` that climb out.

@@ -90,7 +90,10 @@ pub(crate) async fn run(
         None => {
             let mut all = env.host_env.clone();
             context::merge_vars(&mut all, &step_env);
-            SandboxTarget::Local { workspace: env.workspace.clone(), env: all }
+            if let Err(e) = super::sandbox_home(env, &mut all) {
+                return (Status::Error, Some(e), Written::default());
+            }
+            SandboxTarget::Local { workspace: env.workspace.clone(), env: all, host: env.host.clone() }
         }
     };
     // The step's time limit stops the commands the plugin runs (and so the plugin's wait).

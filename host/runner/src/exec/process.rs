@@ -72,6 +72,9 @@ pub struct StepCommand {
     pub kill_grace: Duration,
     /// Most output bytes kept.
     pub output_cap: u64,
+    /// How a step on the agent's host runs (sandbox, step user, process-group record); `None`
+    /// runs it as this process's user, unrecorded (`chengis run`, container execs).
+    pub host: Option<crate::sandbox::StepHost>,
 }
 
 /// How a step ended. Timeouts and cancellations are decided by us and recorded as such.
@@ -178,8 +181,37 @@ pub async fn run_step<E>(
     wrap: impl Fn(LogLine) -> E,
 ) -> Result<StepReport, ExecError> {
     let started = Instant::now();
-    let program = resolve_program(&cmd.program, &cmd.env).unwrap_or_else(|| PathBuf::from(&cmd.program));
+    // A sandboxed step searches its `PATH` itself, as the step user under its rules (a
+    // directory only the agent can enter, such as one under root's home, is skipped).
+    let sandboxed = cmd.host.as_ref().is_some_and(|h| h.policy.mode == crate::sandbox::HostSteps::Sandboxed);
+    let program = match sandboxed {
+        true => None,
+        false => resolve_program(&cmd.program, &cmd.env),
+    }
+    .unwrap_or_else(|| PathBuf::from(&cmd.program));
     let mut command = tokio::process::Command::new(program);
+    let prepared = match &cmd.host {
+        Some(host) => Some(host.prepare().map_err(|e| ExecError::Sandbox { message: e.to_string() })?),
+        None => None,
+    };
+    if let Some(p) = &prepared {
+        if let Some((uid, gid)) = p.user {
+            command.uid(uid).gid(gid);
+        }
+        if p.ruleset.is_some() || p.user.is_some() {
+            let child = crate::sandbox::Prepared {
+                user: p.user,
+                ruleset: match &p.ruleset {
+                    Some(fd) => Some(fd.try_clone().map_err(|e| ExecError::Sandbox { message: e.to_string() })?),
+                    None => None,
+                },
+            };
+            // SAFETY: the closure only makes system calls on values prepared above.
+            unsafe {
+                command.pre_exec(move || crate::sandbox::apply_in_child(&child));
+            }
+        }
+    }
     command
         .args(&cmd.args)
         .env_clear()
@@ -196,6 +228,20 @@ pub async fn run_step<E>(
         source,
     })?;
     let pgid = child.id().map_or(0, |id| id as i32);
+    // Recorded before anything is read from it: a later agent of the same state kills the group
+    // if this process dies before the step ends.
+    let _record = match &cmd.host {
+        Some(host) => match crate::sandbox::records::Record::write(&host.policy.records, pgid) {
+            Ok(r) => Some(r),
+            Err(source) => {
+                signal_group(pgid, Signal::SIGKILL);
+                let path = host.policy.records.display().to_string();
+                let e = crate::sandbox::SandboxError::Record { path, source };
+                return Err(ExecError::Sandbox { message: e.to_string() });
+            }
+        },
+        None => None,
+    };
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         signal_group(pgid, Signal::SIGKILL);
         return Err(ExecError::Spawn {
@@ -280,6 +326,7 @@ mod tests {
             timeout: None,
             kill_grace: Duration::from_millis(300),
             output_cap: 1 << 20,
+            host: None,
         }
     }
 
