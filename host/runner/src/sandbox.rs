@@ -514,6 +514,28 @@ pub fn searchable(dir: &Path) {
     }
 }
 
+/// Secret variables the server or agent took out of its environment at start.
+static STARTUP_SECRETS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// [`harden_process`], keeping what it took for [`startup_var`].
+///
+/// # Safety
+/// As [`harden_process`]: no other thread may run.
+pub unsafe fn harden_and_keep(secret: fn(&str) -> bool) {
+    // SAFETY: the caller promises that no other thread runs.
+    let taken = unsafe { harden_process(secret) };
+    let _ = STARTUP_SECRETS.set(taken);
+}
+
+/// A variable of the process's start: a secret taken out of the environment by
+/// [`harden_and_keep`], or else the environment's value.
+pub fn startup_var(name: &str) -> Option<String> {
+    match STARTUP_SECRETS.get().and_then(|v| v.iter().find(|(k, _)| k == name)) {
+        Some((_, v)) => Some(v.clone()),
+        None => std::env::var(name).ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,17 +148,7 @@ pub enum Command {
     },
 }
 
-/// Secret variables the server or agent took out of its environment at start.
-static STARTUP_SECRETS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-
-/// A variable of the process's start: a secret taken out of the environment by the start-up
-/// hardening of `serve` and `agent`, or else the environment's value.
-pub fn startup_var(name: &str) -> Option<String> {
-    match STARTUP_SECRETS.get().and_then(|v| v.iter().find(|(k, _)| k == name)) {
-        Some((_, v)) => Some(v.clone()),
-        None => std::env::var(name).ok(),
-    }
-}
+pub use chengis_runner::sandbox::startup_var;
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> anyhow::Result<i32> {
@@ -167,8 +157,7 @@ pub fn main() -> anyhow::Result<i32> {
         // Still one thread (the runtime starts later): tokens, passwords and keys leave the
         // environment (the flags are parsed), and the process becomes non-dumpable.
         // SAFETY: no other thread runs yet.
-        let taken = unsafe { chengis_runner::sandbox::harden_process(chengis_runner::sandbox::is_secret_var) };
-        let _ = STARTUP_SECRETS.set(taken);
+        unsafe { chengis_runner::sandbox::harden_and_keep(chengis_runner::sandbox::is_secret_var) };
     }
     tracing_subscriber::fmt()
         .with_env_filter(

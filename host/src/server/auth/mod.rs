@@ -609,7 +609,7 @@ pub const MIN_PASSWORD: usize = 12;
 pub async fn bootstrap(store: &crate::store::Store) -> Result<(), String> {
     let admins = store.active_admins().await.map_err(|e| e.to_string())?;
     if admins == 0 {
-        let (password, generated) = match crate::cli::startup_var("CHENGIS_ADMIN_PASSWORD").ok_or(()) {
+        let (password, generated) = match chengis_runner::sandbox::startup_var("CHENGIS_ADMIN_PASSWORD").ok_or(()) {
             Ok(p) if p.len() >= MIN_PASSWORD => (p, false),
             Ok(_) => return Err(format!("CHENGIS_ADMIN_PASSWORD must have at least {MIN_PASSWORD} characters")),
             Err(_) => (crate::store::new_secret("")[..24].to_string(), true),
@@ -638,7 +638,7 @@ pub async fn bootstrap(store: &crate::store::Store) -> Result<(), String> {
             tracing::info!("created the first admin `{name}` from CHENGIS_ADMIN_PASSWORD");
         }
     }
-    if let Some(token) = crate::cli::startup_var("CHENGIS_ADMIN_TOKEN") {
+    if let Some(token) = chengis_runner::sandbox::startup_var("CHENGIS_ADMIN_TOKEN") {
         if !token.starts_with("chgu_") || token.len() < 37 {
             return Err("CHENGIS_ADMIN_TOKEN must be `chgu_` followed by at least 32 random characters".into());
         }
