@@ -83,3 +83,10 @@ impl Assignment {
         }
     }
 }
+
+/// The answer to a lease poll: the jobs leased to the agent, prepared.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Leased {
+    /// Prepared jobs (lease, checkout, spec, contexts, secrets).
+    pub assignments: Vec<Assignment>,
+}

@@ -509,6 +509,42 @@ impl Needs {
     }
 }
 
+/// What the server tells an agent that registered (`POST /api/v1/agent/register` with its
+/// [`AgentInfo`]).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Registered {
+    /// Lease duration in ms.
+    pub lease_ttl_ms: u64,
+    /// How often to renew, in ms.
+    pub renew_every_ms: u64,
+}
+
+/// A lease poll (`POST /api/v1/agent/lease`); the answer holds the prepared jobs.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeasePoll {
+    /// Most jobs to take now.
+    pub capacity: usize,
+    /// The agent's labels.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Free resources (omitted: no limit).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub free: Option<Needs>,
+    /// Longest wait for work, in ms (at most half the time after which a silent agent is offline).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// An agent's state change (`POST /api/v1/agent/state`).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentState {
+    /// `draining` (running jobs finish, no new ones) or `drained` (stopped).
+    pub state: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,13 +18,15 @@
 use super::AppState;
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::agent::protocol::{self as p, LeaseAction, LeaseBody};
-use crate::agent::server_side::{self, Assignment, Reports, Update};
+use crate::agent::server_side::{self, Reports, Update};
 use crate::engine::builds::Notice;
 use crate::store::agents::{AgentInfo, AgentRecord, AgentTokenRecord, Needs};
 use crate::store::queue::{Lease, LeaseRequest, LeaseSecret, NotHolder};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use chengis_agent::assignment::Leased;
+use chengis_model::protocol::{AgentState, LeasePoll, Registered};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -197,15 +199,6 @@ async fn held_transfer(s: &AppState, headers: &HeaderMap, entry: i64, token: i64
     held(s, &c, entry, token, secret.as_ref()).await
 }
 
-/// What the server tells a registered agent.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Registered {
-    /// Lease duration in ms.
-    pub lease_ttl_ms: u64,
-    /// How often to renew, in ms.
-    pub renew_every_ms: u64,
-}
-
 /// Registers (or re-registers) the calling agent.
 #[utoipa::path(post, path = "/api/v1/agent/register", request_body = AgentInfo, responses((status = 200, body = Registered), (status = 401, body = ErrorBody)))]
 pub async fn register(
@@ -247,34 +240,8 @@ pub async fn register(
     }))
 }
 
-/// A lease poll.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LeasePoll {
-    /// Most jobs to take now.
-    pub capacity: usize,
-    /// The agent's labels.
-    #[serde(default)]
-    pub labels: Vec<String>,
-    /// Free resources (omitted: no limit).
-    #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub free: Option<Needs>,
-    /// Longest wait for work, in ms (at most half the time after which a silent agent is offline).
-    #[serde(default)]
-    pub wait_ms: u64,
-}
-
-/// Jobs for the agent.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Leased {
-    /// Prepared jobs (lease, checkout, spec, contexts, secrets).
-    #[schema(value_type = Vec<Object>)]
-    pub assignments: Vec<Assignment>,
-}
-
 /// Long-polls for jobs matching the agent's labels and free resources.
-#[utoipa::path(post, path = "/api/v1/agent/lease", request_body = LeasePoll, responses((status = 200, body = Leased), (status = 401, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/agent/lease", request_body = LeasePoll, responses((status = 200, body = Object, description = "the leased jobs, prepared (`chengis_agent::assignment::Leased`)"), (status = 401, body = ErrorBody)))]
 pub async fn lease(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -582,14 +549,6 @@ async fn apply_reports(s: &AppState, lease: &Lease, job: Option<(i64, &str)>, r:
 /// The build and planned job id of a held lease.
 async fn lease_job(s: &AppState, lease: &Lease) -> Result<(i64, String), ApiError> {
     Ok(s.builds.store.held_job(lease).await?)
-}
-
-/// An agent's state change.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct AgentState {
-    /// `draining` (running jobs finish, no new ones) or `drained` (stopped).
-    pub state: String,
 }
 
 /// Records that the calling agent is draining or has drained (it leases nothing more until it

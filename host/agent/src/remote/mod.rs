@@ -7,13 +7,14 @@ pub mod blobs;
 pub mod peer;
 pub mod plugins;
 
-use crate::assignment::Assignment;
+use crate::assignment::Leased;
 use crate::runner::AgentConfig;
 use chengis_model::protocol::Lease;
 use chengis_model::protocol::{AgentInfo, Needs};
+use chengis_model::protocol::{AgentState, LeasePoll, Registered};
 use chengis_runner::exec::CancelSignal;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -335,19 +336,6 @@ impl std::fmt::Debug for RemoteConfig {
     }
 }
 
-/// What the server answers to a registration.
-#[derive(Debug, serde::Deserialize)]
-struct Registered {
-    lease_ttl_ms: u64,
-    renew_every_ms: u64,
-}
-
-/// What the server answers to a lease poll.
-#[derive(Debug, serde::Deserialize)]
-struct Leased {
-    assignments: Vec<Assignment>,
-}
-
 /// Runs the agent until `drain` is cancelled (then lets running jobs finish, up to the drain
 /// deadline) or the token is refused.
 pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal) -> Result<(), RemoteError> {
@@ -407,7 +395,8 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
                 tracing::warn!("registering again: {e}");
             }
         }
-        let body = json!({"capacity": free, "free": free_resources, "labels": cfg.info.labels, "wait_ms": 5000});
+        let poll = LeasePoll { capacity: free, free: free_resources, labels: cfg.info.labels.clone(), wait_ms: 5000 };
+        let body = serde_json::to_value(&poll).unwrap_or_default();
         // A lease poll retries for as long as it takes: the agent outlives server restarts.
         let poll = client.call::<Leased>("lease", "/api/v1/agent/lease", body, Some(Duration::MAX));
         tokio::pin!(poll);
@@ -492,7 +481,7 @@ pub async fn run_remote(cfg: RemoteConfig, run: AgentConfig, drain: CancelSignal
 
 /// Tells the server the agent is `draining` or `drained` (best effort, 5 s).
 async fn announce(client: &Arc<Client>, state: &str) {
-    let body = json!({ "state": state });
+    let body = serde_json::to_value(AgentState { state: state.to_string() }).unwrap_or_default();
     if let Err(e) = client.call::<Value>(state, "/api/v1/agent/state", body, Some(Duration::from_secs(5))).await {
         tracing::warn!("telling the server the agent is {state}: {e}");
     }
