@@ -8,63 +8,8 @@ mod support;
 use chengis::server::auth::rules::{Access, RULES};
 use chengis::store::users::Role;
 use serde_json::{Value, json};
-use std::io::Read;
 use std::time::{Duration, Instant};
 use support::*;
-
-struct Answer {
-    status: u16,
-    headers: ureq::http::HeaderMap,
-    body: String,
-}
-
-/// One request: `headers` as given, a JSON body for `/api` writes, a form body otherwise.
-fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
-    let agent = no_redirects();
-    let api = url.contains("/api/");
-    let mut resp = match method {
-        "GET" | "DELETE" => {
-            let mut r = if method == "GET" { agent.get(url) } else { agent.delete(url) };
-            for (k, v) in headers {
-                r = r.header(*k, *v);
-            }
-            r.call()
-        }
-        _ => {
-            let mut r = match method {
-                "POST" => agent.post(url),
-                "PUT" => agent.put(url),
-                _ => agent.patch(url),
-            };
-            for (k, v) in headers {
-                r = r.header(*k, *v);
-            }
-            let ctype = if api { "application/json" } else { "application/x-www-form-urlencoded" };
-            r.header("content-type", ctype).send(body.unwrap_or(if api { "{}" } else { "" }).as_bytes())
-        }
-    }
-    .unwrap();
-    let mut text = String::new();
-    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
-    Answer { status: resp.status().as_u16(), headers: resp.headers().clone(), body: text }
-}
-
-/// Signs in over the API and returns the new token.
-fn token_of(s: &Server, user: &str, password: &str) -> String {
-    let (st, v) =
-        call_as("", "POST", &format!("{}/api/v1/login", s.url), Some(json!({"username": user, "password": password})));
-    assert_eq!(st, 201, "{v}");
-    v["token"].as_str().unwrap().to_string()
-}
-
-fn add_user(s: &Server, name: &str, role: &str) {
-    let (st, v) = call(
-        "POST",
-        &format!("{}/api/v1/users", s.url),
-        Some(json!({"username": name, "password": format!("{name}-password-1234"), "role": role})),
-    );
-    assert_eq!(st, 201, "{v}");
-}
 
 /// The route with its parameters filled with names of things that do not exist, so that an
 /// allowed call does nothing (404 or 400) and a refused one shows the refusal.

@@ -106,12 +106,6 @@ fn agent_token(url: &str, name: &str) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
-fn trigger(url: &str, job: &str) -> i64 {
-    let (status, v) = call("POST", &format!("{url}/api/v1/jobs/{job}/builds"), Some(json!({})));
-    assert_eq!(status, 201, "{v}");
-    v["id"].as_i64().unwrap()
-}
-
 fn build(url: &str, id: i64) -> Value {
     let (status, v) = call("GET", &format!("{url}/api/v1/builds/{id}"), None);
     assert_eq!(status, 200, "{v}");

@@ -7,61 +7,8 @@
 mod support;
 
 use serde_json::{Value, json};
-use std::io::Read;
 use std::time::Duration;
 use support::*;
-
-struct Answer {
-    status: u16,
-    headers: ureq::http::HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
-    }
-}
-
-/// One request with `headers`; a body is sent as JSON to `/api` and as a form elsewhere.
-fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
-    let agent = no_redirects();
-    let mut resp = match method {
-        "GET" | "DELETE" => {
-            let mut r = if method == "GET" { agent.get(url) } else { agent.delete(url) };
-            for (k, v) in headers {
-                r = r.header(*k, *v);
-            }
-            r.call()
-        }
-        _ => {
-            let mut r = agent.post(url);
-            for (k, v) in headers {
-                r = r.header(*k, *v);
-            }
-            let api = url.contains("/api/");
-            let ctype = if api { "application/json" } else { "application/x-www-form-urlencoded" };
-            r.header("content-type", ctype).send(body.unwrap_or(if api { "{}" } else { "" }).as_bytes())
-        }
-    }
-    .unwrap();
-    let mut body = String::new();
-    let _ = resp.body_mut().as_reader().read_to_string(&mut body);
-    Answer { status: resp.status().as_u16(), headers: resp.headers().clone(), body }
-}
-
-fn add_user(s: &Server, name: &str, role: &str) {
-    let (st, v) = call(
-        "POST",
-        &format!("{}/api/v1/users", s.url),
-        Some(json!({"username": name, "password": format!("{name}-password-1234"), "role": role})),
-    );
-    assert_eq!(st, 201, "{v}");
-}
 
 /// Signs in over the API (optionally as forwarded by a proxy for `ip`).
 fn api_login(s: &Server, ip: Option<&str>, user: &str, password: &str) -> Answer {

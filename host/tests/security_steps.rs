@@ -20,30 +20,6 @@ impl Drop for Agent {
     }
 }
 
-fn create_job(server: &str, name: &str, repo: &str) {
-    let (status, v) = call(
-        "POST",
-        &format!("{server}/api/v1/jobs"),
-        Some(serde_json::json!({"name": name, "repo_url": repo, "default_branch": "main"})),
-    );
-    assert_eq!(status, 201, "{v}");
-}
-
-fn trigger(server: &str, job: &str) -> i64 {
-    let (status, v) = call("POST", &format!("{server}/api/v1/jobs/{job}/builds"), Some(serde_json::json!({})));
-    assert_eq!(status, 201, "{v}");
-    v["id"].as_i64().unwrap()
-}
-
-/// The log of a job, empty while it has none.
-fn log_of(server: &str, id: i64, job: &str) -> Vec<String> {
-    let (status, v) = call("GET", &format!("{server}/api/v1/builds/{id}/jobs/{job}/logs"), None);
-    if status != 200 {
-        return Vec::new();
-    }
-    v["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_string()).collect()
-}
-
 fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {

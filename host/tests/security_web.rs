@@ -2,7 +2,7 @@
 //! abandoned live streams and oversized pipelines. The real binary on 127.0.0.1:0, on SQLite
 //! and, when `CHENGIS_TEST_DATABASE_URL` is set, on PostgreSQL.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -10,26 +10,6 @@ use std::time::{Duration, Instant};
 
 mod support;
 use support::*;
-
-fn hmac_hex(secret: &str, data: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(data.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// Posts a webhook body with `headers`; answers status and JSON.
-fn hook(url: &str, headers: &[(&str, String)], body: &str) -> (u16, Value) {
-    let mut req = http().post(url);
-    for (k, v) in headers {
-        req = req.header(*k, v.as_str());
-    }
-    let mut resp = req.content_type("application/json").send(body.as_bytes()).unwrap();
-    let status = resp.status().as_u16();
-    let mut text = String::new();
-    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 fn build_count(s: &Server, job: &str) -> usize {
     let (_, builds) = call("GET", &format!("{}/api/v1/builds?job={job}", s.url), None);

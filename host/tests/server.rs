@@ -920,19 +920,6 @@ fn policies_deny_builds_and_a_tampered_plugin_is_refused() {
     assert!(err.contains("world"), "{err}");
 }
 
-/// Posts a webhook body with `headers`; answers status and JSON.
-fn hook(url: &str, headers: &[(&str, String)], body: &str) -> (u16, Value) {
-    let mut req = http().post(url);
-    for (k, v) in headers {
-        req = req.header(*k, v.as_str());
-    }
-    let mut resp = req.content_type("application/json").send(body.as_bytes()).unwrap();
-    let status = resp.status().as_u16();
-    let mut text = String::new();
-    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 fn github_signature(secret: &str, body: &str) -> String {
     format!("sha256={}", hmac_hex(secret, body))
 }
@@ -1261,13 +1248,6 @@ fn signed_github_pushes_start_builds_once_and_everything_else_is_refused_or_igno
     assert!(n > 5, "limited after {n}");
     assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1), "{text}");
     assert!(text.contains("rate_limited"), "{text}");
-}
-
-fn hmac_hex(secret: &str, data: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(data.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
 }
 
 #[test]

@@ -247,3 +247,126 @@ pub fn cli_env(server: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<
         String::from_utf8_lossy(&out.stderr).into(),
     )
 }
+
+/// Creates job `name` building `repo` (default branch `main`).
+pub fn create_job(server: &str, name: &str, repo: &str) {
+    let (status, v) = call(
+        "POST",
+        &format!("{server}/api/v1/jobs"),
+        Some(serde_json::json!({"name": name, "repo_url": repo, "default_branch": "main"})),
+    );
+    assert_eq!(status, 201, "{v}");
+}
+
+/// Triggers a build of `job`; its id.
+pub fn trigger(server: &str, job: &str) -> i64 {
+    let (status, v) = call("POST", &format!("{server}/api/v1/jobs/{job}/builds"), Some(serde_json::json!({})));
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_i64().unwrap()
+}
+
+/// The log of a job, empty while the job does not exist yet.
+pub fn log_of(server: &str, id: i64, job: &str) -> Vec<String> {
+    let (status, v) = call("GET", &format!("{server}/api/v1/builds/{id}/jobs/{job}/logs"), None);
+    if status != 200 {
+        return Vec::new();
+    }
+    v["lines"].as_array().unwrap().iter().map(|l| l["text"].as_str().unwrap().to_string()).collect()
+}
+
+/// HMAC-SHA256 of `data` under `secret`, in lower hex (webhook signatures).
+pub fn hmac_hex(secret: &str, data: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(data.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Posts a webhook body with `headers`; answers status and JSON.
+pub fn hook(url: &str, headers: &[(&str, String)], body: &str) -> (u16, Value) {
+    let mut req = http().post(url);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let mut resp = req.content_type("application/json").send(body.as_bytes()).unwrap();
+    let status = resp.status().as_u16();
+    let mut text = String::new();
+    resp.body_mut().as_reader().read_to_string(&mut text).unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Creates user `name` with role `role` and the password `{name}-password-1234`.
+pub fn add_user(s: &Server, name: &str, role: &str) {
+    let (st, v) = call(
+        "POST",
+        &format!("{}/api/v1/users", s.url),
+        Some(serde_json::json!({"username": name, "password": format!("{name}-password-1234"), "role": role})),
+    );
+    assert_eq!(st, 201, "{v}");
+}
+
+/// Signs `user` in through the API; the token.
+pub fn token_of(s: &Server, user: &str, password: &str) -> String {
+    let (st, v) = call_as(
+        "",
+        "POST",
+        &format!("{}/api/v1/login", s.url),
+        Some(serde_json::json!({"username": user, "password": password})),
+    );
+    assert_eq!(st, 201, "{v}");
+    v["token"].as_str().unwrap().to_string()
+}
+
+/// An answer as [`send`] read it.
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// Its headers.
+    pub headers: ureq::http::HeaderMap,
+    /// Its body.
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// A header's value (empty when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+/// One request with `headers`, redirects not followed; a body is sent as JSON to `/api` and as
+/// a form elsewhere.
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+    let agent = no_redirects();
+    let api = url.contains("/api/");
+    let mut resp = match method {
+        "GET" | "DELETE" => {
+            let mut r = if method == "GET" { agent.get(url) } else { agent.delete(url) };
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = match method {
+                "POST" => agent.post(url),
+                "PUT" => agent.put(url),
+                _ => agent.patch(url),
+            };
+            for (k, v) in headers {
+                r = r.header(*k, *v);
+            }
+            let ctype = if api { "application/json" } else { "application/x-www-form-urlencoded" };
+            r.header("content-type", ctype).send(body.unwrap_or(if api { "{}" } else { "" }).as_bytes())
+        }
+    }
+    .unwrap();
+    let mut text = String::new();
+    let _ = resp.body_mut().as_reader().read_to_string(&mut text);
+    Answer { status: resp.status().as_u16(), headers: resp.headers().clone(), body: text }
+}
