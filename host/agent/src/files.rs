@@ -10,7 +10,6 @@ use chengis_model::now_ms;
 use chengis_model::status::Status;
 use chengis_pipeline::PlannedJob;
 use chengis_pipeline::model::When;
-use chengis_runner::exec::{LogLine, SecretMasker, Stream};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -35,16 +34,6 @@ pub fn stage_fingerprint(
         }
         Err(e) => Err(format!("result cache: cannot read the commit's tree ({e}); running the job")),
     }
-}
-
-/// `texts` as System log lines numbered from `first`, masked.
-pub fn system_log(first: u64, masker: &SecretMasker, texts: &[String]) -> Vec<LogLine> {
-    let time_ms = u64::try_from(now_ms()).unwrap_or(0);
-    texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| LogLine { number: first + i as u64, stream: Stream::System, time_ms, text: masker.mask_str(t) })
-        .collect()
 }
 
 /// Places `files` from `blobs` into the workspace, verifying each; the log line, or why not.

@@ -10,7 +10,7 @@ use crate::job::JobResult;
 use chengis_model::log::LogLine;
 use chengis_model::protocol::{Lease, Reports};
 use chengis_model::status::Status;
-use chengis_runner::exec::SecretMasker;
+use chengis_runner::exec::JobLog;
 use serde_json::Value;
 use std::future::Future;
 use std::path::Path;
@@ -54,8 +54,8 @@ pub struct JobFiles<'a> {
     pub sha: &'a str,
     /// The job's expression contexts.
     pub contexts: &'a Contexts,
-    /// The job's secret masker (every System line goes through it).
-    pub masker: &'a Arc<SecretMasker>,
+    /// The job's log (every System line goes through it).
+    pub log: &'a Arc<JobLog>,
     /// The agent's scratch directory for downloads and archives.
     pub tmp: &'a Path,
 }
@@ -102,13 +102,11 @@ pub trait Peer: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), PeerError>> + Send;
 
     /// The work before the steps: step executors, a stage result to reuse, upstream artifacts,
-    /// caches. `next_line`: the log's next line number when known (`None`: ask), kept up to
-    /// date with the lines written here.
+    /// caches; lines written go through `files.log`.
     fn before_steps(
         &self,
         a: &Assignment,
         files: &JobFiles<'_>,
-        next_line: &mut Option<u64>,
     ) -> impl Future<Output = Result<Before<Self::Prepared>, PeerError>> + Send;
 
     /// Whether [`Peer::after_steps`] will write log lines (the step lines not sent yet then go

@@ -16,7 +16,7 @@ use chengis_model::now_ms;
 use chengis_model::protocol::{Lease, Reports, Update};
 use chengis_model::status::Status;
 use chengis_runner::exec::docker::{DockerRuntime, SandboxLabels};
-use chengis_runner::exec::{CancelSignal, SecretMasker};
+use chengis_runner::exec::{CancelSignal, JobLog, SecretMasker};
 use chengis_runner::sandbox::{HostPolicy, StepHost};
 use serde_json::Value;
 use std::sync::Arc;
@@ -246,9 +246,16 @@ async fn run_assignment<P: Peer>(
     ctx_values.workspace = workspace.clone();
 
     let masker = match SecretMasker::new(a.secrets.values().cloned()) {
-        Ok(m) => Arc::new(m),
+        Ok(m) => m,
         Err(e) => return fail(peer, &a, &e.to_string()).await,
     };
+    // The job's one log: every line written from here on (the work before the steps, the
+    // steps, plugins, the work after them) is numbered, masked and capped by it.
+    let first_line = match a.first_line {
+        Some(n) => n,
+        None => peer.next_line(&a.lease).await?,
+    };
+    let log = JobLog::new(masker, first_line, cfg.output_cap);
     let host_env: Vec<(String, String)> = vec![
         ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
         ("HOME".into(), std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())),
@@ -288,11 +295,10 @@ async fn run_assignment<P: Peer>(
         owns_workspace: true,
         plugins: peer.executors(),
         plugin_build: a.plugin_build.clone(),
-        masker: masker.clone(),
+        log: log.clone(),
         cancel: cancel.clone(),
         events: tx,
         kill_grace: cfg.kill_grace,
-        output_cap: cfg.output_cap,
         host: Some(StepHost {
             policy: cfg.host.clone(),
             writable: vec![workspace.clone(), site.state_dir.clone()],
@@ -307,12 +313,9 @@ async fn run_assignment<P: Peer>(
         }
     };
 
-    // The log's next line number: the lease tells it (when the peer does not write lines of
-    // its own), valid until a line is written here.
-    let mut next_line = a.first_line;
     let tmp = work.join("tmp");
-    let files = JobFiles { workspace: &workspace, sha: &info.sha, contexts: &ctx_values, masker: &masker, tmp: &tmp };
-    let prepared = match peer.before_steps(&a, &files, &mut next_line).await {
+    let files = JobFiles { workspace: &workspace, sha: &info.sha, contexts: &ctx_values, log: &log, tmp: &tmp };
+    let prepared = match peer.before_steps(&a, &files).await {
         Ok(Before::Run(p)) => p,
         Ok(Before::Reused) => {
             drop(env);
@@ -330,8 +333,7 @@ async fn run_assignment<P: Peer>(
             return Err(e);
         }
     };
-    let first_line = known_or_asked(peer, &a.lease, next_line).await?;
-    let pump = tokio::spawn(pump_events(peer.clone(), a.clone(), rx, first_line));
+    let pump = tokio::spawn(pump_events(peer.clone(), a.clone(), rx, log.next_number()));
     let job_spec = JobSpec {
         id: &a.spec.id,
         env: &a.spec.env,
@@ -366,8 +368,7 @@ async fn run_assignment<P: Peer>(
         }
     }
     if pump_error.is_none() {
-        let files =
-            JobFiles { workspace: &workspace, sha: &info.sha, contexts: &ctx_after, masker: &masker, tmp: &tmp };
+        let files = JobFiles { workspace: &workspace, sha: &info.sha, contexts: &ctx_after, log: &log, tmp: &tmp };
         if let Err(e) = peer.after_steps(&a, prepared, &files, &mut result).await {
             stop_helpers();
             return Err(e);
@@ -394,30 +395,18 @@ async fn fail<P: Peer>(peer: &P, a: &Assignment, reason: &str) -> Result<(), Pee
     peer.finish(a, End { status: Status::Error, reason: Some(reason), ran: None }, Reports::default()).await
 }
 
-/// Writes the agent's own (masked, System) lines to the job's log. `next`: the log's next line number when
-/// known (asked from the server when not), advanced past the lines written.
+/// Writes the agent's own lines to the job's log (masked and numbered by `log`, as System
+/// lines).
 pub(crate) async fn system_lines<P: Peer>(
     peer: &P,
     a: &Assignment,
-    masker: &SecretMasker,
+    log: &JobLog,
     texts: &[String],
-    next: &mut Option<u64>,
 ) -> Result<(), PeerError> {
     if texts.is_empty() {
         return Ok(());
     }
-    let first = known_or_asked(peer, &a.lease, *next).await?;
-    peer.append_log(&a.lease, &crate::files::system_log(first, masker, texts)).await?;
-    *next = Some(first + texts.len() as u64);
-    Ok(())
-}
-
-/// The log's next line number: `known`, or asked from the server.
-pub(crate) async fn known_or_asked<P: Peer>(peer: &P, lease: &Lease, known: Option<u64>) -> Result<u64, PeerError> {
-    match known {
-        Some(n) => Ok(n),
-        None => peer.next_line(lease).await,
-    }
+    peer.append_log(&a.lease, &log.system(texts)).await
 }
 
 /// Renews the lease every `every`; a cancel request or a lost lease cancels the job.
@@ -456,7 +445,6 @@ async fn pump_events<P: Peer>(
     let mut bytes = 0usize;
     let mut since: Option<Instant> = None;
     let mut step_started: std::collections::HashMap<usize, i64> = Default::default();
-    let offset = first_line.saturating_sub(1);
     // The number the next line will get: where a starting step's lines begin.
     let mut next_line = first_line.max(1);
     let mut stale: Option<PeerError> = None;
@@ -465,8 +453,7 @@ async fn pump_events<P: Peer>(
         let next = tokio::time::timeout(wait, rx.recv()).await;
         let update = match next {
             Ok(None) => return stale.map_or(Ok(unsent), Err),
-            Ok(Some(RunEvent::Log { mut line, .. })) => {
-                line.number += offset;
+            Ok(Some(RunEvent::Log { line, .. })) => {
                 next_line = next_line.max(line.number + 1);
                 bytes += line.text.len();
                 unsent.lines.push(line);

@@ -2,9 +2,10 @@
 //! database and no server in it.
 //!
 //! # Layout
-//! - [`exec`]: a step as a local process group or an exec in the job's Docker container, its
-//!   output masked, split into numbered lines and capped by one shared path, and the
-//!   TERM-then-KILL sequence for timeouts and cancellation.
+//! - [`exec`]: the step backends behind one trait ([`exec::StepBackend`]: a local process
+//!   group, an exec in the job's Docker container), the one log pipeline of a job
+//!   ([`exec::JobLog`]: every line masked, numbered and capped), and the TERM-then-KILL sequence
+//!   for timeouts and cancellation.
 //! - [`sandbox`]: host steps without the agent's authority (step user, Landlock), the record
 //!   of running steps' process groups, and the start-up hardening of server and agent.
 

@@ -539,7 +539,7 @@ pub fn startup_var(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::{CancelSignal, LogLine, SecretMasker, StepCommand, StepEnd, run_step};
+    use crate::exec::{CancelSignal, JobLog, LineSink, LogLine, SecretMasker, StepCommand, StepEnd, run_step};
     use std::time::Duration;
 
     fn step(script: &str, cwd: &Path, host: Option<StepHost>) -> StepCommand {
@@ -550,15 +550,15 @@ mod tests {
             cwd: cwd.to_path_buf(),
             timeout: Some(Duration::from_secs(30)),
             kill_grace: Duration::from_millis(200),
-            output_cap: 1 << 20,
             host,
         }
     }
 
     async fn run(cmd: StepCommand) -> (StepEnd, Vec<String>) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<LogLine>(1024);
-        let r = run_step(cmd, &SecretMasker::none(), &CancelSignal::new(), 1, &tx, |l| l).await.unwrap();
-        drop(tx);
+        let mut out = JobLog::new(SecretMasker::none(), 1, 1 << 20).step(LineSink::Lines(tx));
+        let r = run_step(cmd, &mut out, &CancelSignal::new()).await.unwrap();
+        drop(out);
         let mut lines = Vec::new();
         while let Some(l) = rx.recv().await {
             lines.push(l.text);

@@ -6,7 +6,7 @@
 use super::server_side::{Assignment, LocalParts, finish};
 use crate::engine::builds::BuildContext;
 use crate::engine::cache::{CacheScope, ResolvedCache};
-use crate::exec::SecretMasker;
+use crate::exec::JobLog;
 use crate::status::Status;
 use crate::store::StoreError;
 use crate::store::artifacts::CachedResult;
@@ -16,7 +16,7 @@ use crate::store::queue::Lease;
 use chengis_agent::artifacts::{ArtifactSpec, collect};
 use chengis_agent::context::Contexts;
 use chengis_agent::files::{
-    kept_lines, place_all, remove_workspace, resolve_artifacts, resolve_caches, stage_fingerprint, system_log, wanted,
+    kept_lines, place_all, remove_workspace, resolve_artifacts, resolve_caches, stage_fingerprint, wanted,
 };
 use chengis_agent::peer::Before;
 use chengis_pipeline::model::When;
@@ -37,7 +37,7 @@ pub struct Pending {
 pub(crate) struct Storage<'a> {
     ctx: &'a BuildContext,
     lease: &'a Lease,
-    masker: Arc<SecretMasker>,
+    log: Arc<JobLog>,
     /// Whose caches the job reads and writes.
     pub scope: CacheScope,
 }
@@ -50,10 +50,10 @@ impl<'a> Storage<'a> {
         job: &JobRecord,
         build: &BuildSummary,
         lease: &'a Lease,
-        masker: &Arc<SecretMasker>,
+        log: &Arc<JobLog>,
         fork: bool,
     ) -> Storage<'a> {
-        Storage { ctx, lease, masker: masker.clone(), scope: scope_of(job, build, fork) }
+        Storage { ctx, lease, log: log.clone(), scope: scope_of(job, build, fork) }
     }
 
     /// Before the steps: a reused stage result ends the job here; otherwise upstream artifacts
@@ -147,9 +147,7 @@ impl<'a> Storage<'a> {
         if lines.is_empty() {
             return Ok(());
         }
-        let store = &self.ctx.store;
-        let first = store.next_log_offset(self.lease.build_job_id).await?;
-        store.append_log(self.lease, &system_log(first, &self.masker, lines)).await?;
+        self.ctx.store.append_log(self.lease, &self.log.system(lines)).await?;
         let _ = self.ctx.bus.send(crate::engine::builds::Notice::Log(self.lease.build_job_id));
         Ok(())
     }

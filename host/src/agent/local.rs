@@ -30,7 +30,7 @@ impl LocalPeer {
 
     fn storage<'a>(&'a self, a: &'a Assignment, files: &JobFiles<'_>) -> Storage<'a> {
         let fork = self.parts.trigger.as_ref().is_some_and(|t| t.fork);
-        Storage::new(&self.ctx, &self.parts.job, &self.parts.build, &a.lease, files.masker, fork)
+        Storage::new(&self.ctx, &self.parts.job, &self.parts.build, &a.lease, files.log, fork)
     }
 }
 
@@ -84,14 +84,7 @@ impl Peer for LocalPeer {
             .map_err(peer_error)
     }
 
-    async fn before_steps(
-        &self,
-        a: &Assignment,
-        files: &JobFiles<'_>,
-        next_line: &mut Option<u64>,
-    ) -> Result<Before<Pending>, PeerError> {
-        // The storage writes lines of its own: the runner asks for the next number afterwards.
-        *next_line = None;
+    async fn before_steps(&self, a: &Assignment, files: &JobFiles<'_>) -> Result<Before<Pending>, PeerError> {
         let storage = self.storage(a, files);
         storage.before_steps(a, &self.parts, files.workspace, files.sha, files.contexts).await.map_err(peer_error)
     }

@@ -191,7 +191,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
                 }
             }
         });
-        let summary = run_plan(plan, run_opts, Arc::new(masker), cancel, tx).await;
+        let summary = run_plan(plan, run_opts, masker, cancel, tx).await;
         let _ = renderer.await;
         Ok::<Status, anyhow::Error>(summary.status)
     })?;

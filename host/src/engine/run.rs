@@ -6,7 +6,7 @@ use super::context::{self, Contexts, env_object, set_var};
 use super::events::RunEvent;
 use super::job::{ContainerSpec, JobEnv, JobResult, JobSpec, run_job};
 use crate::exec::docker::{DockerRuntime, SandboxLabels};
-use crate::exec::{CancelSignal, SecretMasker};
+use crate::exec::{CancelSignal, JobLog, SecretMasker};
 use crate::status::Status;
 use chengis_model::schedule::{
     BuildView, Decision, JobState, JobView, POST_JOB, decide, has_post, needs_result, post_expr_status, post_job,
@@ -61,7 +61,7 @@ pub struct RunSummary {
 pub async fn run_plan(
     plan: Plan,
     opts: RunOptions,
-    masker: Arc<SecretMasker>,
+    masker: SecretMasker,
     cancel: CancelSignal,
     events: mpsc::Sender<RunEvent>,
 ) -> RunSummary {
@@ -119,11 +119,11 @@ pub async fn run_plan(
         owns_workspace: false,
         plugins: opts.plugins.clone().map(|p| p as Arc<dyn chengis_agent::executors::StepExecutors>),
         plugin_build: None,
-        masker: masker.clone(),
+        // Each job's log numbers its own lines.
+        log: JobLog::new(masker.clone(), 1, opts.output_cap),
         cancel,
         events: events.clone(),
         kill_grace: opts.kill_grace,
-        output_cap: opts.output_cap,
         host: None,
     };
 

@@ -496,8 +496,10 @@ async fn result_find(s: &AppState, lease: &Lease, fingerprint: &str) -> Result<p
     // Reused here, as for the embedded agent: outputs, artifacts, the log line, the end.
     let build = store.build_summary(scope.build_id).await?;
     let job = store.job(&build.job).await?;
-    let masker = Arc::new(crate::exec::SecretMasker::new(Vec::<String>::new()).map_err(unavailable)?);
-    let storage = crate::agent::job_files::Storage::new(&s.builds, &job, &build, lease, &masker, !scope.writable);
+    // The job's log continues where the agent's lines end (it writes nothing after a reuse).
+    let first = store.next_log_offset(lease.build_job_id).await?;
+    let log = crate::exec::JobLog::new(crate::exec::SecretMasker::none(), first, 0);
+    let storage = crate::agent::job_files::Storage::new(&s.builds, &job, &build, lease, &log, !scope.writable);
     let nowhere = std::path::Path::new("/nonexistent/chengis-remote-workspace");
     crate::agent::job_files::reuse_result(&s.builds, lease, &spec, &build, &storage, hit, fingerprint, nowhere).await?;
     Ok(p::ResultFindAnswer { reused: true })

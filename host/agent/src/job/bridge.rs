@@ -6,35 +6,29 @@
 //! Plugin calls are synchronous and run on a blocking thread; the sandbox blocks that thread on
 //! the async executors through the runtime handle.
 
-use chengis_model::events::RunEvent;
 use chengis_plugin_host::{ExecOutcome, ExecRequest, LogLevel, LogSink, Sandbox, SandboxError};
-use chengis_runner::exec::docker::JobSandbox;
-use chengis_runner::exec::{CancelSignal, LogLine, SecretMasker, StepCommand, StepEnd, Stream};
+use chengis_runner::exec::{
+    CancelSignal, JobLog, LineSink, LogLine, SecretMasker, StepBackend, StepCommand, StepEnd, StepOutput, Stream,
+};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
-/// Puts a plugin's log lines into one step's log.
-pub struct StepLog {
-    /// Where run events go.
-    pub events: mpsc::Sender<RunEvent>,
-    /// The planned job id.
-    pub job: String,
-    /// The step index.
-    pub step: usize,
-    /// Masks the run's secrets.
-    pub masker: Arc<SecretMasker>,
-    /// The number of the next line.
-    pub next_line: AtomicU64,
-}
+/// Puts a plugin's log lines into one step's log, through the job's log pipeline (masked,
+/// capped, numbered like process output).
+pub struct StepLog(Mutex<StepOutput>);
 
 impl StepLog {
-    /// The number the next line will get.
-    pub fn next_line(&self) -> u64 {
-        self.next_line.load(Ordering::Relaxed)
+    /// The log of one `uses:` step.
+    pub fn new(out: StepOutput) -> StepLog {
+        StepLog(Mutex::new(out))
+    }
+
+    /// Ends the step's log (the cap warning, when the plugin's lines reached it).
+    pub async fn finish(self) {
+        self.0.into_inner().unwrap_or_else(|e| e.into_inner()).finish().await;
     }
 }
 
@@ -44,32 +38,21 @@ impl LogSink for StepLog {
             LogLevel::Debug | LogLevel::Info => Stream::Stdout,
             LogLevel::Warn | LogLevel::Error => Stream::Stderr,
         };
-        let number = self.next_line.fetch_add(1, Ordering::Relaxed);
-        let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let line = LogLine { number, stream, time_ms, text: self.masker.mask_str(line) };
-        // A closed channel means nobody listens any more; the plugin still runs to its end.
-        let _ = self.events.blocking_send(RunEvent::Log { job: self.job.clone(), step: self.step, line });
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).plugin_line(stream, line);
     }
 }
 
-/// Where a step executor's commands run.
-pub enum SandboxTarget {
-    /// Local processes in the workspace with this environment.
-    Local {
-        /// The workspace.
-        workspace: PathBuf,
-        /// The step's whole environment.
-        env: Vec<(String, String)>,
-        /// The agent's host-step sandbox.
-        host: Option<chengis_runner::sandbox::StepHost>,
-    },
-    /// The job's container, with this environment (on top of the image's).
-    Container {
-        /// The job's sandbox.
-        sandbox: Arc<JobSandbox>,
-        /// The step's environment.
-        env: Vec<(String, String)>,
-    },
+/// Where a step executor's commands run: the backend `run:` steps of the job use, with the
+/// step's environment.
+pub struct SandboxTarget {
+    /// The job's step backend (a local process group, or the job's container).
+    pub backend: Arc<dyn StepBackend>,
+    /// Where the workspace is as the commands see it.
+    pub workspace: PathBuf,
+    /// The step's whole environment (on top of the image's, in a container).
+    pub env: Vec<(String, String)>,
+    /// The agent's host-step sandbox (local commands only).
+    pub host: Option<chengis_runner::sandbox::StepHost>,
 }
 
 /// The job's sandbox as the runtime sees it.
@@ -79,7 +62,7 @@ pub struct StepSandbox {
     /// Where commands run.
     pub target: SandboxTarget,
     /// Masks output.
-    pub masker: Arc<SecretMasker>,
+    pub masker: SecretMasker,
     /// Cancels the job.
     pub cancel: CancelSignal,
     /// TERM-to-KILL grace period.
@@ -95,44 +78,25 @@ impl Sandbox for StepSandbox {
         };
         let workdir = request.workdir.clone().unwrap_or_default();
         let (tx, mut rx) = mpsc::channel::<LogLine>(256);
-        let (masker, cancel) = (self.masker.clone(), self.cancel.clone());
-        let wrap = |line: LogLine| line;
+        let target = &self.target;
+        let mut env = target.env.clone();
+        chengis_model::env::merge_vars(&mut env, &request.env);
+        let cmd = StepCommand {
+            program: program.clone(),
+            args: args.to_vec(),
+            env,
+            cwd: target.workspace.join(&workdir),
+            timeout: Some(request.timeout),
+            kill_grace: self.kill_grace,
+            host: target.host.clone(),
+        };
+        // The command's output goes back to the plugin (which may log it), not into the log:
+        // it has a numbering of its own.
+        let mut out = JobLog::new(self.masker.clone(), 1, self.output_cap).step(LineSink::Lines(tx));
+        let (backend, cancel) = (target.backend.clone(), self.cancel.clone());
         // The command runs on the async runtime; this (blocking) thread forwards its lines to
         // the plugin as they come, so output is live and no async context is blocked.
-        let task = match &self.target {
-            SandboxTarget::Local { workspace, env, host } => {
-                let mut env = env.clone();
-                chengis_model::env::merge_vars(&mut env, &request.env);
-                let cmd = StepCommand {
-                    program: program.clone(),
-                    args: args.to_vec(),
-                    env,
-                    cwd: workspace.join(&workdir),
-                    timeout: Some(request.timeout),
-                    kill_grace: self.kill_grace,
-                    output_cap: self.output_cap,
-                    host: host.clone(),
-                };
-                self.handle
-                    .spawn(async move { chengis_runner::exec::run_step(cmd, &masker, &cancel, 1, &tx, wrap).await })
-            }
-            SandboxTarget::Container { sandbox, env } => {
-                let mut env = env.clone();
-                chengis_model::env::merge_vars(&mut env, &request.env);
-                let step = StepCommand {
-                    program: program.clone(),
-                    args: args.to_vec(),
-                    env,
-                    cwd: PathBuf::from(chengis_runner::exec::docker::spec::WORKSPACE).join(&workdir),
-                    timeout: Some(request.timeout),
-                    kill_grace: self.kill_grace,
-                    output_cap: self.output_cap,
-                    host: None,
-                };
-                let sandbox = sandbox.clone();
-                self.handle.spawn(async move { sandbox.run_step(step, &masker, &cancel, 1, &tx, wrap).await })
-            }
-        };
+        let task = self.handle.spawn(async move { backend.run(cmd, &mut out, &cancel).await });
         while let Some(line) = rx.blocking_recv() {
             output(&line.text);
         }

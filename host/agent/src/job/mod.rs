@@ -14,7 +14,10 @@ use chengis_pipeline::plan::{Piece, PlannedJob, PlannedStep, Text};
 use chengis_runner::exec::docker::{
     DockerRuntime, JobSandbox, SandboxLabels, SandboxRequest, ServiceRequest, spec as docker_spec,
 };
-use chengis_runner::exec::{CancelSignal, ExecError, SecretMasker, StepCommand, StepEnd, StepReport};
+use chengis_runner::exec::{
+    BoxFuture, CancelSignal, ExecError, HostProcess, JobLog, LineSink, StepBackend, StepCommand, StepEnd, StepOutput,
+    StepReport,
+};
 use indexmap::IndexMap;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -50,16 +53,14 @@ pub struct JobEnv {
     pub plugins: Option<Arc<dyn crate::executors::StepExecutors>>,
     /// The build as step-executor plugins see it.
     pub plugin_build: Option<chengis_plugin_host::types::Build>,
-    /// The masker of the run's secrets.
-    pub masker: Arc<SecretMasker>,
+    /// The job's log: every line of its steps and plugins, masked, numbered and capped.
+    pub log: Arc<JobLog>,
     /// Cancels the run.
     pub cancel: CancelSignal,
     /// Where events go.
     pub events: mpsc::Sender<RunEvent>,
     /// TERM-to-KILL grace period.
     pub kill_grace: Duration,
-    /// Per-step output cap in bytes.
-    pub output_cap: u64,
     /// How steps without an image run on this agent (sandbox, step user, process-group
     /// records); `None` runs them as this process (`chengis run`).
     pub host: Option<chengis_runner::sandbox::StepHost>,
@@ -221,7 +222,6 @@ async fn run_steps(
     let in_container = sandbox.is_some();
     let mut outputs: IndexMap<String, String> = IndexMap::new();
     let mut steps_ctx = serde_json::Map::new();
-    let mut next_line = 1u64;
     for step in spec.steps {
         let index = spec.first_index + step.index;
         ctx.status = Some(if env.cancel.is_cancelled() {
@@ -267,7 +267,7 @@ async fn run_steps(
             .send(RunEvent::StepStarted { job: spec.id.to_string(), step: index, name: step.name.clone() })
             .await;
         let (status, exit_code, mut reason, written) =
-            run_one(step, index, env, ctx, &job_env, limit, spec.id, &mut next_line, sandbox)
+            run_one(step, index, env, ctx, &job_env, limit, spec.id, sandbox)
                 .instrument(info_span!("step", step = index, name = %step.name))
                 .await;
         if status == Status::TimedOut
@@ -287,17 +287,12 @@ async fn run_steps(
             // Later steps of this job see the value; the job's outputs (stored, shown, and read
             // by other jobs) go through the log's masker like every log line, and the log says
             // so (as GitHub Actions does).
-            let masked = env.masker.mask_str(v);
+            let masked = env.log.mask(v);
             if masked != *v {
                 let text = format!("warning: output `{k}` contains a secret; it is stored and passed on masked");
-                let line = chengis_model::log::LogLine {
-                    number: next_line,
-                    stream: chengis_model::log::Stream::System,
-                    time_ms: u64::try_from(chengis_model::now_ms()).unwrap_or(0),
-                    text,
-                };
-                next_line += 1;
-                let _ = env.events.send(RunEvent::Log { job: spec.id.to_string(), step: index, line }).await;
+                for line in env.log.system(&[text]) {
+                    let _ = env.events.send(RunEvent::Log { job: spec.id.to_string(), step: index, line }).await;
+                }
             }
             outputs.insert(k.clone(), masked);
             step_outputs.insert(k.clone(), Value::String(v.clone()));
@@ -363,7 +358,6 @@ async fn run_one(
     job_env: &[(String, String)],
     limit: Option<Duration>,
     job_id: &str,
-    next_line: &mut u64,
     sandbox: Option<&Arc<JobSandbox>>,
 ) -> (Status, Option<i32>, Option<String>, Written) {
     let mut step_env: Vec<(String, String)> = job_env.to_vec();
@@ -388,7 +382,7 @@ async fn run_one(
         }
         set_var(&mut step_env, "CHENGIS_STEP", step.name.clone());
         let (status, reason, written) =
-            plugin_step::run(service, step, uses, index, env, ctx, step_env, limit, job_id, next_line, sandbox).await;
+            plugin_step::run(service, step, uses, index, env, ctx, step_env, limit, job_id, sandbox).await;
         return (status, None, reason, written);
     };
     // `${{ }}` in `run:` reaches the shell as environment variables, never spliced into the text.
@@ -475,18 +469,14 @@ async fn run_one(
         cwd,
         timeout: limit,
         kill_grace: env.kill_grace,
-        output_cap: env.output_cap,
         host: if container { None } else { env.host.clone() },
     };
-    let report = if container {
-        run_in_container(cmd, step_image.as_deref(), sandbox, env, job_id, index, *next_line).await
-    } else {
-        let wrap = |line| RunEvent::Log { job: job_id.to_string(), step: index, line };
-        chengis_runner::exec::run_step(cmd, &env.masker, &env.cancel, *next_line, &env.events, wrap).await
+    let mut out = env.log.step(LineSink::Events { tx: env.events.clone(), job: job_id.to_string(), step: index });
+    let report = match (step_image.as_deref(), sandbox) {
+        (None, None) => HostProcess.run(cmd, &mut out, &env.cancel).await,
+        (None, Some(job)) => job.run(cmd, &mut out, &env.cancel).await,
+        (Some(image), join) => StepImage { image, join, env }.run(cmd, &mut out, &env.cancel).await,
     };
-    if let Ok(r) = &report {
-        *next_line = r.next_line;
-    }
     let (status, code, reason) = match report {
         Err(e) => return (Status::Error, None, Some(e.to_string()), Written::default()),
         Ok(r) => match r.end {
@@ -530,51 +520,46 @@ async fn run_one(
     (status, code, reason, written)
 }
 
-/// Runs a step in the job's container, or in a container of its own image (next to the job's
-/// container when there is one), removed right after.
-async fn run_in_container(
-    step: StepCommand,
-    image: Option<&str>,
-    sandbox: Option<&Arc<JobSandbox>>,
-    env: &JobEnv,
-    job_id: &str,
-    index: usize,
-    first_line: u64,
-) -> Result<StepReport, ExecError> {
-    let wrap = |line| RunEvent::Log { job: job_id.to_string(), step: index, line };
-    let own = match (image, sandbox) {
-        (None, Some(_)) => None,
-        (Some(image), Some(job)) => Some(job.step_sandbox(image, &env.allowance_name).await),
-        (Some(image), None) => {
-            let options = ContainerOptions::default();
-            let request = SandboxRequest {
-                job_name: &env.allowance_name,
-                image,
-                options: &options,
-                services: Vec::new(),
-                workspace: &env.workspace,
-                state_dir: &env.state_dir,
-                labels: env.labels.clone(),
-                join_network: None,
-                hand_over_workspace: false,
+/// A step with an `image:` of its own: a container of that image (next to the job's container
+/// when there is one), started for the step and removed right after.
+struct StepImage<'a> {
+    image: &'a str,
+    join: Option<&'a Arc<JobSandbox>>,
+    env: &'a JobEnv,
+}
+
+impl StepBackend for StepImage<'_> {
+    fn run<'a>(
+        &'a self,
+        cmd: StepCommand,
+        out: &'a mut StepOutput,
+        cancel: &'a CancelSignal,
+    ) -> BoxFuture<'a, Result<StepReport, ExecError>> {
+        Box::pin(async move {
+            let env = self.env;
+            let started = match self.join {
+                Some(job) => job.step_sandbox(self.image, &env.allowance_name).await,
+                None => {
+                    let options = ContainerOptions::default();
+                    let request = SandboxRequest {
+                        job_name: &env.allowance_name,
+                        image: self.image,
+                        options: &options,
+                        services: Vec::new(),
+                        workspace: &env.workspace,
+                        state_dir: &env.state_dir,
+                        labels: env.labels.clone(),
+                        join_network: None,
+                        hand_over_workspace: false,
+                    };
+                    JobSandbox::start(&env.docker, request).await
+                }
             };
-            Some(JobSandbox::start(&env.docker, request).await)
-        }
-        (None, None) => return Err(ExecError::Sandbox { message: "no container to run the step in".into() }),
-    };
-    match own {
-        None => {
-            let Some(job) = sandbox else {
-                return Err(ExecError::Sandbox { message: "no container to run the step in".into() });
-            };
-            job.run_step(step, &env.masker, &env.cancel, first_line, &env.events, wrap).await
-        }
-        Some(Err(e)) => Err(ExecError::Sandbox { message: e.to_string() }),
-        Some(Ok(mut own)) => {
-            let report = own.run_step(step, &env.masker, &env.cancel, first_line, &env.events, wrap).await;
+            let mut own = started.map_err(|e| ExecError::Sandbox { message: e.to_string() })?;
+            let report = own.run_step(cmd, out, cancel).await;
             own.teardown().await;
             report
-        }
+        })
     }
 }
 

@@ -12,10 +12,10 @@ use chengis_pipeline::plan::{Piece, PlannedStep};
 use chengis_plugin_host::bindings::step_executor;
 use chengis_plugin_host::{CallContext, outputs, types};
 use chengis_runner::exec::docker::JobSandbox;
+use chengis_runner::exec::{HostProcess, LineSink, StepBackend};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// The secret names a text's expressions read (`secrets.NAME`).
@@ -45,7 +45,6 @@ pub(crate) async fn run(
     step_env: Vec<(String, String)>,
     limit: Option<Duration>,
     job_id: &str,
-    next_line: &mut u64,
     sandbox: Option<&Arc<JobSandbox>>,
 ) -> (Status, Option<String>, Written) {
     let fail = |reason: String| (Status::Error, Some(reason), Written::default());
@@ -86,14 +85,24 @@ pub(crate) async fn run(
         _ => HashMap::new(),
     };
     let target = match sandbox {
-        Some(s) => SandboxTarget::Container { sandbox: s.clone(), env: step_env.clone() },
+        Some(s) => SandboxTarget {
+            backend: s.clone() as Arc<dyn StepBackend>,
+            workspace: std::path::PathBuf::from(chengis_runner::exec::docker::spec::WORKSPACE),
+            env: step_env.clone(),
+            host: None,
+        },
         None => {
             let mut all = env.host_env.clone();
             context::merge_vars(&mut all, &step_env);
             if let Err(e) = super::sandbox_home(env, &mut all) {
                 return (Status::Error, Some(e), Written::default());
             }
-            SandboxTarget::Local { workspace: env.workspace.clone(), env: all, host: env.host.clone() }
+            SandboxTarget {
+                backend: Arc::new(HostProcess),
+                workspace: env.workspace.clone(),
+                env: all,
+                host: env.host.clone(),
+            }
         }
     };
     // The step's time limit stops the commands the plugin runs (and so the plugin's wait).
@@ -138,17 +147,17 @@ pub(crate) async fn run(
         env: step_env,
         target,
         workspace: env.workspace.clone(),
-        events: env.events.clone(),
-        job_id: job_id.to_string(),
-        index,
-        first_line: *next_line,
-        masker: env.masker.clone(),
+        log: StepLog::new(env.log.step(LineSink::Events {
+            tx: env.events.clone(),
+            job: job_id.to_string(),
+            step: index,
+        })),
+        masker: env.log.masker().clone(),
+        output_cap: env.log.cap(),
         cancel: cancel.clone(),
         kill_grace: env.kill_grace,
-        output_cap: env.output_cap,
     };
-    let (outcome, next) = run_call(executor, call).await;
-    *next_line = next;
+    let outcome = run_call(executor, call).await;
     if let Some(timer) = timer {
         timer.abort();
     }
@@ -215,28 +224,18 @@ struct StepCall {
     env: Vec<(String, String)>,
     target: SandboxTarget,
     workspace: std::path::PathBuf,
-    events: tokio::sync::mpsc::Sender<RunEvent>,
-    job_id: String,
-    index: usize,
-    first_line: u64,
-    masker: Arc<chengis_runner::exec::SecretMasker>,
+    log: StepLog,
+    masker: chengis_runner::exec::SecretMasker,
+    output_cap: u64,
     cancel: chengis_runner::exec::CancelSignal,
     kill_grace: Duration,
-    output_cap: u64,
 }
 
-/// Runs a step executor on a blocking thread; returns what it set, and the next log line
-/// number.
-async fn run_call(executor: StepExecutor, call: StepCall) -> (Result<chengis_plugin_host::StepOutcome, String>, u64) {
+/// Runs a step executor on a blocking thread; returns what it set.
+async fn run_call(executor: StepExecutor, call: StepCall) -> Result<chengis_plugin_host::StepOutcome, String> {
     let StepExecutor { record, plugin, mut config } = executor;
     chengis_model::env::merge_vars(&mut config, &call.with.into_iter().collect::<Vec<_>>());
-    let log = Arc::new(StepLog {
-        events: call.events,
-        job: call.job_id,
-        step: call.index,
-        masker: call.masker.clone(),
-        next_line: AtomicU64::new(call.first_line),
-    });
+    let log = Arc::new(call.log);
     let sandbox = StepSandbox {
         handle: tokio::runtime::Handle::current(),
         target: call.target,
@@ -264,7 +263,11 @@ async fn run_call(executor: StepExecutor, call: StepCall) -> (Result<chengis_plu
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(format!("plugin `{}` {}: {e}", record.name, record.version)),
     };
-    (outcome, log.next_line())
+    // The cap warning, when the plugin's lines reached it.
+    if let Ok(log) = Arc::try_unwrap(log) {
+        log.finish().await;
+    }
+    outcome
 }
 
 #[cfg(test)]

@@ -105,15 +105,10 @@ impl Peer for RemotePeer {
         Ok(())
     }
 
-    async fn before_steps(
-        &self,
-        a: &Assignment,
-        job: &JobFiles<'_>,
-        next_line: &mut Option<u64>,
-    ) -> Result<Before<Prepared>, PeerError> {
+    async fn before_steps(&self, a: &Assignment, job: &JobFiles<'_>) -> Result<Before<Prepared>, PeerError> {
         let client = &self.client;
         if let Err(reason) = self.plugins.sync(client, a, job.tmp).await? {
-            system_lines(self, a, job.masker, std::slice::from_ref(&reason), next_line).await?;
+            system_lines(self, a, job.log, std::slice::from_ref(&reason)).await?;
             return Ok(Before::Fail(reason));
         }
         let params = a.contexts.get("params").cloned().unwrap_or_default();
@@ -127,14 +122,14 @@ impl Peer for RemotePeer {
                 fingerprint = Some(fp);
             }
             Ok(None) => {}
-            Err(line) => system_lines(self, a, job.masker, &[line], next_line).await?,
+            Err(line) => system_lines(self, a, job.log, &[line]).await?,
         }
         if !a.spec.download.is_empty() {
             let placed = blobs::download(client, a, job.workspace, job.tmp).await?;
             let line = match &placed {
                 Ok(line) | Err(line) => line.clone(),
             };
-            system_lines(self, a, job.masker, &[line], next_line).await?;
+            system_lines(self, a, job.log, &[line]).await?;
             if let Err(reason) = placed {
                 return Ok(Before::Fail(reason));
             }
@@ -146,7 +141,7 @@ impl Peer for RemotePeer {
         let mut caches = Vec::new();
         for c in resolved {
             let r = blobs::restore_cache(client, a, &c, job.workspace, job.tmp).await?;
-            system_lines(self, a, job.masker, &r.lines, next_line).await?;
+            system_lines(self, a, job.log, &r.lines).await?;
             caches.push((c, r.exact));
         }
         let retention = a.artifact_rules.retention_ms.map(Duration::from_millis);
@@ -166,15 +161,14 @@ impl Peer for RemotePeer {
         result: &mut JobResult,
     ) -> Result<(), PeerError> {
         let client = &self.client;
-        let masker = job.masker;
         match prepared.artifacts {
             Ok(specs) => {
                 let specs: Vec<_> =
                     specs.into_iter().filter(|(when, _)| files::wanted(*when, result.status)).map(|(_, s)| s).collect();
                 match blobs::keep(client, a, specs, job.workspace, job.tmp).await? {
-                    Ok(lines) => system_lines(self, a, masker, &lines, &mut None).await?,
+                    Ok(lines) => system_lines(self, a, job.log, &lines).await?,
                     Err(reason) => {
-                        system_lines(self, a, masker, std::slice::from_ref(&reason), &mut None).await?;
+                        system_lines(self, a, job.log, std::slice::from_ref(&reason)).await?;
                         result.status = Status::Failure;
                         result.reason = Some(reason);
                     }
@@ -184,7 +178,7 @@ impl Peer for RemotePeer {
                 result.status = Status::Error;
                 result.reason = Some(reason);
             }
-            Err(reason) => system_lines(self, a, masker, &[format!("artifacts: {reason}")], &mut None).await?,
+            Err(reason) => system_lines(self, a, job.log, &[format!("artifacts: {reason}")]).await?,
         }
         if result.status == Status::Success {
             for (c, exact) in &prepared.caches {
@@ -193,7 +187,7 @@ impl Peer for RemotePeer {
                 } else {
                     blobs::save_cache(client, a, c, job.workspace, job.tmp).await
                 };
-                system_lines(self, a, masker, &lines, &mut None).await?;
+                system_lines(self, a, job.log, &lines).await?;
             }
             if let Some(fp) = &prepared.fingerprint {
                 client.lease_call(&a.lease, &protocol::ResultRecord { fingerprint: fp.clone() }).await?;

@@ -80,20 +80,20 @@ impl SecretMasker {
     }
 
     /// A streaming masker for one output stream.
-    pub fn stream(&self) -> MaskStream<'_> {
-        MaskStream { masker: self, pending: Vec::new() }
+    pub fn stream(&self) -> MaskStream {
+        MaskStream { masker: self.clone(), pending: Vec::new() }
     }
 }
 
 /// Masks a stream fed in chunks, holding back just enough bytes to catch a secret split
 /// across two chunks.
 #[derive(Debug)]
-pub struct MaskStream<'a> {
-    masker: &'a SecretMasker,
+pub struct MaskStream {
+    masker: SecretMasker,
     pending: Vec<u8>,
 }
 
-impl MaskStream<'_> {
+impl MaskStream {
     /// Masks `chunk` (after what was held back) and appends what is final to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let Some(matcher) = &self.masker.matcher else {

@@ -7,9 +7,8 @@
 //! never hangs a build. Every step ends with SIGKILL to its group, so nothing it started
 //! outlives it.
 
-use super::capture::{OutputCapture, send_lines as send};
-use super::lines::{LogLine, Stream};
-use super::mask::SecretMasker;
+use super::lines::Stream;
+use super::log::StepOutput;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::path::PathBuf;
@@ -17,7 +16,6 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -70,8 +68,6 @@ pub struct StepCommand {
     pub timeout: Option<Duration>,
     /// Time between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
-    /// Most output bytes kept.
-    pub output_cap: u64,
     /// How a step on the agent's host runs (sandbox, step user, process-group record); `None`
     /// runs it as this process's user, unrecorded (`chengis run`, container execs).
     pub host: Option<crate::sandbox::StepHost>,
@@ -101,8 +97,6 @@ pub struct StepReport {
     pub duration: Duration,
     /// Output bytes dropped by the cap.
     pub dropped_bytes: u64,
-    /// The number the next log line gets.
-    pub next_line: u64,
 }
 
 /// A step that could not be run at all.
@@ -170,16 +164,8 @@ fn resolve_program(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
     None
 }
 
-/// Runs `cmd`; lines (masked, numbered from `first_line`) are sent through `out` wrapped by
-/// `wrap`, waiting when the receiver is slow.
-pub async fn run_step<E>(
-    cmd: StepCommand,
-    masker: &SecretMasker,
-    cancel: &CancelSignal,
-    first_line: u64,
-    out: &mpsc::Sender<E>,
-    wrap: impl Fn(LogLine) -> E,
-) -> Result<StepReport, ExecError> {
+/// Runs `cmd`; its output goes through `out` (masked, capped, numbered in the job's log).
+pub async fn run_step(cmd: StepCommand, out: &mut StepOutput, cancel: &CancelSignal) -> Result<StepReport, ExecError> {
     let started = Instant::now();
     // A sandboxed step searches its `PATH` itself, as the step user under its rules (a
     // directory only the agent can enter, such as one under root's home, is skipped).
@@ -250,7 +236,6 @@ pub async fn run_step<E>(
             source: std::io::Error::other("no pipes"),
         });
     };
-    let mut capture = OutputCapture::new(masker, first_line, cmd.output_cap);
     let (mut buf_out, mut buf_err) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let (mut out_open, mut err_open) = (true, true);
     let mut exit: Option<ExitStatus> = None;
@@ -263,11 +248,11 @@ pub async fn run_step<E>(
     while out_open || err_open || exit.is_none() {
         tokio::select! {
             r = stdout.read(&mut buf_out), if out_open => match r {
-                Ok(n) if n > 0 => send(out, &wrap, capture.feed(Stream::Stdout, &buf_out[..n])).await,
+                Ok(n) if n > 0 => out.feed(Stream::Stdout, &buf_out[..n]).await,
                 _ => out_open = false,
             },
             r = stderr.read(&mut buf_err), if err_open => match r {
-                Ok(n) if n > 0 => send(out, &wrap, capture.feed(Stream::Stderr, &buf_err[..n])).await,
+                Ok(n) if n > 0 => out.feed(Stream::Stderr, &buf_err[..n]).await,
                 _ => err_open = false,
             },
             status = child.wait(), if exit.is_none() => {
@@ -295,7 +280,7 @@ pub async fn run_step<E>(
         }
     }
     signal_group(pgid, Signal::SIGKILL);
-    send(out, &wrap, capture.finish()).await;
+    out.finish().await;
     let end = match (stopped, exit) {
         (Some(reason), _) => reason,
         (None, Some(status)) => match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
@@ -305,17 +290,14 @@ pub async fn run_step<E>(
         },
         (None, None) => StepEnd::Exited(-1),
     };
-    Ok(StepReport {
-        end,
-        duration: started.elapsed(),
-        dropped_bytes: capture.dropped(),
-        next_line: capture.next_number(),
-    })
+    Ok(StepReport { end, duration: started.elapsed(), dropped_bytes: out.dropped() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::{JobLog, LineSink, LogLine, SecretMasker};
+    use tokio::sync::mpsc;
 
     fn sh(script: &str) -> StepCommand {
         StepCommand {
@@ -325,12 +307,21 @@ mod tests {
             cwd: std::env::temp_dir(),
             timeout: None,
             kill_grace: Duration::from_millis(300),
-            output_cap: 1 << 20,
             host: None,
         }
     }
 
     async fn run(cmd: StepCommand, masker: &SecretMasker, cancel: &CancelSignal) -> (StepReport, Vec<LogLine>) {
+        run_capped(cmd, masker, 1 << 20, cancel).await
+    }
+
+    async fn run_capped(
+        cmd: StepCommand,
+        masker: &SecretMasker,
+        cap: u64,
+        cancel: &CancelSignal,
+    ) -> (StepReport, Vec<LogLine>) {
+        let log = JobLog::new(masker.clone(), 1, cap);
         let (tx, mut rx) = mpsc::channel(16);
         let collector = tokio::spawn(async move {
             let mut v = Vec::new();
@@ -339,8 +330,9 @@ mod tests {
             }
             v
         });
-        let report = run_step(cmd, masker, cancel, 1, &tx, |l| l).await.unwrap();
-        drop(tx);
+        let mut out = log.step(LineSink::Lines(tx));
+        let report = run_step(cmd, &mut out, cancel).await.unwrap();
+        drop(out);
         (report, collector.await.unwrap())
     }
 
@@ -376,7 +368,7 @@ mod tests {
         let mut texts: Vec<(&str, Stream)> = lines.iter().map(|l| (l.text.as_str(), l.stream)).collect();
         texts.sort_by_key(|t| t.0);
         assert_eq!(texts, [("err", Stream::Stderr), ("out", Stream::Stdout)]);
-        assert_eq!(r.next_line, 3);
+        assert_eq!(lines.iter().map(|l| l.number).max(), Some(2));
     }
 
     #[tokio::test]
@@ -425,9 +417,8 @@ mod tests {
 
     #[tokio::test]
     async fn output_cap_reports_dropped_bytes() {
-        let mut cmd = sh("head -c 5000 /dev/zero | tr '\\0' 'x' | fold -w 99");
-        cmd.output_cap = 1000;
-        let (r, lines) = run(cmd, &SecretMasker::none(), &CancelSignal::new()).await;
+        let cmd = sh("head -c 5000 /dev/zero | tr '\\0' 'x' | fold -w 99");
+        let (r, lines) = run_capped(cmd, &SecretMasker::none(), 1000, &CancelSignal::new()).await;
         assert_eq!(r.end, StepEnd::Exited(0));
         assert_eq!(r.dropped_bytes, 5000 + 50 - 1000);
         let warnings: Vec<&LogLine> = lines.iter().filter(|l| l.stream == Stream::System).collect();
@@ -440,7 +431,8 @@ mod tests {
         let mut cmd = sh("true");
         cmd.program = "/nonexistent/chengis-test".into();
         let (tx, _rx) = mpsc::channel::<LogLine>(1);
-        let err = run_step(cmd, &SecretMasker::none(), &CancelSignal::new(), 1, &tx, |l| l).await.unwrap_err();
+        let mut out = JobLog::new(SecretMasker::none(), 1, 1 << 20).step(LineSink::Lines(tx));
+        let err = run_step(cmd, &mut out, &CancelSignal::new()).await.unwrap_err();
         assert!(err.to_string().contains("/nonexistent/chengis-test"));
     }
 }

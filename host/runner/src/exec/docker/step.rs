@@ -11,30 +11,25 @@
 
 use super::runner::{MarkerScanner, step_script};
 use super::sandbox::{JobSandbox, exec_output};
-use crate::exec::capture::{OutputCapture, send_lines};
-use crate::exec::{CancelSignal, ExecError, LogLine, SecretMasker, StepCommand, StepEnd, StepReport, Stream};
+use crate::exec::{CancelSignal, ExecError, StepCommand, StepEnd, StepOutput, StepReport, Stream};
 use bollard::container::LogOutput;
 use futures_util::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 /// How long the output may stay open after the final SIGKILL before we stop reading.
 const AFTER_KILL: Duration = Duration::from_secs(5);
 
 impl JobSandbox {
-    /// Runs `step` in the job container; lines (masked, numbered from `first_line`) go to
-    /// `out` wrapped by `wrap`.
-    pub async fn run_step<E>(
+    /// Runs `step` in the job container; its output goes through `out` (masked, capped,
+    /// numbered in the job's log).
+    pub async fn run_step(
         &self,
         step: StepCommand,
-        masker: &SecretMasker,
+        out: &mut StepOutput,
         cancel: &CancelSignal,
-        first_line: u64,
-        out: &mpsc::Sender<E>,
-        wrap: impl Fn(LogLine) -> E,
     ) -> Result<StepReport, ExecError> {
         let started = Instant::now();
         let run = self.runs.fetch_add(1, Ordering::Relaxed);
@@ -56,7 +51,6 @@ impl JobSandbox {
             *guard = None;
             return Err(ExecError::Sandbox { message: format!("cannot reach the job container's runner: {e}") });
         }
-        let mut capture = OutputCapture::new(masker, first_line, step.output_cap);
         let (mut out_scan, mut err_scan) = (MarkerScanner::new(&self.mark), MarkerScanner::new(&self.mark));
         let far = started + Duration::from_secs(365 * 86_400);
         let deadline = step.timeout.map(|t| started + t);
@@ -69,11 +63,11 @@ impl JobSandbox {
                 item = runner.output.next() => match item {
                     Some(Ok(LogOutput::StdOut { message })) => {
                         let bytes = out_scan.feed(&message);
-                        send_lines(out, &wrap, capture.feed(Stream::Stdout, &bytes)).await
+                        out.feed(Stream::Stdout, &bytes).await
                     }
                     Some(Ok(LogOutput::StdErr { message })) => {
                         let bytes = err_scan.feed(&message);
-                        send_lines(out, &wrap, capture.feed(Stream::Stderr, &bytes)).await
+                        out.feed(Stream::Stderr, &bytes).await
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
@@ -110,12 +104,12 @@ impl JobSandbox {
             *guard = None;
             for (stream, scan) in [(Stream::Stdout, &mut out_scan), (Stream::Stderr, &mut err_scan)] {
                 let rest = scan.flush();
-                send_lines(out, &wrap, capture.feed(stream, &rest)).await;
+                out.feed(stream, &rest).await;
             }
         }
         drop(guard);
         let _ = std::fs::remove_file(&host_path);
-        send_lines(out, &wrap, capture.finish()).await;
+        out.finish().await;
         let end = match (stopped, lost) {
             (Some(reason), _) => reason,
             (None, Some(why)) => {
@@ -130,12 +124,7 @@ impl JobSandbox {
                 code => StepEnd::Exited(code),
             },
         };
-        Ok(StepReport {
-            end,
-            duration: started.elapsed(),
-            dropped_bytes: capture.dropped(),
-            next_line: capture.next_number(),
-        })
+        Ok(StepReport { end, duration: started.elapsed(), dropped_bytes: out.dropped() })
     }
 
     /// Sends `signal` to every process of the container but PID 1; returns when the next
