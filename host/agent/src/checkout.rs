@@ -537,12 +537,31 @@ impl Mirror {
     /// mirror are serialised within the process: two builds planned at once would otherwise
     /// race for the mirror's ref locks.
     pub fn update(dir: &Path, url: &str, creds: Option<&GitCredentials>) -> Result<Mirror, CheckoutError> {
+        Mirror::update_for(dir, url, creds, None)
+    }
+
+    /// Like [`Mirror::update`], but without the fetch when `commit` is given and already in
+    /// the mirror (a trigger naming a commit it has, such as a retry or a second job of the same
+    /// push): a commit's content never changes.
+    pub fn update_for(
+        dir: &Path,
+        url: &str,
+        creds: Option<&GitCredentials>,
+        commit: Option<&str>,
+    ) -> Result<Mirror, CheckoutError> {
         let lock = dir_lock(dir);
         let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         let repo = match Repository::open_bare(dir) {
             Ok(r) => r,
             Err(_) => Repository::init_bare(dir).map_err(git_err("init mirror", url))?,
         };
+        let mirror = Mirror { repo, url: url.to_string() };
+        if let Some(commit) = commit.filter(|c| !c.is_empty())
+            && mirror.resolve_commit(commit).is_ok()
+        {
+            return Ok(mirror);
+        }
+        let repo = mirror.repo;
         let specs = vec!["+refs/heads/*:refs/remotes/origin/*".to_string(), "+refs/tags/*:refs/tags/*".to_string()];
         fetch(&repo, url, &specs, 0, creds)?;
         Ok(Mirror { repo, url: url.to_string() })
@@ -842,5 +861,21 @@ mod tests {
         assert_eq!((path.as_str(), text.as_str()), ("chengis.yml", "jobs: {}\n"));
         let err = mirror.read_first(&first, &["chengis.yml"]).unwrap_err();
         assert!(matches!(err, CheckoutError::NoPipeline { .. }));
+    }
+
+    #[test]
+    fn a_commit_already_in_the_mirror_is_not_fetched_again() {
+        let (src, first) = repo();
+        let url = format!("file://{}", src.path().display());
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m.git");
+        Mirror::update(&m, &url, None).unwrap();
+        // The repository goes away: only a fetch would notice.
+        let gone = tempfile::tempdir().unwrap();
+        std::fs::rename(src.path(), gone.path().join("moved")).unwrap();
+        let mirror = Mirror::update_for(&m, &url, None, Some(&first)).unwrap();
+        assert_eq!(mirror.resolve_commit(&first[..12]).unwrap(), first);
+        assert!(Mirror::update_for(&m, &url, None, Some(&"1".repeat(40))).is_err());
+        assert!(Mirror::update_for(&m, &url, None, None).is_err());
     }
 }

@@ -4,13 +4,13 @@
 //! ([`job_files`]). The job runner, the remote agent (`chengis agent`) and the typed protocol's
 //! agent side live in the `chengis-agent` crate, re-exported here.
 
-use crate::engine::builds::BuildContext;
+use crate::engine::builds::{BuildContext, Notice};
 use crate::exec::CancelSignal;
 use crate::store::queue::LeaseRequest;
 use crate::store::secrets::MasterKeys;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast};
 use tracing::Instrument;
 
 pub mod job_files;
@@ -91,13 +91,25 @@ pub async fn run_agent(ctx: BuildContext, keys: Arc<MasterKeys>, cfg: AgentConfi
                 Err(e) => tracing::warn!("lease failed: {e}"),
             }
         }
-        // Long poll: wake on an enqueue notice, a finished job, a freed slot, or every half second (expired
-        // leases of other agents, delayed work).
-        tokio::select! {
-            _ = notices.recv() => {}
-            _ = slot_freed.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            _ = shutdown.cancelled() => return,
+        // Long poll: wake on what makes work possible (an enqueue notice, a freed slot), or every
+        // half second (expired leases of other agents, work queued by another server). Log and
+        // status notices do not make work possible: they do not cost a lease attempt.
+        let timer = tokio::time::sleep(Duration::from_millis(500));
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                notice = notices.recv() => match notice {
+                    Ok(Notice::Enqueued) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut timer).await;
+                        break;
+                    }
+                },
+                _ = slot_freed.notified() => break,
+                _ = &mut timer => break,
+                _ = shutdown.cancelled() => return,
+            }
         }
     }
 }

@@ -214,7 +214,8 @@ impl BuildContext {
         let default_branch = job.default_branch.clone();
         type Fetched = (String, String, String, (String, String), Option<Vec<String>>);
         let fetched = tokio::task::spawn_blocking(move || -> Result<Fetched, String> {
-            let mirror = Mirror::update(&mirror_dir, &url, creds.as_ref()).map_err(|e| e.to_string())?;
+            let known = Some(commit.as_str()).filter(|c| !c.is_empty());
+            let mirror = Mirror::update_for(&mirror_dir, &url, creds.as_ref(), known).map_err(|e| e.to_string())?;
             let sha = if commit.is_empty() {
                 mirror.branch_tip(&branch).map_err(|e| e.to_string())?
             } else {

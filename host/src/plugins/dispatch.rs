@@ -356,7 +356,7 @@ fn server_call(plugin: &str, config: Vec<(String, String)>, secrets: HashMap<Str
 
 /// The plugin's server-side configuration, without the host's own `chengis.*` keys.
 async fn server_config(service: &PluginService, name: &str) -> Vec<(String, String)> {
-    chengis_agent::executors::plugin_config(&service.store().plugin_config(name).await.unwrap_or_default())
+    chengis_agent::executors::plugin_config(&service.config_of(name).await)
 }
 
 /// Notifier, reporter and policy log lines go to the server log.

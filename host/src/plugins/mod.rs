@@ -19,7 +19,7 @@ use chengis_plugin_host::{
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 /// The builtin plugins shipped inside the binary: file name and component bytes.
@@ -112,6 +112,9 @@ pub struct PluginService {
     /// The last answer of [`PluginService::has_server_listeners`]: the store's plugin change
     /// count it was read at, when, and the answer.
     listeners: Mutex<Option<(u64, std::time::Instant, bool)>>,
+    /// Every plugin's server-side config as last read (one query): the store's plugin change
+    /// count then, when, and the configs. Trust decisions are always read from the store.
+    configs: Mutex<Option<(u64, std::time::Instant, Arc<HashMap<String, serde_json::Map<String, serde_json::Value>>>)>>,
 }
 
 /// How long an answer of [`PluginService::has_server_listeners`] is reused while this process
@@ -172,6 +175,7 @@ impl PluginService {
             announcer: std::sync::OnceLock::new(),
             public_url: std::sync::OnceLock::new(),
             listeners: Mutex::new(None),
+            configs: Mutex::new(None),
         })
     }
 
@@ -344,7 +348,7 @@ impl PluginService {
     /// `chengis.timeout` (a duration such as `30s`) and `chengis.memory` (a size such as
     /// `128m`). These keys are the host's and never reach the plugin.
     pub async fn limits_for(&self, record: &PluginRecord, base: Limits) -> Limits {
-        let config = self.store.plugin_config(&record.name).await.unwrap_or_default();
+        let config = self.config_of(&record.name).await;
         chengis_agent::executors::limits_from_config(&record.name, &config, base)
     }
 
@@ -393,6 +397,30 @@ impl PluginService {
         let answer = self.read_server_listeners().await?;
         *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = Some((changes, std::time::Instant::now(), answer));
         Ok(answer)
+    }
+
+    /// The server-side configuration of plugin `name` (empty when none or unreadable), from
+    /// the configs read at most [`LISTENERS_KEPT`] ago while this process changed no plugin: a
+    /// build's policy checks, notifiers and `uses:` steps then cost no query each.
+    pub async fn config_of(&self, name: &str) -> serde_json::Map<String, serde_json::Value> {
+        let changes = self.store.plugin_changes();
+        let kept = self.configs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let configs = match kept {
+            Some((at_changes, at, configs)) if at_changes == changes && at.elapsed() < LISTENERS_KEPT => configs,
+            _ => match self.store.plugin_configs().await {
+                Ok(read) => {
+                    let read = Arc::new(read);
+                    *self.configs.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((changes, std::time::Instant::now(), read.clone()));
+                    read
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %name, "reading plugin configs: {e}");
+                    return serde_json::Map::new();
+                }
+            },
+        };
+        configs.get(name).cloned().unwrap_or_default()
     }
 
     async fn read_server_listeners(&self) -> Result<bool, PluginServiceError> {
@@ -459,8 +487,7 @@ impl StepExecutors for PluginService {
     ) -> chengis_agent::executors::BoxFuture<'a, Result<StepExecutor, String>> {
         Box::pin(async move {
             let (record, plugin) = self.resolve_step_executor(reference).await.map_err(|e| e.to_string())?;
-            let config = self.store.plugin_config(&record.name).await.unwrap_or_default();
-            let config = chengis_agent::executors::plugin_config(&config);
+            let config = chengis_agent::executors::plugin_config(&self.config_of(&record.name).await);
             Ok(StepExecutor { record, plugin, config })
         })
     }

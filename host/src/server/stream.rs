@@ -13,6 +13,7 @@ use super::AppState;
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use crate::engine::builds::Notice;
 use crate::exec::LogLine;
+use crate::status::Status;
 use crate::store::builds::BuildJobRecord;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -240,9 +241,12 @@ pub async fn build_events(
         // Held for as long as the task runs: the task is the stream.
         let _slot = slot;
         let store = &s.builds.store;
+        // Every event up to now is read at once; a later one comes with a notice (the receiver
+        // was subscribed before the first read, so none is missed), or at worst within the
+        // second after which the store is read anyway.
         loop {
-            let finished = store.build(build).await.map(|b| b.status.is_finished()).unwrap_or(true);
             let Ok(events) = store.events_after(build, after).await else { return };
+            let mut final_status = false;
             for e in &events {
                 let Ok(event) = Event::default().id(e.id.to_string()).event(e.kind.clone()).json_data(e) else {
                     continue;
@@ -251,12 +255,31 @@ pub async fn build_events(
                     return;
                 }
                 after = e.id;
+                final_status |= e.kind == "build_status"
+                    && e.payload
+                        .get("status")
+                        .cloned()
+                        .and_then(|v| serde_json::from_value::<Status>(v).ok())
+                        .is_some_and(Status::is_finished);
             }
-            if events.is_empty() && finished {
+            // The build's own status is the truth when its final event is not among these.
+            let finished = final_status
+                || (events.is_empty() && store.build(build).await.map(|b| b.status.is_finished()).unwrap_or(true));
+            if finished {
+                // Events written with the final status (in the same change) are read first.
+                if final_status && let Ok(rest) = store.events_after(build, after).await {
+                    for e in &rest {
+                        if let Ok(event) = Event::default().id(e.id.to_string()).event(e.kind.clone()).json_data(e)
+                            && tx.send(Ok(event)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
                 let _ = tx.send(Ok(Event::default().event("end").data("{}"))).await;
                 return;
             }
-            if events.is_empty() && wait(&mut notices, &tx, |n| *n == Notice::Build(build)).await == Woken::Gone {
+            if wait(&mut notices, &tx, |n| *n == Notice::Build(build)).await == Woken::Gone {
                 return;
             }
         }
