@@ -5,7 +5,7 @@
 
 use super::client::{Client, ClientArgs, LOGIN, enc, print, s};
 use super::error::CliError;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::io::IsTerminal;
@@ -411,19 +411,27 @@ impl LocalDb {
 fn reset_password(name: &str, db: LocalDb) -> anyhow::Result<i32> {
     let password = read_password()?;
     if password.chars().count() < crate::server::auth::MIN_PASSWORD {
-        bail!("a password needs at least {} characters", crate::server::auth::MIN_PASSWORD);
+        return Err(CliError::Usage(format!(
+            "a password needs at least {} characters",
+            crate::server::auth::MIN_PASSWORD
+        ))
+        .into());
     }
     let cfg = db.serve_args().resolve()?;
     let url = cfg.database_url.clone().unwrap_or_default();
     if let Some(path) = url.strip_prefix("sqlite://")
         && !std::path::Path::new(path).exists()
     {
-        bail!("no database at {path}: give the server's --data-dir or --database-url");
+        return Err(
+            CliError::Usage(format!("no database at {path}: give the server's --data-dir or --database-url")).into()
+        );
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let store = super::serve::open_store(&cfg).await?;
-        let (user, _) = store.user_by_name(name).await?.with_context(|| format!("no user `{name}`"))?;
+        let Some((user, _)) = store.user_by_name(name).await? else {
+            return Err(CliError::NotFound(format!("no user `{name}`")).into());
+        };
         let hash = crate::server::auth::hash_password(&password).map_err(anyhow::Error::msg)?;
         store.set_password(user.id, &hash).await?;
         store
