@@ -66,6 +66,19 @@ impl CliError {
     }
 }
 
+/// Returns a [`CliError::Usage`] with a formatted message from the enclosing function.
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err($crate::cli::error::CliError::Usage(format!($($arg)*)).into())
+    };
+}
+pub(crate) use usage;
+
+/// An error as bad usage ([`USAGE`]), its whole chain in the message.
+pub fn as_usage(e: impl Into<anyhow::Error>) -> CliError {
+    CliError::Usage(format!("{:#}", e.into()))
+}
+
 /// The exit code of an error that ended a command: the code of the first [`CliError`] in its
 /// chain, else [`FAILED`].
 pub fn exit_code(error: &anyhow::Error) -> i32 {
