@@ -51,9 +51,9 @@ pub enum Command {
     /// Make sure the `wasm32-wasip2` target that plugins build for is installed.
     EnsureWasmTarget,
     /// Run the server with its embedded agent.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Apply database migrations and exit.
-    Migrate(serve::ServeArgs),
+    Migrate(account::LocalDb),
     /// Manage the plugin trust allowlist on the server host (and scaffold new plugins).
     Plugin {
         /// The server's database settings.
@@ -203,8 +203,8 @@ pub fn main() -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Serve(args) => serve::serve(args),
-        Command::Migrate(args) => serve::migrate(args),
+        Command::Serve(args) => serve::serve(*args),
+        Command::Migrate(db) => serve::migrate(db.serve_args()),
         Command::Plugin { db, command } => plugin::plugin(db.serve_args(), command),
         Command::Job { client, command } => client::job(&client, command),
         Command::Build { client, command } => build::build(&client, command),

@@ -126,8 +126,9 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
         };
         match command {
             PluginCommand::Install { source, allow, grants } => {
-                let bytes = read_source(&source)?;
-                let p = service.install(&bytes, allow, &grants, &who, false).await?;
+                // A source that cannot be read or is no loadable component is bad usage.
+                let bytes = read_source(&source).map_err(super::error::as_usage)?;
+                let p = service.install(&bytes, allow, &grants, &who, false).await.map_err(super::error::as_usage)?;
                 audit(
                     "plugin.install",
                     format!("plugin:{}", p.name),
