@@ -5,7 +5,7 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(2);
+            std::process::exit(chengis::cli::error::exit_code(&e));
         }
     }
 }

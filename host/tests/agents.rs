@@ -273,11 +273,11 @@ fn remote_agents_take_jobs_by_label_and_a_revoked_token_stops_an_agent() {
         assert_eq!(code, 0);
         assert!(out.contains("agent-a") && out.contains("agent-b") && out.contains("online"), "{out}");
 
-        // Revoking b's token: b stops at its next call (exit code 3) and is shown revoked;
+        // Revoking b's token: b stops at its next call (exit code 4: not signed in) and is shown revoked;
         // a is untouched.
         let (code, out, err) = cli(&url, &["agent-token", "revoke", "b"], None);
         assert_eq!(code, 0, "{out}{err}");
-        assert_eq!(b.exit_code(Duration::from_secs(15)), Some(3), "{}", b.log());
+        assert_eq!(b.exit_code(Duration::from_secs(15)), Some(4), "{}", b.log());
         assert!(b.log().contains("refused the agent token"), "{}", b.log());
         let list = agents(&url);
         assert_eq!(list.iter().find(|a| a["name"] == "agent-b").unwrap()["status"], "revoked");

@@ -43,6 +43,10 @@ fn every_role_gets_exactly_what_the_route_table_allows() {
     ];
     let mut checked = 0;
     for rule in RULES {
+        if (rule.method, rule.path) == ("DELETE", "/api/v1/me/token") {
+            // Signing out revokes the caller's token: checked below, with tokens of their own.
+            continue;
+        }
         let min = match rule.access {
             Access::Public | Access::Agent | Access::Badge => continue,
             Access::SignedIn => Role::Viewer,
@@ -73,6 +77,26 @@ fn every_role_gets_exactly_what_the_route_table_allows() {
         }
     }
     assert!(checked > 200, "{checked} calls");
+    // `DELETE /api/v1/me/token`: anonymous 401; any signed-in caller ends the token it calls
+    // with, whatever its scopes (a builds:read token too), and nothing else.
+    let me_token = format!("{}/api/v1/me/token", s.url);
+    assert_eq!(send("DELETE", &me_token, &[], None).status, 401);
+    for user in ["vera", "dev", "ada"] {
+        let own = format!("Bearer {}", token_of(&s, user, &format!("{user}-password-1234")));
+        let (st, v) = call_as(
+            &own,
+            "POST",
+            &format!("{}/api/v1/tokens", s.url),
+            Some(json!({"name": "ro", "scopes": ["builds:read"]})),
+        );
+        assert_eq!(st, 201, "{v}");
+        let narrow = format!("Bearer {}", v["token"].as_str().unwrap());
+        assert_eq!(send("DELETE", &me_token, &[("authorization", narrow.as_str())], None).status, 204, "{user}");
+        assert_eq!(call_as(&narrow, "GET", &format!("{}/api/v1/me", s.url), None).0, 401, "{user}: revoked");
+        assert_eq!(call_as(&own, "GET", &format!("{}/api/v1/me", s.url), None).0, 200, "{user}: the parent lives on");
+        assert_eq!(send("DELETE", &me_token, &[("authorization", own.as_str())], None).status, 204, "{user}");
+        assert_eq!(call_as(&own, "GET", &format!("{}/api/v1/me", s.url), None).0, 401, "{user}: revoked");
+    }
 
     // A job's secrets are for developers; global ones for admins.
     let dev = &callers[2].1;

@@ -457,7 +457,7 @@ fn the_cli_drives_the_server_and_rotates_keys() {
         assert_eq!(cli(&s.url, &["job", "create", "app", "--repo", &good], None).0, 0);
         assert_eq!(cli(&s.url, &["job", "create", "bad", "--repo", &bad], None).0, 0);
         let (code, _, err) = cli(&s.url, &["job", "create", "app", "--repo", &good], None);
-        assert_eq!(code, 2);
+        assert_eq!(code, 6, "a conflict: {err}");
         assert!(err.contains("already exists"), "{err}");
         let (_, out, _) = cli(&s.url, &["job", "list", "--format", "json"], None);
         let v: Value = serde_json::from_str(&out).unwrap();

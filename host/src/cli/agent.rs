@@ -1,13 +1,13 @@
 //! `chengis agent` (run a remote agent, or `list` the server's agents) and `chengis agent-token
 //! create|list|revoke`.
 
-use super::client::{Client, ClientArgs, enc, print, s};
+use super::client::{Client, ClientArgs, enc, print, print_list, s};
 use super::docker::DockerArgs;
 use crate::agent::AgentConfig;
 use crate::agent::remote::{RemoteConfig, RemoteError, host_facts, run_remote};
 use crate::exec::CancelSignal;
 use crate::exec::docker::DockerRuntime;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
@@ -19,9 +19,10 @@ pub struct AgentArgs {
     /// `list`; without a subcommand the agent runs.
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
-    /// The server's URL (http:// or https://).
-    #[arg(long, env = "CHENGIS_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
-    pub server: String,
+    /// The server's URL; `http://` when no scheme is given [default: http://127.0.0.1:8080;
+    /// for `list`, the server last signed in to].
+    #[arg(long, env = "CHENGIS_SERVER", global = true)]
+    pub server: Option<String>,
     /// Output format (for `list`).
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub format: super::Format,
@@ -98,7 +99,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
             ca_file: args.ca_file.clone(),
         })?;
         let v = client.get("/api/v1/agents")?;
-        print(args.format, &v, |v| {
+        print_list(args.format, &v, "agents", "no agents", |v| {
             let mut out = format!(
                 "{:<28} {:<9} {:<24} {:>5} {:>5} {:>8} {:<12} {}\n",
                 "NAME", "STATUS", "LABELS", "EXEC", "CPUS", "MEM(MB)", "JOBS", "LAST SEEN"
@@ -125,6 +126,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         });
         return Ok(0);
     }
+    let server = super::client::normalize_server(args.server.as_deref().unwrap_or(super::client::DEFAULT_SERVER))?;
     let from_file = match &args.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -135,9 +137,10 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let Some(token) = from_file.or_else(|| args.token.clone()).filter(|t| !t.is_empty()) else {
-        bail!(
-            "an agent token is required: CHENGIS_AGENT_TOKEN, --token-file F or --token T (create one with `chengis agent-token create`)"
-        );
+        return Err(super::error::CliError::Usage(
+            "an agent token is required: CHENGIS_AGENT_TOKEN, --token-file F or --token T (create one with `chengis agent-token create`)".into(),
+        )
+        .into());
     };
     if std::env::args().any(|a| a == "--token" || a.starts_with("--token=")) {
         tracing::warn!(
@@ -195,7 +198,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
         if let Err(e) = run.docker.reap(|_, _| false).await {
             tracing::debug!("reaping leftovers: {e}");
         }
-        let cfg = RemoteConfig { server: args.server.clone(), token, ca_file: args.ca_file.clone(), work_dir, drain_deadline, info };
+        let cfg = RemoteConfig { server: server.clone(), token, ca_file: args.ca_file.clone(), work_dir, drain_deadline, info };
         let drain = CancelSignal::new();
         let signal = drain.clone();
         tokio::spawn(async move {
@@ -207,7 +210,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
             tracing::info!("draining: no new jobs; running jobs may finish");
             signal.cancel();
         });
-        eprintln!("chengis agent {name} working for {}", args.server);
+        eprintln!("chengis agent {name} working for {server}");
         match run_remote(cfg, run, drain).await {
             Ok(()) => {
                 eprintln!("chengis agent {name}: drained, exiting");
@@ -215,7 +218,7 @@ pub fn agent(args: AgentArgs) -> anyhow::Result<i32> {
             }
             Err(e @ RemoteError::Unauthorized(_)) => {
                 eprintln!("error: {e}");
-                Ok(3)
+                Ok(super::error::DENIED)
             }
             Err(e) => Err(anyhow::anyhow!(e)),
         }
@@ -239,7 +242,7 @@ pub fn token(args: &ClientArgs, cmd: TokenCommand) -> anyhow::Result<i32> {
         }
         TokenCommand::List => {
             let v = c.get("/api/v1/agent-tokens")?;
-            print(args.format, &v, |v| {
+            print_list(args.format, &v, "tokens", "no agent tokens", |v| {
                 let mut out = format!("{:>4} {:<24} {:<10}\n", "ID", "NAME", "STATE");
                 for t in v["tokens"].as_array().into_iter().flatten() {
                     let state = if t["revoked_ms"].is_null() { "live" } else { "revoked" };

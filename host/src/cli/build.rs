@@ -3,7 +3,8 @@
 //! event stream and prints each job's result as it ends.
 
 use super::Format;
-use super::client::{Client, ClientArgs, StreamError, enc, print, s};
+use super::client::{Client, ClientArgs, StreamError, enc, print, print_list, s};
+use super::error::CliError;
 use anyhow::{anyhow, bail};
 use chengis_model::human_duration;
 use clap::Subcommand;
@@ -233,7 +234,9 @@ pub fn build(args: &ClientArgs, cmd: BuildCommand) -> anyhow::Result<i32> {
         BuildCommand::Trigger { job, branch, commit, params, wait } => {
             let mut p = serde_json::Map::new();
             for kv in params {
-                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--param takes NAME=VALUE, got `{kv}`"))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| CliError::Usage(format!("--param takes NAME=VALUE, got `{kv}`")))?;
                 p.insert(k.to_string(), Value::String(v.to_string()));
             }
             let v = c.post(
@@ -263,7 +266,8 @@ pub fn build(args: &ClientArgs, cmd: BuildCommand) -> anyhow::Result<i32> {
                 q.push(format!("before={b}"));
             }
             let v = c.get(&format!("/api/v1/builds?{}", q.join("&")))?;
-            print(args.format, &v, |v| {
+            let empty = if q.len() > 1 { "no builds match" } else { "no builds" };
+            print_list(args.format, &v, "builds", empty, |v| {
                 let mut out = format!(
                     "{:<6} {:<16} {:<6} {:<10} {:<12} {:<8} {:<9} REASON\n",
                     "ID", "JOB", "NUMBER", "STATUS", "BRANCH", "COMMIT", "TOOK"

@@ -1,8 +1,11 @@
-//! The API client behind `chengis job|build|secret|schedule`: plain HTTP+JSON to `--server`, errors
-//! shown as the server's JSON error message, `--format json` for tools.
+//! The API client behind `chengis job|build|secret|schedule|token|...`: plain HTTP+JSON to
+//! `--server` (a URL without a scheme is `http://`; without `--server`, the server last signed in
+//! to), errors shown as the server's JSON error message and typed by their exit code
+//! ([`CliError`]), `--format json` for tools.
 
 use super::Format;
-use anyhow::{Context, anyhow, bail};
+use super::error::CliError;
+use anyhow::{Context, anyhow};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::io::Read;
@@ -11,9 +14,10 @@ use std::time::Duration;
 /// Where the server is and how to print answers.
 #[derive(Debug, Args, Clone)]
 pub struct ClientArgs {
-    /// The server's URL.
-    #[arg(long, env = "CHENGIS_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
-    pub server: String,
+    /// The server's URL; `http://` when no scheme is given [default: the server last signed in
+    /// to with `chengis login`, else http://127.0.0.1:8080].
+    #[arg(long, env = "CHENGIS_SERVER", global = true)]
+    pub server: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     pub format: Format,
@@ -97,9 +101,9 @@ pub enum SecretCommand {
     },
     /// Add a new master key and re-encrypt every secret with it (run on the server host).
     RotateKey {
-        /// Database and data directory settings, as for `chengis serve`.
+        /// The server's database settings.
         #[command(flatten)]
-        db: Box<super::serve::ServeArgs>,
+        db: super::account::LocalDb,
     },
     /// Delete a secret.
     Rm {
@@ -140,6 +144,9 @@ pub enum ScheduleCommand {
     },
 }
 
+/// The `what` of a password sign-in: a 401 there is a wrong password, not a missing sign-in.
+pub(super) const LOGIN: &str = "signing in";
+
 /// Why a stream could not be opened.
 pub(super) enum StreamError {
     /// No answer (refused, reset, timed out) or a 5xx/429: worth trying again.
@@ -156,22 +163,113 @@ pub(super) struct Client {
     auth: Option<String>,
 }
 
+/// Where the CLI goes without `--server`, `CHENGIS_SERVER` or a server signed in to.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// A server URL as the CLI uses it: `http://` added when no scheme is given, no trailing `/`.
+/// Other schemes and URLs that do not parse are usage errors.
+pub fn normalize_server(raw: &str) -> Result<String, CliError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(CliError::Usage("the server URL is empty".into()));
+    }
+    let url = match raw.split_once("://") {
+        Some((_, rest)) if rest.trim_matches('/').is_empty() => {
+            return Err(CliError::Usage(format!("server `{raw}`: no host name")));
+        }
+        Some((scheme, rest)) => match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "server `{raw}`: the scheme must be http:// or https://, not {scheme}://"
+                )));
+            }
+        },
+        None => format!("http://{raw}"),
+    };
+    let url = url.trim_end_matches('/').to_string();
+    match ureq::http::Uri::try_from(url.as_str()) {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url),
+        Ok(_) => Err(CliError::Usage(format!("server `{raw}`: no host name"))),
+        Err(e) => Err(CliError::Usage(format!("server `{raw}` is not a URL: {e}"))),
+    }
+}
+
+impl ClientArgs {
+    /// The server to talk to: `--server` or `CHENGIS_SERVER`, else the one last signed in to,
+    /// else [`DEFAULT_SERVER`].
+    pub fn server_url(&self) -> Result<String, CliError> {
+        match &self.server {
+            Some(s) => normalize_server(s),
+            None => Ok(super::account::current_server().unwrap_or_else(|| DEFAULT_SERVER.to_string())),
+        }
+    }
+}
+
+/// The rustls error behind a transport error, if TLS failed.
+fn rustls_error(e: &ureq::Error) -> Option<&tokio_rustls::rustls::Error> {
+    match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>()),
+        _ => None,
+    }
+}
+
+/// A request that got no HTTP answer, typed: a wrong scheme for the server named with the URL to
+/// use instead, a malformed URL as usage, anything else as unreachable.
+pub(super) fn transport_error(base: &str, what: &str, e: ureq::Error) -> CliError {
+    use tokio_rustls::rustls::Error as Tls;
+    if let Some(rest) = base.strip_prefix("https://")
+        && matches!(rustls_error(&e), Some(Tls::InvalidMessage(_)))
+    {
+        return CliError::Unreachable(format!("the server at {base} does not speak TLS; use http://{rest}"));
+    }
+    if let Some(Tls::InvalidCertificate(why)) = rustls_error(&e) {
+        return CliError::Unreachable(format!(
+            "the certificate of the server at {base} is not trusted ({why:?}): give the PEM file of its CA (or of a self-signed certificate) with --ca-file or CHENGIS_CA_FILE"
+        ));
+    }
+    if let Some(rest) = base.strip_prefix("http://")
+        && matches!(e, ureq::Error::Protocol(_))
+    {
+        return CliError::Unreachable(format!(
+            "the server at {base} did not answer in HTTP ({e}); if it speaks TLS, use https://{rest}"
+        ));
+    }
+    match e {
+        ureq::Error::BadUri(_) | ureq::Error::Http(_) => CliError::Usage(format!("{base} ({what}): {e}")),
+        ureq::Error::BodyExceedsLimit(_) | ureq::Error::Json(_) => CliError::Failed(format!("{what}: {e}")),
+        e => CliError::Unreachable(format!("cannot reach the server at {base} ({what}): {e}")),
+    }
+}
+
 impl Client {
     pub(super) fn new(args: &ClientArgs) -> anyhow::Result<Client> {
-        Self::with_token(args, super::account::token_for(&args.server))
+        let server = args.server_url()?;
+        let token = super::account::token_for(&server);
+        Self::at(&server, args, token)
     }
 
     pub(super) fn with_token(args: &ClientArgs, token: Option<String>) -> anyhow::Result<Client> {
+        Self::at(&args.server_url()?, args, token)
+    }
+
+    fn at(server: &str, args: &ClientArgs, token: Option<String>) -> anyhow::Result<Client> {
         let mut config =
             ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(Duration::from_secs(60)));
         if let Some(path) = &args.ca_file {
-            config = config.tls_config(crate::agent::remote::tls_roots(path).map_err(anyhow::Error::msg)?);
+            config = config.tls_config(crate::agent::remote::tls_roots(path).map_err(CliError::Usage)?);
         }
         Ok(Client {
-            base: args.server.trim_end_matches('/').to_string(),
+            base: server.to_string(),
             agent: config.build().into(),
             auth: token.map(|t| format!("Bearer {t}")),
         })
+    }
+
+    /// The server's URL.
+    pub(super) fn base(&self) -> &str {
+        &self.base
     }
 
     fn req<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -184,7 +282,7 @@ impl Client {
     /// Streams the body of a GET into `out`; returns the bytes written.
     pub(super) fn download(&self, path: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
         let resp = self.req(self.agent.get(&format!("{}{path}", self.base))).call();
-        let mut resp = resp.map_err(|e| anyhow!("cannot reach the server at {} ({path}): {e}", self.base))?;
+        let mut resp = resp.map_err(|e| transport_error(&self.base, path, e))?;
         if !resp.status().is_success() {
             return self.answer(path, Ok(resp)).map(|_| 0);
         }
@@ -193,7 +291,7 @@ impl Client {
     }
 
     fn answer(&self, what: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
-        let mut resp = resp.map_err(|e| anyhow!("cannot reach the server at {} ({what}): {e}", self.base))?;
+        let mut resp = resp.map_err(|e| transport_error(&self.base, what, e))?;
         let status = resp.status();
         let mut text = String::new();
         resp.body_mut().as_reader().read_to_string(&mut text).context("reading the answer")?;
@@ -204,13 +302,16 @@ impl Client {
         };
         if !status.is_success() {
             let msg = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
-            if status.as_u16() == 401 {
-                bail!(
+            if status.as_u16() == 401 && what != LOGIN {
+                return Err(CliError::Denied(format!(
                     "{what}: {msg} (HTTP 401): sign in with `chengis login --server {}` or set CHENGIS_TOKEN",
                     self.base
-                );
+                ))
+                .into());
             }
-            bail!("{what}: {msg} (HTTP {})", status.as_u16());
+            return Err(
+                CliError::from_status(status.as_u16(), format!("{what}: {msg} (HTTP {})", status.as_u16())).into()
+            );
         }
         Ok(value)
     }
@@ -257,7 +358,7 @@ impl Client {
                 Err(e) => e,
                 Ok(v) => anyhow!("{path}: unexpected answer {v}"),
             })),
-            Err(e) => Err(StreamError::Unreachable(anyhow!("cannot reach the server at {} ({path}): {e}", self.base))),
+            Err(e) => Err(StreamError::Unreachable(transport_error(&self.base, path, e).into())),
         }
     }
 
@@ -303,7 +404,7 @@ pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
             if let Some(secret) = webhook_secret {
                 body["webhook_secret"] = json!(secret);
             }
-            let v = c.post("/api/v1/jobs", body)?;
+            let v = c.post_as(&format!("creating job `{name}`"), "/api/v1/jobs", body)?;
             print(args.format, &v, |v| format!("created job {} ({})\n", s(&v["name"]), s(&v["repo_url"])));
         }
         JobCommand::Update { name, repo, branch, webhook_secret, keep_builds, fork_secrets } => {
@@ -324,7 +425,7 @@ pub fn job(args: &ClientArgs, cmd: JobCommand) -> anyhow::Result<i32> {
         }
         JobCommand::List => {
             let v = c.get("/api/v1/jobs")?;
-            print(args.format, &v, |v| {
+            print_list(args.format, &v, "jobs", "no jobs", |v| {
                 let mut out = format!("{:<24} {:<10} REPOSITORY\n", "NAME", "BRANCH");
                 for j in v["jobs"].as_array().into_iter().flatten() {
                     out.push_str(&format!(
@@ -364,11 +465,15 @@ pub fn secret(args: &ClientArgs, cmd: SecretCommand) -> anyhow::Result<i32> {
         }
         SecretCommand::List { job } => {
             let v = c.get(&format!("/api/v1/secrets{}", scope(&job)))?;
-            print(args.format, &v, |v| {
+            let empty = match &job {
+                Some(j) => format!("no secrets for job {j}"),
+                None => "no global secrets".to_string(),
+            };
+            print_list(args.format, &v, "secrets", &empty, |v| {
                 v["secrets"].as_array().into_iter().flatten().map(|n| format!("{}\n", s(n))).collect()
             });
         }
-        SecretCommand::RotateKey { db } => return super::serve::rotate_key(*db),
+        SecretCommand::RotateKey { db } => return super::serve::rotate_key(db.serve_args()),
         SecretCommand::Rm { name, job } => {
             c.delete(&format!("/api/v1/secrets/{}{}", enc(&name), scope(&job)))?;
             print(args.format, &json!({"deleted": name}), |_| format!("secret {name} deleted\n"));
@@ -377,13 +482,28 @@ pub fn secret(args: &ClientArgs, cmd: SecretCommand) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn schedule_line(v: &Value) -> String {
-    let at = |ms: &Value| match ms.as_i64().and_then(|ms| u64::try_from(ms).ok()) {
-        Some(ms) if ms < u64::MAX / 2 => {
+/// A time in milliseconds since the epoch as RFC 3339 (UTC, seconds); `-` when out of range.
+pub(super) fn time_of(ms: i64) -> String {
+    match u64::try_from(ms) {
+        Ok(ms) if ms < u64::MAX / 2 => {
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
         }
         _ => "-".into(),
-    };
+    }
+}
+
+/// Prints a list answer: the line `empty` when its array `key` has no rows (text), else as
+/// [`print`] does.
+pub(super) fn print_list(format: Format, value: &Value, key: &str, empty: &str, text: impl FnOnce(&Value) -> String) {
+    if format == Format::Text && value[key].as_array().is_none_or(Vec::is_empty) {
+        println!("{empty}");
+    } else {
+        print(format, value, text);
+    }
+}
+
+fn schedule_line(v: &Value) -> String {
+    let at = |ms: &Value| ms.as_i64().map_or_else(|| "-".to_string(), time_of);
     format!(
         "{:<5} {:<20} {:<18} {:<16} {:<12} {:<9} next {}  last {}\n",
         s(&v["id"]),
@@ -409,7 +529,9 @@ pub fn schedule(args: &ClientArgs, cmd: ScheduleCommand) -> anyhow::Result<i32> 
         ScheduleCommand::List { job } => {
             let query = job.map(|j| format!("?job={}", enc(&j))).unwrap_or_default();
             let v = c.get(&format!("/api/v1/schedules{query}"))?;
-            print(args.format, &v, |v| v["schedules"].as_array().into_iter().flatten().map(schedule_line).collect());
+            print_list(args.format, &v, "schedules", "no schedules", |v| {
+                v["schedules"].as_array().into_iter().flatten().map(schedule_line).collect()
+            });
         }
         ScheduleCommand::Rm { id } => {
             c.delete(&format!("/api/v1/schedules/{id}"))?;

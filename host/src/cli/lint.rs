@@ -1,7 +1,8 @@
-//! `chengis lint`: every problem of one or more pipeline files, as text or JSON.
+//! `chengis lint`: every problem of one or more pipeline files, as text (each file's summary
+//! line names it) or JSON.
 
 use super::Format;
-use crate::pipeline::{self as files, render_json, render_text};
+use crate::pipeline::{self as files, render_diagnostics, render_json, summary};
 use chengis_pipeline::{LintOptions, lint as lint_source};
 use clap::Args;
 use std::io::IsTerminal;
@@ -26,7 +27,11 @@ pub struct LintArgs {
 
 /// Runs `chengis lint`; exit code 1 when any file has an error, 2 when a file cannot be read.
 pub fn lint(args: LintArgs) -> anyhow::Result<i32> {
-    let files = if args.files.is_empty() { vec![files::find(&std::env::current_dir()?)?] } else { args.files };
+    let files = if args.files.is_empty() {
+        vec![files::find(&std::env::current_dir()?).map_err(|e| super::error::CliError::Usage(e.to_string()))?]
+    } else {
+        args.files
+    };
     let opts = LintOptions { max_matrix: args.max_matrix, max_jobs: args.max_jobs.max(1), ..LintOptions::default() };
     let color = std::io::stdout().is_terminal();
     let mut code = 0;
@@ -46,7 +51,14 @@ pub fn lint(args: LintArgs) -> anyhow::Result<i32> {
             code = 1;
         }
         match args.format {
-            Format::Text => print!("{}", render_text(&linted.diagnostics, &src, color)),
+            // Each file's summary names it: `a.yml: no problems found`.
+            Format::Text => {
+                print!(
+                    "{}{name}: {}",
+                    render_diagnostics(&linted.diagnostics, &src, color),
+                    summary(&linted.diagnostics)
+                )
+            }
             Format::Json => {
                 let mut v = render_json(&linted.diagnostics);
                 v["file"] = name.into();

@@ -5,12 +5,14 @@ mod agent;
 mod build;
 mod client;
 mod docker;
+pub mod error;
 mod lint;
 mod plugin;
 mod render;
 mod run;
 mod serve;
 mod storage;
+mod token;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -49,14 +51,14 @@ pub enum Command {
     /// Make sure the `wasm32-wasip2` target that plugins build for is installed.
     EnsureWasmTarget,
     /// Run the server with its embedded agent.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Apply database migrations and exit.
-    Migrate(serve::ServeArgs),
+    Migrate(account::LocalDb),
     /// Manage the plugin trust allowlist on the server host (and scaffold new plugins).
     Plugin {
-        /// Database and data directory settings, as for `chengis serve`.
+        /// The server's database settings.
         #[command(flatten)]
-        db: Box<serve::ServeArgs>,
+        db: account::LocalDb,
         /// What to do.
         #[command(subcommand)]
         command: plugin::PluginCommand,
@@ -117,8 +119,29 @@ pub enum Command {
         #[command(subcommand)]
         command: agent::TokenCommand,
     },
-    /// Sign the CLI in to a server: stores an API token in the config directory (0600).
+    /// Sign the CLI in to a server: stores an API token in the config directory (0600); the
+    /// server becomes the default of later commands. Asks for the password on a terminal.
     Login(Box<account::LoginArgs>),
+    /// Sign the CLI out of a server: revokes its stored token there and forgets it.
+    Logout(account::LogoutArgs),
+    /// Show who the CLI is signed in as: user, role, server, and the token's scopes.
+    Whoami {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Change your own password (the current one is required); ends your other sessions and
+    /// tokens.
+    Passwd(account::PasswdArgs),
+    /// Create, list and revoke your API tokens, with scopes and an expiry.
+    Token {
+        /// Server options.
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
     /// Add, list, change and disable users on a server (admins).
     User {
         /// Server options.
@@ -150,7 +173,8 @@ pub enum Command {
 
 pub use chengis_runner::sandbox::startup_var;
 
-/// Runs the command line; returns the process exit code.
+/// Runs the command line; returns the process exit code ([`error`] lists them; an error maps
+/// to one with [`error::exit_code`]).
 pub fn main() -> anyhow::Result<i32> {
     let cli = Cli::parse();
     if matches!(&cli.command, Command::Serve(_)) || matches!(&cli.command, Command::Agent(a) if a.command.is_none()) {
@@ -179,9 +203,9 @@ pub fn main() -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Serve(args) => serve::serve(args),
-        Command::Migrate(args) => serve::migrate(args),
-        Command::Plugin { db, command } => plugin::plugin(*db, command),
+        Command::Serve(args) => serve::serve(*args),
+        Command::Migrate(db) => serve::migrate(db.serve_args()),
+        Command::Plugin { db, command } => plugin::plugin(db.serve_args(), command),
         Command::Job { client, command } => client::job(&client, command),
         Command::Build { client, command } => build::build(&client, command),
         Command::Secret { client, command } => client::secret(&client, command),
@@ -191,6 +215,10 @@ pub fn main() -> anyhow::Result<i32> {
         Command::Agent(args) => agent::agent(*args),
         Command::AgentToken { client, command } => agent::token(&client, command),
         Command::Login(args) => account::login(*args),
+        Command::Logout(args) => account::logout(args),
+        Command::Whoami { client } => account::whoami(&client),
+        Command::Passwd(args) => account::passwd(args),
+        Command::Token { client, command } => token::token(&client, command),
         Command::User { client, command } => account::user(&client, command),
         Command::Audit { client, command } => account::audit(&client, command),
         Command::EnsureWasmTarget => {

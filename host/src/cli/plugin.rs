@@ -2,10 +2,11 @@
 //! trust allowlist of a server's database (run on the server host, with its data directory and
 //! database settings), and scaffold a new plugin crate on the SDK.
 
+use super::error::CliError;
 use super::serve::{ServeArgs, open_store};
 use crate::plugins::{PluginService, requested, world_name};
 use crate::store::plugins::TrustState;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 
@@ -125,8 +126,9 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
         };
         match command {
             PluginCommand::Install { source, allow, grants } => {
-                let bytes = read_source(&source)?;
-                let p = service.install(&bytes, allow, &grants, &who, false).await?;
+                // A source that cannot be read or is no loadable component is bad usage.
+                let bytes = read_source(&source).map_err(super::error::as_usage)?;
+                let p = service.install(&bytes, allow, &grants, &who, false).await.map_err(super::error::as_usage)?;
                 audit(
                     "plugin.install",
                     format!("plugin:{}", p.name),
@@ -171,7 +173,9 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
                 } else {
                     let found: Vec<_> = store.plugins().await?.into_iter().filter(|p| p.name == target).collect();
                     if found.is_empty() {
-                        bail!("no file and no recorded plugin called `{target}`");
+                        return Err(
+                            CliError::NotFound(format!("no file and no recorded plugin called `{target}`")).into()
+                        );
                     }
                     println!("{}", serde_json::to_string_pretty(&found)?);
                 }
@@ -208,7 +212,9 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
             PluginCommand::Config { name, set, unset } => {
                 let mut config = store.plugin_config(&name).await?;
                 for kv in &set {
-                    let Some((k, v)) = kv.split_once('=') else { bail!("--set takes K=V, got `{kv}`") };
+                    let Some((k, v)) = kv.split_once('=') else {
+                        return Err(CliError::Usage(format!("--set takes K=V, got `{kv}`")).into());
+                    };
                     config.insert(k.to_string(), serde_json::Value::String(v.to_string()));
                 }
                 for k in &unset {
@@ -247,11 +253,11 @@ fn read_source(source: &str) -> anyhow::Result<Vec<u8>> {
 /// Writes a plugin crate for `kind`.
 fn scaffold(name: &str, kind: NewKind, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<i32> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
-        bail!("a plugin name is lowercase letters, digits and `-`, got `{name}`");
+        return Err(CliError::Usage(format!("a plugin name is lowercase letters, digits and `-`, got `{name}`")).into());
     }
     let root = dir.unwrap_or_else(|| PathBuf::from(".")).join(name);
     if root.exists() {
-        bail!("{} already exists", root.display());
+        return Err(CliError::Usage(format!("{} already exists", root.display())).into());
     }
     let sdk = match sdk {
         Some(p) => p,

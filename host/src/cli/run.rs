@@ -1,6 +1,7 @@
 //! `chengis run`: lint, plan and run a pipeline on this machine with the local executor.
 
 use super::Format;
+use super::error::{CliError, as_usage, usage};
 use super::render::Renderer;
 use crate::engine::{RunOptions, envfile, run_plan};
 use crate::exec::docker::DockerRuntime;
@@ -92,10 +93,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let cwd = std::env::current_dir()?;
     let file = match &args.file {
         Some(f) => f.clone(),
-        None => files::find(&cwd)?,
+        None => files::find(&cwd).map_err(as_usage)?,
     };
     let opts = LintOptions { max_matrix: args.max_matrix, ..LintOptions::default() };
-    let src = files::read(&file, opts.max_bytes)?;
+    let src = files::read(&file, opts.max_bytes).map_err(as_usage)?;
     let name = file.display().to_string();
     let params: IndexMap<String, String> = args.params.iter().cloned().collect();
     let vars = |k: &str| std::env::var(k).ok();
@@ -118,17 +119,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    let plan = select_jobs(plan, &args.jobs)?;
+    let plan = select_jobs(plan, &args.jobs).map_err(as_usage)?;
     let mut secrets: IndexMap<String, String> = IndexMap::new();
     if let Some(path) = &args.secrets_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read secrets file {}", path.display()))?;
-        for (k, v) in envfile::parse(&text).with_context(|| format!("secrets file {}", path.display()))? {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::Usage(format!("cannot read secrets file {}: {e}", path.display())))?;
+        let parsed =
+            envfile::parse(&text).map_err(|e| CliError::Usage(format!("secrets file {}: {e}", path.display())))?;
+        for (k, v) in parsed {
             secrets.insert(k, v);
         }
     }
     secrets.extend(args.secrets.iter().cloned());
-    let masker = SecretMasker::new(secrets.values().cloned()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let masker = SecretMasker::new(secrets.values().cloned()).map_err(|e| CliError::Usage(e.to_string()))?;
     let workspace = match &args.workspace {
         Some(w) => {
             std::fs::create_dir_all(w).with_context(|| format!("cannot create workspace {}", w.display()))?;
@@ -138,7 +141,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     let parallel = args.parallel.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     if parallel == 0 {
-        bail!("--parallel must be at least 1");
+        usage!("--parallel must be at least 1");
     }
     let run_opts = RunOptions {
         git: git_context(&workspace),

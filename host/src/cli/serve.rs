@@ -2,6 +2,7 @@
 //! `CHENGIS_*` variable, a TOML file (`--config`) or a default, in that order of precedence.
 
 use super::docker::DockerArgs;
+use super::error::{as_usage, usage};
 use super::storage::{STORAGE_KEYS, StorageArgs};
 use crate::agent::{AgentConfig, run_agent};
 use crate::engine::builds::BuildContext;
@@ -208,8 +209,13 @@ pub struct ServeConfig {
 }
 
 impl ServeArgs {
-    /// Merges flags/env over the file over the defaults.
+    /// Merges flags/env over the file over the defaults; a config file that cannot be read or
+    /// holds unknown keys is bad usage.
     pub fn resolve(&self) -> anyhow::Result<ServeConfig> {
+        self.merged().map_err(|e| super::error::as_usage(e).into())
+    }
+
+    fn merged(&self) -> anyhow::Result<ServeConfig> {
         let file: ServeConfig = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -299,7 +305,7 @@ fn host_policy(
     work_dir: &std::path::Path,
 ) -> anyhow::Result<Arc<HostPolicy>> {
     use std::os::unix::fs::PermissionsExt;
-    let mode: HostSteps = cfg.host_steps.as_deref().unwrap_or("sandboxed").parse()?;
+    let mode: HostSteps = cfg.host_steps.as_deref().unwrap_or("sandboxed").parse().map_err(as_usage)?;
     if let Err(e) = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)) {
         tracing::warn!("cannot make the data directory {} private (mode 700): {e}", data_dir.display());
     }
@@ -398,26 +404,27 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         print!("{}", toml::to_string(&shown).unwrap_or_default());
         return Ok(0);
     }
-    let lease_ttl = duration(cfg.lease_ttl.as_deref().unwrap_or("10s"), "lease_ttl")?;
-    let webhook_retention = duration(cfg.webhook_retention.as_deref().unwrap_or("30d"), "webhook_retention")?;
+    let lease_ttl = duration(cfg.lease_ttl.as_deref().unwrap_or("10s"), "lease_ttl").map_err(as_usage)?;
+    let webhook_retention =
+        duration(cfg.webhook_retention.as_deref().unwrap_or("30d"), "webhook_retention").map_err(as_usage)?;
     if lease_ttl < Duration::from_secs(2) {
-        bail!("lease_ttl must be at least 2s: the agent renews every second");
+        usage!("lease_ttl must be at least 2s: the agent renews every second");
     }
     let max_jobs = cfg.max_jobs.unwrap_or(chengis_pipeline::check::DEFAULT_MAX_JOBS);
     if max_jobs == 0 {
-        bail!("max_jobs must be at least 1");
+        usage!("max_jobs must be at least 1");
     }
     let max_streams = cfg.max_streams_per_user.unwrap_or(crate::server::stream::DEFAULT_STREAMS_PER_USER);
     if max_streams == 0 {
-        bail!("max_streams_per_user must be at least 1");
+        usage!("max_streams_per_user must be at least 1");
     }
-    cfg.storage.config(PathBuf::new())?;
+    cfg.storage.config(PathBuf::new()).map_err(as_usage)?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(crate::server::tls::acceptor(cert, key)?),
         (None, None) => None,
-        _ => bail!("serving HTTPS needs both tls_cert and tls_key"),
+        _ => usage!("serving HTTPS needs both tls_cert and tls_key"),
     };
-    let auth = Arc::new(auth_settings(&cfg, tls.is_some())?);
+    let auth = Arc::new(auth_settings(&cfg, tls.is_some()).map_err(as_usage)?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let store = open_store(&cfg).await?;
@@ -429,7 +436,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("cannot create the work directory {}", work_dir.display()))?;
         let work_dir = std::fs::canonicalize(&work_dir)?;
         if work_dir.starts_with(&data_dir) || data_dir.starts_with(&work_dir) {
-            bail!(
+            usage!(
                 "the work directory {} and the data directory {} must not hold one another: steps work in the \
                  work directory and must never reach the data",
                 work_dir.display(),
@@ -645,7 +652,7 @@ pub fn migrate(args: ServeArgs) -> anyhow::Result<i32> {
 /// Runs `chengis secret rotate-key`: a new key in the key file, every secret re-encrypted.
 pub fn rotate_key(args: ServeArgs) -> anyhow::Result<i32> {
     if std::env::var_os("CHENGIS_MASTER_KEY").is_some() {
-        bail!(
+        usage!(
             "CHENGIS_MASTER_KEY is set: rotation writes the key file in the data directory; unset it (or rotate by re-setting secrets under the new variable)"
         );
     }

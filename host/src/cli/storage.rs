@@ -1,7 +1,7 @@
 //! Storage on the command line: the server's cache, artifact and retention settings (flags,
 //! `CHENGIS_*` variables, config keys) and the `chengis cache|artifact` commands.
 
-use super::client::{Client, ClientArgs, enc, print, s};
+use super::client::{Client, ClientArgs, enc, print, print_list, s};
 use crate::engine::disk::StorageConfig;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -200,7 +200,7 @@ pub fn cache(args: &ClientArgs, cmd: CacheCommand) -> anyhow::Result<i32> {
         CacheCommand::List { job } => {
             let query = job.map(|j| format!("?job={}", enc(&j))).unwrap_or_default();
             let v = c.get(&format!("/api/v1/caches{query}"))?;
-            print(args.format, &v, |v| {
+            print_list(args.format, &v, "caches", "no caches", |v| {
                 v["caches"]
                     .as_array()
                     .into_iter()
@@ -247,7 +247,7 @@ pub fn artifact(args: &ClientArgs, cmd: ArtifactCommand) -> anyhow::Result<i32> 
     match cmd {
         ArtifactCommand::List { build } => {
             let v = c.get(&format!("/api/v1/builds/{build}/artifacts"))?;
-            print(args.format, &v, |v| {
+            print_list(args.format, &v, "artifacts", &format!("build {build} has no artifacts"), |v| {
                 v["artifacts"]
                     .as_array()
                     .into_iter()
@@ -275,7 +275,11 @@ pub fn artifact(args: &ClientArgs, cmd: ArtifactCommand) -> anyhow::Result<i32> 
                 .filter(|a| name.as_deref().is_none_or(|n| a["name"].as_str() == Some(n)))
                 .collect();
             if files.is_empty() {
-                bail!("build {build} has no artifact{}", name.map(|n| format!(" named `{n}`")).unwrap_or_default());
+                return Err(super::error::CliError::NotFound(format!(
+                    "build {build} has no artifact{}",
+                    name.map(|n| format!(" named `{n}`")).unwrap_or_default()
+                ))
+                .into());
             }
             let root = cap_std::fs::Dir::open_ambient_dir(&output, cap_std::ambient_authority())
                 .with_context(|| format!("cannot open {}", output.display()))?;

@@ -66,6 +66,13 @@ pub fn read(path: &Path, max: usize) -> Result<String, PipelineFileError> {
 /// Diagnostics for people: `file:line:col: error[code]: message`, the source line with a
 /// caret under the column, the help, and a count at the end.
 pub fn render_text(diags: &[Diagnostic], src: &str, color: bool) -> String {
+    let mut out = render_diagnostics(diags, src, color);
+    out.push_str(&summary(diags));
+    out
+}
+
+/// Each diagnostic with the line it points at, without the summary line.
+pub fn render_diagnostics(diags: &[Diagnostic], src: &str, color: bool) -> String {
     let paint = |code: &str, s: &str| if color { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() };
     let mut out = String::new();
     for d in diags {
@@ -97,7 +104,6 @@ pub fn render_text(diags: &[Diagnostic], src: &str, color: bool) -> String {
             out.push_str(&format!("  {}: {help}\n", paint("1;36", "help")));
         }
     }
-    out.push_str(&summary(diags));
     out
 }
 

@@ -129,6 +129,7 @@ pub fn routes() -> Routes {
         .add("POST", "/api/v1/login", post(auth::routes::api_login))
         .add("GET", "/api/v1/me", get(auth::routes::whoami))
         .add("POST", "/api/v1/me/password", post(auth::routes::change_password))
+        .add("DELETE", "/api/v1/me/token", delete(auth::routes::revoke_own_token))
         .add("GET", "/api/v1/tokens", get(auth::routes::list_tokens))
         .add("POST", "/api/v1/tokens", post(auth::routes::create_token))
         .add("DELETE", "/api/v1/tokens/{id}", delete(auth::routes::revoke_token))

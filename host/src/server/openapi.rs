@@ -55,6 +55,7 @@ use utoipa::OpenApi;
         auth::routes::api_login,
         auth::routes::whoami,
         auth::routes::change_password,
+        auth::routes::revoke_own_token,
         auth::routes::create_token,
         auth::routes::list_tokens,
         auth::routes::revoke_token,

@@ -272,16 +272,33 @@ fn me(caller: &Caller) -> Result<&UserRecord, ApiError> {
     })
 }
 
-/// `GET /api/v1/me`: the caller and how they signed in.
-#[utoipa::path(get, path = "/api/v1/me", responses((status = 200, description = "`{user, via, scopes}`")))]
+/// `GET /api/v1/me`: the caller and how they signed in (through a token: its id and expiry).
+#[utoipa::path(get, path = "/api/v1/me", responses((status = 200, description = "`{user, via, scopes, token}`")))]
 pub async fn whoami(Extension(caller): Extension<Caller>) -> Result<axum::Json<Value>, ApiError> {
     let user = me(&caller)?;
-    let (via, scopes) = match &caller.via {
-        Via::Token { scopes, .. } => ("token", scopes.clone()),
-        Via::Session { .. } => ("session", Scope::names_for(user.role)),
-        Via::Anonymous => ("anonymous", vec![]),
+    let (via, scopes, token) = match &caller.via {
+        Via::Token { id, scopes, expires_ms } => ("token", scopes.clone(), json!({"id": id, "expires_ms": expires_ms})),
+        Via::Session { .. } => ("session", Scope::names_for(user.role), Value::Null),
+        Via::Anonymous => ("anonymous", vec![], Value::Null),
     };
-    Ok(axum::Json(json!({"user": user, "via": via, "scopes": scopes})))
+    Ok(axum::Json(json!({"user": user, "via": via, "scopes": scopes, "token": token})))
+}
+
+/// `DELETE /api/v1/me/token`: revokes the API token the call is made with (and every token made
+/// through it): how `chengis logout` signs out. Any token may end itself, whatever its scopes.
+#[utoipa::path(delete, path = "/api/v1/me/token", responses((status = 204, description = "revoked"), (status = 400, body = crate::server::error::ErrorBody)))]
+pub async fn revoke_own_token(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<StatusCode, ApiError> {
+    let user = me(&caller)?;
+    let Via::Token { id, .. } = &caller.via else {
+        return Err(ApiError::bad_request(
+            "this call revokes the API token it is made with; a browser session signs out with POST /logout",
+        ));
+    };
+    s.builds.store.revoke_api_token(*id, Some(user.id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A password change.

@@ -151,6 +151,8 @@ pub const RULES: &[Rule] = &[
     // Any signed-in user.
     r("POST", "/logout", Access::SignedIn),
     r("GET", "/api/v1/me", Access::SignedIn),
+    // Signing out the token in hand needs no scope: any token may end itself.
+    a("DELETE", "/api/v1/me/token", Access::SignedIn, "token.revoke"),
     r("GET", "/api/v1/tokens", Access::SignedIn),
     // Their own credentials: a session, or a token with `tokens:write`.
     a("POST", "/api/v1/me/password", ACCOUNT, "user.password"),
