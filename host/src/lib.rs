@@ -21,8 +21,8 @@
 //! - [`server`]: the HTTP API (axum), webhooks, live logs and build events over SSE, the
 //!   dashboard, authentication.
 //! - [`toolchain`]: making sure plugins can be built (`wasm32-wasip2`).
-//! - [`memory`]: giving freed heap memory back to the OS after start-up, plugin compiles and
-//!   password checks.
+//! - [`memory`]: giving freed heap memory back to the OS (fixed allocator thresholds for the
+//!   long-running commands, trims after start-up, plugin compiles and password checks).
 //! - [`cli`]: the `chengis` command line.
 
 pub mod agent;
