@@ -5,7 +5,8 @@ For each run, on a new data directory and SQLite database:
 - fresh start: from spawning `chengis serve` until `GET /ready` answers 200;
 - builtins pinned: until `/ready` says the builtin plugins are pinned (a server without that
   field pins them before it answers, so then this is the fresh start);
-- idle RSS (VmRSS) 2 s after the builtins are pinned;
+- idle RSS (VmRSS, and RssAnon: the part that is not the binary's own pages) 2 s after the
+  builtins are pinned;
 - restart: the same server stopped (SIGTERM) and started again on the same data, until
   `/ready` answers; idle RSS 2 s later;
 - idle RSS 1 s after one password sign-in (`POST /api/v1/login`, argon2id).
@@ -26,11 +27,14 @@ PASSWORD = "footprint-password-1"
 
 
 def rss_mb(pid):
+    """VmRSS and, of it, RssAnon (the heap and stacks; the rest is the binary's pages), in MB."""
+    found = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon"):
+                found[key] = int(line.split()[1]) / 1024
+    return found.get("VmRSS", float("nan")), found.get("RssAnon", float("nan"))
 
 
 def get(url):
@@ -115,12 +119,14 @@ def main():
         del args[i : i + 2]
     binary = args[0] if args else "target/release/chengis"
     print(f"{binary}: {os.path.getsize(binary) / 1e6:.1f} MB")
+    print("RSS as VmRSS (RssAnon) in MB")
     print("run  fresh start  builtins pinned  idle RSS first  restart  idle RSS restart  RSS after sign-in")
     for n in range(runs):
         fresh, pinned, first, restart, rss_restart, signin = one_run(binary)
+        rss = lambda r: f"{r[0]:.1f} ({r[1]:.1f})"
         print(
-            f"{n + 1:>3}  {fresh * 1000:>8.0f} ms  {pinned:>13.2f} s  {first:>11.1f} MB"
-            f"  {restart * 1000:>4.0f} ms  {rss_restart:>13.1f} MB  {signin:>14.1f} MB"
+            f"{n + 1:>3}  {fresh * 1000:>8.0f} ms  {pinned:>13.2f} s  {rss(first):>14}"
+            f"  {restart * 1000:>4.0f} ms  {rss(rss_restart):>16}  {rss(signin):>17}"
         )
 
 
