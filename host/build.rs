@@ -3,10 +3,14 @@
 //! standard library is installed when missing (`rustup target add wasm32-wasip2`); without it the
 //! build stops with the instruction. The components are built by a nested cargo into
 //! `<target>/tmp/wasm-components` (shared with the plugin runtime's tests), one package at a
-//! time because each enables a different world of the SDK.
+//! time because each enables a different world of the SDK. Beside each component it writes
+//! its digest (`<name>.sha256`, `sha256:` and 64 hex digits), so that a start checks which
+//! builtins are pinned without hashing megabytes of components.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use sha2::{Digest, Sha256};
 
 const BUILTINS: &[&str] = &[
     "chengis-plugin-console",
@@ -58,7 +62,12 @@ fn main() {
         assert!(status.success(), "building the builtin plugin {package} for wasm32-wasip2 failed ({status})");
         let file = format!("{}.wasm", package.replace('-', "_"));
         let built = wasm_target.join("wasm32-wasip2/release").join(&file);
-        std::fs::copy(&built, out.join(&file)).unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+        let bytes = std::fs::read(&built).unwrap_or_else(|e| panic!("cannot read {}: {e}", built.display()));
+        std::fs::write(out.join(&file), &bytes).unwrap_or_else(|e| panic!("cannot copy {}: {e}", built.display()));
+        let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let digest = out.join(format!("{}.sha256", package.replace('-', "_")));
+        std::fs::write(&digest, format!("sha256:{hex}"))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", digest.display()));
     }
 }
 

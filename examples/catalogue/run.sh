@@ -51,9 +51,11 @@ export CHENGIS_TOKEN
 auth=(-H "Authorization: Bearer $CHENGIS_TOKEN")
 CHENGIS_ADMIN_TOKEN="$CHENGIS_TOKEN" "$CHENGIS" serve --listen "127.0.0.1:$port" --data-dir "$data" > "$work/serve.log" 2>&1 &
 pids+=($!)
-# The first start compiles and pins the builtin plugins (seconds in a debug build).
 for _ in $(seq 600); do curl -fs "$CHENGIS_SERVER/health" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs "$CHENGIS_SERVER/health" >/dev/null || { echo "chengis serve did not start:"; cat "$work/serve.log"; exit 1; }
+# The first start compiles and pins the builtin plugins in the background (seconds in a debug
+# build); `/ready` says when they are pinned, and so can be configured by name.
+for _ in $(seq 3000); do curl -fs "$CHENGIS_SERVER/ready" | grep -q '"compiling"' || break; sleep 0.1; done
 plugin() { "$CHENGIS" plugin --data-dir "$data" "$@"; }
 
 say "configuring the plugins (the builtins are already allowed by digest)"

@@ -21,11 +21,14 @@
 //! - [`server`]: the HTTP API (axum), webhooks, live logs and build events over SSE, the
 //!   dashboard, authentication.
 //! - [`toolchain`]: making sure plugins can be built (`wasm32-wasip2`).
+//! - [`memory`]: giving freed heap memory back to the OS (fixed allocator thresholds for the
+//!   long-running commands, trims after start-up, plugin compiles and password checks).
 //! - [`cli`]: the `chengis` command line.
 
 pub mod agent;
 pub mod cli;
 pub mod engine;
+pub mod memory;
 pub use chengis_runner::exec;
 pub mod pipeline;
 pub mod plugins;

@@ -740,6 +740,18 @@ fn component(package: &str) -> std::path::PathBuf {
 }
 
 #[test]
+fn builtin_digests_are_those_of_their_bytes() {
+    // A start decides from these which builtins to compile and pin: a wrong one would compile
+    // that builtin at every start (and never run it unverified: loads check the bytes).
+    let mut names = std::collections::HashSet::new();
+    for b in chengis::plugins::BUILTINS {
+        assert_eq!(b.digest, chengis_plugin_host::Digest::of(b.bytes).to_string(), "{}", b.name);
+        assert!(names.insert(b.name), "{} is listed twice", b.name);
+    }
+    assert_eq!(names.len(), 13);
+}
+
+#[test]
 fn builtin_plugins_run_uses_steps_and_notifications() {
     let tmp = tempfile::tempdir().unwrap();
     let url = repo(
@@ -776,6 +788,30 @@ jobs:
     let db = format!("sqlite://{}", tmp.path().join("db.sqlite").display());
     let data = tmp.path().join("data");
     let (s, log) = start_logged(&data, &db, &[]);
+    // The operator's per-plugin limit: calls of `script` may take 2 s.
+    let (code, _, err) = plugin_cli(&data, &db, &["config", "script", "--set", "chengis.timeout=2s"]);
+    assert_eq!(code, 0, "{err}");
+    // Triggered at once: a fresh server is still compiling its builtins (seconds in a debug
+    // build), and the build's `uses:` steps and notification wait for them.
+    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
+    let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
+    let id = b["id"].as_i64().unwrap();
+    // The server said what it does, and `/ready` says when it is done (the build may wait
+    // longer than `wait_build` does on a loaded machine).
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("compiling 13 builtin plugins in the background (image-policy, "), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (st, v) = call("GET", &format!("{}/ready", s.url), None);
+        assert_eq!(st, 200, "{v}");
+        match v["plugins"]["status"].as_str() {
+            Some("ready") => break,
+            Some("compiling") => assert!(Instant::now() < deadline, "builtins still compiling: {v}"),
+            _ => panic!("unexpected /ready: {v}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = wait_build(&s, id, finished);
     let (code, out, err) = plugin_cli(&data, &db, &["list"]);
     assert_eq!(code, 0, "{err}");
     // A fresh server lists every builtin, allowed by digest, with its grants.
@@ -800,13 +836,6 @@ jobs:
     }
     assert!(out.contains("granted:   http:https://api.github.com:443, secret:GITHUB_TOKEN"), "{out}");
     assert!(out.contains("granted:   workspace:read"), "{out}");
-    // The operator's per-plugin limit: calls of `script` may take 2 s.
-    let (code, _, err) = plugin_cli(&data, &db, &["config", "script", "--set", "chengis.timeout=2s"]);
-    assert_eq!(code, 0, "{err}");
-    call("POST", &format!("{}/api/v1/jobs", s.url), Some(json!({"name": "app", "repo_url": url})));
-    let (_, b) = call("POST", &format!("{}/api/v1/jobs/app/builds", s.url), None);
-    let id = b["id"].as_i64().unwrap();
-    let b = wait_build(&s, id, finished);
     let lines = log_texts(&s, id, "build");
     assert!(lines.contains(&"from the script plugin".to_string()), "{lines:?} {b}");
     assert!(lines.contains(&"script exit 0".to_string()), "{lines:?}");

@@ -129,7 +129,7 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| RuntimeError(e.to_string()))?;
         let linkers = Linkers::new(&engine).map_err(|e| RuntimeError(e.to_string()))?;
         start_ticker(&engine)?;
-        let cache = options.cache_dir.map(|dir| ComponentCache::new(dir, &engine));
+        let cache = options.cache_dir.map(|dir| ComponentCache::new(dir, &engine, &config));
         let slots = InstanceSlots::new(options.pooling.then_some(options.max_instances));
         Ok(Runtime { engine, linkers: Arc::new(linkers), cache, max_memory_bytes: options.max_memory_bytes, slots })
     }

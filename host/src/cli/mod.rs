@@ -182,6 +182,8 @@ pub fn main() -> anyhow::Result<i32> {
         // environment (the flags are parsed), and the process becomes non-dumpable.
         // SAFETY: no other thread runs yet.
         unsafe { chengis_runner::sandbox::harden_and_keep(chengis_runner::sandbox::is_secret_var) };
+        // Long-running: large freed blocks go back to the OS, not into the arenas for good.
+        crate::memory::configure_for_server();
     }
     tracing_subscriber::fmt()
         .with_env_filter(

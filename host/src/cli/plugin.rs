@@ -186,7 +186,9 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
                     chengis_plugin_host::Grants::parse(g.iter().map(String::as_str))
                         .map_err(|e| anyhow::anyhow!("invalid grant: {e}"))?;
                 }
-                for p in store.decide_plugin(&name, version.as_deref(), TrustState::Allowed, grants_opt, &who).await? {
+                let decided =
+                    store.decide_plugin(&name, version.as_deref(), TrustState::Allowed, grants_opt, &who).await;
+                for p in decided.map_err(|e| not_pinned_yet(e, &name))? {
                     audit(
                         "plugin.allow",
                         format!("plugin:{}", p.name),
@@ -197,7 +199,8 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
                 }
             }
             PluginCommand::Deny { name, version } => {
-                for p in store.decide_plugin(&name, version.as_deref(), TrustState::Denied, None, &who).await? {
+                let decided = store.decide_plugin(&name, version.as_deref(), TrustState::Denied, None, &who).await;
+                for p in decided.map_err(|e| not_pinned_yet(e, &name))? {
                     audit("plugin.deny", format!("plugin:{}", p.name), p.version.clone()).await;
                     println!("denied {} {}", p.name, p.version);
                 }
@@ -229,6 +232,19 @@ pub fn plugin(db: ServeArgs, command: PluginCommand) -> anyhow::Result<i32> {
         }
         Ok(0)
     })
+}
+
+/// A store error, with a hint when `name` is a builtin not found: a server pins its builtins
+/// in the background at the first start of its database.
+fn not_pinned_yet(e: crate::store::StoreError, name: &str) -> anyhow::Error {
+    let builtin = crate::plugins::BUILTINS.iter().any(|b| b.name == name);
+    match e {
+        crate::store::StoreError::NotFound(_) if builtin => anyhow::anyhow!(
+            "{e}; `{name}` is a builtin plugin, which a server pins in the background at the first start of its \
+             database: `GET /ready` answers `\"plugins\": {{\"status\": \"ready\"}}` once it has"
+        ),
+        e => e.into(),
+    }
 }
 
 fn list_or_none(items: &[String]) -> String {

@@ -453,9 +453,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let (bus, _) = tokio::sync::broadcast::channel(1024);
         let plugins = Arc::new(PluginService::new(store.clone(), &data_dir)?);
         plugins.set_public_url(cfg.public_url.clone().unwrap_or_default());
-        for p in plugins.install_builtins().await? {
-            tracing::debug!(plugin = %p.name, version = %p.version, digest = %p.digest, "builtin plugin pinned");
-        }
+        // The first start of a database compiles the builtins (seconds of Cranelift): the
+        // server answers meanwhile, and whatever needs a builtin waits for it.
+        plugins.install_builtins_in_background().await?;
         let mut storage = cfg.storage.config(data_dir.clone())?;
         storage.work_dir = work_dir.clone();
         storage.local_agents = (0..cfg.agents.unwrap_or(1)).map(agent_name).collect();
@@ -508,6 +508,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
+        // What start-up freed (migrations, the engine's set-up) goes back to the OS.
+        crate::memory::release();
         println!("chengis listening on {scheme}://{addr}");
         tracing::info!(%addr, database = %redact_url(cfg.database_url.as_deref().unwrap_or_default()), "serving");
         let hook_limiter = Arc::new(crate::server::webhooks::route::RateLimiter::new(cfg.webhook_rate_limit.unwrap_or(120)));

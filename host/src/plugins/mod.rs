@@ -17,26 +17,53 @@ use crate::store::{Store, StoreError};
 use chengis_plugin_host::{
     Allowlist, Capability, Digest, Grants, Inspection, Limits, Plugin, PluginError, Runtime, RuntimeError, World, types,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use thiserror::Error;
 
-/// The builtin plugins shipped inside the binary: file name and component bytes.
-pub const BUILTINS: &[(&str, &[u8])] = &[
-    ("console.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_console.wasm"))),
-    ("script.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_script.wasm"))),
-    ("slack.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_slack.wasm"))),
-    ("webhook.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_webhook.wasm"))),
-    ("email.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_email.wasm"))),
-    ("github-status.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_github_status.wasm"))),
-    ("gitlab-status.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_gitlab_status.wasm"))),
-    ("gitea-status.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_gitea_status.wasm"))),
-    ("bitbucket-status.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_bitbucket_status.wasm"))),
-    ("image-policy.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_image_policy.wasm"))),
-    ("branch-protection.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_branch_protection.wasm"))),
-    ("junit.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_junit.wasm"))),
-    ("http.wasm", include_bytes!(concat!(env!("OUT_DIR"), "/chengis_plugin_http.wasm"))),
+/// A builtin plugin shipped inside the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Builtin {
+    /// Its name: the name its manifest gives, and its file name without `.wasm`.
+    pub name: &'static str,
+    /// The world it implements (checked against the component when it is pinned).
+    pub world: World,
+    /// The component's bytes.
+    pub bytes: &'static [u8],
+    /// The sha256 of `bytes` (`sha256:` and 64 hex digits), computed by the build script: a
+    /// start checks which builtins are pinned without hashing them.
+    pub digest: &'static str,
+}
+
+macro_rules! builtin {
+    ($name:literal, $world:expr, $file:literal) => {
+        Builtin {
+            name: $name,
+            world: $world,
+            bytes: include_bytes!(concat!(env!("OUT_DIR"), "/", $file, ".wasm")),
+            digest: include_str!(concat!(env!("OUT_DIR"), "/", $file, ".sha256")),
+        }
+    };
+}
+
+/// The builtin plugins shipped inside the binary, in the order a fresh server compiles them:
+/// the policies first (every trigger may ask them), then the step executors, then the rest.
+pub const BUILTINS: &[Builtin] = &[
+    builtin!("image-policy", World::Policy, "chengis_plugin_image_policy"),
+    builtin!("branch-protection", World::Policy, "chengis_plugin_branch_protection"),
+    builtin!("script", World::StepExecutor, "chengis_plugin_script"),
+    builtin!("junit", World::StepExecutor, "chengis_plugin_junit"),
+    builtin!("http", World::StepExecutor, "chengis_plugin_http"),
+    builtin!("console", World::Notifier, "chengis_plugin_console"),
+    builtin!("slack", World::Notifier, "chengis_plugin_slack"),
+    builtin!("webhook", World::Notifier, "chengis_plugin_webhook"),
+    builtin!("email", World::Notifier, "chengis_plugin_email"),
+    builtin!("github-status", World::ScmStatus, "chengis_plugin_github_status"),
+    builtin!("gitlab-status", World::ScmStatus, "chengis_plugin_gitlab_status"),
+    builtin!("gitea-status", World::ScmStatus, "chengis_plugin_gitea_status"),
+    builtin!("bitbucket-status", World::ScmStatus, "chengis_plugin_bitbucket_status"),
 ];
 
 pub use chengis_agent::executors::{LIMIT_MEMORY, LIMIT_TIMEOUT, StepExecutor, StepExecutors};
@@ -98,6 +125,24 @@ pub enum PluginServiceError {
     /// A grant could not be parsed.
     #[error("invalid grant: {0}")]
     Grant(String),
+    /// A builtin plugin could not be pinned (see the server's log from its start).
+    #[error("the builtin plugin `{name}` could not be pinned: {reason}")]
+    Builtin {
+        /// Its name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where the pinning of the builtin plugins stands (see
+/// [`PluginService::install_builtins_in_background`]).
+#[derive(Debug, Clone, Default)]
+pub struct BuiltinProgress {
+    /// Builtins not pinned yet: compiling, or waiting for their turn.
+    pub pending: BTreeSet<&'static str>,
+    /// Builtins that could not be pinned, with why.
+    pub failed: BTreeMap<&'static str, String>,
 }
 
 /// The plugin platform of one server: runtime, allowlist and loaded plugins.
@@ -115,6 +160,8 @@ pub struct PluginService {
     /// Every plugin's server-side config as last read (one query): the store's plugin change
     /// count then, when, and the configs. Trust decisions are always read from the store.
     configs: Mutex<Option<(u64, std::time::Instant, Arc<HashMap<String, serde_json::Map<String, serde_json::Value>>>)>>,
+    /// The builtins still being pinned in the background, and those that failed.
+    builtins: tokio::sync::watch::Sender<BuiltinProgress>,
 }
 
 /// How long an answer of [`PluginService::has_server_listeners`] is reused while this process
@@ -176,6 +223,7 @@ impl PluginService {
             public_url: std::sync::OnceLock::new(),
             listeners: Mutex::new(None),
             configs: Mutex::new(None),
+            builtins: tokio::sync::watch::Sender::new(BuiltinProgress::default()),
         })
     }
 
@@ -240,6 +288,19 @@ impl PluginService {
     ) -> Result<PluginRecord, PluginServiceError> {
         Grants::parse(grants.iter().map(String::as_str)).map_err(|e| PluginServiceError::Grant(e.to_string()))?;
         let inspection = self.inspect(bytes)?;
+        self.install_inspected(bytes, &inspection, allow, grants, by, builtin).await
+    }
+
+    /// [`PluginService::install`] of a component already inspected.
+    async fn install_inspected(
+        &self,
+        bytes: &[u8],
+        inspection: &Inspection,
+        allow: bool,
+        grants: &[String],
+        by: &str,
+        builtin: bool,
+    ) -> Result<PluginRecord, PluginServiceError> {
         let digest = inspection.digest.to_string();
         if let Some(existing) = self.store.plugin_by_digest(&digest).await? {
             return Ok(existing);
@@ -277,42 +338,169 @@ impl PluginService {
         self.install_builtins_named(None).await
     }
 
-    /// Like [`PluginService::install_builtins`], for the builtins whose file is named after one
-    /// of `names` only (all when `None`): a local run pins (and so compiles) only the builtins
-    /// its pipeline uses.
+    /// Like [`PluginService::install_builtins`], for the builtins named in `names` only (all
+    /// when `None`): a local run pins (and so compiles) only the builtins its pipeline uses.
     pub async fn install_builtins_named(
         &self,
         names: Option<&[&str]>,
     ) -> Result<Vec<PluginRecord>, PluginServiceError> {
         let mut out = Vec::new();
-        for (file, bytes) in BUILTINS {
-            let stem = file.trim_end_matches(".wasm");
-            if names.is_some_and(|names| !names.contains(&stem)) {
+        for b in BUILTINS {
+            if names.is_some_and(|names| !names.contains(&b.name)) {
                 continue;
             }
             // Already pinned (every start but the first): no need to compile it to read its
             // manifest.
-            if let Some(existing) = self.store.plugin_by_digest(&Digest::of(bytes).to_string()).await? {
+            if let Some(existing) = self.store.plugin_by_digest(b.digest).await? {
                 out.push(existing);
                 continue;
             }
-            let inspection = self.inspect(bytes)?;
-            // What they request, except destinations the operator must name (`*` hosts).
-            let grants: Vec<String> = inspection
-                .manifest
-                .capabilities
-                .iter()
-                .filter_map(|c| Capability::from_wit(c).ok())
-                .filter(|c| match c {
-                    Capability::OutboundHttp(p) => !p.is_any_host(),
-                    Capability::OutboundTcp(t) => t.is_concrete(),
-                    _ => true,
-                })
-                .map(|c| c.to_string())
-                .collect();
-            out.push(self.install(bytes, true, &grants, "chengis (builtin)", true).await?);
+            let inspection = self.inspect(b.bytes)?;
+            out.push(self.pin_builtin(b, &inspection).await?);
         }
         Ok(out)
+    }
+
+    /// Pins the builtin plugins that are not pinned yet, compiling them on a thread of their
+    /// own, and returns their names: none on every start but the first of a database (and the
+    /// first after an upgrade that changed a builtin). What runs meanwhile never goes around
+    /// them: [`PluginService::resolve`] of a builtin's name waits until it is pinned, and so do
+    /// [`PluginService::allowed`] and [`PluginService::has_server_listeners`] for a builtin that
+    /// has a server-side configuration (without one, a builtin does nothing unless a pipeline
+    /// names it). It logs one line when it starts and one when it is done, and then gives
+    /// Cranelift's working memory back to the OS.
+    pub async fn install_builtins_in_background(self: &Arc<Self>) -> Result<Vec<&'static str>, PluginServiceError> {
+        let pinned: HashSet<String> = self.store.plugins().await?.into_iter().map(|p| p.digest).collect();
+        let missing: Vec<&'static Builtin> = BUILTINS.iter().filter(|b| !pinned.contains(b.digest)).collect();
+        let names: Vec<&'static str> = missing.iter().map(|b| b.name).collect();
+        if missing.is_empty() {
+            return Ok(names);
+        }
+        self.builtins.send_modify(|p| p.pending.extend(names.iter().copied()));
+        tracing::info!(
+            "compiling {} builtin plugins in the background ({}); builds that use one wait for it",
+            names.len(),
+            names.join(", ")
+        );
+        let started = Instant::now();
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(&'static Builtin, Result<Inspection, PluginError>)>();
+        let compiler = self.clone();
+        let thread = std::thread::Builder::new().name("chengis-builtins".into()).spawn(move || {
+            for b in missing {
+                // Stops when the server does (nobody receives any more).
+                if tx.send((b, compiler.runtime.inspect(b.bytes))).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = thread {
+            self.fail_pending(&format!("cannot start the thread that compiles them: {e}"));
+            return Err(PluginServiceError::Builtin { name: names.join(", "), reason: e.to_string() });
+        }
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Some((b, inspected)) = rx.recv().await {
+                let pinned = match inspected {
+                    Ok(inspection) => service.pin_builtin(b, &inspection).await,
+                    Err(e) => Err(e.into()),
+                };
+                match &pinned {
+                    Ok(p) => {
+                        tracing::debug!(plugin = %p.name, version = %p.version, digest = %p.digest, "builtin plugin pinned")
+                    }
+                    Err(e) => tracing::error!(plugin = b.name, "cannot pin the builtin plugin: {e}"),
+                }
+                service.builtins.send_modify(|p| {
+                    p.pending.remove(b.name);
+                    if let Err(e) = pinned {
+                        p.failed.insert(b.name, e.to_string());
+                    }
+                });
+            }
+            // Whatever is still pending will never be pinned by this process (the thread
+            // stopped early): its waiters get an error instead of waiting for ever.
+            service.fail_pending("the thread that compiled it stopped");
+            let failed = service.builtin_progress().failed.len();
+            if failed == 0 {
+                tracing::info!("builtin plugins compiled and pinned in {:.1}s", started.elapsed().as_secs_f64());
+            } else {
+                tracing::error!("{failed} builtin plugin(s) could not be pinned; the lines above say why");
+            }
+            // Cranelift's working memory is free now: give it back.
+            crate::memory::release();
+        });
+        Ok(names)
+    }
+
+    fn fail_pending(&self, reason: &str) {
+        self.builtins.send_modify(|p| {
+            for name in std::mem::take(&mut p.pending) {
+                p.failed.insert(name, reason.to_string());
+            }
+        });
+    }
+
+    /// Where the pinning of the builtin plugins stands.
+    pub fn builtin_progress(&self) -> BuiltinProgress {
+        self.builtins.borrow().clone()
+    }
+
+    /// Records an inspected builtin as allowed, with what it requests granted but for outbound
+    /// HTTP or TCP to `*` destinations, which the operator narrows by granting.
+    async fn pin_builtin(&self, b: &Builtin, inspection: &Inspection) -> Result<PluginRecord, PluginServiceError> {
+        if inspection.world != b.world || inspection.manifest.name != b.name {
+            return Err(PluginServiceError::Builtin {
+                name: b.name.to_string(),
+                reason: format!(
+                    "the component is the {} plugin `{}`, not the {} plugin the binary lists",
+                    inspection.world.name(),
+                    inspection.manifest.name,
+                    b.world.name()
+                ),
+            });
+        }
+        let grants: Vec<String> = inspection
+            .manifest
+            .capabilities
+            .iter()
+            .filter_map(|c| Capability::from_wit(c).ok())
+            .filter(|c| match c {
+                Capability::OutboundHttp(p) => !p.is_any_host(),
+                Capability::OutboundTcp(t) => t.is_concrete(),
+                _ => true,
+            })
+            .map(|c| c.to_string())
+            .collect();
+        self.install_inspected(b.bytes, inspection, true, &grants, "chengis (builtin)", true).await
+    }
+
+    /// Waits until the builtin `name` (if it is one) is pinned; why it could not be, if so.
+    async fn settle_builtin(&self, name: &str) -> Option<String> {
+        let mut progress = self.builtins.subscribe();
+        // The sender lives as long as `self`, so this wait ends only when `name` is settled.
+        progress.wait_for(|p| !p.pending.contains(name)).await.ok().and_then(|p| p.failed.get(name).cloned())
+    }
+
+    /// Waits for the pending builtins of `world` that have a server-side configuration (the
+    /// others do nothing until a pipeline names them, which [`PluginService::resolve`] waits for).
+    async fn settle_configured_builtins(&self, world: World) -> Result<(), PluginServiceError> {
+        let pending: Vec<&'static str> = {
+            let progress = self.builtins.borrow();
+            BUILTINS.iter().filter(|b| b.world == world && progress.pending.contains(b.name)).map(|b| b.name).collect()
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let configs = self.store.plugin_configs().await?;
+        for name in pending {
+            if configs.get(name).is_some_and(|c| !c.is_empty()) {
+                // A failed builtin is not in the allowlist: the caller sees it missing, and
+                // the log says why.
+                let _ = self.settle_builtin(name).await;
+            }
+        }
+        Ok(())
     }
 
     /// The allowed plugin of `world` that `reference` (`name` or `name@version`) names, loaded:
@@ -322,6 +510,7 @@ impl PluginService {
             Some((n, v)) => (n, Some(v)),
             None => (reference, None),
         };
+        let failed_builtin = self.settle_builtin(name).await;
         let candidates: Vec<PluginRecord> = self
             .store
             .plugins()
@@ -330,6 +519,9 @@ impl PluginService {
             .filter(|p| p.name == name && p.world == world.name() && version.is_none_or(|v| v == p.version))
             .collect();
         let Some(record) = candidates.iter().find(|p| p.state == TrustState::Allowed).cloned() else {
+            if let (None, Some(reason)) = (candidates.first(), failed_builtin) {
+                return Err(PluginServiceError::Builtin { name: name.to_string(), reason });
+            }
             return Err(match candidates.first() {
                 Some(p) => PluginServiceError::NotAllowed {
                     name: p.name.clone(),
@@ -368,7 +560,8 @@ impl PluginService {
         &self,
         world: World,
     ) -> Result<Vec<(PluginRecord, Result<Plugin, PluginServiceError>)>, PluginServiceError> {
-        let mut seen = std::collections::HashSet::new();
+        self.settle_configured_builtins(world).await?;
+        let mut seen = HashSet::new();
         let mut out = Vec::new();
         for p in self.store.plugins().await? {
             if p.world == world.name() && p.state == TrustState::Allowed && seen.insert(p.name.clone()) {
@@ -424,6 +617,8 @@ impl PluginService {
     }
 
     async fn read_server_listeners(&self) -> Result<bool, PluginServiceError> {
+        self.settle_configured_builtins(World::Notifier).await?;
+        self.settle_configured_builtins(World::ScmStatus).await?;
         let mut configs = self.store.plugin_configs().await?;
         for p in self.store.plugins().await? {
             if p.state != TrustState::Allowed {

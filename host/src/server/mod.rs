@@ -164,9 +164,25 @@ async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
     }
 }
 
+/// Ready when the database answers. `plugins` says whether the builtin plugins are still being
+/// compiled (the first start of a database): the server takes work meanwhile, and what needs a
+/// builtin waits for it.
 async fn ready(State(s): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let plugins = s.builds.plugins.as_ref().map(|p| p.builtin_progress()).map(|p| {
+        if !p.pending.is_empty() {
+            json!({"status": "compiling", "pending": p.pending})
+        } else if !p.failed.is_empty() {
+            // Names only: this route answers anyone; the reasons are in the server's log.
+            json!({"status": "failed", "failed": p.failed.keys().collect::<Vec<_>>()})
+        } else {
+            json!({"status": "ready"})
+        }
+    });
     match s.builds.store.queue_depth().await {
-        Ok(depth) => (StatusCode::OK, Json(json!({"status": "ready", "database": "ok", "queue_depth": depth}))),
+        Ok(depth) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "database": "ok", "queue_depth": depth, "plugins": plugins})),
+        ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "not_ready", "database": e.to_string()}))),
     }
 }

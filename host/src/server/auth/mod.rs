@@ -579,13 +579,19 @@ pub fn hash_password(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
     aes_gcm::aead::OsRng.fill_bytes(&mut salt);
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    argon2().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string())
+    let hashed = argon2().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| e.to_string());
+    // argon2's 19 MiB working block is freed: give it back to the OS.
+    crate::memory::release();
+    hashed
 }
 
 /// Whether `password` matches the stored hash (argon2's own constant-time check).
 pub fn verify_password(password: &str, hash: &str) -> bool {
     use argon2::PasswordVerifier;
-    argon2::PasswordHash::new(hash).is_ok_and(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
+    let ok = argon2::PasswordHash::new(hash).is_ok_and(|h| argon2().verify_password(password.as_bytes(), &h).is_ok());
+    // argon2's 19 MiB working block is freed: give it back to the OS.
+    crate::memory::release();
+    ok
 }
 
 fn argon2() -> argon2::Argon2<'static> {
