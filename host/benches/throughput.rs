@@ -679,8 +679,8 @@ fn mib(v: f64) -> String {
 
 fn rate_figure(r: &Rate) -> String {
     format!(
-        "{:.0} builds/s ({:.2} s from the first trigger to the last build's end; triggering took {:.2} s)",
-        r.per_s(),
+        "{} builds/s ({:.2} s from the first trigger to the last build's end; triggering took {:.2} s)",
+        if r.per_s() < 100.0 { format!("{:.1}", r.per_s()) } else { format!("{:.0}", r.per_s()) },
         r.secs,
         r.trigger_secs
     )
