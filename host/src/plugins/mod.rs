@@ -159,10 +159,13 @@ pub struct PluginService {
     listeners: Mutex<Option<(u64, std::time::Instant, bool)>>,
     /// Every plugin's server-side config as last read (one query): the store's plugin change
     /// count then, when, and the configs. Trust decisions are always read from the store.
-    configs: Mutex<Option<(u64, std::time::Instant, Arc<HashMap<String, serde_json::Map<String, serde_json::Value>>>)>>,
+    configs: Mutex<Option<(u64, std::time::Instant, Arc<Configs>)>>,
     /// The builtins still being pinned in the background, and those that failed.
     builtins: tokio::sync::watch::Sender<BuiltinProgress>,
 }
+
+/// Every plugin's server-side config, by name.
+type Configs = HashMap<String, serde_json::Map<String, serde_json::Value>>;
 
 /// How long an answer of [`PluginService::has_server_listeners`] is reused while this process
 /// changed no plugin: a change made by another process (`chengis plugin config`, another server
