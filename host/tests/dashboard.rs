@@ -237,7 +237,17 @@ fn pages_render_on_the_server_forms_validate_and_badges_cache() {
         use sha2::Digest;
         assert!(arts.contains(&hex::encode(sha2::Sha256::digest(content.as_bytes()))));
 
-        // Plugins and agents pages.
+        // Plugins and agents pages, once the builtins (compiled in the background after start)
+        // are pinned.
+        let mut ready = String::new();
+        for _ in 0..600 {
+            ready = get(&format!("{}/ready", s.url), &[]).2;
+            if ready.contains(r#""plugins":{"status":"ready"}"#) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        assert!(ready.contains(r#""plugins":{"status":"ready"}"#), "builtins never pinned: {ready}");
         let (_, _, plugins) = get(&format!("{}/plugins", s.url), &[]);
         assert!(plugins.contains("data-plugin=\"slack\"") && plugins.contains("trust-allowed"), "{plugins}");
         let (st, location, _) = post_form(&format!("{}/plugins/slack/deny", s.url), &[]);
