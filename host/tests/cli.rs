@@ -20,27 +20,7 @@ const FAILING: &str = "jobs:\n  bad:\n    steps:\n      - run: echo broken; exit
 /// Runs the CLI with `args` only (no `--server` added) and the environment given; no
 /// `CHENGIS_TOKEN` or `CHENGIS_SERVER` unless given.
 fn run(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
-        .args(args)
-        .env_remove("CHENGIS_TOKEN")
-        .env_remove("CHENGIS_SERVER")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    cli_bare(args, env, stdin)
 }
 
 /// `host:port` of a server URL (`http://` taken off).

@@ -224,10 +224,19 @@ pub fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, St
 
 /// Runs the CLI with `--server` and the environment given (no `CHENGIS_TOKEN` unless given).
 pub fn cli_env(server: &str, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
+    let mut all = args.to_vec();
+    all.extend(["--server", server]);
+    cli_bare(&all, env, stdin)
+}
+
+/// Runs the CLI with `args` only and the environment given: no `CHENGIS_TOKEN` or
+/// `CHENGIS_SERVER` unless given.
+#[allow(dead_code)]
+pub fn cli_bare(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chengis"))
         .args(args)
-        .args(["--server", server])
         .env_remove("CHENGIS_TOKEN")
+        .env_remove("CHENGIS_SERVER")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
